@@ -1,0 +1,16 @@
+"""gpt2_tf2: OpenAI's GPT-2 in native TensorFlow 2.
+
+`gpt2_tf2.load(...)` is imported lazily so that the command-line faces can silence TensorFlow's
+start-up logging before TensorFlow is first imported.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load", "__version__"]
+
+
+def __getattr__(name):
+    if name == "load":
+        from gpt2_tf2.api import load
+
+        return load
+    raise AttributeError(f"module 'gpt2_tf2' has no attribute {name!r}")
