@@ -72,7 +72,7 @@ def load_openai_checkpoint(model, prefix: str) -> None:
         reader = tf.train.load_checkpoint(prefix)
         stored = {k: v for k, v in reader.get_variable_to_shape_map().items()
                   if k not in _BOOKKEEPING}
-    except (tf.errors.OpError, ValueError) as e:
+    except Exception as e:  # OpError, IndexError or ValueError, depending on the damage
         raise UserError(f"{prefix}: corrupt or unreadable checkpoint ({_first_line(e)}); "
                         f"download or export it again") from None
     table = name_table(model)
@@ -94,7 +94,7 @@ def load_openai_checkpoint(model, prefix: str) -> None:
     for name, var in table.items():
         try:
             value = reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as e:
+        except Exception as e:  # the reader raises OpError, IndexError or ValueError on damage
             raise UserError(f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
                             f"({_first_line(e)}); download or export it again") from None
         if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
@@ -111,7 +111,8 @@ def _write_meta_graph(table: dict[str, tf.Variable], path: str) -> None:
     with tf.Graph().as_default():
         var_list = {
             name: tf.compat.v1.get_variable(name, shape=v.shape, dtype=v.dtype,
-                                            initializer=tf.compat.v1.zeros_initializer())
+                                            initializer=tf.compat.v1.zeros_initializer(),
+                                            use_resource=False)  # TF1 ref variables, as OpenAI's
             for name, v in table.items()
         }
         saver = tf.compat.v1.train.Saver(var_list=var_list)

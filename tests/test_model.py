@@ -1,0 +1,103 @@
+"""The model's maths: cached decoding equals the full pass; pieces follow the original's formulas."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf2.hparams import HParams
+from gpt2_tf2.model import GPT2, LayerNorm, gelu
+
+HP = HParams(n_vocab=97, n_ctx=40, n_embd=24, n_head=3, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = GPT2(HP, seed=7)
+    gen = tf.random.Generator.from_seed(3)
+    for v in m.variables:
+        if v.shape.rank == 1:
+            v.assign(v + gen.normal(v.shape, stddev=0.1))
+    return m
+
+
+def test_gelu_is_tanh_approximation():
+    x = np.linspace(-6, 6, 101).astype(np.float32)
+    ref = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert np.max(np.abs(gelu(tf.constant(x)).numpy() - ref)) < 1e-6
+
+
+def test_layer_norm_epsilon():
+    ln = LayerNorm(4, 1e-5, "t")
+    x = np.array([[1.0, 1.0, 1.0, 1.0 + 1e-3]], np.float32)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    ref = (x - mean) / np.sqrt(var + 1e-5)
+    assert np.max(np.abs(ln(tf.constant(x)).numpy() - ref)) < 1e-5
+
+
+def test_variable_shapes_are_openai_layout(model):
+    names = {v.name.split(":")[0]: v.shape.as_list() for v in model.variables}
+    e = HP.n_embd
+    assert names["model/h0/attn/c_attn/w"] == [1, e, 3 * e]
+    assert names["model/h1/mlp/c_proj/w"] == [1, 4 * e, e]
+    assert names["model/wte"] == [HP.n_vocab, e]
+    assert names["model/ln_f/g"] == [e]
+
+
+def test_causal(model):
+    """Changing a later token never changes earlier logits."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, HP.n_vocab, (2, 12)).astype(np.int32)
+    b = a.copy()
+    b[:, 7:] = rng.integers(0, HP.n_vocab, (2, 5))
+    la, lb = model(tf.constant(a))["logits"].numpy(), model(tf.constant(b))["logits"].numpy()
+    assert np.max(np.abs(la[:, :7] - lb[:, :7])) == 0
+    assert np.max(np.abs(la[:, 7:] - lb[:, 7:])) > 1e-3
+
+
+@pytest.mark.parametrize("prefill", [1, 5, 11])
+def test_cached_decoding_equals_full_pass(model, prefill):
+    rng = np.random.default_rng(prefill)
+    tokens = tf.constant(rng.integers(0, HP.n_vocab, (3, 16)).astype(np.int32))
+    full = model(tokens)["logits"].numpy()
+    cache = model.init_cache(3, 20)  # longer than needed: unused slots must stay invisible
+    out = model(tokens[:, :prefill], cache, 0)
+    steps, cache = [out["logits"].numpy()], out["cache"]
+    for i in range(prefill, 16):
+        out = model(tokens[:, i:i + 1], cache, i)
+        steps.append(out["logits"].numpy())
+        cache = out["cache"]
+        assert [c.shape for c in cache] == [c.shape for c in model.init_cache(3, 20)]
+    diff = np.max(np.abs(np.concatenate(steps, axis=1) - full))
+    assert diff < 1e-5, diff
+
+
+def test_cached_decoding_in_tf_function(model):
+    """The same inside one compiled function, with the cache as a loop variable."""
+    tokens = tf.constant(np.random.default_rng(5).integers(0, HP.n_vocab, (2, 10)), tf.int32)
+
+    @tf.function
+    def decode(tokens):
+        out = model(tokens[:, :3], model.init_cache(2, 10), 0, last_only=True)
+        logits = tf.TensorArray(tf.float32, size=8)
+        logits = logits.write(0, out["logits"][:, 0])
+
+        def body(i, cache, logits):
+            o = model(tokens[:, i:i + 1], cache, i, last_only=True)
+            return i + 1, o["cache"], logits.write(i - 2, o["logits"][:, 0])
+
+        _, _, logits = tf.while_loop(lambda i, c, l: i < 10, body, (3, out["cache"], logits))
+        return tf.transpose(logits.stack(), [1, 0, 2])
+
+    full = model(tokens)["logits"].numpy()[:, 2:]
+    assert np.max(np.abs(decode(tokens).numpy() - full)) < 1e-5
+
+
+def test_last_only(model):
+    tokens = tf.constant([[1, 2, 3, 4]], tf.int32)
+    full = model(tokens)["logits"].numpy()
+    cache = model.init_cache(1, 4)
+    last = model(tokens, cache, 0, last_only=True)["logits"].numpy()
+    assert last.shape == (1, 1, HP.n_vocab)
+    assert np.max(np.abs(last[:, 0] - full[:, -1])) < 1e-5
