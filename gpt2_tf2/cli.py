@@ -103,6 +103,8 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     if "--verbose" not in argv:
         configure_logging(False)
     argv = _positional_strings(_keep_strings(argv))
+    if "--help" in argv or "-h" in argv:
+        sys.stderr = sys.stdout  # fire may print help to stderr; help is output, so stdout
     try:
         fire.Fire(fn, command=argv, name=name or fn.__name__)
     except UserError as e:
@@ -129,4 +131,4 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         sys.exit(0)
     module, func, _ = COMMANDS[argv[0]]
-    run(getattr(importlib.import_module(module), func), argv[1:], name=f"gpt2_tf2 {argv[0]}")
+    run(getattr(importlib.import_module(module), func), argv[1:], name=f"gpt2_tf2.{argv[0]}")

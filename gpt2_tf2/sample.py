@@ -116,7 +116,7 @@ def sample(model_name="124M", models_dir="models", seed=None, nsamples=1, batch_
 
 
 def main(argv=None):
-    cli.run(sample, argv, name="python -m gpt2_tf2.sample")
+    cli.run(sample, argv, name="gpt2_tf2.sample")
 
 
 if __name__ == "__main__":

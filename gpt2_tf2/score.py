@@ -45,7 +45,7 @@ def score(file, model_name="124M", models_dir="models", json=False, verbose=Fals
 
 
 def main(argv=None):
-    cli.run(score, argv, name="python -m gpt2_tf2.score")
+    cli.run(score, argv, name="gpt2_tf2.score")
 
 
 if __name__ == "__main__":

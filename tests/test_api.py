@@ -1,0 +1,130 @@
+"""The Python API on a tiny model: generate(), score(), determinism and retracing."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import gpt2_tf2
+from gpt2_tf2.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return gpt2_tf2.load(tiny_model_dir)
+
+
+def test_load_by_name_and_alias(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "124M")
+    assert gpt2_tf2.load("124M", models_dir=str(tmp_path)).model_dir == str(tmp_path / "124M")
+    assert gpt2_tf2.load("117M", models_dir=str(tmp_path)).model_dir == str(tmp_path / "124M")
+    with pytest.raises(UserError, match="python -m gpt2_tf2.download 355M"):
+        gpt2_tf2.load("345M", models_dir=str(tmp_path))
+    with pytest.raises(UserError, match="unknown model 'gpt5'"):
+        gpt2_tf2.load("gpt5", models_dir=str(tmp_path))
+    assert os.path.isdir(tiny_model_dir)
+
+
+def test_model_returns_logits(lm):
+    out = lm.model(tf.constant([[464, 2068]], tf.int32))
+    assert out["logits"].shape == (1, 2, lm.hparams.n_vocab)
+
+
+def test_generate_shapes_and_determinism(lm):
+    a = lm.generate("The quick brown fox", length=6, nsamples=3, batch_size=2, seed=42, top_k=40)
+    b = lm.generate("The quick brown fox", length=6, nsamples=3, batch_size=2, seed=42, top_k=40)
+    assert len(a) == 3 and a == b
+    assert all(len(lm.encoder.encode(s)) >= 1 for s in a)
+    assert lm.generate("The quick brown fox", length=6, nsamples=3, batch_size=2, seed=43) != a
+
+
+def test_unconditional_and_greedy(lm):
+    greedy = lm.generate(length=8, temperature=0, nsamples=2, batch_size=2, seed=1)
+    assert greedy[0] == greedy[1]  # greedy ignores randomness
+    tokens = [464]
+    for _ in range(5):  # greedy decoding equals argmax of full forward passes
+        logits = lm.model(tf.constant([[50256] + tokens], tf.int32))["logits"][0, -1]
+        tokens.append(int(tf.argmax(logits)))
+    out = next(lm.generate_tokens([464], length=5, temperature=0))[0]
+    assert out == tokens[1:]
+
+
+def test_stop_at_endoftext(lm):
+    """Make <|endoftext|> the most likely token everywhere; samples must then end at once."""
+    saved = {v.name: v.numpy() for v in lm.model.variables}
+    try:
+        direction = np.zeros(lm.hparams.n_embd, np.float32)
+        direction[0] = 1.0
+        lm.model.wte.assign(tf.tensor_scatter_nd_update(lm.model.wte, [[50256]], [direction * 10]))
+        lm.model.ln_f.g.assign(np.zeros(lm.hparams.n_embd, np.float32))
+        lm.model.ln_f.b.assign(direction)  # every position's logits = wte @ direction
+        rows = next(lm.generate_tokens([464], length=20, temperature=0, stop_at_endoftext=True))
+        assert rows == [[]]
+        rows = next(lm.generate_tokens([464], length=20, temperature=0))
+        assert rows == [[50256] * 20]
+    finally:
+        for v in lm.model.variables:
+            v.assign(saved[v.name])
+
+
+def test_no_retracing(lm):
+    before = lm._decode.experimental_get_tracing_count()
+    for prompt, length, batch, kw in [("a", 3, 1, {}), ("longer prompt here", 9, 3, {"top_p": 0.9}),
+                                      (None, 5, 2, {"top_k": 5, "temperature": 0.7}),
+                                      ("x y", 1, 4, {"temperature": 0})]:
+        lm.generate(prompt, length=length, nsamples=batch, batch_size=batch, seed=0, **kw)
+    assert lm._decode.experimental_get_tracing_count() - before <= 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"length": -1}, "length"), ({"length": 0}, "length"), ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"temperature": -1}, "temperature"),
+    ({"length": 100}, "exceeds the model's context of 64"), ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_settings(lm, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        lm.generate("hello", **kwargs)
+
+
+def test_prompt_plus_length_limit(lm):
+    prompt = " a" * 60
+    assert len(lm.encoder.encode(prompt)) == 60
+    assert len(lm.generate(prompt, length=4, temperature=0)) == 1  # exactly n_ctx: allowed
+    with pytest.raises(UserError, match="64"):
+        lm.generate(prompt, length=5)
+
+
+def _reference_nll(lm, ids):
+    logits = lm.model(tf.constant([ids[:-1]], tf.int32))["logits"].numpy()[0].astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    return -logp[np.arange(len(ids) - 1), ids[1:]]
+
+
+def test_score_short_text(lm):
+    text = "Hello world, this is a short text."
+    ids = [50256] + lm.encoder.encode(text)
+    assert abs(lm.score(text) - _reference_nll(lm, ids).mean()) < 1e-5
+
+
+def test_score_long_text_windows(lm):
+    """Longer than n_ctx: each token scored once, predicted from n_ctx//2 .. n_ctx-1 earlier ones."""
+    tokens = lm.encoder.encode("one two three four five six seven eight nine ten " * 20)
+    assert len(tokens) > 3 * lm.hparams.n_ctx
+    total, count = lm.score_tokens(tokens)
+    assert count == len(tokens)
+    ids, n_ctx, half = [50256] + tokens, lm.hparams.n_ctx, lm.hparams.n_ctx // 2
+    expected = list(_reference_nll(lm, ids[:n_ctx]))
+    end = n_ctx
+    while end < len(ids):
+        new_end = min(len(ids), end + half)
+        expected += list(_reference_nll(lm, ids[new_end - n_ctx:new_end])[-(new_end - end):])
+        end = new_end
+    assert abs(total - sum(expected)) < 1e-3
+
+
+def test_score_empty(lm):
+    with pytest.raises(UserError, match="nothing to score"):
+        lm.score("")

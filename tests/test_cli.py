@@ -1,0 +1,183 @@
+"""Every command-line path end to end, in a subprocess, as a user runs it."""
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+HEADER = re.compile(r"={40} SAMPLE (\d+) ={40}\n")
+
+
+@pytest.fixture(scope="module")
+def models_root(tiny_model_dir, tmp_path_factory):
+    """A models/ directory holding the tiny model under the release name 124M."""
+    root = tmp_path_factory.mktemp("cli_models")
+    shutil.copytree(tiny_model_dir, root / "124M")
+    return str(root)
+
+
+def sample(models_root, *args, input=None):
+    return run_cli(["-m", "gpt2_tf2.sample", "--models_dir", models_root, *args], input=input)
+
+
+def bodies(stdout):
+    """The sample texts between headers."""
+    return [part[1:].rstrip("\n") if part.startswith("\n") else part
+            for part in HEADER.split(stdout)[2::2]]
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unconditional(models_root):
+    r = sample(models_root, "--nsamples", "3", "--batch_size", "2", "--length", "5", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    assert [int(n) for n in HEADER.findall(r.stdout)] == [1, 2, 3]
+    assert r.stderr == ""  # TensorFlow's start-up lines are hidden
+
+
+def test_conditional_is_seeded_and_excludes_prompt(models_root):
+    args = ("--prompt", "3.10 is a version", "--length", "6", "--seed", "3", "--top_k", "40",
+            "--top_p", "0.9")
+    a, b = sample(models_root, *args), sample(models_root, *args)
+    assert a.returncode == 0 and a.stdout == b.stdout
+    assert "3.10 is a version" not in a.stdout
+    assert len(bodies(a.stdout)) == 1
+
+
+def test_prompt_file_and_stdin(models_root, tmp_path):
+    (tmp_path / "p.txt").write_text("Once upon a time", encoding="utf-8")
+    args = ("--length", "4", "--seed", "1", "--temperature", "0")
+    from_file = sample(models_root, "--prompt_file", str(tmp_path / "p.txt"), *args)
+    from_stdin = sample(models_root, "--prompt_file", "-", *args, input="Once upon a time")
+    from_flag = sample(models_root, "--prompt", "Once upon a time", *args)
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == from_stdin.stdout == from_flag.stdout
+
+
+def test_model_name_as_path(tiny_model_dir):
+    r = run_cli(["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"])
+    assert r.returncode == 0, r.stderr
+    assert len(HEADER.findall(r.stdout)) == 1
+
+
+def test_interactive(models_root):
+    r = sample(models_root, "--interactive", "--length", "3", "--nsamples", "2", "--seed", "1",
+               input="Hello\n\nWorld\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Model prompt >>> ") == 4
+    assert "Prompt should not be empty!" in r.stdout
+    assert [int(n) for n in HEADER.findall(r.stdout)] == [1, 2, 3, 4]
+    assert r.stdout.count("=" * 80 + "\n") == 2
+
+
+def test_interactive_long_prompt_is_reported_and_loop_goes_on(models_root):
+    r = sample(models_root, "--interactive", "--length", "10", input=" a" * 60 + "\nHi\n")
+    assert r.returncode == 0
+    assert "exceeds the model's context of 64" in r.stderr
+    assert len(HEADER.findall(r.stdout)) == 1
+
+
+def test_stop_at_endoftext_flag(models_root):
+    r = sample(models_root, "--length", "5", "--stop_at_endoftext", "--seed", "2")
+    assert r.returncode == 0, r.stderr
+
+
+def test_drop_in_tools(models_root):
+    r = run_cli(["tools/generate_unconditional_samples.py", "--models_dir", models_root,
+                 "--nsamples", "2", "--length", "4", "--top_k", "40", "--seed", "5"])
+    assert r.returncode == 0, r.stderr
+    assert len(HEADER.findall(r.stdout)) == 2
+    r = run_cli(["tools/interactive_conditional_samples.py", "--models_dir", models_root,
+                 "--model_name", "124M", "--length", "4", "--top_p", "0.9", "--temperature", "0.8",
+                 "--seed", "5"], input="Hello there\n")
+    assert r.returncode == 0, r.stderr
+    assert "Model prompt >>> " in r.stdout and len(HEADER.findall(r.stdout)) == 1
+
+
+def test_help_explains_every_flag():
+    r = run_cli(["-m", "gpt2_tf2.sample", "--help"])
+    assert r.returncode == 0
+    for flag in ("model_name", "models_dir", "seed", "nsamples", "batch_size", "length",
+                 "temperature", "top_k", "top_p", "prompt", "prompt_file", "interactive",
+                 "stop_at_endoftext", "verbose"):
+        assert re.search(rf"--{flag}\b.*\n\s+\S", r.stdout), flag
+
+
+def test_console_command_lists_commands():
+    r = run_cli(["-m", "gpt2_tf2", "--help"])
+    assert r.returncode == 0 and "sample" in r.stdout and "score" in r.stdout
+
+
+def test_score(models_root, tmp_path):
+    (tmp_path / "t.txt").write_text("Hello world. " * 40, encoding="utf-8")
+    r = run_cli(["-m", "gpt2_tf2.score", str(tmp_path / "t.txt"), "--models_dir", models_root,
+                 "--json"])
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["tokens"] == 121 and result["nll"] > 0
+    assert abs(result["perplexity"] - 2.718281828 ** result["nll"]) < 1e-6 * result["perplexity"]
+    text = run_cli(["-m", "gpt2_tf2", "score", str(tmp_path / "t.txt"), "--models_dir",
+                    models_root])
+    assert "tokens: 121" in text.stdout and "perplexity:" in text.stdout
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--length", "-5"], ["length must be a positive integer"]),
+    (["--top_p", "1.5"], ["top_p must be in (0, 1]"]),
+    (["--top_p", "0"], ["top_p"]),
+    (["--top_k", "-1"], ["top_k"]),
+    (["--temperature", "-0.5"], ["temperature"]),
+    (["--nsamples", "-1"], ["nsamples"]),
+    (["--model_name", "999M"], ["unknown model '999M'"]),
+    (["--model_name", "355M"], ["not found", "python -m gpt2_tf2.download 355M"]),
+    (["--length", "65"], ["exceeds the model's context of 64"]),
+    (["--prompt", "one two three four five six seven eight nine ten", "--length", "60"],
+     ["prompt (10 tokens) + length (60)"]),
+    (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
+    (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
+])
+def test_bad_flags(models_root, args, fragments):
+    assert_clean_error(sample(models_root, *args), *fragments)
+
+
+def test_bad_model_dirs(models_root, tmp_path):
+    def damaged(name, damage):
+        path = tmp_path / name
+        shutil.copytree(os.path.join(models_root, "124M"), path)
+        damage(path)
+        return sample(models_root, "--model_name", str(path), "--length", "2")
+
+    def truncate(p):
+        data = p / "model.ckpt.data-00000-of-00001"
+        data.write_bytes(data.read_bytes()[:1000])
+
+    def wrong_hparams(p):
+        hp = json.loads((p / "hparams.json").read_text())
+        (p / "hparams.json").write_text(json.dumps({**hp, "n_layer": 3}))
+
+    def bad_json(p):
+        (p / "hparams.json").write_text("{not json")
+
+    def no_vocab(p):
+        (p / "vocab.bpe").unlink()
+
+    assert_clean_error(damaged("trunc", truncate), "corrupt")
+    assert_clean_error(damaged("hp", wrong_hparams), "lacks variable model/h2/")
+    assert_clean_error(damaged("json", bad_json), "not valid JSON")
+    assert_clean_error(damaged("vocab", no_vocab), "vocab.bpe: not found")
+
+
+def test_verbose_shows_tensorflow_logs(models_root):
+    r = sample(models_root, "--length", "2", "--verbose")
+    assert r.returncode == 0
