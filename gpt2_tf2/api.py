@@ -1,7 +1,7 @@
 """The Python API: `load()` a model directory, then `generate()` text or `score()` it.
 
-A model is named like the original scripts name it (`124M`, looked up under `models_dir`) or given as
-a path to any directory in OpenAI's layout (a release, or a fine-tuned export).
+A model is named as the original scripts name it (`124M`, looked up under `models_dir`) or
+given as a path to any directory in OpenAI's layout (a release, or a fine-tuned export).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -34,33 +35,49 @@ def resolve_model_dir(model_name: str, models_dir: str = "models") -> str:
             return path
     if release is None:
         names = ", ".join(list(PRESETS) + list(ALIASES))
-        raise UserError(f"unknown model {model_name!r}: not a directory, and not a release name "
-                        f"({names}) under {models_dir}/")
-    raise UserError(f"model directory {candidates[-1]} not found; download it with: "
-                    f"python -m gpt2_tf2.download {release} --models_dir {models_dir}")
+        raise UserError(
+            f"unknown model {model_name!r}: not a directory, and not a release name "
+            f"({names}) under {models_dir}/"
+        )
+    raise UserError(
+        f"model directory {candidates[-1]} not found; download it with: "
+        f"python -m gpt2_tf2.download {release} --models_dir {models_dir}"
+    )
 
 
 class LanguageModel:
     """A loaded GPT-2: `.hparams`, `.encoder`, `.model`, and `generate()` / `score()` on top."""
 
-    def __init__(self, hparams: HParams, encoder: Encoder, model: GPT2, model_dir: str | None = None):
+    def __init__(
+        self, hparams: HParams, encoder: Encoder, model: GPT2, model_dir: str | None = None
+    ):
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
         int_scalar = tf.TensorSpec([], tf.int32)
         float_scalar = tf.TensorSpec([], tf.float32)
         # One trace for every prompt, length, batch size and setting: dims and settings are dynamic.
         self._decode = tf.function(
             lambda context, length, temperature, top_k, top_p, seed, stop_token: sampling.decode(
-                self.model, context, length, temperature, top_k, top_p, seed, stop_token),
-            input_signature=[tf.TensorSpec([None, None], tf.int32), int_scalar, float_scalar,
-                             int_scalar, float_scalar, tf.TensorSpec([2], tf.int64), int_scalar],
+                self.model, context, length, temperature, top_k, top_p, seed, stop_token
+            ),
+            input_signature=[
+                tf.TensorSpec([None, None], tf.int32),
+                int_scalar,
+                float_scalar,
+                int_scalar,
+                float_scalar,
+                tf.TensorSpec([2], tf.int64),
+                int_scalar,
+            ],
         )
-        self._token_nll = tf.function(self._token_nll_eager,
-                                      input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        self._token_nll = tf.function(
+            self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
+        )
 
     # ---- generation -------------------------------------------------------------------------
 
-    def check_sampling_args(self, prompt_len: int, length: int | None, temperature: float,
-                            top_k: int, top_p: float) -> int:
+    def check_sampling_args(
+        self, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+    ) -> int:
         """Validate settings before any work; return the resolved length."""
         n_ctx = self.hparams.n_ctx
         if length is None:
@@ -76,16 +93,29 @@ class LanguageModel:
         if prompt_len + length > n_ctx:
             raise UserError(
                 f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
-                f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length")
+                f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
+            )
         return length
 
-    def generate_tokens(self, prompt_tokens=None, length=None, nsamples=1, batch_size=1,
-                        temperature=1.0, top_k=0, top_p=1.0, seed=None, stop_at_endoftext=False):
+    def generate_tokens(
+        self,
+        prompt_tokens=None,
+        length=None,
+        nsamples=1,
+        batch_size=1,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_at_endoftext=False,
+    ):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever."""
         prompt_tokens = list(prompt_tokens or [])
         length = self.check_sampling_args(len(prompt_tokens), length, temperature, top_k, top_p)
         if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
-            raise UserError(f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}")
+            raise UserError(
+                f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         eot = self.encoder.eot_token
@@ -99,9 +129,15 @@ class LanguageModel:
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
             key = tf.constant([int(seed), batch_index], tf.int64)
-            out = self._decode(context_t, tf.constant(length), tf.constant(float(temperature)),
-                               tf.constant(int(top_k)), tf.constant(float(top_p)), key,
-                               tf.constant(stop)).numpy()
+            out = self._decode(
+                context_t,
+                tf.constant(length),
+                tf.constant(float(temperature)),
+                tf.constant(int(top_k)),
+                tf.constant(float(top_p)),
+                key,
+                tf.constant(stop),
+            ).numpy()
             rows = [_cut(row, stop) for row in out]
             if nsamples:
                 rows = rows[: nsamples - produced]
@@ -109,15 +145,33 @@ class LanguageModel:
             batch_index += 1
             yield rows
 
-    def generate(self, prompt: str | None = None, length: int | None = None, nsamples: int = 1,
-                 batch_size: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int | None = None, stop_at_endoftext: bool = False) -> list[str]:
-        """Sample continuations of `prompt` (None or "": unconditional). Returns nsamples strings."""
+    def generate(
+        self,
+        prompt: str | None = None,
+        length: int | None = None,
+        nsamples: int = 1,
+        batch_size: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_endoftext: bool = False,
+    ) -> list[str]:
+        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings."""
         if not nsamples:
             raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
         prompt_tokens = self.encoder.encode(prompt) if prompt else []
-        batches = self.generate_tokens(prompt_tokens, length, nsamples, batch_size, temperature,
-                                       top_k, top_p, seed, stop_at_endoftext)
+        batches = self.generate_tokens(
+            prompt_tokens,
+            length,
+            nsamples,
+            batch_size,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop_at_endoftext,
+        )
         return [self.encoder.decode(row) for rows in batches for row in rows]
 
     # ---- scoring ----------------------------------------------------------------------------
@@ -128,8 +182,11 @@ class LanguageModel:
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
 
     def score_tokens(self, tokens) -> tuple[float, int]:
-        """(sum of NLL in nats, number of tokens scored); each token is predicted from up to n_ctx - 1
-        earlier ones, in windows of n_ctx advancing by n_ctx // 2, after a leading <|endoftext|>."""
+        """(sum of NLL in nats, number of tokens scored).
+
+        Each token is predicted from up to n_ctx - 1 earlier ones, in windows of n_ctx advancing
+        by n_ctx // 2, after a leading <|endoftext|>.
+        """
         tokens = list(tokens)
         if not tokens:
             raise UserError("nothing to score: the text encodes to zero tokens")
@@ -143,7 +200,7 @@ class LanguageModel:
         while True:
             start = max(0, end - n_ctx)
             nll = self._token_nll(tf.constant([ids[start:end]], tf.int32)).numpy()[0]
-            part = nll[scored - start - 1:]  # nll[j] scores ids[start + j + 1]
+            part = nll[scored - start - 1 :]  # nll[j] scores ids[start + j + 1]
             total += float(np.sum(part, dtype=np.float64))
             counted += len(part)
             scored = end
@@ -167,20 +224,37 @@ def perplexity(mean_nll: float) -> float:
     return math.exp(mean_nll) if mean_nll < 700 else float("inf")
 
 
-def load(model_name_or_dir: str = "124M", models_dir: str = "models") -> LanguageModel:
+def load(
+    model_name_or_dir: str = "124M", models_dir: str = "models", download: bool = False
+) -> LanguageModel:
     """Load a model directory in OpenAI's layout.
 
     Args:
       model_name_or_dir: a release name (124M, 355M, 774M, 1558M; 117M and 345M are aliases) found
         under `models_dir`, or a path to a model directory.
       models_dir: where release names are looked up.
+      download: fetch a release that is not under `models_dir` yet (see `gpt2_tf2.download`).
     """
-    model_dir = resolve_model_dir(model_name_or_dir, models_dir)
+    try:
+        model_dir = resolve_model_dir(model_name_or_dir, models_dir)
+    except UserError:
+        release = canonical_name(str(model_name_or_dir))
+        if not (download and release):
+            raise
+        from gpt2_tf2.download import APPROX_SIZE, download_model
+
+        print(
+            f"{release} is not in {models_dir}/: downloading it (about {APPROX_SIZE[release]})",
+            file=sys.stderr,
+        )
+        model_dir = download_model(release, models_dir)
     hparams = load_hparams(model_dir)
     encoder = load_encoder(model_dir)
     if encoder.n_vocab != hparams.n_vocab:
-        raise UserError(f"{model_dir}: encoder.json has {encoder.n_vocab} tokens but hparams.json "
-                        f"says n_vocab={hparams.n_vocab}")
+        raise UserError(
+            f"{model_dir}: encoder.json has {encoder.n_vocab} tokens but hparams.json "
+            f"says n_vocab={hparams.n_vocab}"
+        )
     model = GPT2(hparams, seed=None)
     checkpoint.load_openai_checkpoint(model, checkpoint.find_checkpoint(model_dir))
     return LanguageModel(hparams, encoder, model, model_dir)

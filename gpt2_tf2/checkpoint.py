@@ -56,8 +56,10 @@ def find_checkpoint(model_dir: str) -> str:
     if prefix is None and os.path.exists(os.path.join(model_dir, CKPT_NAME + ".index")):
         prefix = os.path.join(model_dir, CKPT_NAME)
     if prefix is None:
-        raise UserError(f"{model_dir}: no checkpoint found (expected {CKPT_NAME}.index and "
-                        f"{CKPT_NAME}.data-00000-of-00001 named by a 'checkpoint' file)")
+        raise UserError(
+            f"{model_dir}: no checkpoint found (expected {CKPT_NAME}.index and "
+            f"{CKPT_NAME}.data-00000-of-00001 named by a 'checkpoint' file)"
+        )
     return prefix
 
 
@@ -70,36 +72,49 @@ def load_openai_checkpoint(model, prefix: str) -> None:
     """Assign every variable of `model` from the TF1 checkpoint at `prefix`, strictly."""
     try:
         reader = tf.train.load_checkpoint(prefix)
-        stored = {k: v for k, v in reader.get_variable_to_shape_map().items()
-                  if k not in _BOOKKEEPING}
+        stored = {
+            k: v for k, v in reader.get_variable_to_shape_map().items() if k not in _BOOKKEEPING
+        }
     except Exception as e:  # OpError, IndexError or ValueError, depending on the damage
-        raise UserError(f"{prefix}: corrupt or unreadable checkpoint ({_first_line(e)}); "
-                        f"download or export it again") from None
+        raise UserError(
+            f"{prefix}: corrupt or unreadable checkpoint ({_first_line(e)}); "
+            f"download or export it again"
+        ) from None
     table = name_table(model)
     missing = sorted(set(table) - set(stored))
     extra = sorted(set(stored) - set(table))
     if missing:
-        raise UserError(f"{prefix}: checkpoint lacks variable {missing[0]}"
-                        f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
-                        f"does hparams.json (n_layer) match these weights?")
+        raise UserError(
+            f"{prefix}: checkpoint lacks variable {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+            f"does hparams.json (n_layer) match these weights?"
+        )
     if extra:
-        raise UserError(f"{prefix}: checkpoint has unexpected variable {extra[0]}"
-                        f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}; "
-                        f"does hparams.json (n_layer) match these weights?")
+        raise UserError(
+            f"{prefix}: checkpoint has unexpected variable {extra[0]}"
+            f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}; "
+            f"does hparams.json (n_layer) match these weights?"
+        )
     for name, var in table.items():
         want = var.shape.as_list()
         if list(stored[name]) != want:
-            raise UserError(f"{prefix}: variable {name} has shape {list(stored[name])} but "
-                            f"hparams.json implies {want}; hparams.json does not match the weights")
+            raise UserError(
+                f"{prefix}: variable {name} has shape {list(stored[name])} but "
+                f"hparams.json implies {want}; hparams.json does not match the weights"
+            )
     for name, var in table.items():
         try:
             value = reader.get_tensor(name)
         except Exception as e:  # the reader raises OpError, IndexError or ValueError on damage
-            raise UserError(f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
-                            f"({_first_line(e)}); download or export it again") from None
+            raise UserError(
+                f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
+                f"({_first_line(e)}); download or export it again"
+            ) from None
         if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
-            raise UserError(f"{prefix}: variable {name} holds non-finite or non-float values; "
-                            f"the checkpoint is corrupt")
+            raise UserError(
+                f"{prefix}: variable {name} holds non-finite or non-float values; "
+                f"the checkpoint is corrupt"
+            )
         var.assign(value.astype(var.dtype.as_numpy_dtype, copy=False))
 
 
@@ -110,9 +125,13 @@ def _write_meta_graph(table: dict[str, tf.Variable], path: str) -> None:
     """
     with tf.Graph().as_default():
         var_list = {
-            name: tf.compat.v1.get_variable(name, shape=v.shape, dtype=v.dtype,
-                                            initializer=tf.compat.v1.zeros_initializer(),
-                                            use_resource=False)  # TF1 ref variables, as OpenAI's
+            name: tf.compat.v1.get_variable(
+                name,
+                shape=v.shape,
+                dtype=v.dtype,
+                initializer=tf.compat.v1.zeros_initializer(),
+                use_resource=False,
+            )  # TF1 ref variables, as OpenAI's
             for name, v in table.items()
         }
         saver = tf.compat.v1.train.Saver(var_list=var_list)
@@ -135,13 +154,17 @@ def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_di
     try:
         table = name_table(model)
         names = sorted(table)
-        tf.raw_ops.SaveV2(prefix=os.path.join(tmp, CKPT_NAME), tensor_names=names,
-                          shape_and_slices=[""] * len(names),
-                          tensors=[tf.convert_to_tensor(table[n]) for n in names])
+        tf.raw_ops.SaveV2(
+            prefix=os.path.join(tmp, CKPT_NAME),
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tf.convert_to_tensor(table[n]) for n in names],
+        )
         _write_meta_graph(table, os.path.join(tmp, CKPT_NAME + ".meta"))
         with open(os.path.join(tmp, "checkpoint"), "w", encoding="utf-8") as f:
-            f.write(f'model_checkpoint_path: "{CKPT_NAME}"\n'
-                    f'all_model_checkpoint_paths: "{CKPT_NAME}"\n')
+            f.write(
+                f'model_checkpoint_path: "{CKPT_NAME}"\nall_model_checkpoint_paths: "{CKPT_NAME}"\n'
+            )
         save_hparams(hparams, os.path.join(tmp, "hparams.json"))
         for fname in ("encoder.json", "vocab.bpe"):
             shutil.copyfile(vocab_files[fname], os.path.join(tmp, fname))

@@ -16,13 +16,24 @@ import tempfile
 COMMANDS = {
     "sample": ("gpt2_tf2.sample", "sample", "generate text from a model"),
     "score": ("gpt2_tf2.score", "score", "mean log-likelihood and perplexity of a text"),
+    "download": ("gpt2_tf2.download", "download", "download OpenAI's released models"),
 }
 # Flags whose value is text or a path, never a number or a list.
-STRING_FLAGS = ("prompt", "prompt_file", "model_name", "models_dir", "file", "out", "run_name")
+STRING_FLAGS = (
+    "prompt",
+    "prompt_file",
+    "model_name",
+    "models_dir",
+    "file",
+    "out",
+    "run_name",
+    "base_url",
+)
 
 
-# What TensorFlow's C++ side prints while it is imported: absl log lines ("I0000 00:00:... file.cc:31]")
-# and absl's notice about logging before InitializeLog. TF_CPP_MIN_LOG_LEVEL does not hide them (TF >= 2.16).
+# What TensorFlow's C++ side prints while it is imported: absl log lines
+# ("I0000 00:00:... file.cc:31]") and absl's notice about logging before InitializeLog.
+# TF_CPP_MIN_LOG_LEVEL does not hide them (TF >= 2.16).
 _TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::)")
 
 
@@ -89,8 +100,17 @@ def _is_switch(arg: str) -> bool:
 
 
 # Boolean flags, which take no value on the command line.
-SWITCHES = {"interactive", "stop_at_endoftext", "verbose", "json", "offline", "noverbose",
-            "nointeractive", "nostop_at_endoftext", "nojson"}
+SWITCHES = {
+    "interactive",
+    "stop_at_endoftext",
+    "verbose",
+    "json",
+    "offline",
+    "noverbose",
+    "nointeractive",
+    "nostop_at_endoftext",
+    "nojson",
+}
 
 
 def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
@@ -124,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
         lines = [f"  {cmd:8s} {desc}" for cmd, (_, _, desc) in COMMANDS.items()]
-        print("usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
-              "commands:\n" + "\n".join(lines))
+        print(
+            "usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
+            "commands:\n" + "\n".join(lines)
+        )
         if argv and argv[0] not in ("-h", "--help", "help"):
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
             sys.exit(2)

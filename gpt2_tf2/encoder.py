@@ -1,7 +1,7 @@
 """Byte-level BPE, the tokenizer of GPT-2, with the original API.
 
-Mirrors openai/gpt-2's `src/encoder.py` (`get_encoder`, `Encoder.encode/decode`): text is split by the
-GPT-2 pre-tokenizer regex, each piece's UTF-8 bytes are mapped to printable characters
+Mirrors openai/gpt-2's `src/encoder.py` (`get_encoder`, `Encoder.encode/decode`): text is split
+by the GPT-2 pre-tokenizer regex, each piece's UTF-8 bytes are mapped to printable characters
 (`bytes_to_unicode`) and merged by rank from `vocab.bpe`. Differences from the original, matching
 tiktoken's `gpt2` encoding: lone surrogates are replaced by U+FFFD instead of raising, the BPE cache
 is bounded, and `<|endoftext|>` is ordinary text unless the caller allows it as a special token.
@@ -28,7 +28,7 @@ PRETOKENIZE = regex.compile(
 BPE_CACHE_SIZE = 1 << 16  # distinct words remembered; bounded so big corpora don't grow it forever
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bytes_to_unicode() -> dict[int, str]:
     """Map every byte to a printable character, keeping printable Latin-1 bytes as themselves."""
     printable = (
@@ -46,8 +46,9 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 class Encoder:
-    def __init__(self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]],
-                 errors: str = "replace"):
+    def __init__(
+        self, encoder: dict[str, int], bpe_merges: list[tuple[str, str]], errors: str = "replace"
+    ):
         self.encoder = encoder
         self.decoder = {v: k for k, v in encoder.items()}
         self.errors = errors  # how to handle bytes that don't decode as UTF-8
@@ -100,8 +101,8 @@ class Encoder:
 
         Args:
           text: the text.
-          allowed_special: special tokens (e.g. {"<|endoftext|>"}, or "all") whose spelling in the text
-            becomes the special token id; by default they are ordinary text, as tiktoken's
+          allowed_special: special tokens (e.g. {"<|endoftext|>"}, or "all") whose spelling in
+            the text becomes the special token id; by default they are ordinary text, as tiktoken's
             `encode_ordinary`.
         """
         if allowed_special == "all":
@@ -131,7 +132,9 @@ class Encoder:
 def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
     for path in (encoder_path, bpe_path):
         if not os.path.isfile(path):
-            raise UserError(f"{path}: not found (a model directory needs encoder.json and vocab.bpe)")
+            raise UserError(
+                f"{path}: not found (a model directory needs encoder.json and vocab.bpe)"
+            )
     try:
         with open(encoder_path, encoding="utf-8") as f:
             encoder = json.load(f)
@@ -161,7 +164,7 @@ def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], sou
     if len(encoder) != 256 + len(merges) + specials:
         raise UserError(
             f"{source}: encoder.json has {len(encoder)} tokens but vocab.bpe has {len(merges)} "
-            f"merges (expected {256 + len(merges) + specials} tokens); the files don't belong together"
+            f"merges (expected {256 + len(merges) + specials} tokens); the files don't match"
         )
     missing = [c for c in bytes_to_unicode().values() if c not in encoder]
     if missing:
@@ -170,8 +173,9 @@ def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], sou
 
 def load_encoder(model_dir: str) -> Encoder:
     """The encoder stored in a model directory (encoder.json + vocab.bpe)."""
-    encoder, merges = _read_vocab(os.path.join(model_dir, "encoder.json"),
-                                  os.path.join(model_dir, "vocab.bpe"))
+    encoder, merges = _read_vocab(
+        os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")
+    )
     check_vocabulary(encoder, merges, model_dir)
     return Encoder(encoder=encoder, bpe_merges=merges)
 

@@ -1,4 +1,4 @@
-"""The one exception type for bad input: the command-line face prints its message as a single line."""
+"""The one exception type for bad input; the command-line face prints it as a single line."""
 
 
 class UserError(Exception):

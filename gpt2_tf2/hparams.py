@@ -1,9 +1,11 @@
 """Model hyperparameters: OpenAI's `hparams.json`, as a frozen dataclass.
 
-Mirrors `default_hparams()` in openai/gpt-2's `src/model.py` (`n_vocab, n_ctx, n_embd, n_head, n_layer`).
+Mirrors `default_hparams()` in openai/gpt-2's `src/model.py`
+(`n_vocab, n_ctx, n_embd, n_head, n_layer`).
 Fields beyond OpenAI's five carry defaults equal to GPT-2's fixed choices and are written to
 `hparams.json` only when they differ from them, so a file we write for a GPT-2 release is
-byte-for-byte the five-key file OpenAI ships, while other families (e.g. ruGPT-3) can still be described.
+byte-for-byte the five-key file OpenAI ships, while other families (e.g. ruGPT-3) can still
+be described.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class HParams:
                 f"hparams: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if not self.layer_norm_epsilon > 0:
-            raise UserError(f"hparams: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
+            raise UserError(
+                f"hparams: layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -49,8 +53,10 @@ class HParams:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: "
-                            f"{', '.join(sorted(known))}")
+            raise UserError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; known keys: "
+                f"{', '.join(sorted(known))}"
+            )
         missing = [k for k in OPENAI_FIELDS if k not in data]
         if missing:
             raise UserError(f"{source}: missing key(s) {', '.join(missing)}")

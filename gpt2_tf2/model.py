@@ -3,8 +3,8 @@
 Same maths and variable layout as the original (Radford et al. 2019; pre-LN transformer of
 Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1d weights of shape
 `[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`, no dropout.
-The one addition is a preallocated, fixed-shape key/value cache written in place at `pos`, so a whole
-generation compiles to one loop whose shapes never change. This file knows nothing of files,
+The one addition is a preallocated, fixed-shape key/value cache written in place at `pos`, so a
+whole generation compiles to one loop whose shapes never change. This file knows nothing of files,
 command lines or sampling.
 """
 
@@ -64,7 +64,9 @@ def merge_heads(x):
 
 
 def write_cache(cache, kv, pos):
-    """Write `kv` [2, batch, heads, n, head_dim] into `cache` [2, batch, heads, T, head_dim] at `pos`.
+    """Write `kv` [2, batch, heads, n, head_dim] into `cache` [2, batch, heads, T, head_dim].
+
+    The new entries land at positions pos .. pos + n - 1.
 
     A masked select keeps the cache's shape fixed (no concat, so no retracing and no growth);
     a single new position is broadcast along T, which needs no dynamic padding under XLA.
@@ -130,7 +132,7 @@ class Block(tf.Module):
 
 
 def _initializer(seed):
-    """Random normal init of the original (stddev 0.02, wpe 0.01); None gives zeros (for loading)."""
+    """The original's random normal init (stddev 0.02, wpe 0.01); seed None: zeros, for loading."""
     if seed is None:
         return lambda shape, stddev: tf.zeros(shape)
     gen = tf.random.Generator.from_seed(seed)
@@ -152,18 +154,21 @@ class GPT2(tf.Module):
     def init_cache(self, batch_size: int, max_len: int, dtype=tf.float32):
         """One zero tensor per layer: [2 (key, value), batch, heads, max_len, head_dim]."""
         hp = self.hparams
-        return [tf.zeros([2, batch_size, hp.n_head, max_len, hp.head_dim], dtype)
-                for _ in range(hp.n_layer)]
+        return [
+            tf.zeros([2, batch_size, hp.n_head, max_len, hp.head_dim], dtype)
+            for _ in range(hp.n_layer)
+        ]
 
     def __call__(self, tokens, cache=None, pos=0, last_only: bool = False):
         """Logits for int32 `tokens` [batch, seq] standing at positions pos .. pos + seq - 1.
 
-        With `cache` (from `init_cache`), keys/values are written into it at `pos` and attention sees
-        every earlier position in it; the updated cache is returned as `result["cache"]`.
+        With `cache` (from `init_cache`), keys/values are written into it at `pos` and attention
+        sees every earlier position in it; the updated cache is returned as `result["cache"]`.
         `last_only` computes logits for the last position only (all that decoding needs).
         """
-        # Read wte densely once per call: after a sparse read (gather), later dense reads of the same
-        # resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection at M=1).
+        # Read wte densely once per call: after a sparse read (gather), later dense reads of the
+        # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
+        # at M=1).
         wte = tf.convert_to_tensor(self.wte)  # [vocab, embd]
         seq = tf.shape(tokens)[1]
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]

@@ -45,9 +45,23 @@ def print_samples(lm, prompt_tokens, settings: dict, nsamples: int, counter: int
     return counter
 
 
-def sample(model_name="124M", models_dir="models", seed=None, nsamples=1, batch_size=1,
-           length=None, temperature=1.0, top_k=0, top_p=1.0, prompt=None, prompt_file=None,
-           interactive=False, stop_at_endoftext=False, verbose=False):
+def sample(
+    model_name="124M",
+    models_dir="models",
+    seed=None,
+    nsamples=1,
+    batch_size=1,
+    length=None,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    prompt=None,
+    prompt_file=None,
+    interactive=False,
+    stop_at_endoftext=False,
+    offline=False,
+    verbose=False,
+):
     """Generate text from GPT-2.
 
     Without a prompt, samples are unconditional (they start from <|endoftext|>). Each sample is
@@ -71,6 +85,7 @@ def sample(model_name="124M", models_dir="models", seed=None, nsamples=1, batch_
       prompt_file: file whose text to continue; '-' reads standard input.
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
       stop_at_endoftext: end each sample at the first <|endoftext|> token.
+      offline: never download; a release missing from models_dir is an error.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose)
@@ -89,9 +104,16 @@ def sample(model_name="124M", models_dir="models", seed=None, nsamples=1, batch_
 
     from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
 
-    lm = api.load(model_name, models_dir)
-    settings = dict(length=length, batch_size=batch_size, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed, stop_at_endoftext=stop_at_endoftext)
+    lm = api.load(model_name, models_dir, download=not offline)
+    settings = dict(
+        length=length,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_at_endoftext=stop_at_endoftext,
+    )
     if not interactive:
         tokens = lm.encoder.encode(prompt) if prompt else []
         print_samples(lm, tokens, settings, nsamples)

@@ -1,7 +1,7 @@
 """Sampling: pure logit filters and one compiled decode loop over a fixed-shape cache.
 
-Mirrors openai/gpt-2's `src/sample.py` (temperature, then top-k, then top-p, then a categorical draw),
-fixing its bugs: top-p compares each row against its own threshold (the original broadcast a
+Mirrors openai/gpt-2's `src/sample.py` (temperature, then top-k, then top-p, then a categorical
+draw), fixing its bugs: top-p compares each row against its own threshold (the original broadcast a
 [batch] threshold across the vocabulary, wrong at batch > 1), the token that crosses the
 threshold is kept (Holtzman et al. 2019, nucleus sampling), top-k and top-p combine, temperature 0
 is greedy. Settings are tensors, so changing them never retraces; randomness is stateless,
@@ -122,12 +122,24 @@ def decode(model, context, length, temperature, top_k, top_p, seed, stop_token):
     def body(step, token, cache, tokens, done):
         out = model(token[:, None], cache, prompt_len + step - 1, last_only=True)
         token = pick(out["logits"], step, done)
-        return step + 1, token, out["cache"], place(tokens, token, step), done | (token == stop_token)
+        return (
+            step + 1,
+            token,
+            out["cache"],
+            place(tokens, token, step),
+            done | (token == stop_token),
+        )
 
     _, _, _, tokens, _ = tf.while_loop(
-        cond, body, (tf.constant(1), token, out["cache"], tokens, done),
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]),
-                          [tf.TensorShape(c.shape) for c in out["cache"]],
-                          tf.TensorShape([None, None]), tf.TensorShape([None])),
+        cond,
+        body,
+        (tf.constant(1), token, out["cache"], tokens, done),
+        shape_invariants=(
+            tf.TensorShape([]),
+            tf.TensorShape([None]),
+            [tf.TensorShape(c.shape) for c in out["cache"]],
+            tf.TensorShape([None, None]),
+            tf.TensorShape([None]),
+        ),
     )
     return tokens

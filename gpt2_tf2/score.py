@@ -2,7 +2,8 @@
 
 Prints the token count, the mean negative log-likelihood in nats per token and the perplexity
 (exp of the mean). Texts longer than the context are scored in windows of n_ctx advancing by
-n_ctx // 2, every token predicted from at least n_ctx // 2 earlier ones once the text is long enough.
+n_ctx // 2, every token predicted from at least n_ctx // 2 earlier ones once the text is long
+enough.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from gpt2_tf2.errors import UserError
 from gpt2_tf2.sample import read_prompt_file
 
 
-def score(file, model_name="124M", models_dir="models", json=False, verbose=False):
+def score(file, model_name="124M", models_dir="models", json=False, offline=False, verbose=False):
     """Score a text file with GPT-2.
 
     Args:
@@ -22,25 +23,32 @@ def score(file, model_name="124M", models_dir="models", json=False, verbose=Fals
       model_name: release name under models_dir (124M, 355M, 774M, 1558M) or a model directory.
       models_dir: directory holding the release directories.
       json: print one JSON object instead of text lines.
+      offline: never download; a release missing from models_dir is an error.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose)
     text = read_prompt_file(str(file))
     from gpt2_tf2 import api
 
-    lm = api.load(model_name, models_dir)
+    lm = api.load(model_name, models_dir, download=not offline)
     tokens = lm.encoder.encode(text)
     if not tokens:
         raise UserError(f"{file}: no text to score")
     total, count = lm.score_tokens(tokens)
     mean = total / count
-    result = {"file": str(file), "tokens": len(tokens), "nll": mean,
-              "perplexity": api.perplexity(mean)}
+    result = {
+        "file": str(file),
+        "tokens": len(tokens),
+        "nll": mean,
+        "perplexity": api.perplexity(mean),
+    }
     if json:
         print(json_lib.dumps(result))
     else:
-        print(f"tokens: {result['tokens']}\nnll: {mean:.6f} nats/token\n"
-              f"perplexity: {result['perplexity']:.4f}")
+        print(
+            f"tokens: {result['tokens']}\nnll: {mean:.6f} nats/token\n"
+            f"perplexity: {result['perplexity']:.4f}"
+        )
     return None
 
 

@@ -71,18 +71,29 @@ def test_stop_at_endoftext(lm):
 
 def test_no_retracing(lm):
     before = lm._decode.experimental_get_tracing_count()
-    for prompt, length, batch, kw in [("a", 3, 1, {}), ("longer prompt here", 9, 3, {"top_p": 0.9}),
-                                      (None, 5, 2, {"top_k": 5, "temperature": 0.7}),
-                                      ("x y", 1, 4, {"temperature": 0})]:
+    for prompt, length, batch, kw in [
+        ("a", 3, 1, {}),
+        ("longer prompt here", 9, 3, {"top_p": 0.9}),
+        (None, 5, 2, {"top_k": 5, "temperature": 0.7}),
+        ("x y", 1, 4, {"temperature": 0}),
+    ]:
         lm.generate(prompt, length=length, nsamples=batch, batch_size=batch, seed=0, **kw)
     assert lm._decode.experimental_get_tracing_count() - before <= 1
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"length": -1}, "length"), ({"length": 0}, "length"), ({"top_p": 0}, "top_p"),
-    ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"temperature": -1}, "temperature"),
-    ({"length": 100}, "exceeds the model's context of 64"), ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"length": -1}, "length"),
+        ({"length": 0}, "length"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"temperature": -1}, "temperature"),
+        ({"length": 100}, "exceeds the model's context of 64"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_settings(lm, kwargs, message):
     with pytest.raises(UserError, match=message):
         lm.generate("hello", **kwargs)
@@ -98,8 +109,11 @@ def test_prompt_plus_length_limit(lm):
 
 def _reference_nll(lm, ids):
     logits = lm.model(tf.constant([ids[:-1]], tf.int32))["logits"].numpy()[0].astype(np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     return -logp[np.arange(len(ids) - 1), ids[1:]]
 
 
@@ -110,7 +124,7 @@ def test_score_short_text(lm):
 
 
 def test_score_long_text_windows(lm):
-    """Longer than n_ctx: each token scored once, predicted from n_ctx//2 .. n_ctx-1 earlier ones."""
+    """Longer than n_ctx: each token scored once, from n_ctx//2 .. n_ctx-1 earlier ones."""
     tokens = lm.encoder.encode("one two three four five six seven eight nine ten " * 20)
     assert len(tokens) > 3 * lm.hparams.n_ctx
     total, count = lm.score_tokens(tokens)
@@ -120,7 +134,7 @@ def test_score_long_text_windows(lm):
     end = n_ctx
     while end < len(ids):
         new_end = min(len(ids), end + half)
-        expected += list(_reference_nll(lm, ids[new_end - n_ctx:new_end])[-(new_end - end):])
+        expected += list(_reference_nll(lm, ids[new_end - n_ctx : new_end])[-(new_end - end) :])
         end = new_end
     assert abs(total - sum(expected)) < 1e-3
 

@@ -6,16 +6,23 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import write_random_model
+
 from gpt2_tf2 import api
 from gpt2_tf2.checkpoint import find_checkpoint, load_openai_checkpoint, name_table
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.hparams import HParams, load_hparams
 from gpt2_tf2.model import GPT2
 
-RELEASE_FILES = {"checkpoint", "hparams.json", "encoder.json", "vocab.bpe", "model.ckpt.index",
-                 "model.ckpt.data-00000-of-00001", "model.ckpt.meta"}
+RELEASE_FILES = {
+    "checkpoint",
+    "hparams.json",
+    "encoder.json",
+    "vocab.bpe",
+    "model.ckpt.index",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.meta",
+}
 
 
 def test_name_table_covers_every_variable_once():
@@ -44,7 +51,9 @@ def test_layout_and_round_trip(tmp_path, vocab_files):
 def test_readable_by_tf1_saver(tiny_model_dir):
     """A TF1 program (graph mode, import_meta_graph + Saver.restore) reads what we write."""
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        saver = tf.compat.v1.train.import_meta_graph(os.path.join(tiny_model_dir, "model.ckpt.meta"))
+        saver = tf.compat.v1.train.import_meta_graph(
+            os.path.join(tiny_model_dir, "model.ckpt.meta")
+        )
         saver.restore(sess, tf.train.latest_checkpoint(tiny_model_dir))
         wte = sess.run(tf.compat.v1.get_default_graph().get_tensor_by_name("model/wte:0"))
     reader = tf.train.load_checkpoint(os.path.join(tiny_model_dir, "model.ckpt"))
@@ -60,8 +69,12 @@ def _rewrite(path, transform):
         if not f.name.endswith(".meta"):
             f.unlink()
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=str(path / "model.ckpt"), tensor_names=names,
-                      shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=str(path / "model.ckpt"),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tensors[n] for n in names],
+    )
 
 
 def _load(path):

@@ -6,7 +6,6 @@ import re
 import shutil
 
 import pytest
-
 from conftest import run_cli
 
 HEADER = re.compile(r"={40} SAMPLE (\d+) ={40}\n")
@@ -26,8 +25,10 @@ def sample(models_root, *args, input=None):
 
 def bodies(stdout):
     """The sample texts between headers."""
-    return [part[1:].rstrip("\n") if part.startswith("\n") else part
-            for part in HEADER.split(stdout)[2::2]]
+    return [
+        part[1:].rstrip("\n") if part.startswith("\n") else part
+        for part in HEADER.split(stdout)[2::2]
+    ]
 
 
 def assert_clean_error(result, *fragments):
@@ -47,8 +48,18 @@ def test_unconditional(models_root):
 
 
 def test_conditional_is_seeded_and_excludes_prompt(models_root):
-    args = ("--prompt", "3.10 is a version", "--length", "6", "--seed", "3", "--top_k", "40",
-            "--top_p", "0.9")
+    args = (
+        "--prompt",
+        "3.10 is a version",
+        "--length",
+        "6",
+        "--seed",
+        "3",
+        "--top_k",
+        "40",
+        "--top_p",
+        "0.9",
+    )
     a, b = sample(models_root, *args), sample(models_root, *args)
     assert a.returncode == 0 and a.stdout == b.stdout
     assert "3.10 is a version" not in a.stdout
@@ -72,8 +83,17 @@ def test_model_name_as_path(tiny_model_dir):
 
 
 def test_interactive(models_root):
-    r = sample(models_root, "--interactive", "--length", "3", "--nsamples", "2", "--seed", "1",
-               input="Hello\n\nWorld\n")
+    r = sample(
+        models_root,
+        "--interactive",
+        "--length",
+        "3",
+        "--nsamples",
+        "2",
+        "--seed",
+        "1",
+        input="Hello\n\nWorld\n",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Model prompt >>> ") == 4
     assert "Prompt should not be empty!" in r.stdout
@@ -94,13 +114,41 @@ def test_stop_at_endoftext_flag(models_root):
 
 
 def test_drop_in_tools(models_root):
-    r = run_cli(["tools/generate_unconditional_samples.py", "--models_dir", models_root,
-                 "--nsamples", "2", "--length", "4", "--top_k", "40", "--seed", "5"])
+    r = run_cli(
+        [
+            "tools/generate_unconditional_samples.py",
+            "--models_dir",
+            models_root,
+            "--nsamples",
+            "2",
+            "--length",
+            "4",
+            "--top_k",
+            "40",
+            "--seed",
+            "5",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert len(HEADER.findall(r.stdout)) == 2
-    r = run_cli(["tools/interactive_conditional_samples.py", "--models_dir", models_root,
-                 "--model_name", "124M", "--length", "4", "--top_p", "0.9", "--temperature", "0.8",
-                 "--seed", "5"], input="Hello there\n")
+    r = run_cli(
+        [
+            "tools/interactive_conditional_samples.py",
+            "--models_dir",
+            models_root,
+            "--model_name",
+            "124M",
+            "--length",
+            "4",
+            "--top_p",
+            "0.9",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "5",
+        ],
+        input="Hello there\n",
+    )
     assert r.returncode == 0, r.stderr
     assert "Model prompt >>> " in r.stdout and len(HEADER.findall(r.stdout)) == 1
 
@@ -108,9 +156,22 @@ def test_drop_in_tools(models_root):
 def test_help_explains_every_flag():
     r = run_cli(["-m", "gpt2_tf2.sample", "--help"])
     assert r.returncode == 0
-    for flag in ("model_name", "models_dir", "seed", "nsamples", "batch_size", "length",
-                 "temperature", "top_k", "top_p", "prompt", "prompt_file", "interactive",
-                 "stop_at_endoftext", "verbose"):
+    for flag in (
+        "model_name",
+        "models_dir",
+        "seed",
+        "nsamples",
+        "batch_size",
+        "length",
+        "temperature",
+        "top_k",
+        "top_p",
+        "prompt",
+        "prompt_file",
+        "interactive",
+        "stop_at_endoftext",
+        "verbose",
+    ):
         assert re.search(rf"--{flag}\b.*\n\s+\S", r.stdout), flag
 
 
@@ -121,32 +182,39 @@ def test_console_command_lists_commands():
 
 def test_score(models_root, tmp_path):
     (tmp_path / "t.txt").write_text("Hello world. " * 40, encoding="utf-8")
-    r = run_cli(["-m", "gpt2_tf2.score", str(tmp_path / "t.txt"), "--models_dir", models_root,
-                 "--json"])
+    r = run_cli(
+        ["-m", "gpt2_tf2.score", str(tmp_path / "t.txt"), "--models_dir", models_root, "--json"]
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["tokens"] == 121 and result["nll"] > 0
     assert abs(result["perplexity"] - 2.718281828 ** result["nll"]) < 1e-6 * result["perplexity"]
-    text = run_cli(["-m", "gpt2_tf2", "score", str(tmp_path / "t.txt"), "--models_dir",
-                    models_root])
+    text = run_cli(
+        ["-m", "gpt2_tf2", "score", str(tmp_path / "t.txt"), "--models_dir", models_root]
+    )
     assert "tokens: 121" in text.stdout and "perplexity:" in text.stdout
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--length", "-5"], ["length must be a positive integer"]),
-    (["--top_p", "1.5"], ["top_p must be in (0, 1]"]),
-    (["--top_p", "0"], ["top_p"]),
-    (["--top_k", "-1"], ["top_k"]),
-    (["--temperature", "-0.5"], ["temperature"]),
-    (["--nsamples", "-1"], ["nsamples"]),
-    (["--model_name", "999M"], ["unknown model '999M'"]),
-    (["--model_name", "355M"], ["not found", "python -m gpt2_tf2.download 355M"]),
-    (["--length", "65"], ["exceeds the model's context of 64"]),
-    (["--prompt", "one two three four five six seven eight nine ten", "--length", "60"],
-     ["prompt (10 tokens) + length (60)"]),
-    (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
-    (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--length", "-5"], ["length must be a positive integer"]),
+        (["--top_p", "1.5"], ["top_p must be in (0, 1]"]),
+        (["--top_p", "0"], ["top_p"]),
+        (["--top_k", "-1"], ["top_k"]),
+        (["--temperature", "-0.5"], ["temperature"]),
+        (["--nsamples", "-1"], ["nsamples"]),
+        (["--model_name", "999M"], ["unknown model '999M'"]),
+        (["--model_name", "355M", "--offline"], ["not found", "python -m gpt2_tf2.download 355M"]),
+        (["--length", "65"], ["exceeds the model's context of 64"]),
+        (
+            ["--prompt", "one two three four five six seven eight nine ten", "--length", "60"],
+            ["prompt (10 tokens) + length (60)"],
+        ),
+        (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
+        (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
+    ],
+)
 def test_bad_flags(models_root, args, fragments):
     assert_clean_error(sample(models_root, *args), *fragments)
 

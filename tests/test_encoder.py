@@ -47,8 +47,10 @@ def test_matches_tiktoken(enc, tiktoken_gpt2, text):
 
 def test_random_texts_match_tiktoken(enc, tiktoken_gpt2):
     rng = random.Random(1234)
-    alphabet = ("aAzZ09 \t\n\r'sdtlmvre.,!?-_()[]{}<|>ПриветΩλ你好日本🤖🎉éü\u0301\u200d\u00a0\u3000"
-                "\u2028\x00\x7f")
+    alphabet = (
+        "aAzZ09 \t\n\r'sdtlmvre.,!?-_()[]{}<|>ПриветΩλ你好日本🤖🎉éü\u0301\u200d\u00a0\u3000"
+        "\u2028\x00\x7f"
+    )
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         assert enc.encode(text) == tiktoken_gpt2.encode_ordinary(text), repr(text)

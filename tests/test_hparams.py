@@ -6,9 +6,15 @@ from gpt2_tf2.errors import UserError
 from gpt2_tf2.hparams import PRESETS, HParams, canonical_name, load_hparams, save_hparams
 
 
-@pytest.mark.parametrize("name,count", [
-    ("124M", 124_439_808), ("355M", 354_823_168), ("774M", 774_030_080), ("1558M", 1_557_611_200),
-])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("124M", 124_439_808),
+        ("355M", 354_823_168),
+        ("774M", 774_030_080),
+        ("1558M", 1_557_611_200),
+    ],
+)
 def test_release_parameter_counts(name, count):
     assert PRESETS[name].num_params() == count
 
@@ -44,13 +50,19 @@ def test_extension_fields_written_only_when_changed(tmp_path):
     assert load_hparams(str(tmp_path)) == hp
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"n_vocab": 10, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 1, "n_foo": 1}, "unknown key"),
-    ({"n_vocab": 10, "n_ctx": 8, "n_embd": 10, "n_head": 4, "n_layer": 1}, "divisible"),
-    ({"n_vocab": 10, "n_ctx": 8, "n_embd": 8, "n_head": 2}, "missing key"),
-    ({"n_vocab": 10, "n_ctx": -8, "n_embd": 8, "n_head": 2, "n_layer": 1}, "positive"),
-    ({"n_vocab": 10, "n_ctx": 8.5, "n_embd": 8, "n_head": 2, "n_layer": 1}, "positive"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            {"n_vocab": 10, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 1, "n_foo": 1},
+            "unknown key",
+        ),
+        ({"n_vocab": 10, "n_ctx": 8, "n_embd": 10, "n_head": 4, "n_layer": 1}, "divisible"),
+        ({"n_vocab": 10, "n_ctx": 8, "n_embd": 8, "n_head": 2}, "missing key"),
+        ({"n_vocab": 10, "n_ctx": -8, "n_embd": 8, "n_head": 2, "n_layer": 1}, "positive"),
+        ({"n_vocab": 10, "n_ctx": 8.5, "n_embd": 8, "n_head": 2, "n_layer": 1}, "positive"),
+    ],
+)
 def test_bad_hparams(tmp_path, data, message):
     (tmp_path / "hparams.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match=message):
@@ -58,5 +70,5 @@ def test_bad_hparams(tmp_path, data, message):
 
 
 def test_hparams_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
         PRESETS["124M"].n_layer = 3

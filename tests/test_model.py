@@ -1,4 +1,4 @@
-"""The model's maths: cached decoding equals the full pass; pieces follow the original's formulas."""
+"""The model's maths: cached decoding equals the full pass; pieces follow the original."""
 
 import math
 
@@ -65,7 +65,7 @@ def test_cached_decoding_equals_full_pass(model, prefill):
     out = model(tokens[:, :prefill], cache, 0)
     steps, cache = [out["logits"].numpy()], out["cache"]
     for i in range(prefill, 16):
-        out = model(tokens[:, i:i + 1], cache, i)
+        out = model(tokens[:, i : i + 1], cache, i)
         steps.append(out["logits"].numpy())
         cache = out["cache"]
         assert [c.shape for c in cache] == [c.shape for c in model.init_cache(3, 20)]
@@ -84,10 +84,10 @@ def test_cached_decoding_in_tf_function(model):
         logits = logits.write(0, out["logits"][:, 0])
 
         def body(i, cache, logits):
-            o = model(tokens[:, i:i + 1], cache, i, last_only=True)
+            o = model(tokens[:, i : i + 1], cache, i, last_only=True)
             return i + 1, o["cache"], logits.write(i - 2, o["logits"][:, 0])
 
-        _, _, logits = tf.while_loop(lambda i, c, l: i < 10, body, (3, out["cache"], logits))
+        _, _, logits = tf.while_loop(lambda i, *_: i < 10, body, (3, out["cache"], logits))
         return tf.transpose(logits.stack(), [1, 0, 2])
 
     full = model(tokens)["logits"].numpy()[:, 2:]

@@ -1,4 +1,4 @@
-"""Sampling filters on hand-computed distributions (batch > 1), and the decode loop on a stub model."""
+"""Sampling filters on hand-computed distributions (batch > 1); the decode loop on a stub model."""
 
 import numpy as np
 import pytest
@@ -98,8 +98,11 @@ def expected(prompt, length, stop=-1):
 
 
 def run_stub(prompts, length, stop=-1, temperature=0.0):
-    fn = tf.function(lambda c, n: decode(StubModel(), c, n, temperature, 0, 1.0,
-                                         tf.constant([0, 0], tf.int64), stop))
+    fn = tf.function(
+        lambda c, n: decode(
+            StubModel(), c, n, temperature, 0, 1.0, tf.constant([0, 0], tf.int64), stop
+        )
+    )
     return fn(tf.constant(prompts, tf.int32), tf.constant(length)).numpy().tolist()
 
 
@@ -122,8 +125,16 @@ def test_decode_seed_determinism():
             return {"logits": tf.zeros([tf.shape(tokens)[0], 1, 50]), "cache": cache}
 
     def run(seed):
-        return decode(Uniform(), tf.constant([[1]] * 4, tf.int32), 20, 1.0, 0, 1.0,
-                      tf.constant([seed, 0], tf.int64), -1).numpy()
+        return decode(
+            Uniform(),
+            tf.constant([[1]] * 4, tf.int32),
+            20,
+            1.0,
+            0,
+            1.0,
+            tf.constant([seed, 0], tf.int64),
+            -1,
+        ).numpy()
 
     assert np.array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))

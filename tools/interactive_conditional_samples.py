@@ -7,8 +7,17 @@ from gpt2_tf2 import cli
 from gpt2_tf2.sample import sample
 
 
-def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, length=None,
-                   temperature=1, top_k=0, top_p=1, models_dir="models"):
+def interact_model(
+    model_name="124M",
+    seed=None,
+    nsamples=1,
+    batch_size=1,
+    length=None,
+    temperature=1,
+    top_k=0,
+    top_p=1,
+    models_dir="models",
+):
     """Ask for prompts ('Model prompt >>> ') and print samples continuing each, as the original did.
 
     Args:
@@ -22,9 +31,18 @@ def interact_model(model_name="124M", seed=None, nsamples=1, batch_size=1, lengt
       top_p: nucleus sampling threshold in (0, 1]; 1 = no limit.
       models_dir: directory holding the model directories.
     """
-    return sample(model_name=model_name, models_dir=models_dir, seed=seed, nsamples=nsamples,
-                  batch_size=batch_size, length=length, temperature=temperature, top_k=top_k,
-                  top_p=top_p, interactive=True)
+    return sample(
+        model_name=model_name,
+        models_dir=models_dir,
+        seed=seed,
+        nsamples=nsamples,
+        batch_size=batch_size,
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        interactive=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""The downloader against a local HTTP server on 127.0.0.1 serving a generated release."""
+
+import filecmp
+import http.server
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import run_cli
+from gpt2_tf2.download import FILES, download_model
+from gpt2_tf2.errors import UserError
+
+DATA = "model.ckpt.data-00000-of-00001"
+
+
+class Release(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.root = root
+        self.faults = {}  # file name -> "cut" | "stall" | "short" | "404", used once
+        self.requests = []  # (path, Range header)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        name = self.path.rsplit("/", 1)[-1]
+        path = os.path.join(server.root, name)
+        fault = server.faults.pop(name, None)
+        if fault == "404" or not self.path.startswith("/124M/") or not os.path.exists(path):
+            self.send_error(404)
+            return
+        data = open(path, "rb").read()
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match:
+            start = int(match.group(1))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if fault in ("cut", "short"):
+            self.wfile.write(body[: len(body) // 2])  # then close: the client sees a short body
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if fault == "stall":
+            self.wfile.write(body[:1000])
+            self.wfile.flush()
+            time.sleep(3)  # longer than the client's timeout; bounded so the thread ends
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server(tiny_model_dir):
+    srv = Release(tiny_model_dir)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def same_as_release(model_dir, release_dir):
+    return all(filecmp.cmp(os.path.join(model_dir, f), os.path.join(release_dir, f), shallow=False)
+               for f in FILES)
+
+
+def test_full_download_then_skip(server, tiny_model_dir, tmp_path):
+    model_dir = download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert sorted(os.listdir(model_dir)) == sorted(FILES)
+    assert same_as_release(model_dir, tiny_model_dir)
+    count = len(server.requests)
+    assert count == len(FILES)
+    download_model("117M", str(tmp_path), url=server.url, progress=False)  # alias, same release
+    assert len(server.requests) == count  # complete files are skipped without a request
+
+
+def test_resume_after_cut(server, tiny_model_dir, tmp_path):
+    server.faults[DATA] = "cut"
+    with pytest.raises(UserError, match=r"(got \d+ of \d+ bytes|connection lost).*resume"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False, timeout=5)
+    dest = tmp_path / "124M" / DATA
+    assert not dest.exists()  # nothing that looks complete
+    partial = (tmp_path / "124M" / (DATA + ".part")).stat().st_size
+    assert 0 < partial < os.path.getsize(os.path.join(tiny_model_dir, DATA))
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert (f"/124M/{DATA}", f"bytes={partial}-") in server.requests
+    assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)
+    assert not (tmp_path / "124M" / (DATA + ".part")).exists()
+
+
+def test_short_file_is_not_kept(server, tmp_path):
+    server.faults["encoder.json"] = "short"
+    with pytest.raises(UserError):
+        download_model("124M", str(tmp_path), url=server.url, progress=False, timeout=5)
+    assert not (tmp_path / "124M" / "encoder.json").exists()
+
+
+def test_404(server, tmp_path):
+    server.faults["vocab.bpe"] = "404"
+    with pytest.raises(UserError, match="HTTP 404"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not (tmp_path / "124M" / "vocab.bpe").exists()
+
+
+def test_stalled_server_times_out(server, tmp_path):
+    server.faults[DATA] = "stall"
+    started = time.monotonic()
+    with pytest.raises(UserError, match="stopped sending"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False, timeout=1)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "124M" / DATA).exists()
+
+
+def test_unknown_release(tmp_path):
+    with pytest.raises(UserError, match="unknown release"):
+        download_model("42M", str(tmp_path), url="http://127.0.0.1:9", progress=False)
+
+
+def test_cli_download_and_sample(server, tmp_path):
+    r = run_cli(["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path),
+                 "--base_url", server.url])
+    assert r.returncode == 0, r.stderr
+    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3",
+                 "--offline"])
+    assert r.returncode == 0, r.stderr
+    assert "SAMPLE 1" in r.stdout
+
+
+def test_tools_download_model(server, tmp_path):
+    r = run_cli([os.path.join("tools", "download_model.py"), "124M", "--models_dir",
+                 str(tmp_path), "--base_url", server.url])
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
+
+
+def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
+    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
+    assert r.returncode == 0, r.stderr
+    assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
+
+
+def test_cli_http_error_is_one_line(server, tmp_path):
+    server.faults["checkpoint"] = "404"
+    r = run_cli(["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path),
+                 "--base_url", server.url])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,127 @@
+"""Reference tier: agreement with independent implementations, on a model and texts that no
+other test uses.
+
+- Logits and greedy continuations against Hugging Face transformers' PyTorch GPT2LMHeadModel, whose
+  weights are read from our OpenAI-layout directory with TensorFlow's checkpoint reader (no gpt2_tf2
+  code involved), max abs logit difference <= 1e-4 in float32.
+- Tokenization against tiktoken on held-out texts.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch  # noqa: E402  (test-only dependencies: requirements-test.txt; missing = failure)
+import transformers  # noqa: E402
+from conftest import write_random_model
+
+pytestmark = pytest.mark.reference
+
+HELD_OUT = [
+    "The committee postponed its decision until the spring, citing unresolved budget questions.",
+    "В 1961 году Юрий Гагарин стал первым человеком, совершившим полёт в космос.",
+    "東京タワーは1958年に完成した電波塔です。",
+    "for (int i = 0; i < n; ++i) { sum += a[i] * b[i]; }  // dot product",
+    "¡Qué día tan bonito! Ça va? Ünïcödé 😀🚀  \t  mixed   spacing\n\n",
+]
+
+
+def hf_model_from_openai_dir(model_dir):
+    """Build HF's GPT-2 from an OpenAI-layout checkpoint using only TF's reader and HF's classes."""
+    import json
+
+    hp = json.load(open(os.path.join(model_dir, "hparams.json")))
+    config = transformers.GPT2Config(
+        vocab_size=hp["n_vocab"],
+        n_positions=hp["n_ctx"],
+        n_embd=hp["n_embd"],
+        n_layer=hp["n_layer"],
+        n_head=hp["n_head"],
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    rename = {"g": "weight", "b": "bias", "w": "weight"}
+    state = {}
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        parts = name.split("/")[1:]  # drop "model"
+        if parts[0] in ("wte", "wpe"):
+            key = f"transformer.{parts[0]}.weight"
+        elif parts[0] == "ln_f":
+            key = f"transformer.ln_f.{rename[parts[1]]}"
+        else:  # h{i}/{ln_1|attn|ln_2|mlp}[/{c_attn|c_proj|c_fc}]/{w|b|g}
+            layer = int(parts[0][1:])
+            key = f"transformer.h.{layer}." + ".".join(parts[1:-1]) + "." + rename[parts[-1]]
+            if parts[-1] == "w":
+                value = value[0]  # [1, nx, nf] -> HF Conv1D's [nx, nf]
+        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in k or "attn.bias" in k for k in missing), missing
+    model.tie_weights()
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(vocab_files, tmp_path_factory):
+    import gpt2_tf2
+
+    path = tmp_path_factory.mktemp("ref") / "heldout"
+    write_random_model(path, vocab_files, seed=2024, n_ctx=96, n_embd=48, n_head=6, n_layer=3)
+    return gpt2_tf2.load(str(path)), hf_model_from_openai_dir(str(path))
+
+
+def test_logits_match_transformers(models):
+    ours, hf = models
+    for text in HELD_OUT:
+        ids = ours.encoder.encode(text)[: ours.hparams.n_ctx]
+        mine = ours.model(tf.constant([ids], tf.int32))["logits"].numpy()[0]
+        with torch.no_grad():
+            theirs = hf(torch.tensor([ids])).logits.numpy()[0]
+        diff = float(np.max(np.abs(mine - theirs)))
+        assert diff <= 1e-4, f"max abs logit difference {diff:.2e} on {text[:30]!r}"
+
+
+def test_greedy_continuations_match_transformers(models):
+    ours, hf = models
+    for text in HELD_OUT[:3]:
+        ids = ours.encoder.encode(text)
+        mine = next(ours.generate_tokens(ids, length=12, temperature=0))[0]
+        with torch.no_grad():
+            out = hf.generate(
+                torch.tensor([ids]),
+                max_new_tokens=12,
+                do_sample=False,
+                pad_token_id=50256,
+                attention_mask=torch.ones(1, len(ids)),
+            )
+        assert mine == out[0, len(ids) :].tolist()
+
+
+def test_batched_cached_logits_match_transformers(models):
+    """The cached decode path, at batch 2, against HF's full forward."""
+    ours, hf = models
+    ids = ours.encoder.encode(HELD_OUT[0])[:20]
+    batch = tf.constant([ids, ids[::-1]], tf.int32)
+    cache = ours.model.init_cache(2, 20)
+    out = ours.model(batch[:, :5], cache, 0)
+    steps, cache = [out["logits"].numpy()], out["cache"]
+    for i in range(5, 20):
+        out = ours.model(batch[:, i : i + 1], cache, i)
+        steps.append(out["logits"].numpy())
+        cache = out["cache"]
+    with torch.no_grad():
+        theirs = hf(torch.tensor(batch.numpy().astype(np.int64))).logits.numpy()
+    assert float(np.max(np.abs(np.concatenate(steps, 1) - theirs))) <= 1e-4
+
+
+def test_tokenization_matches_tiktoken_held_out(models, tiktoken_gpt2):
+    ours, _ = models
+    for text in HELD_OUT:
+        assert ours.encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
+        assert ours.encoder.decode(ours.encoder.encode(text)) == text
