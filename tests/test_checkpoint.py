@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_random_model
 
+from conftest import write_random_model
 from gpt2_tf2 import api
 from gpt2_tf2.checkpoint import find_checkpoint, load_openai_checkpoint, name_table
 from gpt2_tf2.errors import UserError

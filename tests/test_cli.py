@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+
 from conftest import run_cli
 
 HEADER = re.compile(r"={40} SAMPLE (\d+) ={40}\n")

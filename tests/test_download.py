@@ -79,8 +79,10 @@ def server(tiny_model_dir):
 
 
 def same_as_release(model_dir, release_dir):
-    return all(filecmp.cmp(os.path.join(model_dir, f), os.path.join(release_dir, f), shallow=False)
-               for f in FILES)
+    return all(
+        filecmp.cmp(os.path.join(model_dir, f), os.path.join(release_dir, f), shallow=False)
+        for f in FILES
+    )
 
 
 def test_full_download_then_skip(server, tiny_model_dir, tmp_path):
@@ -136,18 +138,28 @@ def test_unknown_release(tmp_path):
 
 
 def test_cli_download_and_sample(server, tmp_path):
-    r = run_cli(["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path),
-                 "--base_url", server.url])
+    r = run_cli(
+        ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", server.url]
+    )
     assert r.returncode == 0, r.stderr
-    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3",
-                 "--offline"])
+    r = run_cli(
+        ["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3", "--offline"]
+    )
     assert r.returncode == 0, r.stderr
     assert "SAMPLE 1" in r.stdout
 
 
 def test_tools_download_model(server, tmp_path):
-    r = run_cli([os.path.join("tools", "download_model.py"), "124M", "--models_dir",
-                 str(tmp_path), "--base_url", server.url])
+    r = run_cli(
+        [
+            os.path.join("tools", "download_model.py"),
+            "124M",
+            "--models_dir",
+            str(tmp_path),
+            "--base_url",
+            server.url,
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
 
@@ -161,8 +173,9 @@ def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
 
 def test_cli_http_error_is_one_line(server, tmp_path):
     server.faults["checkpoint"] = "404"
-    r = run_cli(["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path),
-                 "--base_url", server.url])
+    r = run_cli(
+        ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", server.url]
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in r.stderr

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import torch  # noqa: E402  (test-only dependencies: requirements-test.txt; missing = failure)
 import transformers  # noqa: E402
+
 from conftest import write_random_model
 
 pytestmark = pytest.mark.reference
