@@ -225,7 +225,11 @@ def perplexity(mean_nll: float) -> float:
 
 
 def load(
-    model_name_or_dir: str = "124M", models_dir: str = "models", download: bool = False
+    model_name_or_dir: str = "124M",
+    models_dir: str = "models",
+    download: bool = False,
+    run_name: str | None = None,
+    checkpoint_dir: str = "checkpoint",
 ) -> LanguageModel:
     """Load a model directory in OpenAI's layout.
 
@@ -234,7 +238,14 @@ def load(
         under `models_dir`, or a path to a model directory.
       models_dir: where release names are looked up.
       download: fetch a release that is not under `models_dir` yet (see `gpt2_tf2.download`).
+      run_name: instead, the newest checkpoint of a fine-tuning run in `checkpoint_dir/run_name`.
+      checkpoint_dir: where run directories live.
     """
+    if run_name is not None:
+        from gpt2_tf2 import runs
+
+        hparams, encoder, model, directory = runs.load_run_model(run_name, checkpoint_dir)
+        return LanguageModel(hparams, encoder, model, directory)
     try:
         model_dir = resolve_model_dir(model_name_or_dir, models_dir)
     except UserError:

@@ -17,6 +17,9 @@ COMMANDS = {
     "sample": ("gpt2_tf2.sample", "sample", "generate text from a model"),
     "score": ("gpt2_tf2.score", "score", "mean log-likelihood and perplexity of a text"),
     "download": ("gpt2_tf2.download", "download", "download OpenAI's released models"),
+    "encode": ("gpt2_tf2.encode", "encode", "encode text into an .npz dataset for train"),
+    "train": ("gpt2_tf2.train", "train", "fine-tune on a dataset, resumably"),
+    "export": ("gpt2_tf2.export", "export", "write a fine-tuned run as an OpenAI model directory"),
 }
 # Flags whose value is text or a path, never a number or a list.
 STRING_FLAGS = (

@@ -59,6 +59,8 @@ def sample(
     prompt_file=None,
     interactive=False,
     stop_at_endoftext=False,
+    run_name=None,
+    checkpoint_dir="checkpoint",
     offline=False,
     verbose=False,
 ):
@@ -85,6 +87,8 @@ def sample(
       prompt_file: file whose text to continue; '-' reads standard input.
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
       stop_at_endoftext: end each sample at the first <|endoftext|> token.
+      run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
+      checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
       verbose: show TensorFlow's log messages.
     """
@@ -104,7 +108,13 @@ def sample(
 
     from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
 
-    lm = api.load(model_name, models_dir, download=not offline)
+    lm = api.load(
+        model_name,
+        models_dir,
+        download=not offline,
+        run_name=run_name,
+        checkpoint_dir=checkpoint_dir,
+    )
     settings = dict(
         length=length,
         batch_size=batch_size,

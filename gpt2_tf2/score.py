@@ -15,7 +15,16 @@ from gpt2_tf2.errors import UserError
 from gpt2_tf2.sample import read_prompt_file
 
 
-def score(file, model_name="124M", models_dir="models", json=False, offline=False, verbose=False):
+def score(
+    file,
+    model_name="124M",
+    models_dir="models",
+    json=False,
+    run_name=None,
+    checkpoint_dir="checkpoint",
+    offline=False,
+    verbose=False,
+):
     """Score a text file with GPT-2.
 
     Args:
@@ -23,6 +32,8 @@ def score(file, model_name="124M", models_dir="models", json=False, offline=Fals
       model_name: release name under models_dir (124M, 355M, 774M, 1558M) or a model directory.
       models_dir: directory holding the release directories.
       json: print one JSON object instead of text lines.
+      run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
+      checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
       verbose: show TensorFlow's log messages.
     """
@@ -30,7 +41,13 @@ def score(file, model_name="124M", models_dir="models", json=False, offline=Fals
     text = read_prompt_file(str(file))
     from gpt2_tf2 import api
 
-    lm = api.load(model_name, models_dir, download=not offline)
+    lm = api.load(
+        model_name,
+        models_dir,
+        download=not offline,
+        run_name=run_name,
+        checkpoint_dir=checkpoint_dir,
+    )
     tokens = lm.encoder.encode(text)
     if not tokens:
         raise UserError(f"{file}: no text to score")

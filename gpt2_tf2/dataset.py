@@ -1,0 +1,169 @@
+"""Training data: text files, directories, globs or .npz -> token chunks; the seeded window sampler.
+
+Mirrors nshepperd's gpt-2 fork (`src/load_dataset.py`): files are read in sorted order and joined
+into chunks of at least `combine` characters, files within a chunk separated by <|endoftext|>;
+chunks are saved as `np.savez_compressed(out, *chunks)` (arrays `arr_0, arr_1, ...`), so datasets
+encoded by either tool load in the other. Unlike the original, files are joined by the single
+token 50256 (the original encoded the six tokens of its spelling), and a spelled-out
+`<|endoftext|>` inside a file is that token too. Windows are drawn uniformly over all start
+positions that keep a window inside one chunk, from an RNG keyed by (seed, step), so the data
+order is a pure function of the step and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+
+from gpt2_tf2.encoder import ENDOFTEXT
+from gpt2_tf2.errors import UserError
+
+
+def list_files(path: str) -> list[str]:
+    """The files `path` names: itself, all files below a directory (sorted), or glob matches."""
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
+        return found
+    return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+
+
+def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode(encoding, errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not valid {encoding} at byte {e.start}; convert it, or pass "
+            f"--encoding or --errors replace"
+        ) from None
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}") from None
+
+
+def load_dataset(
+    encoder,
+    path: str,
+    combine: int = 50000,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Token chunks (int32 arrays) from text files and/or .npz files under `path`."""
+    from tqdm import tqdm
+
+    files = list_files(path)
+    if not files:
+        raise UserError(f"{path}: no such file, directory or glob match")
+    eot = encoder.eot_token
+    chunks: list[np.ndarray] = []
+    pending: list[int] = []
+    pending_chars = 0
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    with tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="encoding",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        for name in files:
+            bar.set_postfix_str(os.path.basename(name)[-30:])
+            if name.endswith(".npz"):
+                chunks += load_npz(name)
+            else:
+                text = read_text(name, encoding, errors)
+                if text:
+                    if pending:
+                        pending.append(eot)  # files are joined by the one end-of-text token
+                    pending += encoder.encode(text, allowed_special={ENDOFTEXT})
+                    pending_chars += len(text)
+                if pending_chars >= combine:
+                    chunks.append(np.asarray(pending, np.int32))
+                    pending, pending_chars = [], 0
+            bar.update(os.path.getsize(name))
+    if pending:
+        chunks.append(np.asarray(pending, np.int32))
+    chunks = [c for c in chunks if c.size]
+    if not chunks:
+        raise UserError(f"{path}: no text found (all files are empty)")
+    return chunks
+
+
+def load_npz(path: str) -> list[np.ndarray]:
+    try:
+        with np.load(path) as npz:
+            arrays = [npz[name] for name in npz.files]
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError
+        raise UserError(f"{path}: not a readable .npz dataset ({e})") from None
+    for a in arrays:
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            raise UserError(f"{path}: expected 1-D integer token arrays, found {a.dtype} {a.shape}")
+    return [a.astype(np.int32, copy=False) for a in arrays]
+
+
+def save_npz(chunks: list[np.ndarray], out: str) -> None:
+    """nshepperd's format, written to a temporary file and renamed into place."""
+    tmp = out + ".tmp.npz"  # np.savez appends .npz to names without it
+    np.savez_compressed(tmp, *chunks)
+    os.replace(tmp, out)
+
+
+class Sampler:
+    """Windows of `length` tokens, uniform over start positions that stay inside one chunk.
+
+    `batch(step, n)` is a pure function of (seed, step): the sampler has no state to lose.
+    """
+
+    def __init__(self, chunks: list[np.ndarray], length: int, seed: int = 0):
+        self.chunks, self.length, self.seed = chunks, length, int(seed)
+        starts = np.array([max(0, len(c) - length + 1) for c in chunks], np.int64)
+        if starts.sum() == 0:
+            longest = max(len(c) for c in chunks)
+            raise UserError(
+                f"the dataset's longest chunk has {longest} tokens, fewer than one "
+                f"window of {length}; use more text, a larger --combine, or a smaller "
+                f"--sequence_length"
+            )
+        self.cumulative = np.cumsum(starts)
+
+    def window(self, r: int) -> np.ndarray:
+        i = int(np.searchsorted(self.cumulative, r, side="right"))
+        offset = r - (self.cumulative[i - 1] if i else 0)
+        return self.chunks[i][offset : offset + self.length]
+
+    def batch(self, step: int, n: int) -> np.ndarray:
+        """[n, length] int32 windows for global step `step`."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        picks = rng.integers(0, self.cumulative[-1], size=n)
+        return np.stack([self.window(int(r)) for r in picks]).astype(np.int32)
+
+
+def split_validation(chunks: list[np.ndarray], length: int, fraction: float = 0.05):
+    """Hold out the last `fraction` of the tokens (at least one window) for validation."""
+    total = sum(len(c) for c in chunks)
+    want = max(length + 1, int(total * fraction))
+    if total - want < length:
+        raise UserError(
+            f"the dataset ({total} tokens) is too small to hold out a validation "
+            f"split of {want}; pass --val_dataset or use --val_every 0"
+        )
+    train, val, need = list(chunks), [], want
+    while need > 0:
+        last = train.pop()
+        if len(last) <= need:
+            val.insert(0, last)
+            need -= len(last)
+        else:
+            train.append(last[:-need])
+            val.insert(0, last[-need:])
+            need = 0
+    return train, val

@@ -1,0 +1,111 @@
+"""Run directories: `checkpoint/<run_name>/` with tf.train checkpoints of a fine-tuning run.
+
+A run directory holds `ckpt-<step>.{index,data-*}` written by `tf.train.CheckpointManager` (model,
+optimizer slots and iterations, global step), a `checkpoint` state file, `run.json` (optimizer and
+settings the checkpoints need), and copies of the base model's `hparams.json`, `encoder.json`
+and `vocab.bpe`, so the run is self-contained. TensorFlow writes each checkpoint under temporary
+names and updates the state file last, so a kill at any moment leaves the newest complete
+checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import tensorflow as tf
+
+from gpt2_tf2.encoder import load_encoder
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.hparams import HParams, load_hparams, save_hparams
+from gpt2_tf2.model import GPT2
+
+VOCAB_FILES = ("encoder.json", "vocab.bpe")
+
+
+def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
+    return os.path.join(str(checkpoint_dir), str(run_name))
+
+
+def make_manager(trainer, directory: str) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
+    ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, step=trainer.step)
+    manager = tf.train.CheckpointManager(
+        ckpt, directory, max_to_keep=5, keep_checkpoint_every_n_hours=2, checkpoint_name="ckpt"
+    )
+    return ckpt, manager
+
+
+def prepare(directory: str, hparams: HParams, model_dir: str, info: dict) -> None:
+    """Create the run directory; copy the base model's vocabulary and hparams."""
+    os.makedirs(directory, exist_ok=True)
+    existing = os.path.join(directory, "hparams.json")
+    if os.path.exists(existing) and load_hparams(existing) != hparams:
+        raise UserError(
+            f"{directory} holds a run of a model with other hparams "
+            f"({load_hparams(existing)}); use another --run_name"
+        )
+    save_hparams(hparams, existing)
+    for name in VOCAB_FILES:
+        shutil.copyfile(os.path.join(model_dir, name), os.path.join(directory, name))
+    with open(os.path.join(directory, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+
+
+def read_info(directory: str) -> dict:
+    try:
+        with open(os.path.join(directory, "run.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
+    """Restore a training checkpoint; `strict`: every saved and every live object must match."""
+    try:
+        status = ckpt.restore(path)
+        if strict:
+            status.assert_consumed()
+        else:
+            status.expect_partial()
+    except AssertionError as e:
+        raise UserError(
+            f"{path}: does not match this run's model or optimizer ({str(e)[:200]}); "
+            f"use the same --optimizer and --only_train_transformer_layers, or "
+            f"--restore_from fresh"
+        ) from None
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"{path}: cannot restore checkpoint ({str(e).splitlines()[0]})") from None
+
+
+def latest(directory: str) -> str | None:
+    try:
+        return tf.train.latest_checkpoint(directory)
+    except (tf.errors.OpError, ValueError):
+        return None
+
+
+def load_run_model(run_name: str, checkpoint_dir: str = "checkpoint"):
+    """(hparams, encoder, model with the run's newest weights, run directory)."""
+    directory = run_dir(run_name, checkpoint_dir)
+    if not os.path.isdir(directory):
+        raise UserError(
+            f"run directory {directory} not found; check --run_name and --checkpoint_dir"
+        )
+    path = latest(directory)
+    if path is None:
+        raise UserError(f"{directory}: no checkpoint saved yet")
+    hparams = load_hparams(directory)
+    model = GPT2(hparams, seed=None)
+    restore(tf.train.Checkpoint(model=model), path, strict=False)
+    return hparams, load_encoder(directory), model, directory
+
+
+def export(run_name: str, out: str, checkpoint_dir: str = "checkpoint") -> str:
+    """Write a run's newest weights as an OpenAI-layout model directory, atomically."""
+    from gpt2_tf2.checkpoint import write_model_dir
+
+    hparams, _, model, directory = load_run_model(run_name, checkpoint_dir)
+    vocab = {name: os.path.join(directory, name) for name in VOCAB_FILES}
+    write_model_dir(model, hparams, vocab, out)
+    return latest(directory)
