@@ -32,9 +32,10 @@ class LayerNorm(tf.Module):
         self.epsilon = epsilon
 
     def __call__(self, x):
+        dtype, x = x.dtype, tf.cast(x, tf.float32)  # statistics in float32 at any compute dtype
         u = tf.reduce_mean(x, axis=-1, keepdims=True)
         s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-        return (x - u) * tf.math.rsqrt(s + self.epsilon) * self.g + self.b
+        return tf.cast((x - u) * tf.math.rsqrt(s + self.epsilon) * self.g + self.b, dtype)
 
 
 class Conv1D(tf.Module):
@@ -47,8 +48,8 @@ class Conv1D(tf.Module):
         self.nx, self.nf = nx, nf
 
     def __call__(self, x):
-        w = tf.reshape(self.w, [self.nx, self.nf])  # [nx, nf]
-        return tf.einsum("...i,io->...o", x, w) + self.b
+        w = tf.cast(tf.reshape(self.w, [self.nx, self.nf]), x.dtype)  # [nx, nf]
+        return tf.einsum("...i,io->...o", x, w) + tf.cast(self.b, x.dtype)
 
 
 def split_heads(x, n_head: int):
@@ -96,11 +97,14 @@ class Attention(tf.Module):
             cache = write_cache(cache, tf.stack([k, v]), pos)  # [2, batch, heads, T, head_dim]
             k, v = cache[0], cache[1]  # [batch, heads, T, head_dim]
         w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, seq, T]
-        w = w * tf.math.rsqrt(tf.cast(tf.shape(v)[-1], w.dtype))
+        # Scores, mask and softmax in float32: -1e10 would overflow float16.
+        w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(tf.shape(v)[-1], tf.float32))
         # Causal mask: query i sits at absolute position pos + i and sees keys j <= pos + i.
         visible = tf.range(tf.shape(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
-        w = tf.where(visible, w, tf.cast(MASK_VALUE, w.dtype))
-        a = tf.matmul(tf.nn.softmax(w, axis=-1), v)  # [batch, heads, seq, head_dim]
+        w = tf.where(visible, w, MASK_VALUE)
+        a = tf.matmul(
+            tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v
+        )  # [batch, heads, seq, head_dim]
         return self.c_proj(merge_heads(a)), cache
 
 
@@ -142,20 +146,23 @@ def _initializer(seed):
 class GPT2(tf.Module):
     """The GPT-2 language model. Variables are named exactly as in OpenAI's checkpoints."""
 
-    def __init__(self, hparams: HParams, seed: int | None = 0):
+    def __init__(self, hparams: HParams, seed: int | None = 0, compute_dtype=tf.float32):
         super().__init__(name="model")
         self.hparams = hparams
+        # Variables stay float32; activations, matmuls and the cache use compute_dtype
+        # (bfloat16/float16 for mixed precision), while layer norms, softmax and logits are float32.
+        self.compute_dtype = tf.as_dtype(compute_dtype)
         init = _initializer(seed)
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
         self.ln_f = LayerNorm(hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f")
 
-    def init_cache(self, batch_size: int, max_len: int, dtype=tf.float32):
+    def init_cache(self, batch_size: int, max_len: int):
         """One zero tensor per layer: [2 (key, value), batch, heads, max_len, head_dim]."""
         hp = self.hparams
         return [
-            tf.zeros([2, batch_size, hp.n_head, max_len, hp.head_dim], dtype)
+            tf.zeros([2, batch_size, hp.n_head, max_len, hp.head_dim], self.compute_dtype)
             for _ in range(hp.n_layer)
         ]
 
@@ -174,6 +181,7 @@ class GPT2(tf.Module):
         wte = tf.convert_to_tensor(self.wte)  # [vocab, embd]
         seq = tf.shape(tokens)[1]
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
+        h = tf.cast(h, self.compute_dtype)
         new_cache = []
         for i, block in enumerate(self.h):
             if recompute and cache is None:
@@ -184,7 +192,8 @@ class GPT2(tf.Module):
         h = self.ln_f(h)
         if last_only:
             h = h[:, -1:]  # [batch, 1, embd]
-        logits = tf.einsum("bse,ve->bsv", h, wte)  # tied output projection: [batch, seq, vocab]
+        logits = tf.einsum("bse,ve->bsv", h, tf.cast(wte, h.dtype))  # tied: [batch, seq, vocab]
+        logits = tf.cast(logits, tf.float32)
         result = {"logits": logits}
         if cache is not None:
             result["cache"] = new_cache

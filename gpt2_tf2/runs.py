@@ -29,7 +29,13 @@ def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
 
 
 def make_manager(trainer, directory: str) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
-    ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, step=trainer.step)
+    ckpt = tf.train.Checkpoint(
+        model=trainer.model,
+        optimizer=trainer.optimizer,
+        step=trainer.step,
+        loss_scale=trainer.loss_scale,
+        good_steps=trainer.good_steps,
+    )
     manager = tf.train.CheckpointManager(
         ckpt, directory, max_to_keep=5, keep_checkpoint_every_n_hours=2, checkpoint_name="ckpt"
     )

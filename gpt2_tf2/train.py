@@ -74,6 +74,7 @@ def train(
     grad_clip=0.0,
     weight_decay=0.01,
     sequence_length=None,
+    mixed_precision="none",
     seed=None,
     checkpoint_dir="checkpoint",
     sample_dir="samples",
@@ -116,6 +117,8 @@ def train(
       grad_clip: clip gradients to this global norm; 0 = off.
       weight_decay: decoupled weight decay for adamw.
       sequence_length: tokens per training window; default the model's context (1024).
+      mixed_precision: none (float32), bf16 or fp16 (with dynamic loss scaling): compute in 16
+        bits with float32 weights; layer norms, softmax and the loss stay float32.
       seed: seed of the data order and noise; default random for a new run, the run's own seed
         when resuming.
       checkpoint_dir: where run directories live.
@@ -153,6 +156,10 @@ def train(
     _check(isinstance(noise, (int, float)) and 0 <= noise < 1, "--noise must be in [0, 1)")
     _check(isinstance(grad_clip, (int, float)) and grad_clip >= 0, "--grad_clip must be >= 0")
     _check(_is_int(top_k, 0), f"--top_k must be an integer >= 0, got {top_k!r}")
+    _check(
+        mixed_precision in ("none", "bf16", "fp16"),
+        f"--mixed_precision must be none, bf16 or fp16, got {mixed_precision!r}",
+    )
     _check(isinstance(top_p, (int, float)) and 0 <= top_p <= 1, "--top_p must be in [0, 1]")
 
     import tensorflow as tf
@@ -216,9 +223,12 @@ def train(
         total_steps=steps or 0,
         grad_clip=float(grad_clip),
         weight_decay=float(weight_decay),
+        mixed_precision=mixed_precision,
         seed=seed,
     )
-    model = GPT2(hparams, seed=None)
+    from gpt2_tf2.training import COMPUTE_DTYPES
+
+    model = GPT2(hparams, seed=None, compute_dtype=COMPUTE_DTYPES[mixed_precision])
     trainer = Trainer(model, cfg)
     ckpt, manager = runs.make_manager(trainer, directory)
 

@@ -31,7 +31,15 @@ class TrainConfig:
     total_steps: int = 0
     grad_clip: float = 0.0  # global-norm clip; 0 = off
     weight_decay: float = 0.01  # adamw only
+    mixed_precision: str = (
+        "none"  # "bf16" or "fp16": the model's compute dtype; fp16 scales the loss
+    )
     seed: int = 0
+
+
+COMPUTE_DTYPES = {"none": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
+INITIAL_LOSS_SCALE = 2.0**15
+GROWTH_INTERVAL = 2000  # double the loss scale after this many finite steps (as Keras and AMP do)
 
 
 def learning_rate(step, cfg: TrainConfig):
@@ -47,9 +55,13 @@ def learning_rate(step, cfg: TrainConfig):
     return lr
 
 
-def lm_loss(model, windows, recompute: bool = False):
-    """Mean next-token cross-entropy (nats) of windows [batch, L + 1]: L predictions per row."""
-    logits = model(windows[:, :-1], recompute=recompute)["logits"]  # [batch, L, vocab]
+def lm_loss(model, windows, recompute: bool = False, inputs=None):
+    """Mean next-token cross-entropy (nats) of windows [batch, L + 1]: L predictions per row.
+
+    `inputs` (default: the windows) is what the model reads, e.g. the windows with --noise.
+    """
+    inputs = windows if inputs is None else inputs
+    logits = model(inputs[:, :-1], recompute=recompute)["logits"]  # [batch, L, vocab]
     labels = windows[:, 1:]
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(losses)
@@ -77,6 +89,13 @@ class Trainer(tf.Module):
             self.train_vars = list(model.trainable_variables)
         self.optimizer = make_optimizer(cfg.optimizer, self.train_vars, cfg.weight_decay)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # Dynamic loss scaling (Micikevicius et al. 2018) keeps fp16 gradients from underflowing;
+        # it is part of the checkpoint so a resumed fp16 run continues with the same scale.
+        self.scaling = cfg.mixed_precision == "fp16"
+        self.loss_scale = tf.Variable(
+            INITIAL_LOSS_SCALE if self.scaling else 1.0, trainable=False, name="loss_scale"
+        )
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
         self.train_step = tf.function(
             self._train_step, input_signature=[tf.TensorSpec([None, None, None], tf.int32)]
         )
@@ -95,13 +114,11 @@ class Trainer(tf.Module):
             micro_seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(i, tf.int64))
             inputs = add_noise(windows[i], self.cfg.noise, self.model.hparams.n_vocab, micro_seed)
             with tf.GradientTape() as tape:
-                logits = self.model(inputs[:, :-1], recompute=self.cfg.memory_saving_gradients)
-                loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        labels=windows[i][:, 1:], logits=logits["logits"]
-                    )
-                )
-            grads = tape.gradient(loss, self.train_vars)
+                loss = lm_loss(self.model, windows[i], self.cfg.memory_saving_gradients, inputs)
+                scaled = loss * self.loss_scale if self.scaling else loss
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.train_vars)]
+            if self.scaling:
+                grads = [g / self.loss_scale for g in grads]
             total_loss += loss
             total_grads = [t + tf.convert_to_tensor(g) for t, g in zip(total_grads, grads)]
         scale = 1.0 / tf.cast(n_micro, tf.float32)
@@ -109,9 +126,29 @@ class Trainer(tf.Module):
 
     def _train_step(self, windows):
         loss, grads = self.gradients(windows)
-        if self.cfg.grad_clip > 0:
-            grads, _ = tf.clip_by_global_norm(grads, self.cfg.grad_clip)
         lr = learning_rate(self.step, self.cfg)
-        self.optimizer.apply(grads, lr)
+
+        def update():
+            clipped = grads
+            if self.cfg.grad_clip > 0:
+                clipped, _ = tf.clip_by_global_norm(grads, self.cfg.grad_clip)
+            self.optimizer.apply(clipped, lr)
+            if self.scaling:
+                self.good_steps.assign_add(1)
+                if_grow = self.good_steps >= GROWTH_INTERVAL
+                self.loss_scale.assign(tf.where(if_grow, self.loss_scale * 2, self.loss_scale))
+                self.good_steps.assign(tf.where(if_grow, tf.constant(0, tf.int64), self.good_steps))
+            return tf.constant(True)
+
+        def skip():  # an overflow: drop this update and halve the scale
+            self.loss_scale.assign(tf.maximum(self.loss_scale / 2, 1.0))
+            self.good_steps.assign(0)
+            return tf.constant(False)
+
+        if self.scaling:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            applied = tf.cond(finite, update, skip)
+        else:
+            applied = update()
         self.step.assign_add(1)
-        return {"loss": loss, "lr": lr}
+        return {"loss": loss, "lr": lr, "applied": applied, "loss_scale": self.loss_scale + 0}

@@ -224,6 +224,16 @@ def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
     losses = logged_steps(work, "mem")
     assert losses[1] > 8 and losses[200] < 0.5, (losses[1], losses[200])
     assert "validation loss" in r.stdout + r.stderr
+    tags = set()  # TensorBoard scalars, readable without the tensorboard package
+    for events in (work / "ckpt" / "mem" / "logs").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags |= {(v.tag, v.metadata.plugin_data.plugin_name) for v in event.summary.value}
+    assert {
+        ("loss", "scalars"),
+        ("learning_rate", "scalars"),
+        ("tokens_per_second", "scalars"),
+        ("val_loss", "scalars"),
+    } <= tags
     assert (work / "samples" / "mem" / "samples-200").read_text().startswith("======== SAMPLE 1")
     # The run is read directly ...
     r = run_cli(
@@ -324,6 +334,8 @@ def test_tools_scripts(work, tiny_model_dir):
             "--optimizer",
             "sgd",
             "--memory_saving_gradients",
+            "--mixed_precision",
+            "fp16",
         ],
         cwd=work,
     )

@@ -134,3 +134,34 @@ def test_exact_resume_in_process(tmp_path, optimizer):
         )
         > 1e-4
     )
+
+
+@pytest.mark.parametrize("precision,tolerance", [("bf16", 0.05), ("fp16", 0.01)])
+def test_mixed_precision_step_close_to_float32(precision, tolerance):
+    from gpt2_tf2.training import COMPUTE_DTYPES
+
+    w = tf.reshape(windows((4, 13), seed=9), [1, 4, 13])
+    reference = Trainer(GPT2(HP, seed=1), TrainConfig(learning_rate=1e-2))
+    mixed = Trainer(
+        GPT2(HP, seed=1, compute_dtype=COMPUTE_DTYPES[precision]),
+        TrainConfig(learning_rate=1e-2, mixed_precision=precision),
+    )
+    for _ in range(3):
+        ref, out = reference.train_step(w), mixed.train_step(w)
+        assert abs(float(out["loss"]) - float(ref["loss"])) < tolerance * float(ref["loss"])
+        assert bool(out["applied"])
+    assert all(v.dtype == tf.float32 for v in mixed.model.variables)  # float32 master weights
+
+
+def test_fp16_loss_scale_skips_overflow_and_halves():
+    from gpt2_tf2.training import INITIAL_LOSS_SCALE
+
+    model = GPT2(HP, seed=1, compute_dtype=tf.float16)
+    trainer = Trainer(model, TrainConfig(learning_rate=1e-2, mixed_precision="fp16"))
+    assert float(trainer.loss_scale) == INITIAL_LOSS_SCALE
+    trainer.loss_scale.assign(2.0**100)  # scaled loss overflows float32's gradients: inf
+    before = [v.numpy() for v in model.variables]
+    out = trainer.train_step(tf.reshape(windows((2, 13)), [1, 2, 13]))
+    assert not bool(out["applied"]) and float(trainer.loss_scale) == 2.0**99
+    assert max_diff(before, [v.numpy() for v in model.variables]) == 0
+    assert int(trainer.step) == 1 and int(trainer.optimizer.iterations) == 0
