@@ -61,6 +61,25 @@ def configure_logging(verbose: bool) -> None:
     tf.get_logger().setLevel("ERROR")
 
 
+def setup_devices(verbose: bool = False) -> str:
+    """Turn on GPU memory growth, so we coexist with other programs (WSL2 shares the GPU with
+    Windows); say which device is used when verbose or GPT2_TF2_SHOW_DEVICE=1 (the Docker images
+    set it). Returns the description."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised by an earlier call
+            pass
+    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    described = ("GPU: " + ", ".join(names)) if gpus else "CPU (no GPU visible to TensorFlow)"
+    if verbose or os.environ.get("GPT2_TF2_SHOW_DEVICE") == "1":
+        print(f"device: {described}", file=sys.stderr)
+    return described
+
+
 def _keep_strings(argv: list[str]) -> list[str]:
     """Quote the values of STRING_FLAGS so fire passes them through as the exact text given."""
     out, i = [], 0

@@ -108,6 +108,8 @@ def sample(
 
     from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
 
+    cli.setup_devices(verbose)
+
     lm = api.load(
         model_name,
         models_dir,

@@ -41,6 +41,8 @@ def score(
     text = read_prompt_file(str(file))
     from gpt2_tf2 import api
 
+    cli.setup_devices(verbose)
+
     lm = api.load(
         model_name,
         models_dir,

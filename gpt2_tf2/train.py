@@ -172,6 +172,7 @@ def train(
     from gpt2_tf2.model import GPT2
     from gpt2_tf2.training import TrainConfig, Trainer
 
+    cli.setup_devices(verbose)
     directory = runs.run_dir(run_name, checkpoint_dir)
     info = runs.read_info(directory) if restore_from == "latest" else {}
     if seed is None:
