@@ -437,3 +437,57 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
     )
     assert_clean_error(r, "not found")
     shutil.rmtree(tmp_path / "ckpt")
+
+
+def test_restore_from_path_and_fresh(work, tiny_model_dir):
+    common = [
+        "--dataset",
+        str(work / "data.npz"),
+        "--model_name",
+        tiny_model_dir,
+        "--checkpoint_dir",
+        str(work / "ckpt"),
+        "--sequence_length",
+        "8",
+        "--sample_every",
+        "0",
+    ]
+    r = run_cli(["-m", "gpt2_tf2.train", *common, "--run_name", "src", "--steps", "3"], cwd=work)
+    assert r.returncode == 0, r.stderr
+    source = tf.train.latest_checkpoint(str(work / "ckpt" / "src"))
+    # A path to another run's checkpoint: continue from its step into a new run.
+    r = run_cli(
+        [
+            "-m",
+            "gpt2_tf2.train",
+            *common,
+            "--run_name",
+            "dst",
+            "--steps",
+            "5",
+            "--restore_from",
+            source,
+        ],
+        cwd=work,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr and "at step 3" in r.stderr
+    assert sorted(logged_steps(work, "dst")) == [4, 5]
+    # fresh: the base model again, from step 0, in a run that has checkpoints.
+    r = run_cli(
+        [
+            "-m",
+            "gpt2_tf2.train",
+            *common,
+            "--run_name",
+            "src",
+            "--steps",
+            "1",
+            "--restore_from",
+            "fresh",
+        ],
+        cwd=work,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "starting from" in r.stderr
+    assert tf.train.latest_checkpoint(str(work / "ckpt" / "src")).endswith("ckpt-1")
