@@ -80,6 +80,20 @@ def setup_devices(verbose: bool = False) -> str:
     return described
 
 
+def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose):
+    """Load for a command: devices set up, a missing release downloaded unless offline."""
+    from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
+
+    setup_devices(verbose)
+    return api.load(
+        model_name,
+        models_dir,
+        download=not offline,
+        run_name=run_name,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
 def _keep_strings(argv: list[str]) -> list[str]:
     """Quote the values of STRING_FLAGS so fire passes them through as the exact text given."""
     out, i = [], 0

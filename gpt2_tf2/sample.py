@@ -106,17 +106,7 @@ def sample(
     if nsamples == 0 and (prompt is not None or interactive):
         raise UserError("nsamples=0 (sample until interrupted) is for unconditional sampling only")
 
-    from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
-
-    cli.setup_devices(verbose)
-
-    lm = api.load(
-        model_name,
-        models_dir,
-        download=not offline,
-        run_name=run_name,
-        checkpoint_dir=checkpoint_dir,
-    )
+    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
     settings = dict(
         length=length,
         batch_size=batch_size,

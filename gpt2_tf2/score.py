@@ -39,17 +39,9 @@ def score(
     """
     cli.configure_logging(verbose)
     text = read_prompt_file(str(file))
-    from gpt2_tf2 import api
+    from gpt2_tf2.api import perplexity
 
-    cli.setup_devices(verbose)
-
-    lm = api.load(
-        model_name,
-        models_dir,
-        download=not offline,
-        run_name=run_name,
-        checkpoint_dir=checkpoint_dir,
-    )
+    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
     tokens = lm.encoder.encode(text)
     if not tokens:
         raise UserError(f"{file}: no text to score")
@@ -59,7 +51,7 @@ def score(
         "file": str(file),
         "tokens": len(tokens),
         "nll": mean,
-        "perplexity": api.perplexity(mean),
+        "perplexity": perplexity(mean),
     }
     if json:
         print(json_lib.dumps(result))

@@ -10,19 +10,12 @@ import tensorflow as tf
 from conftest import write_random_model
 from gpt2_tf2 import api
 from gpt2_tf2.checkpoint import find_checkpoint, load_openai_checkpoint, name_table
+from gpt2_tf2.download import FILES
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.hparams import HParams, load_hparams
 from gpt2_tf2.model import GPT2
 
-RELEASE_FILES = {
-    "checkpoint",
-    "hparams.json",
-    "encoder.json",
-    "vocab.bpe",
-    "model.ckpt.index",
-    "model.ckpt.data-00000-of-00001",
-    "model.ckpt.meta",
-}
+RELEASE_FILES = set(FILES)  # the seven files of an OpenAI release
 
 
 def test_name_table_covers_every_variable_once():
