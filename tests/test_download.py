@@ -179,3 +179,20 @@ def test_cli_http_error_is_one_line(server, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in r.stderr
+
+
+def test_full_disk(server, tmp_path, monkeypatch):
+    """ENOSPC while writing: one clear error, and no file under its final name."""
+    import errno
+    import io
+
+    from gpt2_tf2 import download
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "open", lambda *a, **k: FullDisk(), raising=False)
+    with pytest.raises(UserError, match="disk full; free space and run the command again"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not any(f in FILES for f in os.listdir(tmp_path / "124M"))
