@@ -10,6 +10,7 @@ is bounded, and `<|endoftext|>` is ordinary text unless the caller allows it as 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 
@@ -26,6 +27,14 @@ PRETOKENIZE = regex.compile(
 )
 
 BPE_CACHE_SIZE = 1 << 16  # distinct words remembered; bounded so big corpora don't grow it forever
+
+# sha256 of GPT-2's own encoder.json and vocab.bpe (as tiktoken_ext/openai_public.py records them).
+# With exactly these files and tiktoken installed, encoding runs in tiktoken (about 10x faster);
+# this module's BPE stays the reference, tested against it, and the fallback.
+GPT2_VOCAB_SHA256 = (
+    "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+)
 
 
 @functools.cache
@@ -58,6 +67,23 @@ class Encoder:
         self.special_tokens = {ENDOFTEXT: encoder[ENDOFTEXT]} if ENDOFTEXT in encoder else {}
         self.eot_token = self.special_tokens.get(ENDOFTEXT)
         self._bpe_cached = functools.lru_cache(maxsize=BPE_CACHE_SIZE)(self._bpe)
+        self.fast = None  # a tiktoken Encoding of the same vocabulary, see use_tiktoken()
+
+    def use_tiktoken(self) -> bool:
+        """Encode with tiktoken from now on, if it is installed; same tokens, faster."""
+        try:
+            import tiktoken
+        except ImportError:
+            return False
+        ranks = {self.decode_bytes([i]): i for t, i in self.encoder.items() if t != ENDOFTEXT}
+        self.fast = tiktoken.Encoding(
+            "gpt2_tf2",
+            pat_str=PRETOKENIZE.pattern,
+            mergeable_ranks=ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=len(self.encoder),
+        )
+        return True
 
     @property
     def n_vocab(self) -> int:
@@ -85,6 +111,8 @@ class Encoder:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text, treating special-token spellings as plain text."""
+        if self.fast is not None:
+            return self.fast.encode_ordinary(text)
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
@@ -171,13 +199,24 @@ def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], sou
         raise UserError(f"{source}: encoder.json lacks byte symbol(s) {missing[:5]}")
 
 
-def load_encoder(model_dir: str) -> Encoder:
-    """The encoder stored in a model directory (encoder.json + vocab.bpe)."""
-    encoder, merges = _read_vocab(
-        os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")
-    )
+def load_encoder(model_dir: str, fast: bool = True) -> Encoder:
+    """The encoder stored in a model directory (encoder.json + vocab.bpe).
+
+    With `fast` and GPT-2's own vocabulary files (checked by hash), tiktoken does the encoding
+    when it is installed.
+    """
+    paths = [os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")]
+    encoder, merges = _read_vocab(*paths)
     check_vocabulary(encoder, merges, model_dir)
-    return Encoder(encoder=encoder, bpe_merges=merges)
+    enc = Encoder(encoder=encoder, bpe_merges=merges)
+    if fast and tuple(_sha256(p) for p in paths) == GPT2_VOCAB_SHA256:
+        enc.use_tiktoken()
+    return enc
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def get_encoder(model_name: str, models_dir: str = "models") -> Encoder:

@@ -113,3 +113,28 @@ def test_vocabulary_checks(tmp_path, vocab_files):
     (tmp_path / "vocab.bpe").unlink()
     with pytest.raises(UserError, match="not found"):
         load_encoder(str(tmp_path))
+
+
+def test_tiktoken_fast_path_equals_reference(tiny_model_dir, enc):
+    """GPT-2's own files (checked by hash) encode through tiktoken; tokens equal the pure BPE's."""
+    fast = load_encoder(tiny_model_dir)
+    assert fast.fast is not None and enc.fast is None
+    rng = random.Random(7)
+    texts = CORPUS + [
+        "".join(rng.choice("ab Пж日🤖'\n\t.,1") for _ in range(80)) for _ in range(300)
+    ]
+    for text in texts:
+        assert fast.encode(text) == enc.encode(text), repr(text)
+        assert fast.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+    assert fast.encode("a\ud800b") == enc.encode("a\ud800b")
+    assert load_encoder(tiny_model_dir, fast=False).fast is None
+
+
+def test_other_vocabularies_use_the_reference_encoder(tmp_path, vocab_files):
+    import shutil
+
+    shutil.copyfile(vocab_files["vocab.bpe"], tmp_path / "vocab.bpe")
+    data = json.load(open(vocab_files["encoder.json"], encoding="utf-8"))
+    (tmp_path / "encoder.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    other = load_encoder(str(tmp_path))  # same tokens, different bytes: not GPT-2's files
+    assert other.fast is None and other.encode("Hello world") == [15496, 995]
