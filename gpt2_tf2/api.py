@@ -79,23 +79,9 @@ class LanguageModel:
         self, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
     ) -> int:
         """Validate settings before any work; return the resolved length."""
-        n_ctx = self.hparams.n_ctx
-        if length is None:
-            length = n_ctx // 2 if prompt_len else n_ctx
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise UserError(f"length must be a positive integer, got {length!r}")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise UserError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
-        if prompt_len + length > n_ctx:
-            raise UserError(
-                f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
-                f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
-            )
-        return length
+        return check_sampling_args(
+            self.hparams.n_ctx, prompt_len, length, temperature, top_k, top_p
+        )
 
     def generate_tokens(
         self,
@@ -213,6 +199,44 @@ class LanguageModel:
         """Mean negative log-likelihood of `text`, in nats per token."""
         total, count = self.score_tokens(self.encoder.encode(text))
         return total / count
+
+
+def check_sampling_args(
+    n_ctx: int, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+) -> int:
+    """Validate sampling settings for a model of context n_ctx; return the resolved length."""
+    if length is None:
+        length = n_ctx // 2 if prompt_len else n_ctx
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise UserError(f"length must be a positive integer, got {length!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if prompt_len + length > n_ctx:
+        raise UserError(
+            f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
+            f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
+        )
+    return length
+
+
+def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_dir="checkpoint"):
+    """(hparams, encoder) of a model that is on disk, without loading its weights; else None."""
+    from gpt2_tf2 import runs
+
+    try:
+        if run_name is not None:
+            directory = runs.run_dir(run_name, checkpoint_dir)
+        else:
+            directory = resolve_model_dir(model_name, models_dir)
+    except UserError:
+        return None  # not on disk (yet): load() reports or downloads it
+    if not os.path.isfile(os.path.join(directory, "hparams.json")):
+        return None
+    return load_hparams(directory), load_encoder(directory)
 
 
 def _cut(row, stop: int) -> list[int]:

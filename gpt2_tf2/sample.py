@@ -106,6 +106,13 @@ def sample(
     if nsamples == 0 and (prompt is not None or interactive):
         raise UserError("nsamples=0 (sample until interrupted) is for unconditional sampling only")
 
+    from gpt2_tf2 import api  # here, after configure_logging: it imports TensorFlow
+
+    known = api.peek(model_name, models_dir, run_name, checkpoint_dir)
+    if known is not None:  # flag and prompt-length errors before the weights are read
+        hparams, encoder = known
+        prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
+        api.check_sampling_args(hparams.n_ctx, prompt_len, length, temperature, top_k, top_p)
     lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
     settings = dict(
         length=length,

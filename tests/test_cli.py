@@ -250,3 +250,17 @@ def test_bad_model_dirs(models_root, tmp_path):
 def test_verbose_shows_tensorflow_logs(models_root):
     r = sample(models_root, "--length", "2", "--verbose")
     assert r.returncode == 0
+
+
+def test_prompt_too_long_is_reported_before_loading_weights(models_root, tmp_path):
+    """The weights are damaged: only an error raised before reading them can name the prompt."""
+    path = tmp_path / "damaged"
+    shutil.copytree(os.path.join(models_root, "124M"), path)
+    (path / "model.ckpt.data-00000-of-00001").write_bytes(b"")
+    too_long = sample(
+        models_root, "--model_name", str(path), "--prompt", " a" * 60, "--length", "5"
+    )
+    assert_clean_error(too_long, "prompt (60 tokens) + length (5)")
+    bad_flag = sample(models_root, "--model_name", str(path), "--top_p", "2")
+    assert_clean_error(bad_flag, "top_p")
+    assert_clean_error(sample(models_root, "--model_name", str(path)), "corrupt")
