@@ -239,6 +239,23 @@ def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_
     return load_hparams(directory), load_encoder(directory)
 
 
+def find_model_dir(model_name: str, models_dir: str = "models", download: bool = False) -> str:
+    """`resolve_model_dir`, fetching a missing release first when `download` is set."""
+    try:
+        return resolve_model_dir(model_name, models_dir)
+    except UserError:
+        release = canonical_name(str(model_name))
+        if not (download and release):
+            raise
+    from gpt2_tf2.download import APPROX_SIZE, download_model
+
+    print(
+        f"{release} is not in {models_dir}/: downloading it (about {APPROX_SIZE[release]})",
+        file=sys.stderr,
+    )
+    return download_model(release, models_dir)
+
+
 def _cut(row, stop: int) -> list[int]:
     row = [int(t) for t in row]
     return row[: row.index(stop)] if stop >= 0 and stop in row else row
@@ -270,19 +287,7 @@ def load(
 
         hparams, encoder, model, directory = runs.load_run_model(run_name, checkpoint_dir)
         return LanguageModel(hparams, encoder, model, directory)
-    try:
-        model_dir = resolve_model_dir(model_name_or_dir, models_dir)
-    except UserError:
-        release = canonical_name(str(model_name_or_dir))
-        if not (download and release):
-            raise
-        from gpt2_tf2.download import APPROX_SIZE, download_model
-
-        print(
-            f"{release} is not in {models_dir}/: downloading it (about {APPROX_SIZE[release]})",
-            file=sys.stderr,
-        )
-        model_dir = download_model(release, models_dir)
+    model_dir = find_model_dir(model_name_or_dir, models_dir, download)
     hparams = load_hparams(model_dir)
     encoder = load_encoder(model_dir)
     if encoder.n_vocab != hparams.n_vocab:

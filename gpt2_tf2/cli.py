@@ -8,6 +8,7 @@ and keeps flags that name text or paths as strings (fire would read `--prompt 3.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -21,18 +22,20 @@ COMMANDS = {
     "train": ("gpt2_tf2.train", "train", "fine-tune on a dataset, resumably"),
     "export": ("gpt2_tf2.export", "export", "write a fine-tuned run as an OpenAI model directory"),
 }
-# Flags whose value is text or a path, never a number or a list.
-STRING_FLAGS = (
+# Flags without a default string that still take text or a path, never a number or a list.
+# Flags whose default is a string are text too; flags whose default is a bool are switches.
+TEXT_FLAGS = {
     "prompt",
     "prompt_file",
-    "model_name",
-    "models_dir",
     "file",
     "out",
     "run_name",
     "base_url",
-)
-
+    "dataset",
+    "val_dataset",
+    "in_text",
+    "out_npz",
+}
 
 # What TensorFlow's C++ side prints while it is imported: absl log lines
 # ("I0000 00:00:... file.cc:31]") and absl's notice about logging before InitializeLog.
@@ -94,13 +97,21 @@ def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbos
     )
 
 
-def _keep_strings(argv: list[str]) -> list[str]:
-    """Quote the values of STRING_FLAGS so fire passes them through as the exact text given."""
+def _flag_kinds(fn) -> tuple[set[str], set[str]]:
+    """(text flags, switches) of a command, read off its signature."""
+    params = inspect.signature(fn).parameters.values()
+    switches = {p.name for p in params if isinstance(p.default, bool)}
+    texts = {p.name for p in params if isinstance(p.default, str) or p.name in TEXT_FLAGS}
+    return texts, switches | {"no" + name for name in switches}
+
+
+def _keep_strings(argv: list[str], texts: set[str]) -> list[str]:
+    """Quote the values of text flags so fire passes them through as the exact text given."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
         name = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
-        if name in STRING_FLAGS:
+        if name in texts:
             if "=" in arg:
                 out.append(f"--{name}={arg.split('=', 1)[1]!r}")
             elif i + 1 < len(argv):
@@ -114,39 +125,25 @@ def _keep_strings(argv: list[str]) -> list[str]:
     return out
 
 
-def _positional_strings(argv: list[str]) -> list[str]:
-    """Quote positional arguments (files), which are never numbers either."""
+def _positional_strings(argv: list[str], switches: set[str]) -> list[str]:
+    """Quote positional arguments (files, model names), which are never numbers either."""
+
+    def is_switch(arg):
+        return arg.lstrip("-").replace("-", "_") in switches
+
     out, expect_value = [], False
     for arg in argv:
-        if expect_value or (out and _is_switch(out[-1]) and arg in ("True", "False")):
+        if expect_value or (out and is_switch(out[-1]) and arg in ("True", "False")):
             out.append(arg)
             expect_value = False
         elif arg.startswith("-") and arg != "-":
             out.append(arg)
-            expect_value = "=" not in arg and arg not in ("--help", "-h") and not _is_switch(arg)
+            expect_value = "=" not in arg and arg not in ("--help", "-h") and not is_switch(arg)
         elif arg.startswith("'"):
             out.append(arg)
         else:
             out.append(repr(arg))
     return out
-
-
-def _is_switch(arg: str) -> bool:
-    return arg.lstrip("-").replace("-", "_") in SWITCHES
-
-
-# Boolean flags, which take no value on the command line.
-SWITCHES = {
-    "interactive",
-    "stop_at_endoftext",
-    "verbose",
-    "json",
-    "offline",
-    "noverbose",
-    "nointeractive",
-    "nostop_at_endoftext",
-    "nojson",
-}
 
 
 def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
@@ -158,7 +155,8 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" not in argv:
         configure_logging(False)
-    argv = _positional_strings(_keep_strings(argv))
+    texts, switches = _flag_kinds(fn)
+    argv = _positional_strings(_keep_strings(argv, texts), switches)
     if "--help" in argv or "-h" in argv:
         sys.stderr = sys.stdout  # fire may print help to stderr; help is output, so stdout
     try:

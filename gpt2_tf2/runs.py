@@ -45,17 +45,23 @@ def make_manager(trainer, directory: str) -> tuple[tf.train.Checkpoint, tf.train
 def prepare(directory: str, hparams: HParams, model_dir: str, info: dict) -> None:
     """Create the run directory; copy the base model's vocabulary and hparams."""
     os.makedirs(directory, exist_ok=True)
+    check_hparams(directory, hparams)
     existing = os.path.join(directory, "hparams.json")
-    if os.path.exists(existing) and load_hparams(existing) != hparams:
-        raise UserError(
-            f"{directory} holds a run of a model with other hparams "
-            f"({load_hparams(existing)}); use another --run_name"
-        )
     save_hparams(hparams, existing)
     for name in VOCAB_FILES:
         shutil.copyfile(os.path.join(model_dir, name), os.path.join(directory, name))
     with open(os.path.join(directory, "run.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
+
+
+def check_hparams(directory: str, hparams: HParams) -> None:
+    """A run directory belongs to one model shape: refuse to mix in another."""
+    existing = os.path.join(directory, "hparams.json")
+    if os.path.exists(existing) and load_hparams(existing) != hparams:
+        raise UserError(
+            f"{directory} holds a run of a model with other hparams ({load_hparams(existing)}); "
+            f"use another --run_name or the run's base model"
+        )
 
 
 def read_info(directory: str) -> dict:

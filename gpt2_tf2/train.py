@@ -170,7 +170,7 @@ def train(
     from gpt2_tf2.encoder import load_encoder
     from gpt2_tf2.hparams import load_hparams
     from gpt2_tf2.model import GPT2
-    from gpt2_tf2.training import TrainConfig, Trainer
+    from gpt2_tf2.training import COMPUTE_DTYPES, TrainConfig, Trainer
 
     cli.setup_devices(verbose)
     directory = runs.run_dir(run_name, checkpoint_dir)
@@ -179,13 +179,7 @@ def train(
         seed = info.get("seed", int.from_bytes(os.urandom(4), "little") >> 1)
     _check(_is_int(seed, 0), f"--seed must be an integer >= 0, got {seed!r}")
 
-    model_dir = api.resolve_model_dir(str(model_name), str(models_dir)) if offline else None
-    if model_dir is None:
-        try:
-            model_dir = api.resolve_model_dir(str(model_name), str(models_dir))
-        except UserError:
-            api.load(str(model_name), str(models_dir), download=True)  # fetches, then validates
-            model_dir = api.resolve_model_dir(str(model_name), str(models_dir))
+    model_dir = api.find_model_dir(str(model_name), str(models_dir), download=not offline)
     hparams = load_hparams(model_dir)
     encoder = load_encoder(model_dir)
     seq_len = hparams.n_ctx if sequence_length is None else sequence_length
@@ -193,12 +187,7 @@ def train(
         _is_int(seq_len, 1) and seq_len <= hparams.n_ctx,
         f"--sequence_length must be in 1..{hparams.n_ctx}, got {sequence_length!r}",
     )
-    existing = os.path.join(directory, "hparams.json")
-    if os.path.exists(existing) and load_hparams(existing) != hparams:
-        raise UserError(
-            f"{directory} holds a run of a model with other hparams than "
-            f"{model_dir}; use another --run_name or the run's base model"
-        )
+    runs.check_hparams(directory, hparams)  # before the data is read
 
     chunks = data.load_dataset(encoder, str(dataset), combine, str(encoding), progress=True)
     val_chunks = None
@@ -227,8 +216,6 @@ def train(
         mixed_precision=mixed_precision,
         seed=seed,
     )
-    from gpt2_tf2.training import COMPUTE_DTYPES
-
     model = GPT2(hparams, seed=None, compute_dtype=COMPUTE_DTYPES[mixed_precision])
     trainer = Trainer(model, cfg)
     ckpt, manager = runs.make_manager(trainer, directory)

@@ -264,3 +264,27 @@ def test_prompt_too_long_is_reported_before_loading_weights(models_root, tmp_pat
     bad_flag = sample(models_root, "--model_name", str(path), "--top_p", "2")
     assert_clean_error(bad_flag, "top_p")
     assert_clean_error(sample(models_root, "--model_name", str(path)), "corrupt")
+
+
+def test_switches_and_text_flags_come_from_each_signature():
+    """A switch takes no value (the next flag keeps its number); text flags stay text."""
+    from gpt2_tf2 import cli
+    from gpt2_tf2.encode import encode
+    from gpt2_tf2.train import train
+
+    texts, switches = cli._flag_kinds(train)
+    argv = ["--memory_saving_gradients", "--sequence_length", "8", "--dataset", "1e3"]
+    assert cli._positional_strings(cli._keep_strings(argv, texts), switches) == [
+        "--memory_saving_gradients",
+        "--sequence_length",
+        "8",
+        "--dataset",
+        "'1e3'",
+    ]
+    texts, switches = cli._flag_kinds(encode)
+    assert cli._positional_strings(["2024.txt", "out.npz", "--combine", "10"], switches) == [
+        "'2024.txt'",
+        "'out.npz'",
+        "--combine",
+        "10",
+    ]
