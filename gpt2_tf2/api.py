@@ -240,14 +240,24 @@ def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_
 
 
 def find_model_dir(model_name: str, models_dir: str = "models", download: bool = False) -> str:
-    """`resolve_model_dir`, fetching a missing release first when `download` is set."""
+    """`resolve_model_dir`, fetching a missing release first when `download` is set.
+
+    A release directory left incomplete by an interrupted download is completed (resumed), not
+    taken as it is.
+    """
+    from gpt2_tf2.download import APPROX_SIZE, FILES, download_model
+
+    release = canonical_name(str(model_name))
     try:
-        return resolve_model_dir(model_name, models_dir)
+        model_dir = resolve_model_dir(model_name, models_dir)
     except UserError:
-        release = canonical_name(str(model_name))
         if not (download and release):
             raise
-    from gpt2_tf2.download import APPROX_SIZE, download_model
+    else:
+        in_models_dir = os.path.dirname(os.path.normpath(model_dir)) == os.path.normpath(models_dir)
+        complete = all(os.path.exists(os.path.join(model_dir, f)) for f in FILES)
+        if complete or not (download and release and in_models_dir):
+            return model_dir
 
     print(
         f"{release} is not in {models_dir}/: downloading it (about {APPROX_SIZE[release]})",

@@ -196,3 +196,13 @@ def test_full_disk(server, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="disk full; free space and run the command again"):
         download_model("124M", str(tmp_path), url=server.url, progress=False)
     assert not any(f in FILES for f in os.listdir(tmp_path / "124M"))
+
+
+def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch):
+    """An offline first attempt leaves an empty models/124M; the next run must download into it."""
+    (tmp_path / "124M").mkdir()
+    monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
+    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
+    assert r.returncode == 0, r.stderr
+    assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
+    assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
