@@ -102,7 +102,10 @@ def _flag_kinds(fn) -> tuple[set[str], set[str]]:
     params = inspect.signature(fn).parameters.values()
     switches = {p.name for p in params if isinstance(p.default, bool)}
     texts = {p.name for p in params if isinstance(p.default, str) or p.name in TEXT_FLAGS}
-    return texts, switches | {"no" + name for name in switches}
+    # fire also accepts -x for the one parameter whose name starts with x, if only one does.
+    initials = [p.name[0] for p in params]
+    short = {name[0] for name in switches if initials.count(name[0]) == 1}
+    return texts, switches | {"no" + name for name in switches} | short
 
 
 def _keep_strings(argv: list[str], texts: set[str]) -> list[str]:

@@ -288,3 +288,19 @@ def test_switches_and_text_flags_come_from_each_signature():
         "--combine",
         "10",
     ]
+
+
+def test_short_switches_take_no_value():
+    from gpt2_tf2 import cli
+    from gpt2_tf2.sample import sample as sample_command
+
+    texts, switches = cli._flag_kinds(sample_command)
+    assert {"i", "v"} <= switches and "s" not in switches  # seed, stop_at_endoftext share "s"
+    argv = cli._positional_strings(cli._keep_strings(["-i", "--length", "3"], texts), switches)
+    assert argv == ["-i", "--length", "3"]
+
+
+def test_short_interactive_flag(models_root):
+    r = sample(models_root, "-i", "--length", "3", "--seed", "1", input="Hello\n")
+    assert r.returncode == 0, r.stderr
+    assert "Model prompt >>> " in r.stdout and len(HEADER.findall(r.stdout)) == 1
