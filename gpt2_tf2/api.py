@@ -49,28 +49,39 @@ class LanguageModel:
     """A loaded GPT-2: `.hparams`, `.encoder`, `.model`, and `generate()` / `score()` on top."""
 
     def __init__(
-        self, hparams: HParams, encoder: Encoder, model: GPT2, model_dir: str | None = None
+        self,
+        hparams: HParams,
+        encoder: Encoder,
+        model: GPT2,
+        model_dir: str | None = None,
+        xla: bool = True,
     ):
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
-        int_scalar = tf.TensorSpec([], tf.int32)
-        float_scalar = tf.TensorSpec([], tf.float32)
-        # One trace for every prompt, length, batch size and setting: dims and settings are dynamic.
+        # The decode loop is traced and XLA-compiled once per (batch size, prompt bucket, length
+        # bucket); settings, seeds and the actual lengths are tensors and never retrace.
+        # autograph=False: the loop is written with tf.while_loop/tf.cond already, and converting
+        # every call of the model would double the tracing time.
         self._decode = tf.function(
-            lambda context, length, temperature, top_k, top_p, seed, stop_token: sampling.decode(
-                self.model, context, length, temperature, top_k, top_p, seed, stop_token
-            ),
-            input_signature=[
-                tf.TensorSpec([None, None], tf.int32),
-                int_scalar,
-                float_scalar,
-                int_scalar,
-                float_scalar,
-                tf.TensorSpec([2], tf.int64),
-                int_scalar,
-            ],
+            self._decode_eager, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._token_nll = tf.function(
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
+        )
+
+    def _decode_eager(self, context, prompt_len, length, settings, seed, stop_token, slots):
+        temperature, top_k, top_p = settings
+        return sampling.decode(
+            self.model,
+            context,
+            prompt_len,
+            length,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop_token,
+            slots,
+            cache_len=min(context.shape[1] + slots, self.hparams.n_ctx),
         )
 
     # ---- generation -------------------------------------------------------------------------
@@ -111,19 +122,26 @@ class LanguageModel:
         if seed is None:
             seed = secrets.randbits(31)
         stop = eot if stop_at_endoftext and eot is not None else -1
-        context_t = tf.constant([context] * batch_size, tf.int32)
+        n_ctx = self.hparams.n_ctx
+        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
+        context_t = tf.constant([padded] * batch_size, tf.int32)
+        settings = (
+            tf.constant(float(temperature)),
+            tf.constant(int(top_k)),
+            tf.constant(float(top_p)),
+        )
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
             key = tf.constant([int(seed), batch_index], tf.int64)
             out = self._decode(
                 context_t,
+                tf.constant(len(context)),
                 tf.constant(length),
-                tf.constant(float(temperature)),
-                tf.constant(int(top_k)),
-                tf.constant(float(top_p)),
+                settings,
                 key,
                 tf.constant(stop),
-            ).numpy()
+                bucket(length, n_ctx),
+            ).numpy()[:, :length]
             rows = [_cut(row, stop) for row in out]
             if nsamples:
                 rows = rows[: nsamples - produced]
@@ -266,6 +284,18 @@ def find_model_dir(model_name: str, models_dir: str = "models", download: bool =
     return download_model(release, models_dir)
 
 
+def bucket(n: int, limit: int, smallest: int = 16) -> int:
+    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
+
+    Shapes come in these sizes only, so the number of compilations stays small: at most
+    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
+    """
+    size = smallest
+    while size < n:
+        size *= 2
+    return max(n, min(size, limit))
+
+
 def _cut(row, stop: int) -> list[int]:
     row = [int(t) for t in row]
     return row[: row.index(stop)] if stop >= 0 and stop in row else row
@@ -275,12 +305,32 @@ def perplexity(mean_nll: float) -> float:
     return math.exp(mean_nll) if mean_nll < 700 else float("inf")
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_dtype(dtype: str) -> tf.DType:
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return tf.as_dtype(dtype)
+
+
+def cast_model(model: GPT2, dtype) -> GPT2:
+    """A copy of `model` whose weights and activations are `dtype` (layer norms, softmax and
+    logits stay float32); the weights are cast once, here."""
+    cast = GPT2(model.hparams, seed=None, compute_dtype=dtype, param_dtype=dtype)
+    source = checkpoint.name_table(model)
+    for name, var in checkpoint.name_table(cast).items():
+        var.assign(tf.cast(source[name], dtype))
+    return cast
+
+
 def load(
     model_name_or_dir: str = "124M",
     models_dir: str = "models",
     download: bool = False,
     run_name: str | None = None,
     checkpoint_dir: str = "checkpoint",
+    dtype: str = "float32",
 ) -> LanguageModel:
     """Load a model directory in OpenAI's layout.
 
@@ -291,11 +341,16 @@ def load(
       download: fetch a release that is not under `models_dir` yet (see `gpt2_tf2.download`).
       run_name: instead, the newest checkpoint of a fine-tuning run in `checkpoint_dir/run_name`.
       checkpoint_dir: where run directories live.
+      dtype: float32 (as released), or float16/bfloat16 weights and activations for inference
+        (half the memory; fast on GPUs, emulated and slow on most CPUs).
     """
+    tf_dtype = check_dtype(dtype)
     if run_name is not None:
         from gpt2_tf2 import runs
 
         hparams, encoder, model, directory = runs.load_run_model(run_name, checkpoint_dir)
+        if tf_dtype != tf.float32:
+            model = cast_model(model, tf_dtype)
         return LanguageModel(hparams, encoder, model, directory)
     model_dir = find_model_dir(model_name_or_dir, models_dir, download)
     hparams = load_hparams(model_dir)
@@ -305,6 +360,7 @@ def load(
             f"{model_dir}: encoder.json has {encoder.n_vocab} tokens but hparams.json "
             f"says n_vocab={hparams.n_vocab}"
         )
-    model = GPT2(hparams, seed=None)
+    # Straight into the target dtype, one variable at a time: no float32 copy of the whole model.
+    model = GPT2(hparams, seed=None, compute_dtype=tf_dtype, param_dtype=tf_dtype)
     checkpoint.load_openai_checkpoint(model, checkpoint.find_checkpoint(model_dir))
     return LanguageModel(hparams, encoder, model, model_dir)

@@ -83,10 +83,11 @@ def setup_devices(verbose: bool = False) -> str:
     return described
 
 
-def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose):
+def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype="float32"):
     """Load for a command: devices set up, a missing release downloaded unless offline."""
     from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
 
+    api.check_dtype(dtype)  # before any download
     setup_devices(verbose)
     return api.load(
         model_name,
@@ -94,6 +95,7 @@ def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbos
         download=not offline,
         run_name=run_name,
         checkpoint_dir=checkpoint_dir,
+        dtype=dtype,
     )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.python.ops import control_flow_util
 
 from gpt2_tf2.hparams import HParams
 
@@ -25,17 +27,18 @@ def gelu(x):
 
 
 class LayerNorm(tf.Module):
-    def __init__(self, n_state: int, epsilon: float, name: str):
+    def __init__(self, n_state: int, epsilon: float, name: str, dtype=tf.float32):
         super().__init__(name=name.replace("/", "_"))
-        self.g = tf.Variable(tf.ones([n_state]), name=f"{name}/g")
-        self.b = tf.Variable(tf.zeros([n_state]), name=f"{name}/b")
+        self.g = tf.Variable(tf.ones([n_state], dtype), name=f"{name}/g")
+        self.b = tf.Variable(tf.zeros([n_state], dtype), name=f"{name}/b")
         self.epsilon = epsilon
 
     def __call__(self, x):
         dtype, x = x.dtype, tf.cast(x, tf.float32)  # statistics in float32 at any compute dtype
         u = tf.reduce_mean(x, axis=-1, keepdims=True)
         s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-        return tf.cast((x - u) * tf.math.rsqrt(s + self.epsilon) * self.g + self.b, dtype)
+        g, b = tf.cast(self.g, tf.float32), tf.cast(self.b, tf.float32)
+        return tf.cast((x - u) * tf.math.rsqrt(s + self.epsilon) * g + b, dtype)
 
 
 class Conv1D(tf.Module):
@@ -44,7 +47,7 @@ class Conv1D(tf.Module):
     def __init__(self, nx: int, nf: int, name: str, init):
         super().__init__(name=name.replace("/", "_"))
         self.w = tf.Variable(init([1, nx, nf], 0.02), name=f"{name}/w")
-        self.b = tf.Variable(tf.zeros([nf]), name=f"{name}/b")
+        self.b = tf.Variable(init([nf], None), name=f"{name}/b")  # init gives zeros for biases
         self.nx, self.nf = nx, nf
 
     def __call__(self, x):
@@ -53,35 +56,46 @@ class Conv1D(tf.Module):
         w = tf.cast(tf.reshape(self.w, [self.nx, self.nf]), x.dtype)  # [nx, nf]
         flat = tf.reshape(x, [-1, self.nx])  # [batch * seq, nx]
         out = tf.matmul(flat, w) + tf.cast(self.b, x.dtype)  # [batch * seq, nf]
-        return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.nf]], 0))  # [batch, seq, nf]
+        return tf.reshape(out, shape_list(x)[:-1] + [self.nf])  # [batch, seq, nf]
+
+
+def shape_list(x):
+    """x's shape: Python ints where known (fewer ops to trace), scalar tensors elsewhere."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list())]
 
 
 def split_heads(x, n_head: int):
-    b, t, e = tf.unstack(tf.shape(x))
+    b, t, e = shape_list(x)
     x = tf.reshape(x, [b, t, n_head, e // n_head])  # [batch, seq, heads, head_dim]
     return tf.transpose(x, [0, 2, 1, 3])  # [batch, heads, seq, head_dim]
 
 
 def merge_heads(x):
-    b, h, t, d = tf.unstack(tf.shape(x))
+    b, h, t, d = shape_list(x)
     x = tf.transpose(x, [0, 2, 1, 3])  # [batch, seq, heads, head_dim]
     return tf.reshape(x, [b, t, h * d])  # [batch, seq, embd]
+
+
+def in_xla() -> bool:
+    """Whether the graph being traced will be compiled by XLA (tf.function(jit_compile=True))."""
+    graph = tf.compat.v1.get_default_graph()
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 def write_cache(cache, kv, pos):
     """Write `kv` [2, batch, heads, n, head_dim] into `cache` [2, batch, heads, T, head_dim].
 
-    The new entries land at positions pos .. pos + n - 1.
-
-    A masked select keeps the cache's shape fixed (no concat, so no retracing and no growth);
-    a single new position is broadcast along T, which needs no dynamic padding under XLA.
+    The new entries land at positions pos .. pos + n - 1 and the cache keeps its shape, so a
+    generation is one loop whose shapes never change. Under XLA this is a dynamic-update-slice,
+    done in place; elsewhere a masked select over the cache.
     """
-    t = tf.shape(cache)[3]
-    n = kv.shape[3] if kv.shape[3] is not None else tf.shape(kv)[3]
+    if in_xla():
+        return xla.dynamic_update_slice(cache, kv, tf.stack([0, 0, 0, pos, 0]))
+    t, n = tf.shape(cache)[3], tf.shape(kv)[3]
     slots = tf.range(t)
     write = (slots >= pos) & (slots < pos + n)  # [T]
-    if n != 1:
-        kv = tf.pad(kv, [[0, 0], [0, 0], [0, 0], [pos, t - pos - n], [0, 0]])  # [2, b, h, T, d]
+    kv = tf.pad(kv, [[0, 0], [0, 0], [0, 0], [pos, t - pos - n], [0, 0]])  # [2, b, h, T, d]
     return tf.where(write[:, None], kv, cache)
 
 
@@ -96,7 +110,7 @@ class Attention(tf.Module):
     def __call__(self, x, cache=None, pos=0):
         c = self.c_attn(x)  # [batch, seq, 3 * embd]
         q, k, v = (split_heads(part, self.n_head) for part in tf.split(c, 3, axis=2))
-        n = tf.shape(q)[2]
+        n = shape_list(q)[2]
         if cache is not None:
             cache = write_cache(cache, tf.stack([k, v]), pos)  # [2, batch, heads, T, head_dim]
             k, v = cache[0], cache[1]  # [batch, heads, T, head_dim]
@@ -104,7 +118,7 @@ class Attention(tf.Module):
         # Scores, mask and softmax in float32: -1e10 would overflow float16.
         w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(tf.shape(v)[-1], tf.float32))
         # Causal mask: query i sits at absolute position pos + i and sees keys j <= pos + i.
-        visible = tf.range(tf.shape(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
+        visible = tf.range(shape_list(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
         w = tf.where(visible, w, MASK_VALUE)
         a = tf.matmul(
             tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v
@@ -126,10 +140,10 @@ class MLP(tf.Module):
 class Block(tf.Module):
     def __init__(self, hparams: HParams, name: str, init):
         super().__init__(name=name.replace("/", "_"))
-        eps = hparams.layer_norm_epsilon
-        self.ln_1 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_1")
+        eps, dtype = hparams.layer_norm_epsilon, init.dtype
+        self.ln_1 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_1", dtype)
         self.attn = Attention(hparams, f"{name}/attn", init)
-        self.ln_2 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_2")
+        self.ln_2 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_2", dtype)
         self.mlp = MLP(hparams, f"{name}/mlp", init)
 
     def __call__(self, x, cache=None, pos=0):
@@ -139,28 +153,46 @@ class Block(tf.Module):
         return x, cache
 
 
-def _initializer(seed):
-    """The original's random normal init (stddev 0.02, wpe 0.01); seed None: zeros, for loading."""
-    if seed is None:
-        return lambda shape, stddev: tf.zeros(shape)
-    gen = tf.random.Generator.from_seed(seed)
-    return lambda shape, stddev: gen.normal(shape, stddev=stddev)
+def _initializer(seed, dtype):
+    """The original's init: normal with `stddev` (0.02, wpe 0.01), zeros for biases (stddev None).
+
+    seed None: all zeros, for a model about to be loaded. `init.dtype` is the variables' dtype.
+    """
+    gen = None if seed is None else tf.random.Generator.from_seed(seed)
+
+    def init(shape, stddev):
+        if gen is None or stddev is None:
+            return tf.zeros(shape, dtype)
+        return tf.cast(gen.normal(shape, stddev=stddev), dtype)
+
+    init.dtype = dtype
+    return init
 
 
 class GPT2(tf.Module):
     """The GPT-2 language model. Variables are named exactly as in OpenAI's checkpoints."""
 
-    def __init__(self, hparams: HParams, seed: int | None = 0, compute_dtype=tf.float32):
+    def __init__(
+        self,
+        hparams: HParams,
+        seed: int | None = 0,
+        compute_dtype=tf.float32,
+        param_dtype=tf.float32,
+    ):
         super().__init__(name="model")
         self.hparams = hparams
-        # Variables stay float32; activations, matmuls and the cache use compute_dtype
-        # (bfloat16/float16 for mixed precision), while layer norms, softmax and logits are float32.
+        # Activations, matmuls and the cache use compute_dtype (bfloat16/float16 for mixed
+        # precision or low-precision inference), while layer norms, softmax and logits are float32.
+        # Variables are float32 for training; for inference they may be stored in compute_dtype
+        # (param_dtype), so that the weights are cast once, at load, and take half the memory.
         self.compute_dtype = tf.as_dtype(compute_dtype)
-        init = _initializer(seed)
+        init = _initializer(seed, tf.as_dtype(param_dtype))
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
-        self.ln_f = LayerNorm(hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f")
+        self.ln_f = LayerNorm(
+            hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
+        )
 
     def init_cache(self, batch_size: int, max_len: int):
         """One zero tensor per layer: [2 (key, value), batch, heads, max_len, head_dim]."""
@@ -170,12 +202,13 @@ class GPT2(tf.Module):
             for _ in range(hp.n_layer)
         ]
 
-    def __call__(self, tokens, cache=None, pos=0, last_only: bool = False, recompute: bool = False):
+    def __call__(self, tokens, cache=None, pos=0, logits_at=None, recompute: bool = False):
         """Logits for int32 `tokens` [batch, seq] standing at positions pos .. pos + seq - 1.
 
         With `cache` (from `init_cache`), keys/values are written into it at `pos` and attention
         sees every earlier position in it; the updated cache is returned as `result["cache"]`.
-        `last_only` computes logits for the last position only (all that decoding needs).
+        `logits_at` (an int32 scalar, or one index per row) computes the logits of that one
+        position of `tokens` only, [batch, 1, vocab]: all that decoding needs.
         `recompute` (training, no cache) keeps only each block's input for the backward pass and
         recomputes the rest there (Chen et al. 2016), trading compute for activation memory.
         """
@@ -183,7 +216,7 @@ class GPT2(tf.Module):
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
         # at M=1).
         wte = tf.convert_to_tensor(self.wte)  # [vocab, embd]
-        seq = tf.shape(tokens)[1]
+        seq = shape_list(tokens)[1]
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
         h = tf.cast(h, self.compute_dtype)
         new_cache = []
@@ -194,9 +227,10 @@ class GPT2(tf.Module):
             h, layer_cache = block(h, None if cache is None else cache[i], pos)
             new_cache.append(layer_cache)
         h = self.ln_f(h)
-        if last_only:
-            h = h[:, -1:]  # [batch, 1, embd]
-        b, s = tf.shape(h)[0], tf.shape(h)[1]
+        if logits_at is not None:
+            index = tf.broadcast_to(logits_at, shape_list(h)[:1])  # [batch]
+            h = tf.gather(h, index[:, None], batch_dims=1)  # [batch, 1, embd]
+        b, s, _ = shape_list(h)
         flat = tf.reshape(h, [-1, self.hparams.n_embd])  # [batch * seq, embd]
         logits = tf.matmul(flat, tf.cast(wte, h.dtype), transpose_b=True)  # tied to wte
         logits = tf.reshape(tf.cast(logits, tf.float32), [b, s, self.hparams.n_vocab])  # [b, s, v]

@@ -62,6 +62,7 @@ def sample(
     run_name=None,
     checkpoint_dir="checkpoint",
     offline=False,
+    dtype="float32",
     verbose=False,
 ):
     """Generate text from GPT-2.
@@ -90,6 +91,9 @@ def sample(
       run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
+      dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
+        activations in 16 bits, half the memory (docs/benchmarks.md); meant for GPUs, emulated
+        and slow on most CPUs. Layer norms, softmax and logits stay float32.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose)
@@ -113,7 +117,7 @@ def sample(
         hparams, encoder = known
         prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
         api.check_sampling_args(hparams.n_ctx, prompt_len, length, temperature, top_k, top_p)
-    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
+    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype)
     settings = dict(
         length=length,
         batch_size=batch_size,

@@ -23,6 +23,7 @@ def score(
     run_name=None,
     checkpoint_dir="checkpoint",
     offline=False,
+    dtype="float32",
     verbose=False,
 ):
     """Score a text file with GPT-2.
@@ -35,13 +36,16 @@ def score(
       run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
+      dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
+        activations in 16 bits, half the memory (docs/benchmarks.md); meant for GPUs, emulated
+        and slow on most CPUs. Layer norms, softmax and logits stay float32.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose)
     text = read_prompt_file(str(file))
     from gpt2_tf2.api import perplexity
 
-    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
+    lm = cli.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype)
     tokens = lm.encoder.encode(text)
     if not tokens:
         raise UserError(f"{file}: no text to score")

@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 
 import gpt2_tf2
+from gpt2_tf2.api import bucket
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.sampling import choose_tokens
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +71,47 @@ def test_stop_at_endoftext(lm):
             v.assign(saved[v.name])
 
 
-def test_no_retracing(lm):
+def test_no_retracing_within_a_bucket(lm):
+    """Other prompts, prompt lengths, lengths and settings in the same size bucket and batch size
+    reuse one trace (and one XLA compilation); a new bucket or batch size costs one more."""
     before = lm._decode.experimental_get_tracing_count()
-    for prompt, length, batch, kw in [
-        ("a", 3, 1, {}),
-        ("longer prompt here", 9, 3, {"top_p": 0.9}),
-        (None, 5, 2, {"top_k": 5, "temperature": 0.7}),
-        ("x y", 1, 4, {"temperature": 0}),
+    for prompt, length, kw in [
+        ("a", 3, {}),
+        ("longer prompt here", 9, {"top_p": 0.9}),
+        (None, 5, {"top_k": 5, "temperature": 0.7}),
+        ("x y", 1, {"temperature": 0}),
+        ("x y z", 16, {"top_k": 300, "top_p": 0.5}),
     ]:
-        lm.generate(prompt, length=length, nsamples=batch, batch_size=batch, seed=0, **kw)
+        lm.generate(prompt, length=length, nsamples=2, batch_size=2, seed=0, **kw)
     assert lm._decode.experimental_get_tracing_count() - before <= 1
+    lm.generate("a", length=17, nsamples=2, batch_size=2, seed=0)  # length bucket 32
+    lm.generate("a", length=3, nsamples=3, batch_size=3, seed=0)  # batch size 3
+    assert lm._decode.experimental_get_tracing_count() - before <= 3
+
+
+def test_bucket():
+    assert [bucket(n, 1024) for n in (1, 16, 17, 100, 1000, 1024)] == [16, 16, 32, 128, 1024, 1024]
+    assert [bucket(n, 40) for n in (1, 17, 33, 40)] == [16, 32, 40, 40]  # never past the limit
+
+
+def test_compiled_generation_equals_eager_reference(lm):
+    """XLA-compiled decoding (bucketed, cached) gives the tokens of an eager full-pass loop."""
+    prompt = lm.encoder.encode("The reference loop recomputes everything")
+    for temperature, top_k, top_p in [(0.0, 0, 1.0), (0.9, 7, 0.8), (1.0, 0, 0.95)]:
+        got = next(
+            lm.generate_tokens(
+                prompt, 12, 2, 2, temperature=temperature, top_k=top_k, top_p=top_p, seed=3
+            )
+        )
+        key = tf.constant([3, 0], tf.int64)
+        seq = tf.constant([prompt] * 2, tf.int32)
+        want = []
+        for step in range(12):
+            logits = lm.model(seq)["logits"][:, -1]  # no cache, no padding, eager
+            token = choose_tokens(logits, temperature, top_k, top_p, key, step)
+            want.append(token.numpy())
+            seq = tf.concat([seq, token[:, None]], axis=1)
+        assert got == np.stack(want, axis=1).tolist(), (temperature, top_k, top_p)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +175,28 @@ def test_score_long_text_windows(lm):
 def test_score_empty(lm):
     with pytest.raises(UserError, match="nothing to score"):
         lm.score("")
+
+
+# Documented tolerances (README, docs/benchmarks.md): max |logit difference| against float32, as a
+# fraction of the largest |logit|: 16-bit weights and activations, float32 norms and softmax.
+LOW_PRECISION_TOLERANCE = {"float16": 0.01, "bfloat16": 0.05}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
+    low = gpt2_tf2.load(tiny_model_dir, dtype=dtype)
+    assert {v.dtype.name for v in low.model.variables} == {dtype}  # weights cast once, at load
+    tokens = tf.constant([lm.encoder.encode("Half precision keeps norms in float32.")], tf.int32)
+    want = lm.model(tokens)["logits"].numpy()
+    got = low.model(tokens)["logits"].numpy()
+    assert got.dtype == np.float32
+    ratio = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert ratio <= LOW_PRECISION_TOLERANCE[dtype], ratio
+    rows = next(low.generate_tokens(tokens.numpy()[0].tolist(), 8, 2, 2, seed=1))  # XLA path
+    assert [len(r) for r in rows] == [8, 8]
+    assert abs(low.score("Scored in half precision.") - lm.score("Scored in half precision.")) < 0.05
+
+
+def test_unknown_dtype(tiny_model_dir):
+    with pytest.raises(UserError, match="dtype must be one of float32, float16, bfloat16"):
+        gpt2_tf2.load(tiny_model_dir, dtype="int8")

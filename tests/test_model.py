@@ -79,12 +79,12 @@ def test_cached_decoding_in_tf_function(model):
 
     @tf.function
     def decode(tokens):
-        out = model(tokens[:, :3], model.init_cache(2, 10), 0, last_only=True)
+        out = model(tokens[:, :3], model.init_cache(2, 10), 0, logits_at=2)
         logits = tf.TensorArray(tf.float32, size=8)
         logits = logits.write(0, out["logits"][:, 0])
 
         def body(i, cache, logits):
-            o = model(tokens[:, i : i + 1], cache, i, last_only=True)
+            o = model(tokens[:, i : i + 1], cache, i, logits_at=0)
             return i + 1, o["cache"], logits.write(i - 2, o["logits"][:, 0])
 
         _, _, logits = tf.while_loop(lambda i, *_: i < 10, body, (3, out["cache"], logits))
@@ -94,10 +94,30 @@ def test_cached_decoding_in_tf_function(model):
     assert np.max(np.abs(decode(tokens).numpy() - full)) < 1e-5
 
 
-def test_last_only(model):
-    tokens = tf.constant([[1, 2, 3, 4]], tf.int32)
+def test_logits_at(model):
+    tokens = tf.constant([[1, 2, 3, 4], [5, 6, 7, 8]], tf.int32)
     full = model(tokens)["logits"].numpy()
-    cache = model.init_cache(1, 4)
-    last = model(tokens, cache, 0, last_only=True)["logits"].numpy()
-    assert last.shape == (1, 1, HP.n_vocab)
+    last = model(tokens, model.init_cache(2, 4), 0, logits_at=3)["logits"].numpy()
+    assert last.shape == (2, 1, HP.n_vocab)
     assert np.max(np.abs(last[:, 0] - full[:, -1])) < 1e-5
+    per_row = model(tokens, logits_at=tf.constant([1, 2]))["logits"].numpy()  # one index per row
+    assert np.max(np.abs(per_row[:, 0] - full[[0, 1], [1, 2]])) < 1e-5
+
+
+@pytest.mark.parametrize("prefill", [1, 4])
+def test_cached_decoding_under_xla_equals_full_pass(model, prefill):
+    """The XLA path writes the cache with a dynamic-update-slice: same logits as a full pass."""
+    tokens = tf.constant(np.random.default_rng(7).integers(0, HP.n_vocab, (2, 9)), tf.int32)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def step(tokens, cache, pos):
+        out = model(tokens, cache, pos)
+        return out["logits"], out["cache"]
+
+    logits, cache = step(tokens[:, :prefill], model.init_cache(2, 12), tf.constant(0))
+    steps = [logits.numpy()]
+    for i in range(prefill, 9):
+        logits, cache = step(tokens[:, i : i + 1], cache, tf.constant(i))
+        steps.append(logits.numpy())
+    full = model(tokens)["logits"].numpy()
+    assert np.max(np.abs(np.concatenate(steps, axis=1) - full)) < 1e-5

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf2.sampling import choose_tokens, decode, filter_logits, top_k_filter, top_p_filter
+from gpt2_tf2.sampling import (
+    CANDIDATES,
+    choose_tokens,
+    decode,
+    filter_logits,
+    top_k_filter,
+    top_p_filter,
+)
 
 NEG = -np.inf
+# The filters' fast path looks at the top CANDIDATES logits; 1 and 2 force the full-sort fallback
+# on these 4-token rows (top-k > candidates, or a nucleus reaching past them).
+PATHS = pytest.mark.parametrize("c", [CANDIDATES, 1, 2])
 
 
 def logits_of(*rows):
@@ -17,32 +27,39 @@ def kept(filtered):
     return (np.asarray(filtered) > -np.inf).astype(int).tolist()
 
 
-def test_top_k_per_row():
+@PATHS
+def test_top_k_per_row(c):
     logits = tf.constant([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [0.0, 5.0, 1.0, 5.0]])
-    assert kept(top_k_filter(logits, 2)) == [[0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 0, 1]]
-    assert kept(top_k_filter(logits, 1)) == [[0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 1]]  # ties stay
-    assert kept(top_k_filter(logits, 0)) == [[1] * 4] * 3  # 0 = off
-    assert np.array_equal(top_k_filter(logits, 2).numpy()[0, 2:], [3.0, 4.0])  # values unchanged
+    assert kept(top_k_filter(logits, 2, c)) == [[0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 0, 1]]
+    assert kept(top_k_filter(logits, 1, c)) == [
+        [0, 0, 0, 1],
+        [1, 0, 0, 0],
+        [0, 1, 0, 1],
+    ]  # ties stay
+    assert kept(top_k_filter(logits, 0, c)) == [[1] * 4] * 3  # 0 = off
+    assert np.array_equal(top_k_filter(logits, 2, c).numpy()[0, 2:], [3.0, 4.0])  # values unchanged
 
 
-def test_top_p_per_row_keeps_crossing_token():
+@PATHS
+def test_top_p_per_row_keeps_crossing_token(c):
     # Row 0: mass before each token 0, .5, .8, .95 -> p=.6 keeps .5 and .3 (.3 crosses .6).
     # Row 1 is row 0 reversed: the original's shared threshold got this row wrong.
     logits = logits_of([0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5], [0.25, 0.25, 0.25, 0.25])
-    assert kept(top_p_filter(logits, 0.6)) == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]
+    assert kept(top_p_filter(logits, 0.6, c)) == [[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]
     # Row 2 is all ties: the threshold logit equals every logit, so all stay (as with top-k ties).
-    assert kept(top_p_filter(logits, 0.45)) == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
-    assert kept(top_p_filter(logits, 0.9)) == [[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]]
-    assert kept(top_p_filter(logits, 1.0)) == [[1] * 4] * 3
-    assert kept(top_p_filter(logits, 1e-6)) == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
+    assert kept(top_p_filter(logits, 0.45, c)) == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
+    assert kept(top_p_filter(logits, 0.9, c)) == [[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]]
+    assert kept(top_p_filter(logits, 1.0, c)) == [[1] * 4] * 3
+    assert kept(top_p_filter(logits, 1e-6, c)) == [[1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]]
 
 
-def test_top_k_then_top_p_combine():
+@PATHS
+def test_top_k_then_top_p_combine(c):
     # top_k=3 renormalises [.4,.3,.2] to [.444,.333,.222]: mass before .444 < .75 but .777 is not,
     # so 2 tokens stay; top_p alone would keep 3 (mass before: 0, .4, .7).
     logits = logits_of([0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4])
-    assert kept(filter_logits(logits, 1.0, 3, 0.75)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
-    assert kept(filter_logits(logits, 1.0, 0, 0.75)) == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert kept(filter_logits(logits, 1.0, 3, 0.75, c)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    assert kept(filter_logits(logits, 1.0, 0, 0.75, c)) == [[1, 1, 1, 0], [0, 1, 1, 1]]
 
 
 def test_temperature_scales_logits():
@@ -66,22 +83,23 @@ def test_sampled_frequencies_follow_filtered_distribution():
 
 
 class StubModel:
-    """Next token = (sum of all tokens seen so far) % V, read from its cache: tests the loop's
-    positions, cache threading and stopping without any transformer."""
+    """Next token = (sum of the tokens at visible positions) % V, read from its cache: tests the
+    loop's positions, cache threading, prompt padding and stopping without any transformer.
+    Like attention, the logits at position p see cache slots <= p only; XLA-compatible."""
 
     V = 11
 
     def init_cache(self, batch, max_len):
         return [tf.zeros([batch, max_len], tf.int32)]
 
-    def __call__(self, tokens, cache, pos, last_only=False):
+    def __call__(self, tokens, cache, pos, logits_at=None):
         (seen,) = cache
-        t = tf.shape(seen)[1]
         n = tf.shape(tokens)[1]
-        slots = tf.range(t)
-        padded = tf.pad(tokens, [[0, 0], [pos, t - pos - n]])
-        seen = tf.where((slots >= pos) & (slots < pos + n), padded, seen)
-        nxt = tf.reduce_sum(seen, axis=1) % self.V
+        slots = tf.range(tf.shape(seen)[1])
+        new = tf.gather(tokens, tf.clip_by_value(slots - pos, 0, n - 1), axis=1)  # [batch, T]
+        seen = tf.where((slots >= pos) & (slots < pos + n), new, seen)
+        last = pos + (n - 1 if logits_at is None else logits_at)
+        nxt = tf.reduce_sum(tf.where(slots <= last, seen, 0), axis=1) % self.V
         logits = tf.one_hot(nxt, self.V, on_value=10.0, off_value=0.0)[:, None, :]
         return {"logits": logits, "cache": [seen]}
 
@@ -97,45 +115,73 @@ def expected(prompt, length, stop=-1):
     return out
 
 
-def run_stub(prompts, length, stop=-1, temperature=0.0):
-    fn = tf.function(
-        lambda c, n: decode(
-            StubModel(), c, n, temperature, 0, 1.0, tf.constant([0, 0], tf.int64), stop
+def run_stub(prompts, length, stop=-1, temperature=0.0, pad=0, slots=None, xla=False):
+    """Decode after `prompts` padded with `pad` garbage columns, into `slots` columns."""
+    slots = slots or length
+    padded = [p + [7] * pad for p in prompts]
+
+    @tf.function(jit_compile=xla, autograph=False)
+    def fn(context, prompt_len, length):
+        seed = tf.constant([0, 0], tf.int64)
+        return decode(
+            StubModel(), context, prompt_len, length, temperature, 0, 1.0, seed, stop, slots
         )
-    )
-    return fn(tf.constant(prompts, tf.int32), tf.constant(length)).numpy().tolist()
+
+    out = fn(tf.constant(padded, tf.int32), tf.constant(len(prompts[0])), tf.constant(length))
+    return out.numpy()[:, :length].tolist(), out.numpy()[:, length:]
 
 
+@pytest.mark.parametrize("xla", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 9])
-def test_decode_loop_with_stub(length):
+def test_decode_loop_with_stub(length, xla):
     prompts = [[1, 2, 3], [4, 0, 7]]
-    assert run_stub(prompts, length) == [expected(p, length) for p in prompts]
+    assert run_stub(prompts, length, xla=xla)[0] == [expected(p, length) for p in prompts]
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_decode_loop_ignores_prompt_padding_and_spare_slots(xla):
+    """Prompt padded to a bucket, result wider than length: same tokens, spare slots = stop."""
+    prompts = [[1, 2, 3], [4, 0, 7]]
+    got, spare = run_stub(prompts, 5, stop=-1, pad=5, slots=16, xla=xla)
+    assert got == [expected(p, 5) for p in prompts]
+    assert (spare == -1).all()
 
 
 def test_decode_loop_stops_and_pads():
     prompts = [[0, 6], [0, 3], [0, 7]]  # rows emit token 6 at steps 0, 1 and 2
-    got = run_stub(prompts, 8, stop=6)
+    got = run_stub(prompts, 8, stop=6)[0]
     assert got == [expected(p, 8, stop=6) for p in prompts]
     assert all(6 in row for row in got)
 
 
 def test_decode_seed_determinism():
     class Uniform(StubModel):
-        def __call__(self, tokens, cache, pos, last_only=False):
+        def __call__(self, tokens, cache, pos, logits_at=None):
             return {"logits": tf.zeros([tf.shape(tokens)[0], 1, 50]), "cache": cache}
 
     def run(seed):
-        return decode(
-            Uniform(),
-            tf.constant([[1]] * 4, tf.int32),
-            20,
-            1.0,
-            0,
-            1.0,
-            tf.constant([seed, 0], tf.int64),
-            -1,
-        ).numpy()
+        key = tf.constant([seed, 0], tf.int64)
+        context = tf.constant([[1]] * 4, tf.int32)
+        return decode(Uniform(), context, 1, 20, 1.0, 0, 1.0, key, -1, 20).numpy()
 
     assert np.array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
     assert len({tuple(r) for r in run(5)}) == 4  # rows of a batch differ
+
+
+def test_xla_draws_equal_eager_draws():
+    """The compiled path draws the same tokens as the eager reference for the same key."""
+    logits = tf.constant(np.random.default_rng(0).normal(size=(6, 300)), tf.float32)
+    for settings in [(1.0, 0, 1.0), (0.8, 40, 0.9), (1.3, 0, 0.5), (1.0, 290, 0.999)]:
+        key = tf.constant([11, 12], tf.int64)
+        eager = choose_tokens(logits, *settings, key).numpy()
+        compiled = tf.function(choose_tokens, jit_compile=True)(logits, *settings, key).numpy()
+        assert eager.tolist() == compiled.tolist(), settings
+
+
+def test_unfiltered_draw_frequencies():
+    """Gumbel-max draws follow softmax(logits / temperature) over the whole row."""
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    tokens = choose_tokens(logits_of(*[probs] * 8000), 1.0, 0, 1.0, tf.constant([5, 6], tf.int64))
+    freq = np.bincount(tokens.numpy(), minlength=4) / 8000
+    assert np.max(np.abs(freq - probs)) < 0.025

@@ -1,0 +1,197 @@
+"""Greedy sampling speed at the 124M shape: gpt2_tf2 next to its peers, each in a fresh process.
+
+Random weights in the 124M shape (no download), a 16-token prompt, 128 new tokens forced (no
+early stop), batch sizes 1, 8 and 32. 'first call' is the first generate() of a fresh process
+after the model is built: tracing, compilation and the 128 tokens. Throughput is new tokens per
+second, the median of `--repeats` calls after it. Peers are measured when importable (install
+them with the command in bench/requirements-peers.txt). Prints one JSON line per measurement;
+bench/benchmarks.py turns them into docs/benchmarks.md.
+
+    python bench/sample_speed.py [--impls ours,hf_tf_xla,...] [--batches 1,8,32] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT, NEW = 16, 128
+IMPLS = ("ours", "hf_tf_xla", "hf_torch", "keras_hub_xla", "keras_hub")
+# Ours with sampling settings on, to show what top-k/top-p/temperature cost over greedy.
+SETTINGS = {"temperature": 1.0, "top_k": 40, "top_p": 0.9}
+
+
+def prompt_ids(batch: int):
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50000, (batch, PROMPT)).astype("int32")
+
+
+def ours(settings: dict | None):
+    import tensorflow as tf
+
+    from gpt2_tf2.api import LanguageModel
+    from gpt2_tf2.encoder import Encoder
+    from gpt2_tf2.hparams import PRESETS
+    from gpt2_tf2.model import GPT2
+
+    hp = PRESETS["124M"]
+    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+    kw = settings or {"temperature": 0.0}
+
+    def generate(ids):
+        rows = next(lm.generate_tokens(ids[0].tolist(), NEW, len(ids), len(ids), seed=0, **kw))
+        assert len(rows) == len(ids) and all(len(r) == NEW for r in rows)
+
+    return generate, lambda: lm._decode.experimental_get_tracing_count(), tf
+
+
+def hf_tf(xla: bool):
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config())
+    fn = tf.function(model.generate, jit_compile=True) if xla else model.generate
+
+    def generate(ids):
+        out = fn(
+            tf.constant(ids),
+            attention_mask=tf.ones_like(ids),
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            pad_token_id=50256,
+        )
+        assert out.shape == (len(ids), PROMPT + NEW)
+
+    return generate, None, tf
+
+
+def hf_torch():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+
+    def generate(ids):
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                do_sample=False,
+                pad_token_id=50256,
+            )
+        assert tuple(out.shape) == (len(ids), PROMPT + NEW)
+
+    return generate, None, torch
+
+
+def keras_hub(xla: bool):
+    import keras_hub
+    import numpy as np
+
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=50257,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        intermediate_dim=3072,
+        max_sequence_length=1024,
+    )
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    lm.jit_compile = xla
+
+    def generate(ids):
+        # Without a preprocessor generate() fills the masked-out slots of a padded batch.
+        tokens = np.zeros((len(ids), PROMPT + NEW), "int32")
+        tokens[:, :PROMPT] = ids
+        mask = np.zeros_like(tokens, bool)
+        mask[:, :PROMPT] = True
+        out = lm.generate({"token_ids": tokens, "padding_mask": mask}, stop_token_ids=None)
+        assert np.asarray(out["padding_mask"]).all()
+
+    import keras
+
+    return generate, None, keras
+
+
+def child(impl: str, batches: list[int], repeats: int, settings: bool) -> None:
+    began = time.perf_counter()
+    build = {
+        "ours": lambda: ours(SETTINGS if settings else None),
+        "hf_tf_xla": lambda: hf_tf(True),
+        "hf_tf": lambda: hf_tf(False),
+        "hf_torch": hf_torch,
+        "keras_hub_xla": lambda: keras_hub(True),
+        "keras_hub": lambda: keras_hub(False),
+    }[impl]
+    generate, traces, lib = build()
+    built = time.perf_counter() - began
+    for i, batch in enumerate(batches):
+        ids = prompt_ids(batch)
+        t = time.perf_counter()
+        generate(ids)
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            generate(ids)
+            times.append(time.perf_counter() - t)
+        times.sort()
+        row = {
+            "impl": impl + ("+sampling" if settings else ""),
+            "batch": batch,
+            "tok_s": batch * NEW / times[len(times) // 2],
+            "first_s": first,
+            "first_call_of_process": i == 0,
+            "build_s": built,
+            "version": getattr(lib, "__version__", "?"),
+        }
+        if traces:
+            row["traces"] = traces()
+        print(json.dumps(row), flush=True)
+
+
+def run(impl: str, batches: list[int], repeats: int, settings: bool = False) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, __file__, "--child", impl, "--batches", ",".join(map(str, batches))]
+    cmd += ["--repeats", str(repeats)] + (["--settings"] if settings else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0:
+        error = (out.stderr.strip().splitlines() or ["failed"])[-1]
+        rows.append({"impl": impl, "error": error[:200]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--settings", action="store_true")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.child:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        return child(args.child, batches, args.repeats, args.settings)
+    for impl in args.impls.split(","):
+        for row in run(impl, batches, args.repeats):
+            print(json.dumps(row), flush=True)
+        if impl == "ours":
+            for row in run(impl, batches[:2], args.repeats, settings=True):
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
