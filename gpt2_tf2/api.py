@@ -57,22 +57,30 @@ class LanguageModel:
         xla: bool = True,
     ):
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
-        # The decode loop is traced and XLA-compiled once per (batch size, prompt bucket, length
-        # bucket); settings, seeds and the actual lengths are tensors and never retrace.
-        # autograph=False: the loop is written with tf.while_loop/tf.cond already, and converting
-        # every call of the model would double the tracing time.
+        # Decoding is traced (and the loop XLA-compiled) once per (batch size, prompt bucket,
+        # length bucket); settings, seeds and the actual lengths are tensors and never retrace.
+        # The prompt runs in a plain graph: compiling it too cost ~1 s more on a first call than
+        # it saved. autograph=False: the code is written with tf.while_loop/tf.cond already.
+        self._prefill = tf.function(
+            lambda context, prompt_len, cache_len: sampling.prefill(
+                self.model, context, prompt_len, cache_len
+            ),
+            autograph=False,
+            reduce_retracing=False,
+        )
         self._decode = tf.function(
-            self._decode_eager, jit_compile=xla, autograph=False, reduce_retracing=False
+            self._continue, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._token_nll = tf.function(
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
         )
 
-    def _decode_eager(self, context, prompt_len, length, settings, seed, stop_token, slots):
+    def _continue(self, logits, cache, prompt_len, length, settings, seed, stop_token, slots):
         temperature, top_k, top_p = settings
-        return sampling.decode(
+        return sampling.continue_decode(
             self.model,
-            context,
+            logits,
+            cache,
             prompt_len,
             length,
             temperature,
@@ -81,7 +89,6 @@ class LanguageModel:
             seed,
             stop_token,
             slots,
-            cache_len=min(context.shape[1] + slots, self.hparams.n_ctx),
         )
 
     # ---- generation -------------------------------------------------------------------------
@@ -130,17 +137,24 @@ class LanguageModel:
             tf.constant(int(top_k)),
             tf.constant(float(top_p)),
         )
+        slots = bucket(length, n_ctx)
+        prompt_len = tf.constant(len(context))
+        # The cache holds the padded prompt and the generation, within n_ctx positions. Every
+        # batch continues from the same prompt: run it once (the loop does not modify its input).
+        cache_len = min(len(padded) + slots, n_ctx)
+        logits, cache = self._prefill(context_t, prompt_len, cache_len)
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
             key = tf.constant([int(seed), batch_index], tf.int64)
             out = self._decode(
-                context_t,
-                tf.constant(len(context)),
+                logits,
+                cache,
+                prompt_len,
                 tf.constant(length),
                 settings,
                 key,
                 tf.constant(stop),
-                bucket(length, n_ctx),
+                slots,
             ).numpy()[:, :length]
             rows = [_cut(row, stop) for row in out]
             if nsamples:

@@ -26,6 +26,24 @@ def gelu(x):
     return 0.5 * x * (1 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
 
+def layer_norm(x, g, b, epsilon):
+    dtype, x = x.dtype, tf.cast(x, tf.float32)  # statistics in float32 at any compute dtype
+    u = tf.reduce_mean(x, axis=-1, keepdims=True)
+    s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
+    g, b = tf.cast(g, tf.float32), tf.cast(b, tf.float32)
+    return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
+
+
+def conv1d(x, w, b):
+    """The original's `conv1d`: a dense layer whose weight has the TF1 shape [1, nx, nf]."""
+    _, nx, nf = w.shape
+    # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
+    # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
+    w = tf.cast(tf.reshape(w, [nx, nf]), x.dtype)  # [nx, nf]
+    out = tf.matmul(tf.reshape(x, [-1, nx]), w) + tf.cast(b, x.dtype)  # [batch * seq, nf]
+    return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
+
+
 class LayerNorm(tf.Module):
     def __init__(self, n_state: int, epsilon: float, name: str, dtype=tf.float32):
         super().__init__(name=name.replace("/", "_"))
@@ -34,29 +52,17 @@ class LayerNorm(tf.Module):
         self.epsilon = epsilon
 
     def __call__(self, x):
-        dtype, x = x.dtype, tf.cast(x, tf.float32)  # statistics in float32 at any compute dtype
-        u = tf.reduce_mean(x, axis=-1, keepdims=True)
-        s = tf.reduce_mean(tf.square(x - u), axis=-1, keepdims=True)
-        g, b = tf.cast(self.g, tf.float32), tf.cast(self.b, tf.float32)
-        return tf.cast((x - u) * tf.math.rsqrt(s + self.epsilon) * g + b, dtype)
+        return layer_norm(x, self.g, self.b, self.epsilon)
 
 
 class Conv1D(tf.Module):
-    """The original's `conv1d`: a dense layer whose weight keeps the TF1 shape [1, nx, nf]."""
-
     def __init__(self, nx: int, nf: int, name: str, init):
         super().__init__(name=name.replace("/", "_"))
         self.w = tf.Variable(init([1, nx, nf], 0.02), name=f"{name}/w")
         self.b = tf.Variable(init([nf], None), name=f"{name}/b")  # init gives zeros for biases
-        self.nx, self.nf = nx, nf
 
     def __call__(self, x):
-        # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
-        # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
-        w = tf.cast(tf.reshape(self.w, [self.nx, self.nf]), x.dtype)  # [nx, nf]
-        flat = tf.reshape(x, [-1, self.nx])  # [batch * seq, nx]
-        out = tf.matmul(flat, w) + tf.cast(self.b, x.dtype)  # [batch * seq, nf]
-        return tf.reshape(out, shape_list(x)[:-1] + [self.nf])  # [batch, seq, nf]
+        return conv1d(x, self.w, self.b)
 
 
 def shape_list(x):
@@ -99,58 +105,67 @@ def write_cache(cache, kv, pos):
     return tf.where(write[:, None], kv, cache)
 
 
-class Attention(tf.Module):
-    def __init__(self, hparams: HParams, name: str, init):
-        super().__init__(name=name.replace("/", "_"))
-        e = hparams.n_embd
-        self.n_head = hparams.n_head
-        self.c_attn = Conv1D(e, 3 * e, f"{name}/c_attn", init)
-        self.c_proj = Conv1D(e, e, f"{name}/c_proj", init)
-
-    def __call__(self, x, cache=None, pos=0):
-        c = self.c_attn(x)  # [batch, seq, 3 * embd]
-        q, k, v = (split_heads(part, self.n_head) for part in tf.split(c, 3, axis=2))
-        n = shape_list(q)[2]
-        if cache is not None:
-            cache = write_cache(cache, tf.stack([k, v]), pos)  # [2, batch, heads, T, head_dim]
-            k, v = cache[0], cache[1]  # [batch, heads, T, head_dim]
-        w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, seq, T]
-        # Scores, mask and softmax in float32: -1e10 would overflow float16.
-        w = tf.cast(w, tf.float32) * tf.math.rsqrt(tf.cast(tf.shape(v)[-1], tf.float32))
-        # Causal mask: query i sits at absolute position pos + i and sees keys j <= pos + i.
-        visible = tf.range(shape_list(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
-        w = tf.where(visible, w, MASK_VALUE)
-        a = tf.matmul(
-            tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v
-        )  # [batch, heads, seq, head_dim]
-        return self.c_proj(merge_heads(a)), cache
+def attention(x, p, cache, pos, n_head: int):
+    """Masked multi-head self-attention; `p` holds c_attn/{w,b} and c_proj/{w,b}."""
+    c = conv1d(x, p["c_attn/w"], p["c_attn/b"])  # [batch, seq, 3 * embd]
+    q, k, v = (split_heads(part, n_head) for part in tf.split(c, 3, axis=2))
+    n = shape_list(q)[2]
+    if cache is not None:
+        cache = write_cache(cache, tf.stack([k, v]), pos)  # [2, batch, heads, T, head_dim]
+        k, v = cache[0], cache[1]  # [batch, heads, T, head_dim]
+    w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, seq, T]
+    # Scores, mask and softmax in float32: -1e10 would overflow float16.
+    w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(v)[-1]))
+    # Causal mask: query i sits at absolute position pos + i and sees keys j <= pos + i.
+    visible = tf.range(shape_list(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
+    w = tf.where(visible, w, MASK_VALUE)
+    a = tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [batch, heads, seq, head_dim]
+    return conv1d(merge_heads(a), p["c_proj/w"], p["c_proj/b"]), cache
 
 
-class MLP(tf.Module):
-    def __init__(self, hparams: HParams, name: str, init):
-        super().__init__(name=name.replace("/", "_"))
-        e = hparams.n_embd
-        self.c_fc = Conv1D(e, 4 * e, f"{name}/c_fc", init)
-        self.c_proj = Conv1D(4 * e, e, f"{name}/c_proj", init)
-
-    def __call__(self, x):
-        return self.c_proj(gelu(self.c_fc(x)))
+def block(x, p, cache, pos, n_head: int, epsilon: float):
+    """One transformer block (pre-LN) on the tensors `p`, named as in the checkpoint."""
+    a, cache = attention(layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon), p, cache, pos, n_head)
+    x = x + a
+    h = gelu(conv1d(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p["c_fc/w"], p["c_fc/b"]))
+    return x + conv1d(h, p["mlp_proj/w"], p["mlp_proj/b"]), cache
 
 
 class Block(tf.Module):
+    """Holds one block's variables (under their TF1 names); the maths is `block()`."""
+
     def __init__(self, hparams: HParams, name: str, init):
         super().__init__(name=name.replace("/", "_"))
-        eps, dtype = hparams.layer_norm_epsilon, init.dtype
-        self.ln_1 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_1", dtype)
-        self.attn = Attention(hparams, f"{name}/attn", init)
-        self.ln_2 = LayerNorm(hparams.n_embd, eps, f"{name}/ln_2", dtype)
-        self.mlp = MLP(hparams, f"{name}/mlp", init)
+        eps, dtype, e = hparams.layer_norm_epsilon, init.dtype, hparams.n_embd
+        self.n_head, self.epsilon = hparams.n_head, eps
+        self.ln_1 = LayerNorm(e, eps, f"{name}/ln_1", dtype)
+        self.attn = tf.Module(name="attn")
+        self.attn.c_attn = Conv1D(e, 3 * e, f"{name}/attn/c_attn", init)
+        self.attn.c_proj = Conv1D(e, e, f"{name}/attn/c_proj", init)
+        self.ln_2 = LayerNorm(e, eps, f"{name}/ln_2", dtype)
+        self.mlp = tf.Module(name="mlp")
+        self.mlp.c_fc = Conv1D(e, 4 * e, f"{name}/mlp/c_fc", init)
+        self.mlp.c_proj = Conv1D(4 * e, e, f"{name}/mlp/c_proj", init)
+
+    def params(self) -> dict:
+        a, m = self.attn, self.mlp
+        return {
+            "ln_1/g": self.ln_1.g,
+            "ln_1/b": self.ln_1.b,
+            "c_attn/w": a.c_attn.w,
+            "c_attn/b": a.c_attn.b,
+            "c_proj/w": a.c_proj.w,
+            "c_proj/b": a.c_proj.b,
+            "ln_2/g": self.ln_2.g,
+            "ln_2/b": self.ln_2.b,
+            "c_fc/w": m.c_fc.w,
+            "c_fc/b": m.c_fc.b,
+            "mlp_proj/w": m.c_proj.w,
+            "mlp_proj/b": m.c_proj.b,
+        }
 
     def __call__(self, x, cache=None, pos=0):
-        a, cache = self.attn(self.ln_1(x), cache, pos)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, cache
+        return block(x, self.params(), cache, pos, self.n_head, self.epsilon)
 
 
 def _initializer(seed, dtype):
@@ -190,6 +205,12 @@ class GPT2(tf.Module):
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
+        self._shared_block = tf.function(
+            lambda x, p, cache, pos: block(
+                x, p, cache, pos, hparams.n_head, hparams.layer_norm_epsilon
+            ),
+            autograph=False,
+        )
         self.ln_f = LayerNorm(
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )
@@ -220,12 +241,18 @@ class GPT2(tf.Module):
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
         h = tf.cast(h, self.compute_dtype)
         new_cache = []
-        for i, block in enumerate(self.h):
+        for i, layer in enumerate(self.h):
             if recompute and cache is None:
-                h = tf.recompute_grad(lambda x, block=block: block(x)[0])(h)
-                continue
-            h, layer_cache = block(h, None if cache is None else cache[i], pos)
-            new_cache.append(layer_cache)
+                h = tf.recompute_grad(lambda x, layer=layer: layer(x)[0])(h)
+            elif cache is not None and not tf.executing_eagerly():
+                # Decoding graphs call one traced function for all layers: tracing each layer
+                # separately took most of the 2 s that tracing a 124M decode loop cost.
+                params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
+                h, layer_cache = self._shared_block(h, params, cache[i], pos)
+                new_cache.append(layer_cache)
+            else:
+                h, layer_cache = layer(h, None if cache is None else cache[i], pos)
+                new_cache.append(layer_cache)
         h = self.ln_f(h)
         if logits_at is not None:
             index = tf.broadcast_to(logits_at, shape_list(h)[:1])  # [batch]

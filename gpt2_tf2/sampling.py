@@ -12,8 +12,9 @@ XLA: the filters share one tf.math.top_k of constant size, and draws use the Gum
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2_tf2.model import shape_list
+from gpt2_tf2.model import in_xla, shape_list
 
 NEG_INF = float("-inf")
 # Filters look for their threshold among the top CANDIDATES logits of a row first: under XLA on a
@@ -24,6 +25,49 @@ CANDIDATES = 256
 
 def _mask_below(logits, threshold):
     return tf.where(logits < threshold, tf.cast(NEG_INF, logits.dtype), logits)
+
+
+def _thresholds(logits, ranked, k, p):
+    """Top-k and top-p thresholds [batch, 1] from `ranked` [batch, n], each row's n largest
+    logits in descending order, and whether they are exact (the nucleus lies within them)."""
+    n = ranked.shape[-1] or tf.shape(ranked)[-1]
+    none = tf.fill(tf.shape(logits[:, :1]), tf.cast(NEG_INF, logits.dtype))  # [batch, 1]
+    # Read the k-th value with a masked reduction, not a gather or slice: XLA on a CPU then keeps
+    # tf.math.top_k as its fast TopK (1 ms for 8 rows) instead of a full sort (75 ms, measured).
+    first_k = tf.range(n) < tf.minimum(k, n)
+    kth = tf.cond(
+        k > 0,
+        lambda: tf.reduce_min(tf.where(first_k, ranked, float("inf")), axis=-1, keepdims=True),
+        lambda: none,
+    )
+    # Probabilities after top-k, normalised over the whole row, not only the ranked part.
+    lse = tf.reduce_logsumexp(_mask_below(logits, kth), axis=-1, keepdims=True)
+    probs = tf.exp(_mask_below(ranked, kth) - lse)  # [batch, n]
+    mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+    kept = tf.where(mass_before < p, ranked, tf.cast(float("inf"), ranked.dtype))
+    nucleus = tf.cond(p < 1.0, lambda: tf.reduce_min(kept, axis=-1, keepdims=True), lambda: none)
+    exact = (k <= n) & ((p >= 1.0) | tf.reduce_all(tf.reduce_sum(probs, axis=-1) >= p))
+    return tf.maximum(kth, nucleus), exact
+
+
+def _top(logits, n: int):
+    """tf.math.top_k(logits, n). Under XLA behind an optimization barrier: XLA on a CPU runs a
+    top-k as a fast TopK (1 ms for 8 x 50257) only while its sort-and-slice pattern survives;
+    a later slice of the result merged into it and made it a full sort (75 ms, measured)."""
+    top = tf.math.top_k(logits, n)
+    if in_xla():
+        return tuple(xla.optimization_barrier(top.values, top.indices))
+    return top.values, top.indices
+
+
+def _settings(logits, temperature, top_k, top_p):
+    logits = logits / tf.cast(temperature, logits.dtype)
+    k = tf.minimum(tf.convert_to_tensor(top_k, tf.int32), logits.shape[-1] or tf.shape(logits)[-1])
+    return logits, k, tf.convert_to_tensor(top_p, logits.dtype)
+
+
+def _full_threshold(logits, k, p):
+    return _thresholds(logits, k=k, p=p, ranked=tf.sort(logits, direction="DESCENDING"))[0]
 
 
 def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATES):
@@ -40,37 +84,12 @@ def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATE
       temperature: float scalar > 0; top_k: int scalar >= 0; top_p: float scalar in (0, 1].
       candidates: Python int, how many top logits the fast path looks at (tests make it small).
     """
-    logits = logits / tf.cast(temperature, logits.dtype)
-    vocab = logits.shape[-1] or tf.shape(logits)[-1]
-    k = tf.minimum(tf.convert_to_tensor(top_k, tf.int32), vocab)
-    p = tf.convert_to_tensor(top_p, logits.dtype)
-    none = tf.fill(tf.shape(logits[:, :1]), tf.cast(NEG_INF, logits.dtype))  # [batch, 1]
-
-    def thresholds(ranked):
-        """From `ranked` [batch, n], each row's n largest logits in descending order: the
-        combined threshold [batch, 1], and whether it is exact (the nucleus lies within them)."""
-        n = ranked.shape[-1] or tf.shape(ranked)[-1]
-        kth = tf.cond(
-            k > 0, lambda: tf.gather(ranked, [tf.minimum(k, n) - 1], axis=-1), lambda: none
-        )
-        # Probabilities after top-k, normalised over the whole row, not only the ranked part.
-        lse = tf.reduce_logsumexp(_mask_below(logits, kth), axis=-1, keepdims=True)
-        probs = tf.exp(_mask_below(ranked, kth) - lse)  # [batch, n]
-        mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
-        kept = tf.where(mass_before < p, ranked, tf.cast(float("inf"), ranked.dtype))
-        nucleus = tf.cond(
-            p < 1.0, lambda: tf.reduce_min(kept, axis=-1, keepdims=True), lambda: none
-        )
-        exact = (k <= n) & ((p >= 1.0) | tf.reduce_all(tf.reduce_sum(probs, axis=-1) >= p))
-        return tf.maximum(kth, nucleus), exact
+    logits, k, p = _settings(logits, temperature, top_k, top_p)
 
     def filtered():
-        threshold, exact = thresholds(tf.math.top_k(logits, min(candidates, vocab)).values)
-        threshold = tf.cond(
-            exact,
-            lambda: threshold,
-            lambda: thresholds(tf.sort(logits, direction="DESCENDING", axis=-1))[0],
-        )
+        top, _ = _top(logits, min(candidates, logits.shape[-1]))
+        threshold, exact = _thresholds(logits, top, k, p)
+        threshold = tf.cond(exact, lambda: threshold, lambda: _full_threshold(logits, k, p))
         return _mask_below(logits, threshold)
 
     return tf.cond((k > 0) | (p < 1.0), filtered, lambda: logits)
@@ -111,39 +130,42 @@ def _shr(x, n):
     return tf.bitwise.right_shift(x, tf.constant(n, tf.int64))
 
 
-def uniform_noise(shape, seed, step):
-    """Uniform floats in (0, 1), a pure function of (seed, step, element index).
+def gumbel_noise(token_ids, seed, step):
+    """Gumbel(0, 1) noise for each (row, token id): a pure function of (seed, step, row, id).
 
     A counter-based generator in plain integer ops, so that eager, graph and XLA execution on any
-    device give the same numbers and it compiles to one fused loop: XLA's Philox took 30 ms per
-    8 x 50257 draws on this CPU, and TensorFlow's CPU kernels lack threefry. 24 bits per draw.
+    device give the same numbers, and noise can be drawn for a few candidate tokens only: XLA's
+    Philox took 30 ms per 8 x 50257 draws on this CPU, and TensorFlow's CPU kernels lack
+    threefry. 24 random bits per draw.
 
     Args:
-      shape: [rows, cols] (Python ints or scalar tensors).
+      token_ids: int [batch, n], the tokens of each row to draw noise for.
       seed: int64 [2]; step: int scalar.
     """
     seed = tf.cast(seed, tf.int64)
     key = _hash32(_and(seed[0], _MASK32))
     key = _hash32(_xor(key, _and(seed[1], _MASK32)))
     key = _hash32(_xor(key, _and(tf.cast(step, tf.int64), _MASK32)))
-    count = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
-    index = tf.reshape(tf.range(count, dtype=tf.int64), shape)  # [rows, cols]
-    bits = _hash32(_xor(_hash32(_xor(index, key)), key))
-    return (tf.cast(_shr(bits, 8), tf.float32) + 0.5) / 2.0**24
+    row = tf.range(tf.shape(token_ids, out_type=tf.int64)[0])[:, None]  # [batch, 1]
+    index = row * 2**20 + tf.cast(token_ids, tf.int64)  # vocabularies up to 2**20 tokens
+    bits = _hash32(_xor(_hash32(_xor(_and(index, _MASK32), key)), key))
+    u = (tf.cast(_shr(bits, 8), tf.float32) + 0.5) / 2.0**24  # uniform in (0, 1)
+    return -tf.math.log(-tf.math.log(u))
 
 
-def choose_tokens(logits, temperature, top_k, top_p, seed, step=0):
+def choose_tokens(logits, temperature, top_k, top_p, seed, step=0, candidates=CANDIDATES):
     """One token per row: greedy (argmax) where temperature == 0, else a filtered random draw.
 
-    The draw is the Gumbel-max trick, argmax(logits + Gumbel noise), which samples exactly from
-    softmax(logits) (Gumbel 1954; Maddison et al. 2014) and, unlike tf.random.categorical,
-    compiles under XLA.
+    The draw is the Gumbel-max trick, argmax(filtered logits + Gumbel noise), which samples
+    exactly from softmax(filtered logits) (Gumbel 1954; Maddison et al. 2014) and, unlike
+    tf.random.categorical, compiles under XLA. When the filters' survivors lie among the top
+    `candidates` logits, noise is drawn for those only; the token drawn is the same either way.
 
     Args:
       logits: [batch, vocab].
       temperature, top_k, top_p: scalar tensors.
       seed: int64 [2] tensor, the key of this batch.
-      step: int scalar, the decoding step (the noise is a function of seed and step).
+      step: int scalar, the decoding step (the noise is a function of seed, step, row, token).
     Returns:
       int32 [batch].
     """
@@ -151,14 +173,103 @@ def choose_tokens(logits, temperature, top_k, top_p, seed, step=0):
     temperature = tf.convert_to_tensor(temperature, tf.float32)
 
     def draw():
-        filtered = filter_logits(logits, temperature, top_k, top_p)
-        u = uniform_noise(shape_list(logits), seed, step)
-        return tf.argmax(filtered - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
+        scaled, k, p = _settings(logits, temperature, top_k, top_p)
+        vocab_ids = tf.broadcast_to(tf.range(shape_list(logits)[1]), tf.shape(logits))
+
+        def over_all(threshold):
+            noisy = _mask_below(scaled, threshold) + gumbel_noise(vocab_ids, seed, step)
+            return tf.argmax(noisy, axis=-1, output_type=tf.int32)
+
+        def filtered():
+            n = min(candidates, logits.shape[-1])
+            values, indices = _top(scaled, n)
+            threshold, exact = _thresholds(scaled, values, k, p)
+            # Every survivor is a candidate (no tie with the threshold just past them).
+            exact &= (n == logits.shape[-1]) | tf.reduce_all(values[:, -1:] < threshold)
+
+            def among_candidates():
+                noisy = _mask_below(values, threshold) + gumbel_noise(indices, seed, step)
+                best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
+                chosen = tf.range(n)[None, :] == best  # a mask, not a gather (see _thresholds)
+                return tf.reduce_sum(tf.where(chosen, indices, 0), axis=-1)
+
+            return tf.cond(exact, among_candidates, lambda: over_all(_full_threshold(scaled, k, p)))
+
+        no_threshold = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
+        return tf.cond((k > 0) | (p < 1.0), filtered, lambda: over_all(no_threshold))
 
     def greedy():
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     return tf.cond(temperature > 0, draw, greedy)
+
+
+def prefill(model, context, prompt_len, cache_len: int):
+    """Run the prompt through `model`: (logits after its last token [batch, vocab], cache).
+
+    Args:
+      model: callable `model(tokens, cache, pos, logits_at) -> {"logits", "cache"}` with
+        `model.init_cache(batch, max_len)`; a `GPT2`, or a stub in tests.
+      context: int32 [batch, P], the prompt in its first `prompt_len` columns; the rest is padding.
+      prompt_len: int32 scalar in 1 .. P.
+      cache_len: Python int, the cache's length: at least P and prompt_len + length - 1.
+    """
+    # Padding after the prompt is written to the cache too, but each position is overwritten by
+    # its real token before any query can see it (queries see keys at positions <= their own).
+    cache = model.init_cache(shape_list(context)[0], cache_len)
+    out = model(context, cache, 0, logits_at=prompt_len - 1)
+    return out["logits"][:, -1], out["cache"]
+
+
+def continue_decode(
+    model, logits, cache, prompt_len, length, temperature, top_k, top_p, seed, stop_token, slots
+):
+    """The decode loop after `prefill`: `length` tokens, drawn from `logits` first.
+
+    Every shape depends only on the cache's shape and `slots`, never on the prompt's or the
+    generation's actual length, so one XLA compilation serves every prompt and length that fit
+    (the caller rounds both up to a few bucket sizes).
+
+    Args:
+      model, prompt_len: as for `prefill`; logits, cache: what it returned.
+      length: int32 scalar in 1 .. slots: tokens to generate.
+      temperature, top_k, top_p: scalar tensors (see `choose_tokens`).
+      seed: int64 [2], the RNG key of this batch (step i uses `gumbel_noise(.., seed, i)`).
+      stop_token: int32 scalar; once a row emits it, the row emits only it. -1 disables.
+      slots: Python int, the width of the result.
+    Returns:
+      int32 [batch, slots]: `length` tokens per row, then stop_token; rows are padded with
+      stop_token after they emitted it.
+    """
+    batch = shape_list(logits)[0]
+    columns = tf.range(slots)
+
+    def pick(logits, step, done):
+        token = choose_tokens(logits, temperature, top_k, top_p, seed, step)
+        return tf.where(done, stop_token, token)  # [batch]
+
+    def place(tokens, token, step):
+        return tf.where(columns[None, :] == step, token[:, None], tokens)  # [batch, slots]
+
+    token = pick(logits, 0, tf.zeros([batch], tf.bool))
+    tokens = place(tf.fill([batch, slots], stop_token), token, 0)
+
+    def cond(step, token, cache, tokens, done):
+        return (step < length) & ~tf.reduce_all(done)
+
+    def body(step, token, cache, tokens, done):
+        out = model(token[:, None], cache, prompt_len + step - 1, logits_at=0)
+        token = pick(out["logits"][:, -1], step, done)
+        return (
+            step + 1,
+            token,
+            out["cache"],
+            place(tokens, token, step),
+            done | (token == stop_token),
+        )
+
+    loop_vars = (tf.constant(1), token, cache, tokens, token == stop_token)
+    return tf.while_loop(cond, body, loop_vars)[3]
 
 
 def decode(
@@ -174,62 +285,12 @@ def decode(
     slots,
     cache_len=None,
 ):
-    """Generate up to `slots` tokens after a prompt: the decode loop, to run inside a tf.function.
+    """`prefill`, then `continue_decode`: up to `slots` tokens after a (padded) prompt.
 
-    Every shape depends only on context's shape and `slots`, never on the prompt's or the
-    generation's actual length, so one XLA compilation serves every prompt and length that fit
-    (the caller rounds both up to a few bucket sizes).
-
-    Args:
-      model: callable `model(tokens, cache, pos, logits_at) -> {"logits", "cache"}` with
-        `model.init_cache(batch, max_len)`; a `GPT2`, or a stub in tests.
-      context: int32 [batch, P], the prompt in its first `prompt_len` columns; the rest is padding.
-      prompt_len: int32 scalar in 1 .. P.
-      length: int32 scalar in 1 .. slots: tokens to generate.
-      temperature, top_k, top_p: scalar tensors (see `choose_tokens`).
-      seed: int64 [2], the RNG key of this batch (step i draws `uniform_noise(.., seed, i)`).
-      stop_token: int32 scalar; once a row emits it, the row emits only it. -1 disables.
-      slots: Python int, the width of the result.
-      cache_len: Python int, the key/value cache's length: at least P and prompt_len + length - 1
-        for every call (default P + slots; a model's context length is enough).
-    Returns:
-      int32 [batch, slots]: `length` tokens per row, then stop_token; rows are padded with
-      stop_token after they emitted it.
+    cache_len defaults to P + slots. Returns int32 [batch, slots] (see `continue_decode`).
     """
-    batch = shape_list(context)[0]
-    # Padding after the prompt is written to the cache too, but each position is overwritten by
-    # its real token before any query can see it (queries see keys at positions <= their own).
-    cache = model.init_cache(batch, cache_len or shape_list(context)[1] + slots)
-    out = model(context, cache, 0, logits_at=prompt_len - 1)
-    columns = tf.range(slots)
-
-    def pick(logits, step, done):
-        token = choose_tokens(logits[:, -1], temperature, top_k, top_p, seed, step)
-        return tf.where(done, stop_token, token)  # [batch]
-
-    def place(tokens, token, step):
-        return tf.where(columns[None, :] == step, token[:, None], tokens)  # [batch, slots]
-
-    done = tf.zeros([batch], tf.bool)
-    token = pick(out["logits"], 0, done)
-    tokens = place(tf.fill([batch, slots], stop_token), token, 0)
-    done = token == stop_token
-
-    def cond(step, token, cache, tokens, done):
-        return (step < length) & ~tf.reduce_all(done)
-
-    def body(step, token, cache, tokens, done):
-        out = model(token[:, None], cache, prompt_len + step - 1, logits_at=0)
-        token = pick(out["logits"], step, done)
-        return (
-            step + 1,
-            token,
-            out["cache"],
-            place(tokens, token, step),
-            done | (token == stop_token),
-        )
-
-    _, _, _, tokens, _ = tf.while_loop(
-        cond, body, (tf.constant(1), token, out["cache"], tokens, done)
+    cache_len = cache_len or shape_list(context)[1] + slots
+    logits, cache = prefill(model, context, prompt_len, cache_len)
+    return continue_decode(
+        model, logits, cache, prompt_len, length, temperature, top_k, top_p, seed, stop_token, slots
     )
-    return tokens

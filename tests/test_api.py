@@ -194,7 +194,9 @@ def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
     assert ratio <= LOW_PRECISION_TOLERANCE[dtype], ratio
     rows = next(low.generate_tokens(tokens.numpy()[0].tolist(), 8, 2, 2, seed=1))  # XLA path
     assert [len(r) for r in rows] == [8, 8]
-    assert abs(low.score("Scored in half precision.") - lm.score("Scored in half precision.")) < 0.05
+    assert (
+        abs(low.score("Scored in half precision.") - lm.score("Scored in half precision.")) < 0.05
+    )
 
 
 def test_unknown_dtype(tiny_model_dir):

@@ -185,3 +185,15 @@ def test_unfiltered_draw_frequencies():
     tokens = choose_tokens(logits_of(*[probs] * 8000), 1.0, 0, 1.0, tf.constant([5, 6], tf.int64))
     freq = np.bincount(tokens.numpy(), minlength=4) / 8000
     assert np.max(np.abs(freq - probs)) < 0.025
+
+
+def test_candidate_draw_equals_full_row_draw():
+    """Noise drawn for the top candidates only picks the same tokens as noise over the whole row
+    (the fallback, forced with candidates=1), for the same key."""
+    logits = tf.constant(np.random.default_rng(1).normal(size=(16, 500)) * 3, tf.float32)
+    for settings in [(1.0, 10, 1.0), (0.7, 0, 0.5), (1.0, 50, 0.9)]:
+        for step in range(5):
+            key = tf.constant([7, 1], tf.int64)
+            fast = choose_tokens(logits, *settings, key, step).numpy()
+            full = choose_tokens(logits, *settings, key, step, candidates=1).numpy()
+            assert fast.tolist() == full.tolist(), settings
