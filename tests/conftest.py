@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -83,10 +84,14 @@ def model_copy(tiny_model_dir, tmp_path):
     return dest
 
 
-def run_cli(args, input=None, cwd=None, timeout=300):
+def run_cli(args, input=None, cwd=None, timeout=300, env=None):
     """Run a command-line entry point as a user would; returns the CompletedProcess."""
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # Compiled programs go to a scratch cache, not the user's ~/.cache.
+    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_xla")
+    env.update(extra)
     return subprocess.run(
         [sys.executable, *args],
         input=input,

@@ -214,6 +214,7 @@ def test_score(models_root, tmp_path):
         ),
         (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
         (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
+        (["--dtype", "int8"], ["dtype must be one of float32, float16, bfloat16"]),
     ],
 )
 def test_bad_flags(models_root, args, fragments):
@@ -304,3 +305,20 @@ def test_short_interactive_flag(models_root):
     r = sample(models_root, "-i", "--length", "3", "--seed", "1", input="Hello\n")
     assert r.returncode == 0, r.stderr
     assert "Model prompt >>> " in r.stdout and len(HEADER.findall(r.stdout)) == 1
+
+
+def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
+    """--dtype bfloat16 samples; compiled decode loops are kept in GPT2_TF2_XLA_CACHE and a
+    second run with the same shapes reads them back (same output)."""
+    cache = tmp_path / "xla"
+    args = ["--models_dir", models_root, "--length", "5", "--seed", "2", "--prompt", "Hi"]
+    env = {"GPT2_TF2_XLA_CACHE": str(cache)}
+    first = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
+    assert first.returncode == 0, first.stderr
+    assert len(bodies(first.stdout)) == 1
+    stored = sorted(os.listdir(cache))
+    assert stored, "nothing was cached"
+    again = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
+    assert again.stdout == first.stdout and sorted(os.listdir(cache)) == stored
+    off = run_cli(["-m", "gpt2_tf2.sample", *args], env={"GPT2_TF2_XLA_CACHE": ""})
+    assert off.returncode == 0, off.stderr
