@@ -105,6 +105,22 @@ def write_cache(cache, kv, pos):
     return tf.where(write[:, None], kv, cache)
 
 
+def causal_attention(q, k, v, pos):
+    """softmax(q k^T / sqrt(d)) v; query i sits at position pos + i and sees keys j <= pos + i.
+
+    q: [batch, heads, n, head_dim]; k, v: [batch, heads, T, head_dim].
+    """
+    w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, n, T]
+    # Scores, mask and softmax in float32: -1e10 would overflow float16.
+    w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(v)[-1]))
+    visible = tf.range(shape_list(k)[2])[None, :] <= (pos + tf.range(shape_list(q)[2]))[:, None]
+    w = tf.where(visible, w, MASK_VALUE)  # visible: [n, T]
+    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [batch, heads, n, head_dim]
+
+
+CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
+
+
 def attention(x, p, cache, pos, n_head: int):
     """Masked multi-head self-attention; `p` holds c_attn/{w,b} and c_proj/{w,b}."""
     c = conv1d(x, p["c_attn/w"], p["c_attn/b"])  # [batch, seq, 3 * embd]
@@ -112,14 +128,20 @@ def attention(x, p, cache, pos, n_head: int):
     n = shape_list(q)[2]
     if cache is not None:
         cache = write_cache(cache, tf.stack([k, v]), pos)  # [2, batch, heads, T, head_dim]
-        k, v = cache[0], cache[1]  # [batch, heads, T, head_dim]
-    w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, seq, T]
-    # Scores, mask and softmax in float32: -1e10 would overflow float16.
-    w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(v)[-1]))
-    # Causal mask: query i sits at absolute position pos + i and sees keys j <= pos + i.
-    visible = tf.range(shape_list(k)[2])[None, :] <= (pos + tf.range(n))[:, None]  # [seq, T]
-    w = tf.where(visible, w, MASK_VALUE)
-    a = tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [batch, heads, seq, head_dim]
+        a = causal_attention(q, cache[0], cache[1], pos)
+    elif isinstance(n, int) and n >= 256:
+        # A block of queries needs the keys up to its own end only: skipping the fully masked
+        # blocks saves 3/8 of the attention work and memory at 4 blocks (training, scoring).
+        bounds = [n * i // CAUSAL_BLOCKS for i in range(CAUSAL_BLOCKS + 1)]
+        a = tf.concat(
+            [
+                causal_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], pos + s)
+                for s, e in zip(bounds, bounds[1:])
+            ],
+            axis=2,
+        )  # [batch, heads, seq, head_dim]
+    else:
+        a = causal_attention(q, k, v, pos)
     return conv1d(merge_heads(a), p["c_proj/w"], p["c_proj/b"]), cache
 
 
