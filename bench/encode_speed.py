@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import random
@@ -98,6 +99,13 @@ def main() -> None:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"ratio {ratio:.3f}; wrote {args.out}")
+    speeds = {
+        "ours": "gpt2_tf2 (default: tiktoken path)",
+        "pure": "gpt2_tf2 (pure-Python reference BPE)",
+        "tiktoken": "tiktoken",
+    }
+    row = {"bench": "encode", "mb": mb, **{k: results[v][0] for k, v in speeds.items()}}
+    print(json.dumps(row))
 
 
 if __name__ == "__main__":

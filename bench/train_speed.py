@@ -123,7 +123,8 @@ def keras_hub(size: str):
 
     def step(ids):
         x = {"token_ids": ids[:, :-1], "padding_mask": ids[:, :-1] >= 0}
-        return float(lm.train_on_batch(x, ids[:, 1:]))
+        out = lm.train_on_batch(x, ids[:, 1:])
+        return float(out[0] if isinstance(out, (list, tuple)) else out)
 
     return step, keras.__version__
 
