@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--sizes", default="124M,355M")
     parser.add_argument("--precisions", default="none,bf16")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "training-memory.md"))
     parser.add_argument("--rows", help="render the table from JSON lines printed by a run")
@@ -96,7 +97,8 @@ def main() -> None:
         for precision in args.precisions.split(","):
             # Every optimizer in float32; 16-bit compute with Adam only (on a CPU it shows the
             # memory effect; its speed here says nothing about GPUs).
-            for optimizer in OPTIMIZERS if precision == "none" else ("adam",):
+            optimizers = args.optimizers.split(",")
+            for optimizer in optimizers if precision == "none" else ("adam",):
                 for recompute in (False, True):
                     cfg = {
                         "size": size,

@@ -76,20 +76,9 @@ class LanguageModel:
         )
 
     def _continue(self, logits, cache, prompt_len, length, settings, seed, stop_token, slots):
-        temperature, top_k, top_p = settings
-        return sampling.continue_decode(
-            self.model,
-            logits,
-            cache,
-            prompt_len,
-            length,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop_token,
-            slots,
-        )
+        """settings: (temperature, top_k, top_p)."""
+        args = (prompt_len, length, *settings, seed, stop_token, slots)
+        return sampling.continue_decode(self.model, logits, cache, *args)
 
     # ---- generation -------------------------------------------------------------------------
 
