@@ -43,21 +43,30 @@ TEXT_FLAGS = {
 _TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::)")
 
 
-def xla_cache_dir() -> str | None:
-    """Where compiled XLA programs persist between runs: $GPT2_TF2_XLA_CACHE ('' turns it off),
-    else ~/.cache/gpt2_tf2/xla/<TensorFlow version>; None if TensorFlow's version is unknown."""
+def tf_version() -> tuple[str, str] | None:
+    """(distribution, version) of the installed TensorFlow, read without importing it."""
     from importlib import metadata
 
-    if "GPT2_TF2_XLA_CACHE" in os.environ:
-        return os.environ["GPT2_TF2_XLA_CACHE"] or None
     for dist in ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"):
         try:
-            version = metadata.version(dist)
+            return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "gpt2_tf2", "xla", f"{dist}-{version}")
     return None
+
+
+def xla_cache_dir() -> str | None:
+    """Where compiled XLA programs persist between runs: $GPT2_TF2_XLA_CACHE ('' turns it off),
+    else ~/.cache/gpt2_tf2/xla/<TensorFlow version>. None (off) before TensorFlow 2.21: 2.17
+    writes entries it cannot read back ("Error parsing text-format XlaSerializedCacheEntry" on
+    every later run); 2.21 was tested to work."""
+    found = tf_version()
+    if found is None or tuple(int(p) for p in re.findall(r"\d+", found[1])[:2]) < (2, 21):
+        return None
+    if "GPT2_TF2_XLA_CACHE" in os.environ:
+        return os.environ["GPT2_TF2_XLA_CACHE"] or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gpt2_tf2", "xla", "-".join(found))
 
 
 def configure_xla_cache() -> None:
@@ -74,9 +83,10 @@ def configure_xla_cache() -> None:
     os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
-def configure_logging(verbose: bool) -> None:
+def configure_logging(verbose: bool, xla: bool = False) -> None:
     """Hide TensorFlow's start-up logs unless verbose, and set up the XLA cache. Call before
-    anything imports TensorFlow."""
+    anything imports TensorFlow. `xla`: the command compiles with XLA, whose first compilation
+    logs a few more lines once per process (TF 2.17); they are triggered here, while hidden."""
     if "tensorflow" not in sys.modules:
         configure_xla_cache()
     if verbose or "tensorflow" in sys.modules:
@@ -88,6 +98,9 @@ def configure_logging(verbose: bool) -> None:
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow as tf
+
+            if xla:
+                tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -193,7 +206,7 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" not in argv:
-        configure_logging(False)
+        configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     argv = _positional_strings(_keep_strings(argv, texts), switches)
     if "--help" in argv or "-h" in argv:

@@ -96,7 +96,7 @@ def sample(
         and slow on most CPUs. Layer norms, softmax and logits stay float32.
       verbose: show TensorFlow's log messages.
     """
-    cli.configure_logging(verbose)
+    cli.configure_logging(verbose, xla=True)
     if prompt is not None and prompt_file is not None:
         raise UserError("give --prompt or --prompt_file, not both")
     if interactive and (prompt is not None or prompt_file is not None):
@@ -148,6 +148,9 @@ def sample(
             print(f"error: {e}", file=sys.stderr)
             continue
         print(FOOTER)
+
+
+sample.uses_xla = True  # cli.run hides XLA's first-compilation log lines too
 
 
 def main(argv=None):

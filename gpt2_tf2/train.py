@@ -126,7 +126,7 @@ def train(
       offline: never download the base model.
       verbose: show TensorFlow's log messages.
     """
-    cli.configure_logging(verbose)
+    cli.configure_logging(verbose, xla=True)
     _check(dataset is not None, "--dataset is required (a text file, directory, glob or .npz)")
     for name, value, low in [
         ("batch_size", batch_size, 1),
@@ -334,6 +334,9 @@ def train(
         print(f"{name}: stopped at step {int(trainer.step)}, checkpoint saved", file=sys.stderr)
         sys.exit(128 + stop["signal"])
     return None
+
+
+train.uses_xla = True  # cli.run hides XLA's first-compilation log lines too
 
 
 def main(argv=None):

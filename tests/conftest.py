@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 
 import pytest
 
@@ -90,7 +91,9 @@ def run_cli(args, input=None, cwd=None, timeout=300, env=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     # Compiled programs go to a scratch cache, not the user's ~/.cache.
-    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_xla")
+    # One per TensorFlow version: another version's entries do not parse (and say so on stderr).
+    version = metadata.version("tensorflow")
+    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}")
     env.update(extra)
     return subprocess.run(
         [sys.executable, *args],

@@ -309,16 +309,24 @@ def test_short_interactive_flag(models_root):
 
 def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
     """--dtype bfloat16 samples; compiled decode loops are kept in GPT2_TF2_XLA_CACHE and a
-    second run with the same shapes reads them back (same output)."""
+    second run with the same shapes reads them back (same output, nothing new written). Before
+    TensorFlow 2.21 the cache is off: nothing is written and nothing is printed."""
+    import tensorflow as tf
+
     cache = tmp_path / "xla"
     args = ["--models_dir", models_root, "--length", "5", "--seed", "2", "--prompt", "Hi"]
     env = {"GPT2_TF2_XLA_CACHE": str(cache)}
     first = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 0 and first.stderr == "", first.stderr
     assert len(bodies(first.stdout)) == 1
-    stored = sorted(os.listdir(cache))
-    assert stored, "nothing was cached"
     again = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
-    assert again.stdout == first.stdout and sorted(os.listdir(cache)) == stored
+    assert again.stdout == first.stdout and again.stderr == "", again.stderr
+    if tuple(int(p) for p in tf.__version__.split(".")[:2]) < (2, 21):
+        assert not cache.exists()
+    else:
+        stored = sorted(os.listdir(cache))
+        assert stored, "nothing was cached"
+        third = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
+        assert third.stdout == first.stdout and sorted(os.listdir(cache)) == stored
     off = run_cli(["-m", "gpt2_tf2.sample", *args], env={"GPT2_TF2_XLA_CACHE": ""})
     assert off.returncode == 0, off.stderr
