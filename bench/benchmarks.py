@@ -16,9 +16,9 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
+
+from _child import run_json  # bench/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -99,18 +99,8 @@ def machine_limits() -> dict:
 
 
 def run(script: str, *args: str) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run(
-        [sys.executable, os.path.join(BENCH, script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["failed"])[-1]
-        rows.append({"bench": script, "error": tail[:200]})
-    return rows
+    rows, error = run_json(os.path.join(BENCH, script), list(args))
+    return rows + ([{"bench": script, "error": error}] if error else [])
 
 
 def measure(quick: bool) -> None:

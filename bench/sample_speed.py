@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _child import run_json  # bench/ is sys.path[0] when run as a script
+
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_tf_xla", "hf_torch", "keras_hub_xla", "keras_hub")
 # Ours with sampling settings on, to show what top-k/top-p/temperature cost over greedy.
@@ -165,17 +164,11 @@ def child(impl: str, batches: list[int], repeats: int, settings: bool) -> None:
 def run(
     impl: str, batches: list[int], repeats: int, settings: bool = False, xla_cache: str = ""
 ) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if xla_cache:  # what the command line sets up (~/.cache/gpt2_tf2/xla)
-        env["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={xla_cache}"
-    cmd = [sys.executable, __file__, "--child", impl, "--batches", ",".join(map(str, batches))]
-    cmd += ["--repeats", str(repeats)] + (["--settings"] if settings else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0:
-        error = (out.stderr.strip().splitlines() or ["failed"])[-1]
-        rows.append({"impl": impl, "error": error[:200]})
-    return rows
+    # xla_cache: what the command line sets up (~/.cache/gpt2_tf2/xla).
+    env = {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={xla_cache}"} if xla_cache else {}
+    args = ["--child", impl, "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
+    rows, error = run_json(__file__, args + (["--settings"] if settings else []), env)
+    return rows + ([{"impl": impl, "error": error}] if error else [])
 
 
 def main() -> None:

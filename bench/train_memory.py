@@ -15,9 +15,9 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
+
+from _child import run_json  # bench/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ("adam", "adafactor", "sgd")
@@ -55,16 +55,8 @@ def child(cfg: dict) -> dict:
 
 
 def run(cfg: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(cfg)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        return {**cfg, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    rows, error = run_json(__file__, ["--child", json.dumps(cfg)])
+    return {**cfg, "error": error} if error else rows[-1]
 
 
 def fits(peak_gb: float) -> str:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _child import run_json  # bench/ is sys.path[0] when run as a script
+
 IMPLS = ("ours", "ours_recompute", "hf_torch", "hf_tf", "hf_tf_xla", "keras_hub_xla")
 SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24)}  # n_embd, n_head, n_layer
 
@@ -163,14 +161,10 @@ def child(impl: str, size: str, batch: int, seq: int, steps: int) -> None:
 
 
 def run(impl: str, size: str, batch: int, seq: int, steps: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, __file__, "--child", impl, "--size", size]
-    cmd += ["--batch", str(batch), "--seq", str(seq), "--steps", str(steps)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not rows:
-        error = (out.stderr.strip().splitlines() or ["failed"])[-1]
-        return {"impl": impl, "size": size, "batch": batch, "seq": seq, "error": error[:200]}
+    args = ["--child", impl, "--size", size, "--batch", str(batch), "--seq", str(seq)]
+    rows, error = run_json(__file__, args + ["--steps", str(steps)])
+    if error:
+        return {"impl": impl, "size": size, "batch": batch, "seq": seq, "error": error}
     return rows[-1]
 
 

@@ -1,0 +1,23 @@
+"""What the bench scripts share: running one measurement in a fresh Python process of this
+environment and collecting the JSON objects it prints, one per line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(script: str, args: list[str], env: dict | None = None) -> tuple[list[dict], str]:
+    """(the JSON lines `script args` printed, '' or the last line of its stderr if it failed)."""
+    full_env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    out = subprocess.run(
+        [sys.executable, script, *args], env=full_env, capture_output=True, text=True
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode == 0 and rows:
+        return rows, ""
+    return rows, (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
