@@ -3,8 +3,9 @@
 A release directory holds `checkpoint`, `hparams.json`, `encoder.json`, `vocab.bpe` and
 `model.ckpt.{index,data-00000-of-00001,meta}`; the checkpoint maps TF1 names such as
 `model/h0/attn/c_attn/w` (shape `[1, nx, 3nx]`) to float32 tensors. `name_table` is the single
-source of truth for those names; loading is strict: every stored variable is used exactly once with
-the right shape. Saving writes the same layout, into a temporary directory renamed into place.
+source of truth for those names (a block's own, below `model/hN/`, come from `Block.params()`,
+which the block's maths reads too); loading is strict: every stored variable is used exactly once
+with the right shape. Saving writes the same layout, into a temporary directory renamed into place.
 """
 
 from __future__ import annotations
@@ -27,20 +28,9 @@ _BOOKKEEPING = {"_CHECKPOINTABLE_OBJECT_GRAPH"}
 def name_table(model) -> dict[str, tf.Variable]:
     """TF1 checkpoint name -> the model variable it holds. Covers every variable exactly once."""
     table = {"model/wte": model.wte, "model/wpe": model.wpe}
-
-    def add(prefix, module, *attrs):
-        for attr in attrs:
-            table[f"{prefix}/{attr}"] = getattr(module, attr)
-
     for i, block in enumerate(model.h):
-        p = f"model/h{i}"
-        add(f"{p}/ln_1", block.ln_1, "g", "b")
-        add(f"{p}/attn/c_attn", block.attn.c_attn, "w", "b")
-        add(f"{p}/attn/c_proj", block.attn.c_proj, "w", "b")
-        add(f"{p}/ln_2", block.ln_2, "g", "b")
-        add(f"{p}/mlp/c_fc", block.mlp.c_fc, "w", "b")
-        add(f"{p}/mlp/c_proj", block.mlp.c_proj, "w", "b")
-    add("model/ln_f", model.ln_f, "g", "b")
+        table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
+    table.update({"model/ln_f/g": model.ln_f.g, "model/ln_f/b": model.ln_f.b})
     used = {id(v) for v in table.values()}
     if len(used) != len(table) or used != {id(v) for v in model.variables}:
         raise AssertionError("name_table must cover each model variable exactly once")

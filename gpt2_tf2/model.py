@@ -122,8 +122,8 @@ CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
 
 
 def attention(x, p, cache, pos, n_head: int):
-    """Masked multi-head self-attention; `p` holds c_attn/{w,b} and c_proj/{w,b}."""
-    c = conv1d(x, p["c_attn/w"], p["c_attn/b"])  # [batch, seq, 3 * embd]
+    """Masked multi-head self-attention; `p` holds attn/c_attn/{w,b} and attn/c_proj/{w,b}."""
+    c = conv1d(x, p["attn/c_attn/w"], p["attn/c_attn/b"])  # [batch, seq, 3 * embd]
     q, k, v = (split_heads(part, n_head) for part in tf.split(c, 3, axis=2))
     n = shape_list(q)[2]
     if cache is not None:
@@ -142,15 +142,16 @@ def attention(x, p, cache, pos, n_head: int):
         )  # [batch, heads, seq, head_dim]
     else:
         a = causal_attention(q, k, v, pos)
-    return conv1d(merge_heads(a), p["c_proj/w"], p["c_proj/b"]), cache
+    return conv1d(merge_heads(a), p["attn/c_proj/w"], p["attn/c_proj/b"]), cache
 
 
 def block(x, p, cache, pos, n_head: int, epsilon: float):
-    """One transformer block (pre-LN) on the tensors `p`, named as in the checkpoint."""
+    """One transformer block (pre-LN) on the tensors `p`, named as in `Block.params()`."""
     a, cache = attention(layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon), p, cache, pos, n_head)
     x = x + a
-    h = gelu(conv1d(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p["c_fc/w"], p["c_fc/b"]))
-    return x + conv1d(h, p["mlp_proj/w"], p["mlp_proj/b"]), cache
+    h = layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon)
+    h = gelu(conv1d(h, p["mlp/c_fc/w"], p["mlp/c_fc/b"]))
+    return x + conv1d(h, p["mlp/c_proj/w"], p["mlp/c_proj/b"]), cache
 
 
 class Block(tf.Module):
@@ -170,20 +171,19 @@ class Block(tf.Module):
         self.mlp.c_proj = Conv1D(4 * e, e, f"{name}/mlp/c_proj", init)
 
     def params(self) -> dict:
-        a, m = self.attn, self.mlp
+        """The block's variables by their TF1 names below `model/hN/` (checkpoint.name_table)."""
+        layers = {
+            "ln_1": self.ln_1,
+            "attn/c_attn": self.attn.c_attn,
+            "attn/c_proj": self.attn.c_proj,
+            "ln_2": self.ln_2,
+            "mlp/c_fc": self.mlp.c_fc,
+            "mlp/c_proj": self.mlp.c_proj,
+        }
         return {
-            "ln_1/g": self.ln_1.g,
-            "ln_1/b": self.ln_1.b,
-            "c_attn/w": a.c_attn.w,
-            "c_attn/b": a.c_attn.b,
-            "c_proj/w": a.c_proj.w,
-            "c_proj/b": a.c_proj.b,
-            "ln_2/g": self.ln_2.g,
-            "ln_2/b": self.ln_2.b,
-            "c_fc/w": m.c_fc.w,
-            "c_fc/b": m.c_fc.b,
-            "mlp_proj/w": m.c_proj.w,
-            "mlp_proj/b": m.c_proj.b,
+            f"{name}/{attr}": getattr(layer, attr)
+            for name, layer in layers.items()
+            for attr in (("g", "b") if isinstance(layer, LayerNorm) else ("w", "b"))
         }
 
     def __call__(self, x, cache=None, pos=0):
