@@ -123,7 +123,7 @@ class Trainer(tf.Module):
         # when there is a single one (the usual case; under XLA the count is static).
         total_loss, total_grads = micro(0)
         n_micro = windows.shape[0] or tf.shape(windows)[0]
-        if n_micro == 1:
+        if isinstance(n_micro, int) and n_micro == 1:
             return total_loss, total_grads
 
         def body(i, total_loss, total_grads):
