@@ -68,7 +68,8 @@ def test_cached_decoding_equals_full_pass(model, prefill):
         out = model(tokens[:, i : i + 1], cache, i)
         steps.append(out["logits"].numpy())
         cache = out["cache"]
-        assert [c.shape for c in cache] == [c.shape for c in model.init_cache(3, 20)]
+        shapes = tf.nest.map_structure(lambda c: c.shape, cache)
+        assert shapes == tf.nest.map_structure(lambda c: c.shape, model.init_cache(3, 20))
     diff = np.max(np.abs(np.concatenate(steps, axis=1) - full))
     assert diff < 1e-5, diff
 
