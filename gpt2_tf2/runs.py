@@ -97,6 +97,26 @@ def latest(directory: str) -> str | None:
         return None
 
 
+def starting_point(restore_from: str, newest: str | None, model_dir: str):
+    """Where a run starts: (training checkpoint to restore or None, base model directory).
+
+    restore_from: 'latest' (`newest`, this run's newest checkpoint, if any), 'fresh' (the base
+    model), or a path: a training checkpoint, a run directory, or an OpenAI-layout model
+    directory (whose weights then replace the base model's).
+    """
+    if restore_from == "latest":
+        return newest, model_dir
+    if restore_from == "fresh":
+        return None, model_dir
+    path = str(restore_from)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "model.ckpt.index")):
+        return None, path
+    source = latest(path) if os.path.isdir(path) else path
+    if source is None or not os.path.exists(source + ".index"):
+        raise UserError(f"--restore_from {path}: no training checkpoint there")
+    return source, model_dir
+
+
 def load_run_model(run_name: str, checkpoint_dir: str = "checkpoint"):
     """(hparams, encoder, model with the run's newest weights, run directory)."""
     directory = run_dir(run_name, checkpoint_dir)

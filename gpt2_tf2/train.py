@@ -43,6 +43,76 @@ def _is_int(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
 
 
+def write_samples(lm, path: str, length: int, nsamples: int, seed: int, top_k, top_p) -> None:
+    """Unconditional samples during training: printed, and written to `path`."""
+    from tqdm import tqdm
+
+    length = min(length, lm.hparams.n_ctx)
+    rows = next(
+        lm.generate_tokens(None, length, nsamples, nsamples, top_k=top_k, top_p=top_p, seed=seed)
+    )
+    texts = [
+        SAMPLE_HEADER.format(i + 1) + "\n" + lm.encoder.decode(r) + "\n" for i, r in enumerate(rows)
+    ]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(texts))
+    for t in texts:
+        tqdm.write(t)
+
+
+def check_flags(f: dict) -> None:
+    """One clear line for the first impossible flag value, before any work is done.
+
+    f: train()'s arguments by name.
+    """
+    _check(f["dataset"] is not None, "--dataset is required (a text file, directory, glob or .npz)")
+    minimum = {
+        "batch_size": 1,
+        "accumulate_gradients": 1,
+        "sample_every": 0,
+        "sample_num": 1,
+        "save_every": 0,
+        "val_batch_size": 1,
+        "val_batch_count": 1,
+        "val_every": 0,
+        "warmup_steps": 0,
+        "sample_length": 1,
+        "combine": 1,
+    }
+    for name, low in minimum.items():
+        value = f[name]
+        _check(_is_int(value, low), f"--{name} must be an integer >= {low}, got {value!r}")
+    _check(
+        f["steps"] is None or _is_int(f["steps"], 1),
+        f"--steps must be a positive integer, got {f['steps']!r}",
+    )
+    _check(
+        isinstance(f["learning_rate"], (int, float)) and f["learning_rate"] > 0,
+        f"--learning_rate must be > 0, got {f['learning_rate']!r}",
+    )
+    _check(
+        f["optimizer"] in ("adam", "adamw", "sgd", "adafactor"),
+        f"--optimizer must be adam, adamw, sgd or adafactor, got {f['optimizer']!r}",
+    )
+    _check(f["lr_schedule"] in ("constant", "cosine"), "--lr_schedule must be constant or cosine")
+    _check(f["lr_schedule"] != "cosine" or f["steps"], "--lr_schedule cosine needs --steps")
+    _check(
+        isinstance(f["noise"], (int, float)) and 0 <= f["noise"] < 1, "--noise must be in [0, 1)"
+    )
+    _check(
+        isinstance(f["grad_clip"], (int, float)) and f["grad_clip"] >= 0, "--grad_clip must be >= 0"
+    )
+    _check(_is_int(f["top_k"], 0), f"--top_k must be an integer >= 0, got {f['top_k']!r}")
+    _check(
+        f["mixed_precision"] in ("none", "bf16", "fp16"),
+        f"--mixed_precision must be none, bf16 or fp16, got {f['mixed_precision']!r}",
+    )
+    _check(
+        isinstance(f["top_p"], (int, float)) and 0 <= f["top_p"] <= 1, "--top_p must be in [0, 1]"
+    )
+
+
 def train(
     dataset=None,
     model_name="124M",
@@ -127,40 +197,7 @@ def train(
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose, xla=True)
-    _check(dataset is not None, "--dataset is required (a text file, directory, glob or .npz)")
-    for name, value, low in [
-        ("batch_size", batch_size, 1),
-        ("accumulate_gradients", accumulate_gradients, 1),
-        ("sample_every", sample_every, 0),
-        ("sample_num", sample_num, 1),
-        ("save_every", save_every, 0),
-        ("val_batch_size", val_batch_size, 1),
-        ("val_batch_count", val_batch_count, 1),
-        ("val_every", val_every, 0),
-        ("warmup_steps", warmup_steps, 0),
-        ("sample_length", sample_length, 1),
-        ("combine", combine, 1),
-    ]:
-        _check(_is_int(value, low), f"--{name} must be an integer >= {low}, got {value!r}")
-    _check(steps is None or _is_int(steps, 1), f"--steps must be a positive integer, got {steps!r}")
-    _check(
-        isinstance(learning_rate, (int, float)) and learning_rate > 0,
-        f"--learning_rate must be > 0, got {learning_rate!r}",
-    )
-    _check(
-        optimizer in ("adam", "adamw", "sgd", "adafactor"),
-        f"--optimizer must be adam, adamw, sgd or adafactor, got {optimizer!r}",
-    )
-    _check(lr_schedule in ("constant", "cosine"), "--lr_schedule must be constant or cosine")
-    _check(lr_schedule != "cosine" or steps, "--lr_schedule cosine needs --steps")
-    _check(isinstance(noise, (int, float)) and 0 <= noise < 1, "--noise must be in [0, 1)")
-    _check(isinstance(grad_clip, (int, float)) and grad_clip >= 0, "--grad_clip must be >= 0")
-    _check(_is_int(top_k, 0), f"--top_k must be an integer >= 0, got {top_k!r}")
-    _check(
-        mixed_precision in ("none", "bf16", "fp16"),
-        f"--mixed_precision must be none, bf16 or fp16, got {mixed_precision!r}",
-    )
-    _check(isinstance(top_p, (int, float)) and 0 <= top_p <= 1, "--top_p must be in [0, 1]")
+    check_flags(locals())
 
     import tensorflow as tf
     from tqdm import tqdm
@@ -220,19 +257,7 @@ def train(
     trainer = Trainer(model, cfg)
     ckpt, manager = runs.make_manager(trainer, directory)
 
-    source = None
-    if restore_from == "latest" and manager.latest_checkpoint:
-        source = manager.latest_checkpoint
-    elif restore_from not in ("latest", "fresh"):
-        path = str(restore_from)
-        if os.path.isdir(path) and os.path.exists(os.path.join(path, "model.ckpt.index")):
-            model_dir = path  # an OpenAI-layout directory: start from those weights
-        else:
-            source = runs.latest(path) if os.path.isdir(path) else path
-            _check(
-                source is not None and os.path.exists(source + ".index"),
-                f"--restore_from {path}: no training checkpoint there",
-            )
+    source, model_dir = runs.starting_point(restore_from, manager.latest_checkpoint, model_dir)
     if source:
         runs.restore(ckpt, source, strict=True)
         print(f"resuming from {source} at step {int(trainer.step)}", file=sys.stderr)
@@ -266,31 +291,6 @@ def train(
             manager.save(checkpoint_number=step)
             tqdm.write(f"saved {directory}/ckpt-{step}")
 
-    def print_samples(step):
-        length = min(sample_length, hparams.n_ctx)
-        rows = next(
-            lm.generate_tokens(
-                None,
-                length=length,
-                nsamples=sample_num,
-                batch_size=sample_num,
-                top_k=top_k,
-                top_p=top_p if 0 < top_p < 1 else 1.0,
-                seed=seed + step,
-            )
-        )
-        texts = [
-            SAMPLE_HEADER.format(i + 1) + "\n" + encoder.decode(r) + "\n"
-            for i, r in enumerate(rows)
-        ]
-        os.makedirs(os.path.join(sample_dir, run_name), exist_ok=True)
-        with open(
-            os.path.join(sample_dir, run_name, f"samples-{step}"), "w", encoding="utf-8"
-        ) as f:
-            f.write("\n".join(texts))
-        for t in texts:
-            tqdm.write(t)
-
     tokens_per_step = batch_size * accumulate_gradients * seq_len
     start = int(trainer.step)
     bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
@@ -319,7 +319,9 @@ def train(
                 scalars(writer, step, val_loss=val)
                 tqdm.write(f"step {step}: validation loss {val:.4f}")
             if sample_every and step % sample_every == 0:
-                print_samples(step)
+                settings = {"top_k": top_k, "top_p": top_p if 0 < top_p < 1 else 1.0}
+                path = os.path.join(sample_dir, run_name, f"samples-{step}")
+                write_samples(lm, path, sample_length, sample_num, seed + step, **settings)
             if stop["signal"] is not None:
                 break
         save()
