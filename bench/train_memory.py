@@ -116,8 +116,8 @@ def write_table(rows: list[dict], args) -> None:
         f"TensorFlow {tf.__version__}, {time.strftime('%Y-%m-%d')}. Peak = the process's peak "
         "resident memory (includes ~0.5 GB of TensorFlow runtime). 'Fits' = the smallest of "
         "6/8/12/24 GB with 5% to spare. Mixed precision keeps float32 weights and optimizer "
-        "state and casts them per step, so on this CPU it saves no memory and its bf16 matrix "
-        "products are emulated and slow; what it gains on a GPU was not measured here. "
+        "state and casts them to 16 bits for each step, so it needs those copies too; what it "
+        "gains on a GPU was not measured here. "
         f"{args.note}",
         "",
         "| model | optimizer | memory-saving gradients | mixed precision | peak memory | fits | "

@@ -163,7 +163,8 @@ def train(
       learning_rate: peak learning rate.
       accumulate_gradients: micro-batches averaged into each update (effective batch =
         batch_size * accumulate_gradients).
-      memory_saving_gradients: recompute each block in the backward pass: less memory, ~30% slower.
+      memory_saving_gradients: recompute each block in the backward pass: a third less memory,
+        up to a third slower (docs/training-memory.md).
       only_train_transformer_layers: train the blocks only (not wte, wpe, ln_f).
       optimizer: adam (as nshepperd's), adamw, sgd or adafactor (least memory).
       noise: probability of replacing each input token by a random one (regularisation).
