@@ -345,7 +345,7 @@ def load(
       run_name: instead, the newest checkpoint of a fine-tuning run in `checkpoint_dir/run_name`.
       checkpoint_dir: where run directories live.
       dtype: float32 (as released), or float16/bfloat16 weights and activations for inference
-        (half the memory; fast on GPUs, emulated and slow on most CPUs).
+        (half the memory; fast on GPUs, slower than float32 on CPUs).
     """
     tf_dtype = check_dtype(dtype)
     if run_name is not None:

@@ -92,8 +92,8 @@ def sample(
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
       dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
-        activations in 16 bits, half the memory (docs/benchmarks.md); meant for GPUs, emulated
-        and slow on most CPUs. Layer norms, softmax and logits stay float32.
+        activations in 16 bits, half the memory (README, "Speed, compilation and memory"); meant
+        for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits stay float32.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose, xla=True)

@@ -33,12 +33,12 @@ def score(
       model_name: release name under models_dir (124M, 355M, 774M, 1558M) or a model directory.
       models_dir: directory holding the release directories.
       json: print one JSON object instead of text lines.
-      run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
+      run_name: score with a fine-tuning run's newest checkpoint instead of model_name.
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
       dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
-        activations in 16 bits, half the memory (docs/benchmarks.md); meant for GPUs, emulated
-        and slow on most CPUs. Layer norms, softmax and logits stay float32.
+        activations in 16 bits, half the memory (README, "Speed, compilation and memory"); meant
+        for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits stay float32.
       verbose: show TensorFlow's log messages.
     """
     cli.configure_logging(verbose)
