@@ -205,7 +205,22 @@ def load_encoder(model_dir: str, fast: bool = True) -> Encoder:
     With `fast` and GPT-2's own vocabulary files (checked by hash), tiktoken does the encoding
     when it is installed.
     """
-    paths = [os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe")]
+    paths = (os.path.join(model_dir, "encoder.json"), os.path.join(model_dir, "vocab.bpe"))
+    # The same files are read once per process (the command line looks at a model before it
+    # loads it): the cache key holds each file's size and modification time.
+    return _load_encoder(paths, fast, tuple(_stamp(p) for p in paths), model_dir)
+
+
+def _stamp(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(paths: tuple[str, str], fast: bool, stamps, model_dir: str) -> Encoder:
     encoder, merges = _read_vocab(*paths)
     check_vocabulary(encoder, merges, model_dir)
     enc = Encoder(encoder=encoder, bpe_merges=merges)

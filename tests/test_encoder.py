@@ -138,3 +138,16 @@ def test_other_vocabularies_use_the_reference_encoder(tmp_path, vocab_files):
     (tmp_path / "encoder.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
     other = load_encoder(str(tmp_path))  # same tokens, different bytes: not GPT-2's files
     assert other.fast is None and other.encode("Hello world") == [15496, 995]
+
+
+def test_a_directory_is_read_once_until_its_files_change(tmp_path, vocab_files):
+    import shutil
+
+    for name, path in vocab_files.items():
+        shutil.copyfile(path, tmp_path / name)
+    first = load_encoder(str(tmp_path))
+    assert load_encoder(str(tmp_path)) is first and first.fast is not None
+    data = json.load(open(vocab_files["encoder.json"], encoding="utf-8"))
+    (tmp_path / "encoder.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    changed = load_encoder(str(tmp_path))
+    assert changed is not first and changed.fast is None  # no longer GPT-2's own bytes
