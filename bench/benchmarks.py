@@ -4,7 +4,7 @@ Run it with the peers installed (bench/requirements-peers.txt); each measurement
 process of that environment's Python, one after another on an otherwise idle machine:
 
     python3 -m venv .venv-peers && .venv-peers/bin/pip install -e . -r bench/requirements-peers.txt
-    .venv-peers/bin/python bench/benchmarks.py            # ~40 min on 2 cores
+    .venv-peers/bin/python bench/benchmarks.py            # 25-40 min on 2 cores
     .venv-peers/bin/python bench/benchmarks.py --render   # the table again from the raw results
 
 Raw results (one JSON object per line) go to docs/benchmarks.jsonl next to the table.
