@@ -6,6 +6,7 @@ given as a path to any directory in OpenAI's layout (a release, or a fine-tuned 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -78,7 +79,8 @@ class LanguageModel:
     def _continue(self, logits, cache, prompt_len, length, settings, seed, stop_token, slots):
         """settings: (temperature, top_k, top_p)."""
         args = (prompt_len, length, *settings, seed, stop_token, slots)
-        return sampling.continue_decode(self.model, logits, cache, *args)
+        model = functools.partial(self.model, weights=self.model.read_weights())  # read once
+        return sampling.continue_decode(model, logits, cache, *args)
 
     # ---- generation -------------------------------------------------------------------------
 

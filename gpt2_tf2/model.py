@@ -35,12 +35,24 @@ def layer_norm(x, g, b, epsilon):
 
 
 def conv1d(x, w, b):
-    """The original's `conv1d`: a dense layer whose weight has the TF1 shape [1, nx, nf]."""
-    _, nx, nf = w.shape
+    """The original's `conv1d`: a dense layer whose weight has the TF1 shape [1, nx, nf].
+
+    `w` may also come as [nx, nf], read once before a decoding loop (`GPT2.read_weights`).
+    """
+    nx, nf = w.shape[-2:]
     # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
     # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
-    w = tf.cast(tf.reshape(w, [nx, nf]), x.dtype)  # [nx, nf]
-    out = tf.matmul(tf.reshape(x, [-1, nx]), w) + tf.cast(b, x.dtype)  # [batch * seq, nf]
+    out = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(tf.reshape(w, [nx, nf]), x.dtype))
+    matvec = w.shape.rank == 2 and out.shape[0] == 1 and in_xla()
+    if matvec and not tf.config.list_logical_devices("GPU"):
+        # XLA on a CPU fuses a bias add into a matrix-vector product (decoding one token) and
+        # emits a slower kernel for the pair (CanBeOutputFused in XLA's cpu_instruction_fusion):
+        # subtracting the negated bias, which is exact, keeps the fast one (measured: 10-20% of
+        # a 124M step at batch 1). Only with 2-D weights: reshaped inside the loop, XLA fused the
+        # reshape into the product instead, 10x slower. Larger products fuse the add well.
+        out -= tf.cast(-b, x.dtype)
+    else:
+        out += tf.cast(b, x.dtype)
     return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
 
 
@@ -252,7 +264,20 @@ class GPT2(tf.Module):
             for _ in range(hp.n_layer)
         ]
 
-    def __call__(self, tokens, cache=None, pos=0, logits_at=None, recompute: bool = False):
+    def read_weights(self) -> dict:
+        """wte and the blocks' weights as tensors, conv1d weights as [nx, nf]: for a compiled
+        decoding loop to read once, before it starts, and pass to every step (`weights=`).
+        Read and reshaped inside the loop, XLA on a CPU ran slower matrix-vector products."""
+
+        def read(v):
+            return tf.reshape(v, v.shape[1:]) if v.shape.rank == 3 else tf.convert_to_tensor(v)
+
+        blocks = [{k: read(v) for k, v in layer.params().items()} for layer in self.h]
+        return {"wte": tf.convert_to_tensor(self.wte), "h": blocks}
+
+    def __call__(
+        self, tokens, cache=None, pos=0, logits_at=None, recompute: bool = False, weights=None
+    ):
         """Logits for int32 `tokens` [batch, seq] standing at positions pos .. pos + seq - 1.
 
         With `cache` (from `init_cache`), keys/values are written into it at `pos` and attention
@@ -261,11 +286,12 @@ class GPT2(tf.Module):
         position of `tokens` only, [batch, 1, vocab]: all that decoding needs.
         `recompute` (training, no cache) keeps only each block's input for the backward pass and
         recomputes the rest there (Chen et al. 2016), trading compute for activation memory.
+        `weights` (from `read_weights`) replaces the variables when decoding in a graph.
         """
         # Read wte densely once per call: after a sparse read (gather), later dense reads of the
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
         # at M=1).
-        wte = tf.convert_to_tensor(self.wte)  # [vocab, embd]
+        wte = weights["wte"] if weights else tf.convert_to_tensor(self.wte)  # [vocab, embd]
         seq = shape_list(tokens)[1]
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
         h = tf.cast(h, self.compute_dtype)
@@ -276,7 +302,10 @@ class GPT2(tf.Module):
             elif cache is not None and not tf.executing_eagerly():
                 # Decoding graphs call one traced function for all layers: tracing each layer
                 # separately took most of the 2 s that tracing a 124M decode loop cost.
-                params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
+                if weights:
+                    params = weights["h"][i]
+                else:
+                    params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
                 h, layer_cache = self._shared_block(h, params, cache[i], pos)
                 new_cache.append(layer_cache)
             else:

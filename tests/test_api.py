@@ -94,17 +94,15 @@ def test_bucket():
     assert [bucket(n, 40) for n in (1, 17, 33, 40)] == [16, 32, 40, 40]  # never past the limit
 
 
-def test_compiled_generation_equals_eager_reference(lm):
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1: matrix-vector products (see conv1d)
+def test_compiled_generation_equals_eager_reference(lm, batch):
     """XLA-compiled decoding (bucketed, cached) gives the tokens of an eager full-pass loop."""
     prompt = lm.encoder.encode("The reference loop recomputes everything")
     for temperature, top_k, top_p in [(0.0, 0, 1.0), (0.9, 7, 0.8), (1.0, 0, 0.95)]:
-        got = next(
-            lm.generate_tokens(
-                prompt, 12, 2, 2, temperature=temperature, top_k=top_k, top_p=top_p, seed=3
-            )
-        )
+        settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": 3}
+        got = next(lm.generate_tokens(prompt, 12, batch, batch, **settings))
         key = tf.constant([3, 0], tf.int64)
-        seq = tf.constant([prompt] * 2, tf.int32)
+        seq = tf.constant([prompt] * batch, tf.int32)
         want = []
         for step in range(12):
             logits = lm.model(seq)["logits"][:, -1]  # no cache, no padding, eager
