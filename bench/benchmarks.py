@@ -165,7 +165,8 @@ def render() -> None:
         f"(bench/requirements-peers.txt): "
         + ", ".join(f"{k} {v}" for k, v in limits.get("versions", {}).items() if k != "tensorflow")
         + ". Random weights in the release shapes (no download). Every number comes from a "
-        "fresh process; ours and the peers ran one after another in the same run.",
+        "fresh process; ours and the peers ran one after another in the same run."
+        + (f" {env['note']}" if env.get("note") else ""),
         "",
         "## This machine's limits",
         "",
