@@ -122,12 +122,12 @@ def causal_attention(q, k, v, pos):
 
     q: [..., n, head_dim]; k, v: [..., T, head_dim], with the same leading (batch, head) dims.
     """
-    w = tf.matmul(q, k, transpose_b=True)  # [batch, heads, n, T]
+    w = tf.matmul(q, k, transpose_b=True)  # [..., n, T]
     # Scores, mask and softmax in float32: -1e10 would overflow float16.
     w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(v)[-1]))
     visible = tf.range(shape_list(k)[-2])[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]
     w = tf.where(visible, w, MASK_VALUE)  # visible: [n, T]
-    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [batch, heads, n, head_dim]
+    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [..., n, head_dim]
 
 
 CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
