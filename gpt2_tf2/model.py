@@ -10,13 +10,14 @@ command lines or sampling.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
-from tensorflow.python.ops import control_flow_util
 
 from gpt2_tf2.hparams import HParams
+from gpt2_tf2.tracing import in_xla, shape_list
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
 
@@ -77,12 +78,6 @@ class Conv1D(tf.Module):
         return conv1d(x, self.w, self.b)
 
 
-def shape_list(x):
-    """x's shape: Python ints where known (fewer ops to trace), scalar tensors elsewhere."""
-    dynamic = tf.shape(x)
-    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape.as_list())]
-
-
 def split_heads(x, n_head: int):
     b, t, e = shape_list(x)
     x = tf.reshape(x, [b, t, n_head, e // n_head])  # [batch, seq, heads, head_dim]
@@ -93,12 +88,6 @@ def merge_heads(x):
     b, h, t, d = shape_list(x)
     x = tf.transpose(x, [0, 2, 1, 3])  # [batch, seq, heads, head_dim]
     return tf.reshape(x, [b, t, h * d])  # [batch, seq, embd]
-
-
-def in_xla() -> bool:
-    """Whether the graph being traced will be compiled by XLA (tf.function(jit_compile=True))."""
-    graph = tf.compat.v1.get_default_graph()
-    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 def write_cache(cache, x, pos):
@@ -245,12 +234,8 @@ class GPT2(tf.Module):
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
-        self._shared_block = tf.function(
-            lambda x, p, cache, pos: block(
-                x, p, cache, pos, hparams.n_head, hparams.layer_norm_epsilon
-            ),
-            autograph=False,
-        )
+        shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
+        self._shared_block = tf.function(shared, autograph=False)
         self.ln_f = LayerNorm(
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2_tf2.model import in_xla, shape_list
+from gpt2_tf2.tracing import in_xla, shape_list
 
 NEG_INF = float("-inf")
 # Filters look for their threshold among the top CANDIDATES logits of a row first: under XLA on a
