@@ -251,24 +251,24 @@ def continue_decode(
     def place(tokens, token, step):
         return tf.where(columns[None, :] == step, token[:, None], tokens)  # [batch, slots]
 
-    token = pick(logits, 0, tf.zeros([batch], tf.bool))
-    tokens = place(tf.fill([batch, slots], stop_token), token, 0)
-
-    def cond(step, token, cache, tokens, done):
+    def cond(step, logits, cache, tokens, done):
         return (step < length) & ~tf.reduce_all(done)
 
-    def body(step, token, cache, tokens, done):
-        out = model(token[:, None], cache, prompt_len + step - 1, logits_at=0)
-        token = pick(out["logits"][:, -1], step, done)
+    def body(step, logits, cache, tokens, done):
+        # One token from the logits at hand, then the model's logits after it. The loop's last
+        # forward pass goes unused, but the sampling code is traced and compiled once, not twice.
+        token = pick(logits, step, done)
+        out = model(token[:, None], cache, prompt_len + step, logits_at=0)
         return (
             step + 1,
-            token,
+            out["logits"][:, -1],
             out["cache"],
             place(tokens, token, step),
             done | (token == stop_token),
         )
 
-    loop_vars = (tf.constant(1), token, cache, tokens, token == stop_token)
+    tokens = tf.fill([batch, slots], stop_token)
+    loop_vars = (tf.constant(0), logits, cache, tokens, tf.zeros([batch], tf.bool))
     return tf.while_loop(cond, body, loop_vars)[3]
 
 
