@@ -255,17 +255,17 @@ def continue_decode(
         return (step < length) & ~tf.reduce_all(done)
 
     def body(step, logits, cache, tokens, done):
-        # One token from the logits at hand, then the model's logits after it. The loop's last
-        # forward pass goes unused, but the sampling code is traced and compiled once, not twice.
+        # One token from the logits at hand, then the model's logits after it: the sampling code
+        # is traced and compiled once, not once more for a first token before the loop. After
+        # the last token there is nothing to predict, and its position may lie past the context.
         token = pick(logits, step, done)
-        out = model(token[:, None], cache, prompt_len + step, logits_at=0)
-        return (
-            step + 1,
-            out["logits"][:, -1],
-            out["cache"],
-            place(tokens, token, step),
-            done | (token == stop_token),
-        )
+
+        def forward():
+            out = model(token[:, None], cache, prompt_len + step, logits_at=0)
+            return out["logits"][:, -1], out["cache"]
+
+        logits, cache = tf.cond(step + 1 < length, forward, lambda: (logits, cache))
+        return step + 1, logits, cache, place(tokens, token, step), done | (token == stop_token)
 
     tokens = tf.fill([batch, slots], stop_token)
     loop_vars = (tf.constant(0), logits, cache, tokens, tf.zeros([batch], tf.bool))

@@ -112,6 +112,21 @@ def test_compiled_generation_equals_eager_reference(lm, batch):
         assert got == np.stack(want, axis=1).tolist(), (temperature, top_k, top_p)
 
 
+@pytest.mark.parametrize("xla", [True, False])
+def test_unconditional_full_context(lm, xla):
+    """Unconditional samples fill the whole context after <|endoftext|> (the default length),
+    compiled or not: nothing runs at a position past the context, and the tokens match an eager
+    full pass."""
+    from gpt2_tf2.api import LanguageModel
+
+    model = LanguageModel(lm.hparams, lm.encoder, lm.model, xla=xla)
+    n_ctx = lm.hparams.n_ctx
+    (row,) = next(model.generate_tokens(None, None, 1, 1, temperature=0.0))
+    assert len(row) == n_ctx
+    logits = lm.model(tf.constant([[lm.encoder.eot_token] + row[:-1]]))["logits"][0]
+    assert row == tf.argmax(logits, axis=-1, output_type=tf.int32).numpy().tolist()
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
