@@ -234,7 +234,8 @@ def sampling_table(sample: list[dict], limits: dict) -> list[str]:
                 limits["matmul_gflops"] / GFLOP_PER_TOKEN_FWD,
             )
             beyond = (
-                f" 1.2x the best peer would be {1.2 * best:.0f} tokens/s, beyond this bound."
+                f" 1.2x the best peer would be {1.2 * best:.1f} tokens/s, beyond this bound"
+                f" ({bound:.1f})."
                 if 1.2 * best > bound
                 else ""
             )
