@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import gpt2_tf2
-from gpt2_tf2.api import bucket
+from gpt2_tf2.api import LanguageModel, bucket
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.sampling import choose_tokens
 
@@ -117,8 +117,6 @@ def test_unconditional_full_context(lm, xla):
     """Unconditional samples fill the whole context after <|endoftext|> (the default length),
     compiled or not: nothing runs at a position past the context, and the tokens match an eager
     full pass."""
-    from gpt2_tf2.api import LanguageModel
-
     model = LanguageModel(lm.hparams, lm.encoder, lm.model, xla=xla)
     n_ctx = lm.hparams.n_ctx
     (row,) = next(model.generate_tokens(None, None, 1, 1, temperature=0.0))
