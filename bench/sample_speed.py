@@ -35,10 +35,10 @@ def prompt_ids(batch: int):
 def ours(settings: dict | None):
     import tensorflow as tf
 
-    from gpt2_tf2.api import LanguageModel
-    from gpt2_tf2.encoder import Encoder
-    from gpt2_tf2.hparams import PRESETS
-    from gpt2_tf2.model import GPT2
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.language_model import LanguageModel
+    from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
     lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))

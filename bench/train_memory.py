@@ -28,9 +28,10 @@ def child(cfg: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from gpt2_tf2.hparams import PRESETS
-    from gpt2_tf2.model import GPT2
-    from gpt2_tf2.training import COMPUTE_DTYPES, TrainConfig, Trainer
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.training.config import TrainConfig
+    from gpt2_tf2.training.step import COMPUTE_DTYPES, Trainer
 
     hp = PRESETS[cfg["size"]]
     model = GPT2(hp, seed=0, compute_dtype=COMPUTE_DTYPES[cfg["precision"]])

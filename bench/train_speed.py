@@ -31,9 +31,10 @@ def tokens(batch: int, seq: int):
 def ours(size: str, recompute: bool):
     import tensorflow as tf
 
-    from gpt2_tf2.hparams import PRESETS
-    from gpt2_tf2.model import GPT2
-    from gpt2_tf2.training import TrainConfig, Trainer
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.training.config import TrainConfig
+    from gpt2_tf2.training.step import Trainer
 
     trainer = Trainer(
         GPT2(PRESETS[size], seed=0),

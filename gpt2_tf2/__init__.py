@@ -10,7 +10,7 @@ __all__ = ["load", "__version__"]
 
 def __getattr__(name):
     if name == "load":
-        from gpt2_tf2.api import load
+        from gpt2_tf2.generation.language_model import load
 
         return load
     raise AttributeError(f"module 'gpt2_tf2' has no attribute {name!r}")

@@ -1,36 +1,6 @@
-"""`python -m gpt2_tf2.export --run_name R --out DIR`: a run as an OpenAI model directory."""
+"""`python -m gpt2_tf2.export`: the command's entry point; the command is `gpt2_tf2.cli.export`."""
 
-from __future__ import annotations
-
-from gpt2_tf2 import cli
-from gpt2_tf2.errors import UserError
-
-
-def export(run_name=None, out=None, checkpoint_dir="checkpoint", verbose=False):
-    """Write a run's newest weights in OpenAI's layout (the seven files), atomically.
-
-    The directory is read by `sample`, `score`, `gpt2_tf2.load` and any tool that reads OpenAI's
-    released models.
-
-    Args:
-      run_name: the run to export (checkpoint_dir/run_name).
-      out: the model directory to write; replaced whole if it exists.
-      checkpoint_dir: where run directories live.
-      verbose: show TensorFlow's log messages.
-    """
-    cli.configure_logging(verbose)
-    if run_name is None or out is None:
-        raise UserError("export needs --run_name and --out")
-    from gpt2_tf2 import runs
-
-    source = runs.export(str(run_name), str(out), str(checkpoint_dir))
-    print(f"exported {source} to {out}")
-    return None
-
-
-def main(argv=None):
-    cli.run(export, argv, name="gpt2_tf2.export")
-
+from gpt2_tf2.cli.export import export, main  # noqa: F401
 
 if __name__ == "__main__":
     main()

@@ -52,9 +52,9 @@ def tiktoken_gpt2(vocab_files, tmp_path_factory):
 
 
 def write_random_model(path, vocab_files, seed=0, **hparams):
-    from gpt2_tf2.checkpoint import write_model_dir
-    from gpt2_tf2.hparams import HParams
-    from gpt2_tf2.model import GPT2
+    from gpt2_tf2.core.hparams import HParams
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.formats.openai import write_model_dir
 
     hp = HParams(**{**TINY, **hparams})
     model = GPT2(hp, seed=seed)

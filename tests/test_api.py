@@ -5,9 +5,10 @@ import pytest
 import tensorflow as tf
 
 import gpt2_tf2
-from gpt2_tf2.api import LanguageModel, bucket
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.sampling import choose_tokens
+from gpt2_tf2.generation.language_model import LanguageModel, bucket
+from gpt2_tf2.generation.settings import Settings
+from gpt2_tf2.generation.strategies import choose_tokens
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +102,12 @@ def test_compiled_generation_equals_eager_reference(lm, batch):
     for temperature, top_k, top_p in [(0.0, 0, 1.0), (0.9, 7, 0.8), (1.0, 0, 0.95)]:
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": 3}
         got = next(lm.generate_tokens(prompt, 12, batch, batch, **settings))
-        key = tf.constant([3, 0], tf.int64)
+        key = Settings.make(temperature, top_k, top_p, (3, 0))
         seq = tf.constant([prompt] * batch, tf.int32)
         want = []
         for step in range(12):
             logits = lm.model(seq)["logits"][:, -1]  # no cache, no padding, eager
-            token = choose_tokens(logits, temperature, top_k, top_p, key, step)
+            token = choose_tokens(logits, key, step)
             want.append(token.numpy())
             seq = tf.concat([seq, token[:, None]], axis=1)
         assert got == np.stack(want, axis=1).tolist(), (temperature, top_k, top_p)

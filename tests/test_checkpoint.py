@@ -9,11 +9,11 @@ import tensorflow as tf
 
 from conftest import write_random_model
 from gpt2_tf2 import api
-from gpt2_tf2.checkpoint import find_checkpoint, load_openai_checkpoint, name_table
-from gpt2_tf2.download import FILES
+from gpt2_tf2.core.hparams import HParams, load_hparams
+from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.hparams import HParams, load_hparams
-from gpt2_tf2.model import GPT2
+from gpt2_tf2.formats.download import FILES
+from gpt2_tf2.formats.openai import find_checkpoint, load_openai_checkpoint, name_table
 
 RELEASE_FILES = set(FILES)  # the seven files of an OpenAI release
 
@@ -124,7 +124,7 @@ def test_no_checkpoint(model_copy):
 
 def test_save_replaces_atomically(tmp_path, vocab_files, monkeypatch):
     """A failed save leaves the previous directory untouched and no half-written one."""
-    from gpt2_tf2 import checkpoint
+    from gpt2_tf2.formats import openai as checkpoint
 
     write_random_model(tmp_path / "m", vocab_files, seed=1)
     before = {f: (tmp_path / "m" / f).read_bytes() for f in RELEASE_FILES}

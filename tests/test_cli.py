@@ -269,7 +269,7 @@ def test_prompt_too_long_is_reported_before_loading_weights(models_root, tmp_pat
 
 def test_switches_and_text_flags_come_from_each_signature():
     """A switch takes no value (the next flag keeps its number); text flags stay text."""
-    from gpt2_tf2 import cli
+    from gpt2_tf2.cli import runner as cli
     from gpt2_tf2.encode import encode
     from gpt2_tf2.train import train
 
@@ -292,7 +292,7 @@ def test_switches_and_text_flags_come_from_each_signature():
 
 
 def test_short_switches_take_no_value():
-    from gpt2_tf2 import cli
+    from gpt2_tf2.cli import runner as cli
     from gpt2_tf2.sample import sample as sample_command
 
     texts, switches = cli._flag_kinds(sample_command)

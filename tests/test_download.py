@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import run_cli
-from gpt2_tf2.download import FILES, download_model
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.formats.download import FILES, download_model
 
 DATA = "model.ckpt.data-00000-of-00001"
 
@@ -186,7 +186,7 @@ def test_full_disk(server, tmp_path, monkeypatch):
     import errno
     import io
 
-    from gpt2_tf2 import download
+    from gpt2_tf2.formats import download
 
     class FullDisk(io.BytesIO):
         def write(self, data):

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from gpt2_tf2.encoder import BPE_CACHE_SIZE, ENDOFTEXT, Encoder, get_encoder, load_encoder
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.tokenizer.bpe import BPE_CACHE_SIZE, ENDOFTEXT, Encoder, get_encoder, load_encoder
 
 CORPUS = [
     "Hello, world! It's a test.",

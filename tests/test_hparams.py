@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from gpt2_tf2.core.hparams import PRESETS, HParams, canonical_name, load_hparams, save_hparams
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.hparams import PRESETS, HParams, canonical_name, load_hparams, save_hparams
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ def test_release_parameter_counts(name, count):
 
 
 def test_parameter_count_matches_model_variables():
-    from gpt2_tf2.model import GPT2
+    from gpt2_tf2.core.model import GPT2
 
     hp = HParams(n_vocab=300, n_ctx=16, n_embd=24, n_head=3, n_layer=2)
     model = GPT2(hp, seed=None)

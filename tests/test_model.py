@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf2.hparams import HParams
-from gpt2_tf2.model import GPT2, LayerNorm, gelu
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.model import GPT2, LayerNorm, gelu
 
 HP = HParams(n_vocab=97, n_ctx=40, n_embd=24, n_head=3, n_layer=2)
 

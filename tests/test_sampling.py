@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf2.sampling import (
-    CANDIDATES,
-    choose_tokens,
-    decode,
-    filter_logits,
-    top_k_filter,
-    top_p_filter,
-)
+from gpt2_tf2.generation.loop import decode
+from gpt2_tf2.generation.processors import CANDIDATES, filter_logits, top_k_filter, top_p_filter
+from gpt2_tf2.generation.settings import Settings
+from gpt2_tf2.generation.strategies import choose_tokens
 
 NEG = -np.inf
 # The filters' fast path looks at the top CANDIDATES logits; 1 and 2 force the full-sort fallback
 # on these 4-token rows (top-k > candidates, or a nucleus reaching past them).
 PATHS = pytest.mark.parametrize("c", [CANDIDATES, 1, 2])
+
+
+def settings_of(temperature, top_k, top_p, seed=(0, 0), stop_token=-1):
+    return Settings(temperature, top_k, top_p, tf.constant(seed, tf.int64), stop_token)
 
 
 def logits_of(*rows):
@@ -69,14 +69,13 @@ def test_temperature_scales_logits():
 
 def test_greedy_at_temperature_zero():
     logits = tf.constant([[0.1, 0.9, 0.3], [2.0, 1.0, 0.0]])
-    seed = tf.constant([1, 2], tf.int64)
-    assert choose_tokens(logits, 0.0, 0, 1.0, seed).numpy().tolist() == [1, 0]
+    assert choose_tokens(logits, settings_of(0.0, 0, 1.0, [1, 2])).numpy().tolist() == [1, 0]
 
 
 def test_sampled_frequencies_follow_filtered_distribution():
     """4000 rows at once: frequencies match the renormalised nucleus, masked tokens never appear."""
     rows = [[0.5, 0.3, 0.15, 0.05]] * 2000 + [[0.05, 0.15, 0.3, 0.5]] * 2000
-    tokens = choose_tokens(logits_of(*rows), 1.0, 0, 0.6, tf.constant([3, 4], tf.int64)).numpy()
+    tokens = choose_tokens(logits_of(*rows), settings_of(1.0, 0, 0.6, [3, 4])).numpy()
     first, second = np.bincount(tokens[:2000], minlength=4), np.bincount(tokens[2000:], minlength=4)
     assert first[2] == first[3] == 0 and second[0] == second[1] == 0
     assert abs(first[0] / 2000 - 0.625) < 0.04 and abs(second[3] / 2000 - 0.625) < 0.04
@@ -115,16 +114,18 @@ def expected(prompt, length, stop=-1):
     return out
 
 
-def run_stub(prompts, length, stop=-1, temperature=0.0, pad=0, slots=None, xla=False):
+def run_stub(
+    prompts, length, stop=-1, temperature=0.0, pad=0, slots=None, xla=False, processors=()
+):
     """Decode after `prompts` padded with `pad` garbage columns, into `slots` columns."""
     slots = slots or length
     padded = [p + [7] * pad for p in prompts]
 
     @tf.function(jit_compile=xla, autograph=False)
     def fn(context, prompt_len, length):
-        seed = tf.constant([0, 0], tf.int64)
+        settings = settings_of(temperature, 0, 1.0, [0, 0], stop)
         return decode(
-            StubModel(), context, prompt_len, length, temperature, 0, 1.0, seed, stop, slots
+            StubModel(), context, prompt_len, length, settings, slots, processors=processors
         )
 
     out = fn(tf.constant(padded, tf.int32), tf.constant(len(prompts[0])), tf.constant(length))
@@ -160,9 +161,8 @@ def test_decode_seed_determinism():
             return {"logits": tf.zeros([tf.shape(tokens)[0], 1, 50]), "cache": cache}
 
     def run(seed):
-        key = tf.constant([seed, 0], tf.int64)
         context = tf.constant([[1]] * 4, tf.int32)
-        return decode(Uniform(), context, 1, 20, 1.0, 0, 1.0, key, -1, 20).numpy()
+        return decode(Uniform(), context, 1, 20, settings_of(1.0, 0, 1.0, [seed, 0]), 20).numpy()
 
     assert np.array_equal(run(5), run(5))
     assert not np.array_equal(run(5), run(6))
@@ -173,16 +173,16 @@ def test_xla_draws_equal_eager_draws():
     """The compiled path draws the same tokens as the eager reference for the same key."""
     logits = tf.constant(np.random.default_rng(0).normal(size=(6, 300)), tf.float32)
     for settings in [(1.0, 0, 1.0), (0.8, 40, 0.9), (1.3, 0, 0.5), (1.0, 290, 0.999)]:
-        key = tf.constant([11, 12], tf.int64)
-        eager = choose_tokens(logits, *settings, key).numpy()
-        compiled = tf.function(choose_tokens, jit_compile=True)(logits, *settings, key).numpy()
+        s = settings_of(*settings, [11, 12])
+        eager = choose_tokens(logits, s).numpy()
+        compiled = tf.function(choose_tokens, jit_compile=True)(logits, s).numpy()
         assert eager.tolist() == compiled.tolist(), settings
 
 
 def test_unfiltered_draw_frequencies():
     """Gumbel-max draws follow softmax(logits / temperature) over the whole row."""
     probs = np.array([0.1, 0.2, 0.3, 0.4])
-    tokens = choose_tokens(logits_of(*[probs] * 8000), 1.0, 0, 1.0, tf.constant([5, 6], tf.int64))
+    tokens = choose_tokens(logits_of(*[probs] * 8000), settings_of(1.0, 0, 1.0, [5, 6]))
     freq = np.bincount(tokens.numpy(), minlength=4) / 8000
     assert np.max(np.abs(freq - probs)) < 0.025
 
@@ -193,7 +193,37 @@ def test_candidate_draw_equals_full_row_draw():
     logits = tf.constant(np.random.default_rng(1).normal(size=(16, 500)) * 3, tf.float32)
     for settings in [(1.0, 10, 1.0), (0.7, 0, 0.5), (1.0, 50, 0.9)]:
         for step in range(5):
-            key = tf.constant([7, 1], tf.int64)
-            fast = choose_tokens(logits, *settings, key, step).numpy()
-            full = choose_tokens(logits, *settings, key, step, candidates=1).numpy()
+            s = settings_of(*settings, [7, 1])
+            fast = choose_tokens(logits, s, step).numpy()
+            full = choose_tokens(logits, s, step, candidates=1).numpy()
             assert fast.tolist() == full.tolist(), settings
+
+
+def ban_seen(logits, settings, history):
+    """A processor that reads the loop's history: every token already in the prompt or the
+    output is banned (a crude no-repeat rule, enough to tell whether the history is right)."""
+    vocab = logits.shape[-1]
+    visible = tf.range(tf.shape(history.tokens)[1])[None, :] < history.length  # [1, T]
+    seen = tf.one_hot(tf.where(visible, history.tokens, vocab), vocab + 1)[:, :, :vocab]
+    return tf.where(tf.reduce_any(seen > 0, axis=1), float("-inf"), logits)
+
+
+def expected_banned(prompt, length):
+    """By hand: the stub's rule, next = sum % V, unless seen; then the smallest unseen id
+    (greedy over logits that are 10 at the rule's token and 0 elsewhere)."""
+    seq, out = list(prompt), []
+    for _ in range(length):
+        want = sum(seq) % StubModel.V
+        token = want if want not in seq else min(set(range(StubModel.V)) - set(seq))
+        out.append(token)
+        seq.append(token)
+    return out
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_processors_read_the_token_history(xla):
+    """The loop hands processors the prompt and every token so far, and nothing else (prompt
+    padding and spare slots are not history)."""
+    prompts = [[1, 2, 3], [4, 0, 7]]
+    got, _ = run_stub(prompts, 6, pad=5, slots=16, xla=xla, processors=(ban_seen,))
+    assert got == [expected_banned(p, 6) for p in prompts]

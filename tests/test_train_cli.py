@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, run_cli, write_random_model
-from gpt2_tf2.download import FILES
+from gpt2_tf2.formats.download import FILES
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 240  # steps of the resume tests

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gpt2_tf2 import runs
-from gpt2_tf2.hparams import HParams
-from gpt2_tf2.model import GPT2
-from gpt2_tf2.optimizers import Adam
-from gpt2_tf2.training import TrainConfig, Trainer, learning_rate
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.model import GPT2
+from gpt2_tf2.training import runs
+from gpt2_tf2.training.config import TrainConfig
+from gpt2_tf2.training.optimizers import Adam
+from gpt2_tf2.training.step import Trainer, learning_rate
 
 HP = HParams(n_vocab=120, n_ctx=24, n_embd=16, n_head=2, n_layer=2)
 
@@ -81,7 +82,7 @@ def test_only_train_transformer_layers():
 
 
 def test_learning_rate_schedule():
-    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4, lr_schedule="cosine", total_steps=12)
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4, lr_schedule="cosine", steps=12)
     lrs = [float(learning_rate(s, cfg)) for s in range(13)]
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[8] == pytest.approx(0.5)  # halfway through the cosine part
@@ -138,7 +139,7 @@ def test_exact_resume_in_process(tmp_path, optimizer):
 
 @pytest.mark.parametrize("precision,tolerance", [("bf16", 0.05), ("fp16", 0.01)])
 def test_mixed_precision_step_close_to_float32(precision, tolerance):
-    from gpt2_tf2.training import COMPUTE_DTYPES
+    from gpt2_tf2.training.step import COMPUTE_DTYPES
 
     w = tf.reshape(windows((4, 13), seed=9), [1, 4, 13])
     reference = Trainer(GPT2(HP, seed=1), TrainConfig(learning_rate=1e-2))

@@ -4,7 +4,7 @@
 import _path  # noqa: F401
 
 from gpt2_tf2 import cli
-from gpt2_tf2.download import download
+from gpt2_tf2.cli.download import download
 
 if __name__ == "__main__":
     cli.run(download, name="download_model.py")

@@ -4,7 +4,7 @@
 import _path  # noqa: F401
 
 from gpt2_tf2 import cli
-from gpt2_tf2.encode import encode
+from gpt2_tf2.cli.encode import encode
 
 if __name__ == "__main__":
     cli.run(encode, name="encode.py")

@@ -4,7 +4,7 @@
 import _path  # noqa: F401
 
 from gpt2_tf2 import cli
-from gpt2_tf2.sample import sample
+from gpt2_tf2.cli.sample import sample
 
 
 def sample_model(

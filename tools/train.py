@@ -4,7 +4,7 @@
 import _path  # noqa: F401
 
 from gpt2_tf2 import cli
-from gpt2_tf2.train import train
+from gpt2_tf2.cli.train import train
 
 if __name__ == "__main__":
     cli.run(train, name="train.py")

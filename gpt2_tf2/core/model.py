@@ -5,7 +5,7 @@ Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1
 `[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`, no dropout.
 The one addition is a preallocated, fixed-shape key/value cache written in place at `pos`, so a
 whole generation compiles to one loop whose shapes never change. This file knows nothing of files,
-command lines or sampling.
+command lines or sampling; what only a compiler or device needs lives in `kernels.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import functools
 import math
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
 
-from gpt2_tf2.hparams import HParams
-from gpt2_tf2.tracing import in_xla, shape_list
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.kernels import add_bias, shape_list, update_slice
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
 
@@ -35,25 +34,18 @@ def layer_norm(x, g, b, epsilon):
     return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
 
 
-def conv1d(x, w, b):
+def conv1d(x, w, b, cpu_matvec: bool = False):
     """The original's `conv1d`: a dense layer whose weight has the TF1 shape [1, nx, nf].
 
-    `w` may also come as [nx, nf], read once before a decoding loop (`GPT2.read_weights`).
+    `w` may also come as [nx, nf], read once before a decoding loop (`GPT2.read_weights`), and
+    only then `cpu_matvec` may pick the CPU's faster bias spelling (`kernels.add_bias`): reshaped
+    inside the loop, XLA fused the reshape into the product instead, 10x slower.
     """
     nx, nf = w.shape[-2:]
     # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
     # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
     out = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(tf.reshape(w, [nx, nf]), x.dtype))
-    matvec = w.shape.rank == 2 and out.shape[0] == 1 and in_xla()
-    if matvec and not tf.config.list_logical_devices("GPU"):
-        # XLA on a CPU fuses a bias add into a matrix-vector product (decoding one token) and
-        # emits a slower kernel for the pair (CanBeOutputFused in XLA's cpu_instruction_fusion):
-        # subtracting the negated bias, which is exact, keeps the fast one (measured: 10-20% of
-        # a 124M step at batch 1). Only with 2-D weights: reshaped inside the loop, XLA fused the
-        # reshape into the product instead, 10x slower. Larger products fuse the add well.
-        out -= tf.cast(-b, x.dtype)
-    else:
-        out += tf.cast(b, x.dtype)
+    out = add_bias(out, b, cpu_matvec and w.shape.rank == 2)  # [batch * seq, nf]
     return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
 
 
@@ -94,16 +86,9 @@ def write_cache(cache, x, pos):
     """Write `x` [batch * heads, n, head_dim] into `cache` [batch * heads, T, head_dim].
 
     The new entries land at positions pos .. pos + n - 1 and the cache keeps its shape, so a
-    generation is one loop whose shapes never change. Under XLA this is a dynamic-update-slice,
-    done in place; elsewhere a masked select over the cache.
+    generation is one loop whose shapes never change (in place under XLA: `kernels.update_slice`).
     """
-    if in_xla():
-        return xla.dynamic_update_slice(cache, x, tf.stack([0, pos, 0]))
-    t, n = tf.shape(cache)[1], tf.shape(x)[1]
-    slots = tf.range(t)
-    write = (slots >= pos) & (slots < pos + n)  # [T]
-    x = tf.pad(x, [[0, 0], [pos, t - pos - n], [0, 0]])  # [batch * heads, T, head_dim]
-    return tf.where(write[:, None], x, cache)
+    return update_slice(cache, x, pos)
 
 
 def causal_attention(q, k, v, pos):
@@ -122,9 +107,14 @@ def causal_attention(q, k, v, pos):
 CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
 
 
-def attention(x, p, cache, pos, n_head: int):
+def dense(x, p, name: str, cpu_matvec: bool = False):
+    """The conv1d named `name` in the tensors `p` (`attn/c_attn`, `mlp/c_fc`, ...)."""
+    return conv1d(x, p[f"{name}/w"], p[f"{name}/b"], cpu_matvec)
+
+
+def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False):
     """Masked multi-head self-attention; `p` holds attn/c_attn/{w,b} and attn/c_proj/{w,b}."""
-    c = conv1d(x, p["attn/c_attn/w"], p["attn/c_attn/b"])  # [batch, seq, 3 * embd]
+    c = dense(x, p, "attn/c_attn", cpu_matvec)  # [batch, seq, 3 * embd]
     q, k, v = (split_heads(part, n_head) for part in tf.split(c, 3, axis=2))
     n = shape_list(q)[2]
     if cache is not None:
@@ -149,16 +139,20 @@ def attention(x, p, cache, pos, n_head: int):
         )  # [batch, heads, seq, head_dim]
     else:
         a = causal_attention(q, k, v, pos)
-    return conv1d(merge_heads(a), p["attn/c_proj/w"], p["attn/c_proj/b"]), cache
+    return dense(merge_heads(a), p, "attn/c_proj", cpu_matvec), cache
 
 
-def block(x, p, cache, pos, n_head: int, epsilon: float):
+def mlp(x, p, cpu_matvec: bool = False):
+    return dense(gelu(dense(x, p, "mlp/c_fc", cpu_matvec)), p, "mlp/c_proj", cpu_matvec)
+
+
+def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec: bool = False):
     """One transformer block (pre-LN) on the tensors `p`, named as in `Block.params()`."""
-    a, cache = attention(layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon), p, cache, pos, n_head)
+    a, cache = attention(
+        layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon), p, cache, pos, n_head, cpu_matvec
+    )
     x = x + a
-    h = layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon)
-    h = gelu(conv1d(h, p["mlp/c_fc/w"], p["mlp/c_fc/b"]))
-    return x + conv1d(h, p["mlp/c_proj/w"], p["mlp/c_proj/b"]), cache
+    return x + mlp(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p, cpu_matvec), cache
 
 
 class Block(tf.Module):
@@ -249,16 +243,17 @@ class GPT2(tf.Module):
             for _ in range(hp.n_layer)
         ]
 
-    def read_weights(self) -> dict:
+    def read_weights(self, cpu_matvec: bool = False) -> dict:
         """wte and the blocks' weights as tensors, conv1d weights as [nx, nf]: for a compiled
         decoding loop to read once, before it starts, and pass to every step (`weights=`).
-        Read and reshaped inside the loop, XLA on a CPU ran slower matrix-vector products."""
+        Read and reshaped inside the loop, XLA on a CPU ran slower matrix-vector products.
+        `cpu_matvec`: the loop runs on a CPU (`kernels.add_bias`); the caller decides."""
 
         def read(v):
             return tf.reshape(v, v.shape[1:]) if v.shape.rank == 3 else tf.convert_to_tensor(v)
 
         blocks = [{k: read(v) for k, v in layer.params().items()} for layer in self.h]
-        return {"wte": tf.convert_to_tensor(self.wte), "h": blocks}
+        return {"wte": tf.convert_to_tensor(self.wte), "h": blocks, "cpu_matvec": cpu_matvec}
 
     def __call__(
         self, tokens, cache=None, pos=0, logits_at=None, recompute: bool = False, weights=None
@@ -277,6 +272,7 @@ class GPT2(tf.Module):
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
         # at M=1).
         wte = weights["wte"] if weights else tf.convert_to_tensor(self.wte)  # [vocab, embd]
+        cpu_matvec = bool(weights and weights.get("cpu_matvec"))
         seq = shape_list(tokens)[1]
         h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
         h = tf.cast(h, self.compute_dtype)
@@ -291,7 +287,7 @@ class GPT2(tf.Module):
                     params = weights["h"][i]
                 else:
                     params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
-                h, layer_cache = self._shared_block(h, params, cache[i], pos)
+                h, layer_cache = self._shared_block(h, params, cache[i], pos, cpu_matvec=cpu_matvec)
                 new_cache.append(layer_cache)
             else:
                 h, layer_cache = layer(h, None if cache is None else cache[i], pos)

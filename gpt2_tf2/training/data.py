@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from gpt2_tf2.encoder import ENDOFTEXT
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.tokenizer import ENDOFTEXT
 
 
 def list_files(path: str) -> list[str]:
@@ -167,3 +167,22 @@ def split_validation(chunks: list[np.ndarray], length: int, fraction: float = 0.
             val.insert(0, last[-need:])
             need = 0
     return train, val
+
+
+class Batches:
+    """The training batches of a run, as an iterator from any step: step s gives the windows
+    `sampler.batch(s, batch_size * accumulate)` as [accumulate, batch_size, length], so a resumed
+    run reads exactly what it would have read. A strategy splits each batch across replicas."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, accumulate: int = 1):
+        self.sampler, self.batch_size, self.accumulate = sampler, batch_size, accumulate
+
+    def at(self, step: int) -> np.ndarray:
+        windows = self.sampler.batch(step, self.batch_size * self.accumulate)
+        return windows.reshape(self.accumulate, self.batch_size, self.sampler.length)
+
+    def iterate(self, start: int):
+        step = start
+        while True:
+            yield self.at(step)
+            step += 1

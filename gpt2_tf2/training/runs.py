@@ -2,10 +2,10 @@
 
 A run directory holds `ckpt-<step>.{index,data-*}` written by `tf.train.CheckpointManager` (model,
 optimizer slots and iterations, global step), a `checkpoint` state file, `run.json` (optimizer and
-settings the checkpoints need), and copies of the base model's `hparams.json`, `encoder.json`
-and `vocab.bpe`, so the run is self-contained. TensorFlow writes each checkpoint under temporary
-names and updates the state file last, so a kill at any moment leaves the newest complete
-checkpoint loadable.
+settings the checkpoints need), and copies of the base model's `hparams.json` and vocabulary, so
+the run is self-contained and `formats` reads it like any model directory. TensorFlow writes
+each checkpoint under temporary names and updates the state file last, so a kill at any moment
+leaves the newest complete checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ import shutil
 
 import tensorflow as tf
 
-from gpt2_tf2.encoder import load_encoder
+from gpt2_tf2.core.hparams import HParams, load_hparams, save_hparams
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.hparams import HParams, load_hparams, save_hparams
-from gpt2_tf2.model import GPT2
-
-VOCAB_FILES = ("encoder.json", "vocab.bpe")
-
-
-def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
-    return os.path.join(str(checkpoint_dir), str(run_name))
+from gpt2_tf2.formats import model_dir as formats
+from gpt2_tf2.formats.openai import write_model_dir
+from gpt2_tf2.formats.run import latest, locate_run, run_dir  # noqa: F401 (run_dir: the API)
 
 
 def make_manager(trainer, directory: str) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
@@ -42,14 +37,13 @@ def make_manager(trainer, directory: str) -> tuple[tf.train.Checkpoint, tf.train
     return ckpt, manager
 
 
-def prepare(directory: str, hparams: HParams, model_dir: str, info: dict) -> None:
+def prepare(directory: str, base: formats.ModelDir, info: dict) -> None:
     """Create the run directory; copy the base model's vocabulary and hparams."""
     os.makedirs(directory, exist_ok=True)
-    check_hparams(directory, hparams)
-    existing = os.path.join(directory, "hparams.json")
-    save_hparams(hparams, existing)
-    for name in VOCAB_FILES:
-        shutil.copyfile(os.path.join(model_dir, name), os.path.join(directory, name))
+    check_hparams(directory, base.hparams)
+    save_hparams(base.hparams, os.path.join(directory, "hparams.json"))
+    for name, path in base.vocabulary_files.items():
+        shutil.copyfile(path, os.path.join(directory, name))
     with open(os.path.join(directory, "run.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
 
@@ -90,13 +84,6 @@ def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
         raise UserError(f"{path}: cannot restore checkpoint ({str(e).splitlines()[0]})") from None
 
 
-def latest(directory: str) -> str | None:
-    try:
-        return tf.train.latest_checkpoint(directory)
-    except (tf.errors.OpError, ValueError):
-        return None
-
-
 def starting_point(restore_from: str, newest: str | None, model_dir: str):
     """Where a run starts: (training checkpoint to restore or None, base model directory).
 
@@ -117,27 +104,9 @@ def starting_point(restore_from: str, newest: str | None, model_dir: str):
     return source, model_dir
 
 
-def load_run_model(run_name: str, checkpoint_dir: str = "checkpoint"):
-    """(hparams, encoder, model with the run's newest weights, run directory)."""
-    directory = run_dir(run_name, checkpoint_dir)
-    if not os.path.isdir(directory):
-        raise UserError(
-            f"run directory {directory} not found; check --run_name and --checkpoint_dir"
-        )
-    path = latest(directory)
-    if path is None:
-        raise UserError(f"{directory}: no checkpoint saved yet")
-    hparams = load_hparams(directory)
-    model = GPT2(hparams, seed=None)
-    restore(tf.train.Checkpoint(model=model), path, strict=False)
-    return hparams, load_encoder(directory), model, directory
-
-
 def export(run_name: str, out: str, checkpoint_dir: str = "checkpoint") -> str:
     """Write a run's newest weights as an OpenAI-layout model directory, atomically."""
-    from gpt2_tf2.checkpoint import write_model_dir
-
-    hparams, _, model, directory = load_run_model(run_name, checkpoint_dir)
-    vocab = {name: os.path.join(directory, name) for name in VOCAB_FILES}
-    write_model_dir(model, hparams, vocab, out)
-    return latest(directory)
+    directory = locate_run(run_name, checkpoint_dir)
+    opened, model = formats.load_model_dir(directory)
+    write_model_dir(model, opened.hparams, opened.vocabulary_files, out)
+    return opened.checkpoint

@@ -1,27 +1,19 @@
-"""The command-line face: `gpt2_tf2 COMMAND ...`, and the shared runner of every entry point.
+"""The shared runner of every entry point, and the only code that touches process-wide state.
 
-Each command is a plain library-facing function run by python-fire. The runner hides TensorFlow's
-start-up logging (unless --verbose), turns a `UserError` into one line on stderr and exit status 2,
-and keeps flags that name text or paths as strings (fire would read `--prompt 3.10` as a float).
+Each command is a plain function run by python-fire. The runner hides TensorFlow's start-up
+logging (unless --verbose), sets up the devices and the on-disk XLA cache, turns a `UserError`
+into one line on stderr and exit status 2, and keeps flags that name text or paths as strings
+(fire would read `--prompt 3.10` as a float).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import re
 import sys
 import tempfile
 
-COMMANDS = {
-    "sample": ("gpt2_tf2.sample", "sample", "generate text from a model"),
-    "score": ("gpt2_tf2.score", "score", "mean log-likelihood and perplexity of a text"),
-    "download": ("gpt2_tf2.download", "download", "download OpenAI's released models"),
-    "encode": ("gpt2_tf2.encode", "encode", "encode text into an .npz dataset for train"),
-    "train": ("gpt2_tf2.train", "train", "fine-tune on a dataset, resumably"),
-    "export": ("gpt2_tf2.export", "export", "write a fine-tuned run as an OpenAI model directory"),
-}
 # Flags without a default string that still take text or a path, never a number or a list.
 # Flags whose default is a string are text too; flags whose default is a bool are switches.
 TEXT_FLAGS = {
@@ -132,11 +124,12 @@ def setup_devices(verbose: bool = False) -> str:
 
 def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype="float32"):
     """Load for a command: devices set up, a missing release downloaded unless offline."""
-    from gpt2_tf2 import api  # imported here: TensorFlow loads after logging is configured
+    # Imported here: TensorFlow loads after logging is configured.
+    from gpt2_tf2.generation import language_model
 
-    api.check_dtype(dtype)  # before any download
+    language_model.check_dtype(dtype)  # before any download
     setup_devices(verbose)
-    return api.load(
+    return language_model.load(
         model_name,
         models_dir,
         download=not offline,
@@ -226,17 +219,22 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     sys.exit(0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
-        lines = [f"  {cmd:8s} {desc}" for cmd, (_, _, desc) in COMMANDS.items()]
-        print(
-            "usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
-            "commands:\n" + "\n".join(lines)
-        )
-        if argv and argv[0] not in ("-h", "--help", "help"):
-            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
-            sys.exit(2)
-        sys.exit(0)
-    module, func, _ = COMMANDS[argv[0]]
-    run(getattr(importlib.import_module(module), func), argv[1:], name=f"gpt2_tf2.{argv[0]}")
+def read_prompt_file(path: str) -> str:
+    """The text of a prompt file, or of stdin for '-'."""
+    from gpt2_tf2.errors import UserError
+
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    if not text:
+        raise UserError(f"{path}: file is empty")
+    return text

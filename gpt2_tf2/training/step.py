@@ -5,37 +5,19 @@ Mirrors nshepperd's `train.py` maths: next-token cross-entropy averaged over the
 training the blocks alone. Fixed here: accumulated gradients are averaged (k micro-batches of b
 equal one batch of k*b; the fork summed them). The step is one compiled function of the windows and
 the trainer's variables (model, optimizer, step), with randomness keyed by (seed, step), so it is
-reproducible and ready for `tf.distribute`.
+reproducible. It is written as `tf.distribute` runs a step on each replica: the loss of a replica's
+windows is scaled by the global batch, and gradients are summed through the replica context, so k
+replicas of b windows equal one device with k*b.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
-from gpt2_tf2.optimizers import make_optimizer
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    learning_rate: float = 2e-5
-    optimizer: str = "adam"
-    accumulate_gradients: int = 1
-    memory_saving_gradients: bool = False
-    only_train_transformer_layers: bool = False
-    noise: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"  # or "cosine" (to 0 at total_steps)
-    total_steps: int = 0
-    grad_clip: float = 0.0  # global-norm clip; 0 = off
-    weight_decay: float = 0.01  # adamw only
-    mixed_precision: str = (
-        "none"  # "bf16" or "fp16": the model's compute dtype; fp16 scales the loss
-    )
-    seed: int = 0
-
+from gpt2_tf2.training.config import TrainConfig
+from gpt2_tf2.training.optimizers import make_optimizer
 
 COMPUTE_DTYPES = {"none": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 INITIAL_LOSS_SCALE = 2.0**15
@@ -43,11 +25,12 @@ GROWTH_INTERVAL = 2000  # double the loss scale after this many finite steps (as
 
 
 def learning_rate(step, cfg: TrainConfig):
-    """Linear warm-up over warmup_steps, then constant or cosine decay to 0 at total_steps."""
+    """Linear warm-up over warmup_steps, then constant or cosine decay to 0 at cfg.steps."""
     step = tf.cast(step, tf.float32)
     lr = tf.constant(cfg.learning_rate, tf.float32)
-    if cfg.lr_schedule == "cosine" and cfg.total_steps > cfg.warmup_steps:
-        progress = (step - cfg.warmup_steps) / float(cfg.total_steps - cfg.warmup_steps)
+    total_steps = cfg.steps or 0
+    if cfg.lr_schedule == "cosine" and total_steps > cfg.warmup_steps:
+        progress = (step - cfg.warmup_steps) / float(total_steps - cfg.warmup_steps)
         progress = tf.clip_by_value(progress, 0.0, 1.0)
         lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
     if cfg.warmup_steps > 0:
@@ -55,16 +38,32 @@ def learning_rate(step, cfg: TrainConfig):
     return lr
 
 
-def lm_loss(model, windows, recompute: bool = False, inputs=None):
+def lm_loss(model, windows, recompute: bool = False, inputs=None, replicas: int = 1):
     """Mean next-token cross-entropy (nats) of windows [batch, L + 1]: L predictions per row.
 
     `inputs` (default: the windows) is what the model reads, e.g. the windows with --noise.
+    `replicas`: the windows are one replica's share of a global batch of `replicas` equal
+    shares; the loss is then scaled by the global batch, so the replicas' sum is its mean.
     """
     inputs = windows if inputs is None else inputs
     logits = model(inputs[:, :-1], recompute=recompute)["logits"]  # [batch, L, vocab]
     labels = windows[:, 1:]
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.reduce_mean(losses)
+    loss = tf.reduce_mean(losses)
+    return loss if replicas == 1 else loss / replicas
+
+
+def replicas_in_sync() -> int:
+    """How many replicas run this step (1 outside a `tf.distribute` strategy)."""
+    return tf.distribute.get_replica_context().num_replicas_in_sync
+
+
+def sum_over_replicas(tensors):
+    """The sum of each tensor over the replicas, through the replica context (all-reduce)."""
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync == 1:
+        return tensors
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
 
 
 def add_noise(windows, p: float, n_vocab: int, seed):
@@ -83,6 +82,7 @@ class Trainer(tf.Module):
     def __init__(self, model, cfg: TrainConfig):
         super().__init__(name="trainer")
         self.model, self.cfg = model, cfg
+        self.seed = 0 if cfg.seed is None else cfg.seed  # a run resolves its seed before
         if cfg.only_train_transformer_layers:
             self.train_vars = [v for block in model.h for v in block.trainable_variables]
         else:
@@ -106,13 +106,16 @@ class Trainer(tf.Module):
 
     def gradients(self, windows):
         """Loss and gradients averaged over micro-batches: windows [accumulate, batch, L + 1]."""
-        step_seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), self.step])
+        step_seed = tf.stack([tf.constant(self.seed, tf.int64), self.step])
+        replicas = replicas_in_sync()
 
         def micro(i):
             micro_seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(i, tf.int64))
             inputs = add_noise(windows[i], self.cfg.noise, self.model.hparams.n_vocab, micro_seed)
             with tf.GradientTape() as tape:
-                loss = lm_loss(self.model, windows[i], self.cfg.memory_saving_gradients, inputs)
+                loss = lm_loss(
+                    self.model, windows[i], self.cfg.memory_saving_gradients, inputs, replicas
+                )
                 scaled = loss * self.loss_scale if self.scaling else loss
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.train_vars)]
             if self.scaling:
@@ -137,7 +140,10 @@ class Trainer(tf.Module):
         return total_loss * scale, [g * scale for g in total_grads]
 
     def _train_step(self, windows):
+        """One update from windows [accumulate, batch, L + 1]: a function of the trainer's
+        variables and the windows only (randomness is keyed by seed and step)."""
         loss, grads = self.gradients(windows)
+        loss, grads = sum_over_replicas((loss, grads))
         lr = learning_rate(self.step, self.cfg)
 
         def update():

@@ -1,0 +1,37 @@
+"""The command line: `gpt2_tf2 COMMAND ...` and `python -m gpt2_tf2.COMMAND`.
+
+One module per command (a plain function with an `Args:` docstring that python-fire runs) and
+the shared runner (`runner.py`: flags, logging, devices, errors, exit codes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from gpt2_tf2.cli.runner import configure_logging, load_model, run, setup_devices  # noqa: F401
+
+COMMANDS = {
+    "sample": "generate text from a model",
+    "score": "mean log-likelihood and perplexity of a text",
+    "download": "download OpenAI's released models",
+    "encode": "encode text into an .npz dataset for train",
+    "train": "fine-tune on a dataset, resumably",
+    "export": "write a fine-tuned run as an OpenAI model directory",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+        lines = [f"  {cmd:8s} {desc}" for cmd, desc in COMMANDS.items()]
+        print(
+            "usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
+            "commands:\n" + "\n".join(lines)
+        )
+        if argv and argv[0] not in ("-h", "--help", "help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+    module = importlib.import_module(f"gpt2_tf2.cli.{argv[0]}")
+    run(getattr(module, argv[0]), argv[1:], name=f"gpt2_tf2.{argv[0]}")

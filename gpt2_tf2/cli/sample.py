@@ -1,0 +1,153 @@
+"""`python -m gpt2_tf2.sample`: unconditional, conditional and interactive sampling.
+
+One command for what openai/gpt-2 split into `generate_unconditional_samples.py` and
+`interactive_conditional_samples.py`, with their flags, defaults and output format
+(`==== SAMPLE n ====` headers, continuation only).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gpt2_tf2.cli import runner
+from gpt2_tf2.errors import UserError
+
+HEADER = "=" * 40 + " SAMPLE {} " + "=" * 40
+FOOTER = "=" * 80
+
+
+def print_samples(lm, prompt_tokens, settings: dict, nsamples: int, counter: int = 0) -> int:
+    """Generate and print samples with the original's headers; returns the updated counter."""
+    for rows in lm.generate_tokens(prompt_tokens, nsamples=nsamples, **settings):
+        for row in rows:
+            counter += 1
+            print(HEADER.format(counter))
+            print(lm.encoder.decode(row), flush=True)
+    return counter
+
+
+def read_prompt(prompt, prompt_file, interactive: bool, nsamples: int) -> str | None:
+    """The prompt the flags give (None: unconditional or interactive), or a clear error."""
+    if prompt is not None and prompt_file is not None:
+        raise UserError("give --prompt or --prompt_file, not both")
+    if interactive and (prompt is not None or prompt_file is not None):
+        raise UserError("--interactive reads prompts itself; drop --prompt/--prompt_file")
+    if prompt_file is not None:
+        prompt = runner.read_prompt_file(str(prompt_file))
+    if prompt is not None:
+        prompt = str(prompt)
+        if not prompt:
+            raise UserError("--prompt is empty; omit it for unconditional samples")
+    if nsamples == 0 and (prompt is not None or interactive):
+        raise UserError("nsamples=0 (sample until interrupted) is for unconditional sampling only")
+    return prompt
+
+
+def sample(
+    model_name="124M",
+    models_dir="models",
+    seed=None,
+    nsamples=1,
+    batch_size=1,
+    length=None,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    prompt=None,
+    prompt_file=None,
+    interactive=False,
+    stop_at_endoftext=False,
+    run_name=None,
+    checkpoint_dir="checkpoint",
+    offline=False,
+    dtype="float32",
+    verbose=False,
+):
+    """Generate text from GPT-2.
+
+    Without a prompt, samples are unconditional (they start from <|endoftext|>). Each sample is
+    printed after a '==== SAMPLE n ====' header, the continuation only.
+
+    Args:
+      model_name: release name under models_dir (124M, 355M, 774M, 1558M; 117M and 345M are
+        aliases) or a path to a model directory in OpenAI's layout.
+      models_dir: directory holding the release directories.
+      seed: integer seed; the same seed gives the same samples. Default: random.
+      nsamples: number of samples; 0 = keep sampling until interrupted (unconditional only).
+      batch_size: samples computed at once (faster per sample, more memory).
+      length: tokens to generate per sample; default n_ctx // 2 with a prompt, n_ctx without.
+        Prompt tokens + length may not exceed the model's context (1024 for OpenAI's releases).
+      temperature: randomness; 1 samples the model's distribution, lower is more conservative,
+        0 is greedy (always the most likely token).
+      top_k: sample only among the k most likely tokens; 0 = no limit. 40 is a common choice.
+      top_p: nucleus sampling: only among the most likely tokens whose probabilities add up to
+        top_p, in (0, 1]; 1 = no limit. Combines with top_k.
+      prompt: text to continue.
+      prompt_file: file whose text to continue; '-' reads standard input.
+      interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
+      stop_at_endoftext: end each sample at the first <|endoftext|> token.
+      run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
+      checkpoint_dir: where run directories live.
+      offline: never download; a release missing from models_dir is an error.
+      dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
+        activations in 16 bits, half the memory (README, "Speed, compilation and memory"); meant
+        for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits stay float32.
+      verbose: show TensorFlow's log messages.
+    """
+    runner.configure_logging(verbose, xla=True)
+    prompt = read_prompt(prompt, prompt_file, interactive, nsamples)
+
+    # Here, after configure_logging: it imports TensorFlow.
+    from gpt2_tf2.generation import language_model as api
+
+    known = api.peek(model_name, models_dir, run_name, checkpoint_dir)
+    if known is not None:  # flag and prompt-length errors before the weights are read
+        hparams, encoder = known
+        prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
+        api.check_sampling_args(hparams.n_ctx, prompt_len, length, temperature, top_k, top_p)
+    lm = runner.load_model(
+        model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype
+    )
+    settings = dict(
+        length=length,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_at_endoftext=stop_at_endoftext,
+    )
+    if not interactive:
+        tokens = lm.encoder.encode(prompt) if prompt else []
+        print_samples(lm, tokens, settings, nsamples)
+        return None
+    lm.check_sampling_args(1, length, temperature, top_k, top_p)  # flag errors before the loop
+    interact(lm, settings, nsamples)
+    return None
+
+
+def interact(lm, settings: dict, nsamples: int) -> None:
+    """The original's loop: ask for a prompt, print its samples, until end of input."""
+    counter = 0
+    while True:
+        try:
+            raw_text = input("Model prompt >>> ")
+            while not raw_text:
+                print("Prompt should not be empty!")
+                raw_text = input("Model prompt >>> ")
+        except EOFError:
+            print()
+            return
+        try:
+            counter = print_samples(lm, lm.encoder.encode(raw_text), settings, nsamples, counter)
+        except UserError as e:  # e.g. a prompt too long: say so and ask again
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(FOOTER)
+
+
+sample.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+
+
+def main(argv=None):
+    runner.run(sample, argv, name="gpt2_tf2.sample")

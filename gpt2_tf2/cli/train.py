@@ -1,0 +1,94 @@
+"""`python -m gpt2_tf2.train --dataset D --run_name R`: fine-tune GPT-2, resumably.
+
+nshepperd's `train.py` flags and defaults, plus a schedule, clipping, a step limit and exact resume:
+the checkpoint holds the model, the optimizer's slots and iteration count and the global step, and
+the data windows are a function of (seed, step), so a resumed run continues the same trajectory.
+A checkpoint is saved every --save_every steps, on SIGINT/SIGTERM, and at the end. The flags,
+their defaults and their help are `training.config.TrainConfig`'s fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import signal
+import sys
+import textwrap
+
+from gpt2_tf2.cli import runner
+from gpt2_tf2.training.config import TrainConfig
+from gpt2_tf2.training.loop import Callback
+
+
+class StopOnSignal(Callback):
+    """SIGINT and SIGTERM ask the loop to stop after the current step (a checkpoint is saved
+    at the end); the previous handlers come back when the loop ends."""
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def on_start(self, loop):
+        def request_stop(signum, frame):
+            self.signum = signum
+            loop.request_stop(signal.Signals(signum).name)
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self.previous[s] = signal.signal(s, request_stop)
+
+    def close(self, loop):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def train(*args, **kwargs):
+    flags = train.__signature__.bind(*args, **kwargs)  # fire passes flags by position
+    flags.apply_defaults()
+    flags = dict(flags.arguments)
+    verbose = flags.pop("verbose")
+    runner.configure_logging(verbose, xla=True)
+    cfg = TrainConfig(**flags)
+    cfg.validate()
+
+    from gpt2_tf2.training import session  # imports TensorFlow, after configure_logging
+
+    runner.setup_devices(verbose)
+    run = session.start(cfg)
+    stop = StopOnSignal()
+    loop = session.loop(run, extra=[stop])
+    step = loop.run()
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        print(f"{name}: stopped at step {step}, checkpoint saved", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    return None
+
+
+def _signature_and_help():
+    """train()'s flags, defaults and `Args:` help, from TrainConfig's fields (one set of them)."""
+    fields = dataclasses.fields(TrainConfig)
+    params = [
+        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
+        for f in fields
+    ]
+    params.append(
+        inspect.Parameter("verbose", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)
+    )
+    helps = [(f.name, f.metadata["help"]) for f in fields]
+    helps.append(("verbose", "show TensorFlow's log messages."))
+    args = "\n".join(
+        textwrap.fill(text, 98, initial_indent=f"  {name}: ", subsequent_indent="    ")
+        for name, text in helps
+    )
+    doc = (
+        "Fine-tune GPT-2 on a dataset; resumes the run's newest checkpoint by default.\n\n"
+        f"Args:\n{args}\n"
+    )
+    return inspect.Signature(params), doc
+
+
+train.__signature__, train.__doc__ = _signature_and_help()
+train.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+
+
+def main(argv=None):
+    runner.run(train, argv, name="gpt2_tf2.train")

@@ -1,0 +1,134 @@
+"""Fetch OpenAI's released model directories over HTTP, resumably.
+
+Mirrors openai/gpt-2's `download_model.py`: the seven files of a release from
+`{base_url}/{model}/{file}`. Each file is written as `FILE.part`, resumed with an HTTP Range request
+when a partial one exists, checked against the size the server announced, and only then renamed
+to its final name, so a file under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+
+from gpt2_tf2.core.hparams import ALIASES, PRESETS, canonical_name
+from gpt2_tf2.errors import UserError
+
+DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+BASE_URL_ENV = "GPT2_TF2_BASE_URL"  # a mirror, or a local server in tests
+FILES = (
+    "checkpoint",
+    "encoder.json",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+    "vocab.bpe",
+)
+APPROX_SIZE = {"124M": "500 MB", "355M": "1.4 GB", "774M": "3.1 GB", "1558M": "6.2 GB"}
+CHUNK = 1 << 20
+
+
+def base_url(explicit: str | None = None) -> str:
+    return (explicit or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def _open(url: str, offset: int, timeout: float):
+    request = urllib.request.Request(url, headers={"User-Agent": "gpt2_tf2"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # our partial file is not a prefix of theirs: start over
+            return None
+        raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, socket.timeout, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(
+            f"{url}: cannot connect ({reason}); check the network or --base_url"
+        ) from None
+
+
+def fetch_file(url: str, dest: str, timeout: float = 60.0, progress: bool = True) -> None:
+    """Download `url` to `dest` via `dest.part`, resuming a partial download."""
+    from tqdm import tqdm
+
+    part = dest + ".part"
+    offset = os.path.getsize(part) if os.path.exists(part) else 0
+    response = _open(url, offset, timeout)
+    if response is None:
+        offset = 0
+        os.remove(part)
+        response = _open(url, 0, timeout)
+    with response:
+        if offset and response.status != 206:  # the server ignored the Range: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        mode = "ab" if offset else "wb"
+        bar = tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=os.path.basename(dest),
+            disable=not progress,
+            leave=True,
+        )
+        try:
+            with open(part, mode) as f:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        except (socket.timeout, TimeoutError):
+            raise UserError(
+                f"{url}: the server stopped sending (no data for {timeout:g} s); "
+                f"run the command again to resume"
+            ) from None
+        except (http.client.HTTPException, ConnectionError) as e:
+            raise UserError(
+                f"{url}: connection lost ({type(e).__name__}); run the command again to resume"
+            ) from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(
+                    f"{part}: disk full; free space and run the command again to resume"
+                ) from None
+            raise UserError(f"{part}: cannot write ({e.strerror})") from None
+        finally:
+            bar.close()
+    size = os.path.getsize(part)
+    if total is not None and size != total:
+        raise UserError(f"{url}: got {size} of {total} bytes; run the command again to resume")
+    os.replace(part, dest)
+
+
+def download_model(
+    model_name: str,
+    models_dir: str = "models",
+    url: str | None = None,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> str:
+    """Download one release into `models_dir/NAME`; complete files are skipped. Returns the dir."""
+    release = canonical_name(str(model_name))
+    if release is None:
+        names = ", ".join(list(PRESETS) + list(ALIASES))
+        raise UserError(f"unknown release {model_name!r}; releases are {names}")
+    model_dir = os.path.join(models_dir, release)
+    os.makedirs(model_dir, exist_ok=True)
+    for fname in FILES:
+        dest = os.path.join(model_dir, fname)
+        if os.path.exists(dest):
+            continue
+        fetch_file(f"{base_url(url)}/{release}/{fname}", dest, timeout, progress)
+    return model_dir

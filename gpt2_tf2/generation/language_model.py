@@ -1,0 +1,284 @@
+"""The Python API: `load()` a model directory, then `generate()` text or `score()` it.
+
+A model is named as the original scripts name it (`124M`, looked up under `models_dir`), given
+as a path to a model directory (a release, or a fine-tuned export), or as a fine-tuning run
+(`run_name`); `formats.model_dir` reads each of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import secrets
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2_tf2.core import kernels
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.model import GPT2
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.formats import model_dir as formats
+from gpt2_tf2.generation import loop
+from gpt2_tf2.generation.settings import Settings
+from gpt2_tf2.tokenizer import Encoder
+
+
+class LanguageModel:
+    """A loaded GPT-2: `.hparams`, `.encoder`, `.model`, and `generate()` / `score()` on top."""
+
+    def __init__(
+        self,
+        hparams: HParams,
+        encoder: Encoder,
+        model: GPT2,
+        model_dir: str | None = None,
+        xla: bool = True,
+    ):
+        self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
+        # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
+        self._cpu_matvec = kernels.cpu_only()
+        # Decoding is traced (and the loop XLA-compiled) once per (batch size, prompt bucket,
+        # length bucket); settings, seeds and the actual lengths are tensors and never retrace.
+        # The prompt runs in a plain graph: compiling it too cost ~1 s more on a first call than
+        # it saved. autograph=False: the code is written with tf.while_loop/tf.cond already.
+        self._prefill = tf.function(
+            lambda context, prompt_len, cache_len: loop.prefill(
+                self.model, context, prompt_len, cache_len
+            ),
+            autograph=False,
+            reduce_retracing=False,
+        )
+        self._decode = tf.function(
+            self._continue, jit_compile=xla, autograph=False, reduce_retracing=False
+        )
+        self._token_nll = tf.function(
+            self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
+        )
+
+    def _continue(self, logits, cache, context, prompt_len, length, settings, slots):
+        weights = self.model.read_weights(self._cpu_matvec)  # read once, before the loop
+        model = functools.partial(self.model, weights=weights)
+        return loop.continue_decode(
+            model, logits, cache, context, prompt_len, length, settings, slots
+        )
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def check_sampling_args(
+        self, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+    ) -> int:
+        """Validate settings before any work; return the resolved length."""
+        return check_sampling_args(
+            self.hparams.n_ctx, prompt_len, length, temperature, top_k, top_p
+        )
+
+    def generate_tokens(
+        self,
+        prompt_tokens=None,
+        length=None,
+        nsamples=1,
+        batch_size=1,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_at_endoftext=False,
+    ):
+        """Yield batches of generated token lists (continuations only). nsamples=0: forever."""
+        prompt_tokens = list(prompt_tokens or [])
+        length = self.check_sampling_args(len(prompt_tokens), length, temperature, top_k, top_p)
+        if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
+            raise UserError(
+                f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        eot = self.encoder.eot_token
+        if not prompt_tokens and eot is None:
+            raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
+        context = prompt_tokens or [eot]  # unconditional samples start from <|endoftext|>
+        if seed is None:
+            seed = secrets.randbits(31)
+        stop = eot if stop_at_endoftext and eot is not None else -1
+        n_ctx = self.hparams.n_ctx
+        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
+        context_t = tf.constant([padded] * batch_size, tf.int32)
+        slots = bucket(length, n_ctx)
+        prompt_len = tf.constant(len(context))
+        # The cache holds the padded prompt and the generation, within n_ctx positions. Every
+        # batch continues from the same prompt: run it once (the loop does not modify its input).
+        cache_len = min(len(padded) + slots, n_ctx)
+        logits, cache = self._prefill(context_t, prompt_len, cache_len)
+        produced, batch_index = 0, 0
+        while nsamples == 0 or produced < nsamples:
+            settings = Settings.make(temperature, top_k, top_p, (int(seed), batch_index), stop)
+            out = self._decode(
+                logits, cache, context_t, prompt_len, tf.constant(length), settings, slots
+            ).numpy()[:, :length]
+            rows = [_cut(row, stop) for row in out]
+            if nsamples:
+                rows = rows[: nsamples - produced]
+            produced += len(rows)
+            batch_index += 1
+            yield rows
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        length: int | None = None,
+        nsamples: int = 1,
+        batch_size: int = 1,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_endoftext: bool = False,
+    ) -> list[str]:
+        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings."""
+        if not nsamples:
+            raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
+        prompt_tokens = self.encoder.encode(prompt) if prompt else []
+        batches = self.generate_tokens(
+            prompt_tokens,
+            length,
+            nsamples,
+            batch_size,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop_at_endoftext,
+        )
+        return [self.encoder.decode(row) for rows in batches for row in rows]
+
+    # ---- scoring ----------------------------------------------------------------------------
+
+    def _token_nll_eager(self, tokens):
+        """NLL of tokens[:, 1:] given what precedes them: [batch, seq - 1] nats."""
+        logits = self.model(tokens[:, :-1])["logits"]
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
+
+    def score_tokens(self, tokens) -> tuple[float, int]:
+        """(sum of NLL in nats, number of tokens scored).
+
+        Each token is predicted from up to n_ctx - 1 earlier ones, in windows of n_ctx advancing
+        by n_ctx // 2, after a leading <|endoftext|>.
+        """
+        tokens = list(tokens)
+        if not tokens:
+            raise UserError("nothing to score: the text encodes to zero tokens")
+        eot = self.encoder.eot_token
+        ids = tokens if eot is None else [eot] + tokens  # the leading <|endoftext|> is context only
+        if len(ids) < 2:
+            raise UserError("nothing to score: need at least two tokens without <|endoftext|>")
+        n_ctx, stride = self.hparams.n_ctx, max(1, self.hparams.n_ctx // 2)
+        total, counted = 0.0, 0
+        scored, end = 1, min(len(ids), n_ctx)  # ids[:scored] are already scored (or context)
+        while True:
+            start = max(0, end - n_ctx)
+            nll = self._token_nll(tf.constant([ids[start:end]], tf.int32)).numpy()[0]
+            part = nll[scored - start - 1 :]  # nll[j] scores ids[start + j + 1]
+            total += float(np.sum(part, dtype=np.float64))
+            counted += len(part)
+            scored = end
+            if end == len(ids):
+                break
+            end = min(len(ids), end + stride)
+        return total, counted
+
+    def score(self, text: str) -> float:
+        """Mean negative log-likelihood of `text`, in nats per token."""
+        total, count = self.score_tokens(self.encoder.encode(text))
+        return total / count
+
+
+def check_sampling_args(
+    n_ctx: int, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+) -> int:
+    """Validate sampling settings for a model of context n_ctx; return the resolved length."""
+    if length is None:
+        length = n_ctx // 2 if prompt_len else n_ctx
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise UserError(f"length must be a positive integer, got {length!r}")
+    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if prompt_len + length > n_ctx:
+        raise UserError(
+            f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
+            f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
+        )
+    return length
+
+
+def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_dir="checkpoint"):
+    """(hparams, encoder) of a model that is on disk, without loading its weights; else None."""
+    try:
+        directory = formats.locate(model_name, models_dir, False, run_name, checkpoint_dir)
+    except UserError:
+        return None  # not on disk (yet): load() reports or downloads it
+    if not os.path.isfile(os.path.join(directory, "hparams.json")):
+        return None  # an interrupted download: load() completes it
+    opened = formats.open_model_dir(directory)
+    return opened.hparams, opened.encoder
+
+
+def bucket(n: int, limit: int, smallest: int = 16) -> int:
+    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
+
+    Shapes come in these sizes only, so the number of compilations stays small: at most
+    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
+    """
+    size = smallest
+    while size < n:
+        size *= 2
+    return max(n, min(size, limit))
+
+
+def _cut(row, stop: int) -> list[int]:
+    row = [int(t) for t in row]
+    return row[: row.index(stop)] if stop >= 0 and stop in row else row
+
+
+def perplexity(mean_nll: float) -> float:
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_dtype(dtype: str) -> tf.DType:
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return tf.as_dtype(dtype)
+
+
+def load(
+    model_name_or_dir: str = "124M",
+    models_dir: str = "models",
+    download: bool = False,
+    run_name: str | None = None,
+    checkpoint_dir: str = "checkpoint",
+    dtype: str = "float32",
+) -> LanguageModel:
+    """Load a model directory in OpenAI's layout, or a fine-tuning run's newest checkpoint.
+
+    Args:
+      model_name_or_dir: a release name (124M, 355M, 774M, 1558M; 117M and 345M are aliases) found
+        under `models_dir`, or a path to a model directory.
+      models_dir: where release names are looked up.
+      download: fetch a release that is not under `models_dir` yet (see `gpt2_tf2.download`).
+      run_name: instead, the newest checkpoint of a fine-tuning run in `checkpoint_dir/run_name`.
+      checkpoint_dir: where run directories live.
+      dtype: float32 (as released), or float16/bfloat16 weights and activations for inference
+        (half the memory; fast on GPUs, slower than float32 on CPUs).
+    """
+    tf_dtype = check_dtype(dtype)
+    directory = formats.locate(model_name_or_dir, models_dir, download, run_name, checkpoint_dir)
+    opened, model = formats.load_model_dir(directory, tf_dtype)
+    return LanguageModel(opened.hparams, opened.encoder, model, directory)

@@ -1,0 +1,36 @@
+"""Decoding settings: one structure of tensors that travels into the compiled loop.
+
+Every field is a tensor, so a new temperature, seed or stop token never retraces or recompiles;
+a new field (a repetition penalty) is one more line here and one more processor.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class Settings(NamedTuple):
+    temperature: tf.Tensor  # float32 scalar; 0 = greedy
+    top_k: tf.Tensor  # int32 scalar; 0 = off
+    top_p: tf.Tensor  # float32 scalar in (0, 1]; 1 = off
+    seed: tf.Tensor  # int64 [2], the RNG key of a batch: step i draws gumbel_noise(.., seed, i)
+    stop_token: tf.Tensor  # int32 scalar; once a row emits it, it emits only it; -1 = none
+
+    @classmethod
+    def make(cls, temperature=1.0, top_k=0, top_p=1.0, seed=(0, 0), stop_token=-1) -> Settings:
+        return cls(
+            tf.constant(float(temperature)),
+            tf.constant(int(top_k)),
+            tf.constant(float(top_p)),
+            tf.constant(seed, tf.int64),
+            tf.constant(int(stop_token)),
+        )
+
+
+class History(NamedTuple):
+    """The tokens so far, prompt then output, for processors to read: tokens[:, :length]."""
+
+    tokens: tf.Tensor  # int32 [batch, T]
+    length: tf.Tensor  # int32 scalar

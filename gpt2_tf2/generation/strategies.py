@@ -1,0 +1,76 @@
+"""Strategies: how the next token is chosen from processed logits, one per row.
+
+A strategy is a pure function `(logits, settings, step) -> int32 [batch]` the compiled loop calls
+(as keras-hub's samplers are objects with one method; beam search is next, with its own loop
+state). `choose_tokens` is the one the loop runs today: greedy where temperature == 0, else a
+draw through the sampling warpers (`processors`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from gpt2_tf2.core.kernels import select_column, shape_list
+from gpt2_tf2.generation.processors import (
+    CANDIDATES,
+    NEG_INF,
+    mask_below,
+    truncate,
+    truncation,
+    warp_temperature,
+)
+from gpt2_tf2.generation.random import gumbel_noise
+
+
+def greedy(logits, settings=None, step=0):
+    """The most likely token of each row."""
+    del settings, step
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+def sample(logits, settings, step=0, candidates: int = CANDIDATES):
+    """A random draw from softmax(warped logits): temperature, top-k, top-p.
+
+    The draw is the Gumbel-max trick, argmax(filtered logits + Gumbel noise), which samples
+    exactly from softmax(filtered logits) (Gumbel 1954; Maddison et al. 2014) and, unlike
+    tf.random.categorical, compiles under XLA. When the filters' survivors lie among the top
+    `candidates` logits, noise is drawn for those only; the token drawn is the same either way.
+    """
+    scaled = warp_temperature(logits, settings)
+    vocab_ids = tf.broadcast_to(tf.range(shape_list(logits)[1]), tf.shape(logits))
+
+    def over_all(threshold):
+        noisy = mask_below(scaled, threshold) + gumbel_noise(vocab_ids, settings.seed, step)
+        return tf.argmax(noisy, axis=-1, output_type=tf.int32)
+
+    def truncated():
+        kept = truncate(scaled, settings, candidates)
+
+        def among_candidates():
+            noise = gumbel_noise(kept.indices, settings.seed, step)
+            noisy = mask_below(kept.values, kept.threshold) + noise
+            best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
+            return select_column(kept.indices, best)
+
+        return tf.cond(kept.exact, among_candidates, lambda: over_all(kept.threshold))
+
+    no_threshold = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
+    return tf.cond(truncation(scaled, settings)[2], truncated, lambda: over_all(no_threshold))
+
+
+def choose_tokens(logits, settings, step=0, candidates: int = CANDIDATES):
+    """One token per row: greedy (argmax) where temperature == 0, else `sample`.
+
+    Args:
+      logits: [batch, vocab], after `processors.apply_processors`.
+      settings: a `Settings` (temperature, top_k, top_p, seed).
+      step: int scalar, the decoding step (the noise is a function of seed, step, row, token).
+    Returns:
+      int32 [batch].
+    """
+    logits = tf.cast(logits, tf.float32)
+    return tf.cond(
+        tf.convert_to_tensor(settings.temperature, tf.float32) > 0,
+        lambda: sample(logits, settings, step, candidates),
+        lambda: greedy(logits),
+    )

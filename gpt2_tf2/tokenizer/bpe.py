@@ -1,0 +1,262 @@
+"""Byte-level BPE, the tokenizer of GPT-2, with the original API.
+
+Mirrors openai/gpt-2's `src/encoder.py` (`get_encoder`, `Encoder.encode/decode`): text is split
+by the GPT-2 pre-tokenizer regex, each piece's UTF-8 bytes are mapped to printable characters
+(`bytes_to_unicode`) and merged by rank from `vocab.bpe`. Differences from the original, matching
+tiktoken's `gpt2` encoding: lone surrogates are replaced by U+FFFD instead of raising, the BPE cache
+is bounded, and `<|endoftext|>` is ordinary text unless the caller allows it as a special token.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+
+import regex
+
+from gpt2_tf2.errors import UserError
+
+ENDOFTEXT = "<|endoftext|>"
+VOCAB_FILES = ("encoder.json", "vocab.bpe")  # in a model directory, beside the weights
+
+# The GPT-2 pre-tokenizer (Radford et al. 2019, sec. 2.2): contractions, letters, numbers,
+# other symbols, each optionally with one leading space; then whitespace runs.
+PRETOKENIZE = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+
+BPE_CACHE_SIZE = 1 << 16  # distinct words remembered; bounded so big corpora don't grow it forever
+
+# sha256 of GPT-2's own encoder.json and vocab.bpe (as tiktoken_ext/openai_public.py records them).
+# With exactly these files and tiktoken installed, encoding runs in tiktoken (about 10x faster);
+# this module's BPE stays the reference, tested against it, and the fallback.
+GPT2_VOCAB_SHA256 = (
+    "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+)
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """Map every byte to a printable character, keeping printable Latin-1 bytes as themselves."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+class Encoder:
+    """GPT-2's byte-level BPE over one vocabulary (`encoder.json`) and its merges (`vocab.bpe`).
+
+    `special_tokens`: spellings that `encode(..., allowed_special=...)` may turn into single ids
+    (those present in the vocabulary); `end_of_text`: the one that separates documents and starts
+    unconditional samples (`eot_token`, None if the vocabulary lacks it).
+    """
+
+    def __init__(
+        self,
+        encoder: dict[str, int],
+        bpe_merges: list[tuple[str, str]],
+        errors: str = "replace",
+        special_tokens: tuple[str, ...] = (ENDOFTEXT,),
+        end_of_text: str = ENDOFTEXT,
+    ):
+        self.encoder = encoder
+        self.decoder = {v: k for k, v in encoder.items()}
+        self.errors = errors  # how to handle bytes that don't decode as UTF-8
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+        self.bpe_ranks = {pair: i for i, pair in enumerate(bpe_merges)}
+        self.special_tokens = {t: encoder[t] for t in special_tokens if t in encoder}
+        self.eot_token = self.special_tokens.get(end_of_text)
+        self._bpe_cached = functools.lru_cache(maxsize=BPE_CACHE_SIZE)(self._bpe)
+        self.fast = None  # a tiktoken Encoding of the same vocabulary, see use_tiktoken()
+
+    def use_tiktoken(self) -> bool:
+        """Encode with tiktoken from now on, if it is installed; same tokens, faster."""
+        try:
+            import tiktoken
+        except ImportError:
+            return False
+        ranks = {
+            self.decode_bytes([i]): i
+            for t, i in self.encoder.items()
+            if t not in self.special_tokens
+        }
+        self.fast = tiktoken.Encoding(
+            "gpt2_tf2",
+            pat_str=PRETOKENIZE.pattern,
+            mergeable_ranks=ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=len(self.encoder),
+        )
+        return True
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.encoder)
+
+    def _bpe(self, token: str) -> tuple[int, ...]:
+        """Merge one pre-token's characters by rank, lowest rank first, until no pair has a rank."""
+        word = list(token)
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            best = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            merged, i = [], 0
+            while i < len(word):  # merge every occurrence of the best pair, left to right
+                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        return tuple(self.encoder[w] for w in word)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode text, treating special-token spellings as plain text."""
+        if self.fast is not None:
+            return self.fast.encode_ordinary(text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates can't be UTF-8; replace them as tiktoken does.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        tokens: list[int] = []
+        for piece in PRETOKENIZE.findall(text):
+            chars = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            tokens.extend(self._bpe_cached(chars))
+        return tokens
+
+    def encode(self, text: str, allowed_special: set[str] | str = ()) -> list[int]:
+        """Encode text to token ids.
+
+        Args:
+          text: the text.
+          allowed_special: special tokens (e.g. {"<|endoftext|>"}, or "all") whose spelling in
+            the text becomes the special token id; by default they are ordinary text, as tiktoken's
+            `encode_ordinary`.
+        """
+        if allowed_special == "all":
+            allowed_special = set(self.special_tokens)
+        allowed = [s for s in allowed_special if s in self.special_tokens]
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"unknown special token(s): {sorted(unknown)}")
+        if not allowed:
+            return self.encode_ordinary(text)
+        splitter = regex.compile("(" + "|".join(regex.escape(s) for s in allowed) + ")")
+        tokens: list[int] = []
+        for i, part in enumerate(splitter.split(text)):
+            if i % 2:
+                tokens.append(self.special_tokens[part])
+            elif part:
+                tokens.extend(self.encode_ordinary(part))
+        return tokens
+
+    def decode_bytes(self, tokens) -> bytes:
+        return bytes(self.byte_decoder[c] for t in tokens for c in self.decoder[int(t)])
+
+    def decode(self, tokens) -> str:
+        return self.decode_bytes(tokens).decode("utf-8", errors=self.errors)
+
+
+def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    for path in (encoder_path, bpe_path):
+        if not os.path.isfile(path):
+            raise UserError(
+                f"{path}: not found (a model directory needs encoder.json and vocab.bpe)"
+            )
+    try:
+        with open(encoder_path, encoding="utf-8") as f:
+            encoder = json.load(f)
+        with open(bpe_path, encoding="utf-8") as f:
+            bpe_lines = f.read().split("\n")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{encoder_path} or {bpe_path}: unreadable ({e})") from None
+    # vocab.bpe: a '#version' header line, one 'first second' merge per line, a trailing newline.
+    if bpe_lines and bpe_lines[0].startswith("#version"):
+        bpe_lines = bpe_lines[1:]
+    merges = []
+    for n, line in enumerate(bpe_lines, start=2):
+        if not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise UserError(f"{bpe_path}:{n}: expected two symbols per merge, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return encoder, merges
+
+
+def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], source: str) -> None:
+    """Vocabulary size and merge count must agree: 256 bytes + one token per merge + specials."""
+    if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
+        raise UserError(f"{source}: encoder.json ids must be 0..N-1, each once")
+    specials = 1 if ENDOFTEXT in encoder else 0
+    if len(encoder) != 256 + len(merges) + specials:
+        raise UserError(
+            f"{source}: encoder.json has {len(encoder)} tokens but vocab.bpe has {len(merges)} "
+            f"merges (expected {256 + len(merges) + specials} tokens); the files don't match"
+        )
+    missing = [c for c in bytes_to_unicode().values() if c not in encoder]
+    if missing:
+        raise UserError(f"{source}: encoder.json lacks byte symbol(s) {missing[:5]}")
+
+
+def vocabulary_files(model_dir: str) -> dict[str, str]:
+    """The files of the vocabulary a model directory holds, by name: what a copy of the model
+    (a run directory, an export) must carry beside its weights."""
+    return {name: os.path.join(model_dir, name) for name in VOCAB_FILES}
+
+
+def load_encoder(model_dir: str, fast: bool = True) -> Encoder:
+    """The encoder stored in a model directory (encoder.json + vocab.bpe).
+
+    With `fast` and GPT-2's own vocabulary files (checked by hash), tiktoken does the encoding
+    when it is installed.
+    """
+    paths = tuple(vocabulary_files(model_dir).values())
+    # The same files are read once per process (the command line looks at a model before it
+    # loads it): the cache key holds each file's size and modification time.
+    return _load_encoder(paths, fast, tuple(_stamp(p) for p in paths), model_dir)
+
+
+def _stamp(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(paths: tuple[str, str], fast: bool, stamps, model_dir: str) -> Encoder:
+    encoder, merges = _read_vocab(*paths)
+    check_vocabulary(encoder, merges, model_dir)
+    enc = Encoder(encoder=encoder, bpe_merges=merges)
+    if fast and tuple(_sha256(p) for p in paths) == GPT2_VOCAB_SHA256:
+        enc.use_tiktoken()
+    return enc
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def get_encoder(model_name: str, models_dir: str = "models") -> Encoder:
+    """The original API: the encoder of `models_dir/model_name`."""
+    return load_encoder(os.path.join(models_dir, model_name))
