@@ -1,0 +1,113 @@
+"""Our speed at two git revisions, measured interleaved on this machine, as a table in docs/.
+
+A change to a hot path is judged by this: sampling (greedy, and with temperature/top-k/top-p) at
+batch 1 and 8, the first call of a fresh process, and one 1 x 1024 training step at 124M, each
+measured in a fresh process by the revision's own bench scripts, the two revisions alternating
+(A B B A ...) because this machine drifts 10-20% from minute to minute. Ratios are medians of
+the rounds, HEAD over BASE.
+
+    python bench/compare_revisions.py --base 4197a59 [--rounds 3] [--out docs/FILE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEASURES = {  # name: (script, arguments, which rows and fields to read)
+    "sampling": ("sample_speed.py", ["--child", "ours", "--batches", "1,8", "--repeats", "5"]),
+    "sampling+settings": (
+        "sample_speed.py",
+        ["--child", "ours", "--batches", "1,8", "--repeats", "5", "--settings"],
+    ),
+    "training": ("train_speed.py", ["--child", "ours", "--size", "124M", "--steps", "3"]),
+}
+
+
+def measure(tree: str, name: str) -> dict[str, float]:
+    """{metric: value} from one fresh process of `tree`'s own bench script."""
+    script, args = MEASURES[name]
+    env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, os.path.join(tree, "bench", script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not rows:
+        raise SystemExit(f"{tree} {name}: {out.stderr.strip().splitlines()[-1:]}")
+    found = {}
+    for row in rows:
+        if name == "training":
+            found["training 1 x 1024, tokens/s"] = row["tok_s"]
+            continue
+        found[f"{name} batch {row['batch']}, tokens/s"] = row["tok_s"]
+        if row.get("first_call_of_process") and name == "sampling":
+            found["first call (s, lower is better)"] = row["first_s"]
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", required=True, help="the revision to compare HEAD with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="docs/speed-before-after.md")
+    args = parser.parse_args()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    results: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        base_tree = os.path.join(scratch, "base")
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", base_tree, args.base],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            for r in range(args.rounds):
+                order = [("base", base_tree), ("head", ROOT)]
+                for which, tree in order if r % 2 == 0 else order[::-1]:
+                    for name in MEASURES:
+                        for metric, value in measure(tree, name).items():
+                            results[which].setdefault(metric, []).append(value)
+                            print(f"round {r + 1} {which} {metric}: {value:.2f}", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=ROOT)
+    write_table(args, head, results)
+
+
+def write_table(args, head: str, results) -> None:
+    lines = [
+        f"# Speed: {head} against {args.base}",
+        "",
+        f"Written by `bench/compare_revisions.py --base {args.base} --rounds {args.rounds}`: "
+        "random weights in the 124M shape, 16-token prompt, 128 new tokens; training one "
+        "1 x 1024 step with Adam. Each number is the median of the rounds, the two revisions "
+        "measured alternately in fresh processes on this machine (2 cores, no GPU).",
+        "",
+        f"| measure | {args.base} | {head} | {head} / {args.base} |",
+        "|---|---|---|---|",
+    ]
+    for metric, base_values in results["base"].items():
+        b, h = statistics.median(base_values), statistics.median(results["head"][metric])
+        lines.append(f"| {metric} | {b:.2f} | {h:.2f} | {h / b:.3f} |")
+    lines += ["", "Every round, in order (base, head):", ""]
+    for metric, base_values in results["base"].items():
+        pairs = ", ".join(f"{b:.1f}/{h:.1f}" for b, h in zip(base_values, results["head"][metric]))
+        lines.append(f"- {metric}: {pairs}")
+    with open(os.path.join(ROOT, args.out), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
