@@ -155,7 +155,7 @@ def test_mixed_precision_step_close_to_float32(precision, tolerance):
 
 
 def test_fp16_loss_scale_skips_overflow_and_halves():
-    from gpt2_tf2.training import INITIAL_LOSS_SCALE
+    from gpt2_tf2.training.step import INITIAL_LOSS_SCALE
 
     model = GPT2(HP, seed=1, compute_dtype=tf.float16)
     trainer = Trainer(model, TrainConfig(learning_rate=1e-2, mixed_precision="fp16"))

@@ -6,7 +6,14 @@ a config (`session.py`)."""
 
 def __getattr__(name):
     # The names of the former `gpt2_tf2.training` module, imported on first use (TensorFlow).
-    if name in ("COMPUTE_DTYPES", "Trainer", "learning_rate", "lm_loss", "add_noise"):
+    if name in (
+        "COMPUTE_DTYPES",
+        "INITIAL_LOSS_SCALE",
+        "Trainer",
+        "learning_rate",
+        "lm_loss",
+        "add_noise",
+    ):
         from gpt2_tf2.training import step
 
         return getattr(step, name)
