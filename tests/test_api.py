@@ -214,3 +214,14 @@ def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
 def test_unknown_dtype(tiny_model_dir):
     with pytest.raises(UserError, match="dtype must be one of float32, float16, bfloat16"):
         gpt2_tf2.load(tiny_model_dir, dtype="int8")
+
+
+def test_one_model_serves_plain_and_compiled_loops(tiny_model_dir):
+    """A model decoded first in a plain graph, then under XLA, with the same shapes (its traced
+    block must not carry the plain graph's kernels into the compiled loop), and the reverse."""
+    for first_xla in (False, True):
+        lm = gpt2_tf2.load(tiny_model_dir)  # a fresh model: its block has no traces yet
+        plain = LanguageModel(lm.hparams, lm.encoder, lm.model, xla=False)
+        runs = [plain, lm] if not first_xla else [lm, plain]
+        out = [next(m.generate_tokens([464, 2068], length=5, temperature=0)) for m in runs]
+        assert out[0] == out[1]

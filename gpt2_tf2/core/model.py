@@ -16,7 +16,7 @@ import math
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.kernels import add_bias, shape_list, update_slice
+from gpt2_tf2.core.kernels import add_bias, in_xla, shape_list, update_slice
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
 
@@ -229,7 +229,16 @@ class GPT2(tf.Module):
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
         shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
-        self._shared_block = tf.function(shared, autograph=False)
+
+        def shared_block(h, params, cache, pos, cpu_matvec, xla):
+            # `xla` (whether the caller is being compiled) only keys the trace: a trace made in
+            # a plain graph picks the non-XLA kernels and must not be reused under XLA, where
+            # they do not compile (and the other way round); tf.function's cache alone mixed
+            # them when one model served both kinds of decoding loop.
+            del xla
+            return shared(h, params, cache, pos, cpu_matvec=cpu_matvec)
+
+        self._shared_block = tf.function(shared_block, autograph=False)
         self.ln_f = LayerNorm(
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )
@@ -271,6 +280,8 @@ class GPT2(tf.Module):
         # Read wte densely once per call: after a sparse read (gather), later dense reads of the
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
         # at M=1).
+        if not tf.is_tensor(tokens):  # NumPy arrays and lists of ints, as Keras users pass them
+            tokens = tf.constant(tokens, tf.int32)
         wte = weights["wte"] if weights else tf.convert_to_tensor(self.wte)  # [vocab, embd]
         cpu_matvec = bool(weights and weights.get("cpu_matvec"))
         seq = shape_list(tokens)[1]
@@ -287,7 +298,7 @@ class GPT2(tf.Module):
                     params = weights["h"][i]
                 else:
                     params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
-                h, layer_cache = self._shared_block(h, params, cache[i], pos, cpu_matvec=cpu_matvec)
+                h, layer_cache = self._shared_block(h, params, cache[i], pos, cpu_matvec, in_xla())
                 new_cache.append(layer_cache)
             else:
                 h, layer_cache = layer(h, None if cache is None else cache[i], pos)
