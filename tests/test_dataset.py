@@ -62,7 +62,7 @@ def test_bad_inputs(enc, tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_dataset(enc, str(tmp_path / "missing*.txt"))
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match="not an .npz archive"):
         load_npz(str(tmp_path / "bad.npz"))
 
 

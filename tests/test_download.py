@@ -1,9 +1,12 @@
 """The downloader against a local HTTP server on 127.0.0.1 serving a generated release."""
 
+import base64
 import filecmp
+import hashlib
 import http.server
 import os
 import re
+import shutil
 import threading
 import time
 
@@ -22,8 +25,11 @@ class Release(http.server.ThreadingHTTPServer):
     def __init__(self, root):
         super().__init__(("127.0.0.1", 0), Handler)
         self.root = root
-        self.faults = {}  # file name -> "cut" | "stall" | "short" | "404", used once
-        self.requests = []  # (path, Range header)
+        # file name -> "cut" | "stall" | "short" | "404" | "no-length", used once
+        self.faults = {}
+        self.requests = []  # (path, Range header) of each GET
+        self.heads = []  # path of each HEAD
+        self.md5 = True  # send Content-MD5, as Azure blob storage does
 
     @property
     def url(self):
@@ -33,6 +39,19 @@ class Release(http.server.ThreadingHTTPServer):
 class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+    def do_HEAD(self):
+        self.server.heads.append(self.path)
+        path = os.path.join(self.server.root, self.path.rsplit("/", 1)[-1])
+        if not self.path.startswith("/124M/") or not os.path.exists(path):
+            self.send_error(404)
+            return
+        data = open(path, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        if self.server.md5:
+            self.send_header("Content-MD5", base64.b64encode(hashlib.md5(data).digest()).decode())
+        self.end_headers()
 
     def do_GET(self):
         server = self.server
@@ -53,8 +72,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if fault != "no-length":
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if fault == "no-length":
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         if fault in ("cut", "short"):
             self.wfile.write(body[: len(body) // 2])  # then close: the client sees a short body
             self.wfile.flush()
@@ -92,7 +116,41 @@ def test_full_download_then_skip(server, tiny_model_dir, tmp_path):
     count = len(server.requests)
     assert count == len(FILES)
     download_model("117M", str(tmp_path), url=server.url, progress=False)  # alias, same release
-    assert len(server.requests) == count  # complete files are skipped without a request
+    assert len(server.requests) == count  # complete files are skipped: a HEAD each, no GET
+    assert len(server.heads) == 2 * len(FILES)
+
+
+def test_a_short_body_without_length_is_not_kept(server, tiny_model_dir, tmp_path):
+    """Without Content-Length the size from the HEAD request tells a cut body."""
+    server.faults[DATA] = "no-length"
+    with pytest.raises(UserError, match=r"got \d+ of \d+ bytes"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not (tmp_path / "124M" / DATA).exists()
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)
+
+
+def test_wrong_files_are_caught_and_fetched_again(server, tiny_model_dir, tmp_path):
+    """A garbage .part prefix fails the MD5; a file of the wrong size already there is fetched
+    again; --verify re-checks the MD5 of files that are there."""
+    model_dir = tmp_path / "124M"
+    model_dir.mkdir()
+    (model_dir / (DATA + ".part")).write_bytes(b"\xff" * 100)  # not a prefix of the real file
+    with pytest.raises(UserError, match="MD5 is not the server's"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not (model_dir / DATA).exists() and not (model_dir / (DATA + ".part")).exists()
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert same_as_release(str(model_dir), tiny_model_dir)
+    (model_dir / "vocab.bpe").write_text("short")
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert same_as_release(str(model_dir), tiny_model_dir)
+    data = bytearray((model_dir / DATA).read_bytes())
+    data[10] ^= 0xFF  # same size, other bytes: only the MD5 tells
+    (model_dir / DATA).write_bytes(bytes(data))
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not same_as_release(str(model_dir), tiny_model_dir)  # size alone: kept
+    download_model("124M", str(tmp_path), url=server.url, progress=False, verify=True)
+    assert same_as_release(str(model_dir), tiny_model_dir)
 
 
 def test_resume_after_cut(server, tiny_model_dir, tmp_path):
@@ -206,3 +264,13 @@ def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch)
     assert r.returncode == 0, r.stderr
     assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
+
+
+def test_a_release_lacking_its_meta_graph_fetches_just_that(server, tiny_model_dir, tmp_path):
+    shutil.copytree(tiny_model_dir, tmp_path / "124M")
+    os.remove(tmp_path / "124M" / "model.ckpt.meta")
+    env = {"GPT2_TF2_BASE_URL": server.url}
+    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "2"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert "lacks model.ckpt.meta: fetching" in r.stderr and "downloading it" not in r.stderr
+    assert [p for p, _ in server.requests] == ["/124M/model.ckpt.meta"]

@@ -172,6 +172,34 @@ def test_resume_after_kill_9(work, tiny_model_dir, straight):
     assert_same_run(work, "killed", straight)
 
 
+def test_kills_at_random_moments(work, tiny_model_dir, straight):
+    """Fault test: kill -9 at random moments of a run that saves every step (so many land in a
+    save), several times over. After each kill the newest checkpoint loads; the run resumed to
+    the end equals the uninterrupted one, and no temporary file is left in the run."""
+    rng = np.random.default_rng(2026)
+    run_dir = work / "ckpt" / "faults"
+    for trial in range(4):
+        proc = popen(train_args(work, tiny_model_dir, "faults", "--save_every", "1"), cwd=work)
+        started = time.time()
+
+        def stepped(started=started):  # this process has logged a step
+            log = run_dir / "log.tsv"
+            return log.exists() and log.stat().st_mtime > started
+
+        assert wait_for(stepped, proc), trial
+        time.sleep(float(rng.uniform(0.0, 1.0)))
+        proc.kill()
+        proc.communicate()
+        newest = tf.train.latest_checkpoint(str(run_dir))
+        if newest is not None:  # what a kill leaves is always loadable
+            tf.train.load_checkpoint(newest).get_variable_to_shape_map()
+    r = run_cli(train_args(work, tiny_model_dir, "faults", "--save_every", "0"), cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert_same_run(work, "faults", straight)
+    leftovers = [p.name for p in run_dir.iterdir() if "_temp" in p.name or ".tmp" in p.name]
+    assert leftovers == []
+
+
 def test_sigint_saves(work, tiny_model_dir):
     proc = popen(
         train_args(work, tiny_model_dir, "int", "--save_every", "0", steps=10**6), cwd=work
@@ -253,7 +281,7 @@ def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
         + ["--out", str(out)]
     )
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(out)) == sorted(FILES)
+    assert sorted(os.listdir(out)) == sorted([*FILES, ".gpt2_tf2.json"])
     assert greedy("--model_name", str(out)) == from_run
     score = run_cli(
         ["-m", "gpt2_tf2.score", str(work / "data.txt"), "--model_name", str(out), "--json"]
@@ -432,21 +460,37 @@ def test_restore_from_path_and_fresh(work, tiny_model_dir):
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stderr and "at step 3" in r.stderr
     assert sorted(logged_steps(work, "dst")) == [4, 5]
-    # fresh: the base model again, from step 0, in a run that has checkpoints.
-    r = run_cli(
-        [
-            "-m",
-            "gpt2_tf2.train",
-            *common,
-            "--run_name",
-            "src",
-            "--steps",
-            "1",
-            "--restore_from",
-            "fresh",
-        ],
-        cwd=work,
-    )
+    # fresh on a run that has checkpoints: refused, nothing touched (it used to delete them).
+    fresh = ["-m", "gpt2_tf2.train", *common, "--run_name", "src", "--steps", "1"]
+    kept = sorted(os.listdir(work / "ckpt" / "src"))
+    r = run_cli([*fresh, "--restore_from", "fresh"], cwd=work)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "already holds this run's checkpoints (newest: ckpt-3)" in r.stderr
+    assert "--overwrite" in r.stderr and sorted(os.listdir(work / "ckpt" / "src")) == kept
+    # Asked for: the base model again, from step 0; the old checkpoints and log are gone.
+    r = run_cli([*fresh, "--restore_from", "fresh", "--overwrite"], cwd=work)
     assert r.returncode == 0, r.stderr
     assert "starting from" in r.stderr
     assert tf.train.latest_checkpoint(str(work / "ckpt" / "src")).endswith("ckpt-1")
+    assert not list((work / "ckpt" / "src").glob("ckpt-3*"))
+    assert sorted(logged_steps(work, "src")) == [1]
+    # At the step limit already: said, and non-zero.
+    r = run_cli(fresh, cwd=work)
+    assert r.returncode == 2 and "already at step 1" in r.stderr, r.stderr
+
+
+def test_two_trainers_on_one_run(work, tiny_model_dir):
+    """The second gets one line naming the first's PID; the first is not disturbed."""
+    args = train_args(work, tiny_model_dir, "locked", "--save_every", "0", steps=100000)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    first = subprocess.Popen([sys.executable, *args], cwd=work, env=env, **quiet)
+    try:
+        assert wait_for(lambda: (work / "ckpt" / "locked" / "log.tsv").exists(), first)
+        r = run_cli(args, cwd=work)
+        assert r.returncode == 2, r.stderr
+        assert f"in use by another trainer (process {first.pid})" in r.stderr
+    finally:
+        first.terminate()
+        first.wait(60)
+    assert first.returncode == 128 + signal.SIGTERM

@@ -46,12 +46,20 @@ def encode(
     out_npz = str(out_npz)
     if not out_npz.endswith(".npz"):
         raise UserError(f"{out_npz}: the output name must end in .npz")
+    if os.path.isdir(out_npz):
+        raise UserError(f"{out_npz}: is a directory; name the .npz file to write")
+    try:  # before the corpus is read: where it goes must be writable
+        os.makedirs(os.path.dirname(os.path.abspath(out_npz)), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out_npz}: cannot write ({e.strerror})") from None
     enc = load_encoder(resolve_model_dir(str(model_name), str(models_dir)))
     chunks = dataset.load_dataset(enc, str(in_text), combine, str(encoding), errors, progress=True)
-    os.makedirs(os.path.dirname(os.path.abspath(out_npz)), exist_ok=True)
     dataset.save_npz(chunks, out_npz)
     print(f"wrote {out_npz}: {sum(len(c) for c in chunks)} tokens in {len(chunks)} chunks")
     return None
+
+
+encode.positional = ("in_text", "out_npz")  # what the command takes by position (cli/flags.py)
 
 
 def main(argv=None):

@@ -7,14 +7,16 @@ from gpt2_tf2.errors import UserError
 
 
 def export(run_name=None, out=None, checkpoint_dir="checkpoint", verbose=False):
-    """Write a run's newest weights in OpenAI's layout (the seven files), atomically.
+    """Write a run's newest weights in OpenAI's layout (the seven files), each file atomically.
 
     The directory is read by `sample`, `score`, `gpt2_tf2.load` and any tool that reads OpenAI's
     released models.
 
     Args:
       run_name: the run to export (checkpoint_dir/run_name).
-      out: the model directory to write; replaced whole if it exists.
+      out: the model directory to write: a new or empty directory, or one an earlier export
+        wrote (its files are replaced one by one); anything else there is refused, never
+        deleted.
       checkpoint_dir: where run directories live.
       verbose: show TensorFlow's log messages.
     """
@@ -26,6 +28,9 @@ def export(run_name=None, out=None, checkpoint_dir="checkpoint", verbose=False):
     source = runs.export(str(run_name), str(out), str(checkpoint_dir))
     print(f"exported {source} to {out}")
     return None
+
+
+export.positional = ()  # what the command takes by position (cli/flags.py)
 
 
 def main(argv=None):

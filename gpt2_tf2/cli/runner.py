@@ -14,6 +14,8 @@ import re
 import sys
 import tempfile
 
+from gpt2_tf2.cli import flags
+
 # Flags without a default string that still take text or a path, never a number or a list.
 # Flags whose default is a string are text too; flags whose default is a bool are switches.
 TEXT_FLAGS = {
@@ -201,11 +203,14 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     if "--verbose" not in argv:
         configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
-    argv = _positional_strings(_keep_strings(argv, texts), switches)
+    name = name or fn.__name__
     if "--help" in argv or "-h" in argv:
-        sys.stderr = sys.stdout  # fire may print help to stderr; help is output, so stdout
+        print(flags.help_text(fn, name))  # not fire's: no pager, no internal attributes
+        sys.exit(0)
     try:
-        fire.Fire(fn, command=argv, name=name or fn.__name__)
+        flags.check_argv(fn, argv, switches)
+        argv = _positional_strings(_keep_strings(argv, texts), switches)
+        fire.Fire(fn, command=argv, name=name)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

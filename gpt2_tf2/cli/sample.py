@@ -147,6 +147,7 @@ def interact(lm, settings: dict, nsamples: int) -> None:
 
 
 sample.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+sample.positional = ()  # a prompt is --prompt; a bare word is refused, not taken as a model
 
 
 def main(argv=None):

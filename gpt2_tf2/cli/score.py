@@ -50,7 +50,7 @@ def score(
     tokens = lm.encoder.encode(text)
     if not tokens:
         raise UserError(f"{file}: no text to score")
-    total, count = lm.score_tokens(tokens)
+    total, count = lm.score_tokens(tokens, progress=True)
     mean = total / count
     result = {
         "file": str(file),
@@ -66,6 +66,9 @@ def score(
             f"perplexity: {result['perplexity']:.4f}"
         )
     return None
+
+
+score.positional = ("file",)  # what the command takes by position (cli/flags.py)
 
 
 def main(argv=None):

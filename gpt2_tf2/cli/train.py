@@ -88,6 +88,7 @@ def _signature_and_help():
 
 train.__signature__, train.__doc__ = _signature_and_help()
 train.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+train.positional = ()
 
 
 def main(argv=None):

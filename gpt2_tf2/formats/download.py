@@ -8,10 +8,14 @@ to its final name, so a file under its final name is always complete.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import errno
+import hashlib
 import http.client
 import os
 import socket
+import sys
 import urllib.error
 import urllib.request
 
@@ -37,8 +41,11 @@ def base_url(explicit: str | None = None) -> str:
     return (explicit or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
 
 
-def _open(url: str, offset: int, timeout: float):
-    request = urllib.request.Request(url, headers={"User-Agent": "gpt2_tf2"})
+def _open(url: str, offset: int, timeout: float, method: str = "GET"):
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "gpt2_tf2"}, method=method)
+    except ValueError:
+        raise UserError(f"{url}: not a URL; give --base_url as http(s)://host/path") from None
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
@@ -46,16 +53,66 @@ def _open(url: str, offset: int, timeout: float):
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # our partial file is not a prefix of theirs: start over
             return None
+        if e.code in (405, 501) and method == "HEAD":  # a server without HEAD: nothing known
+            return None
         raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, socket.timeout, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise UserError(
+                f"{url}: no answer in {timeout:g} s; check the network or --base_url, or raise "
+                f"--timeout"
+            ) from None
         raise UserError(
             f"{url}: cannot connect ({reason}); check the network or --base_url"
         ) from None
 
 
-def fetch_file(url: str, dest: str, timeout: float = 60.0, progress: bool = True) -> None:
-    """Download `url` to `dest` via `dest.part`, resuming a partial download."""
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """What the server says of a file before it is fetched (a HEAD request)."""
+
+    size: int | None = None
+    md5: bytes | None = None  # Content-MD5, as Azure blob storage sends for OpenAI's releases
+
+    @classmethod
+    def of(cls, url: str, timeout: float) -> Remote:
+        response = _open(url, 0, timeout, method="HEAD")
+        if response is None:
+            return cls()
+        with response:
+            length = response.headers.get("Content-Length")
+            md5 = response.headers.get("Content-MD5")
+        try:
+            digest = base64.b64decode(md5, validate=True) if md5 else None
+        except ValueError:
+            digest = None
+        size = int(length) if length and length.isdigit() else None
+        return cls(size, digest if digest and len(digest) == 16 else None)
+
+    def mismatch(self, path: str, checksum: bool) -> str | None:
+        """Why the file at `path` is not this one (size, or MD5 when `checksum`), or None."""
+        size = os.path.getsize(path)
+        if self.size is not None and size != self.size:
+            return f"{size} bytes, the server has {self.size}"
+        if checksum and self.md5 is not None and _md5(path) != self.md5:
+            return "its MD5 differs from the server's"
+        return None
+
+
+def _md5(path: str) -> bytes:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def fetch_file(
+    url: str, dest: str, timeout: float = 60.0, progress: bool = True, remote: Remote = Remote()
+) -> None:
+    """Download `url` to `dest` via `dest.part`, resuming a partial download; the file gets its
+    final name only once its size (and MD5, when the server sent one) are the server's."""
     from tqdm import tqdm
 
     part = dest + ".part"
@@ -69,7 +126,7 @@ def fetch_file(url: str, dest: str, timeout: float = 60.0, progress: bool = True
         if offset and response.status != 206:  # the server ignored the Range: start over
             offset = 0
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+        total = offset + int(length) if length is not None else remote.size
         mode = "ab" if offset else "wb"
         bar = tqdm(
             total=total,
@@ -109,6 +166,9 @@ def fetch_file(url: str, dest: str, timeout: float = 60.0, progress: bool = True
     size = os.path.getsize(part)
     if total is not None and size != total:
         raise UserError(f"{url}: got {size} of {total} bytes; run the command again to resume")
+    if remote.mismatch(part, checksum=True):
+        os.remove(part)  # a resumed part that was not a prefix of the server's file
+        raise UserError(f"{url}: the file's MD5 is not the server's; run the command again")
     os.replace(part, dest)
 
 
@@ -118,8 +178,10 @@ def download_model(
     url: str | None = None,
     timeout: float = 60.0,
     progress: bool = True,
+    verify: bool = False,
 ) -> str:
-    """Download one release into `models_dir/NAME`; complete files are skipped. Returns the dir."""
+    """Download one release into `models_dir/NAME`. A file already there is kept when its size
+    is the server's (and, with `verify`, its MD5); else it is fetched again. Returns the dir."""
     release = canonical_name(str(model_name))
     if release is None:
         names = ", ".join(list(PRESETS) + list(ALIASES))
@@ -127,8 +189,14 @@ def download_model(
     model_dir = os.path.join(models_dir, release)
     os.makedirs(model_dir, exist_ok=True)
     for fname in FILES:
-        dest = os.path.join(model_dir, fname)
+        dest, file_url = os.path.join(model_dir, fname), f"{base_url(url)}/{release}/{fname}"
+        remote = Remote.of(file_url, timeout)
         if os.path.exists(dest):
-            continue
-        fetch_file(f"{base_url(url)}/{release}/{fname}", dest, timeout, progress)
+            wrong = remote.mismatch(dest, checksum=verify)
+            if wrong is None:
+                continue
+            print(f"{dest}: {wrong}; fetching it again", file=sys.stderr)
+            if os.path.exists(dest + ".part"):
+                os.remove(dest + ".part")  # from scratch; `dest` is replaced once the new is whole
+        fetch_file(file_url, dest, timeout, progress, remote)
     return model_dir

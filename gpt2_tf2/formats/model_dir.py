@@ -132,16 +132,17 @@ def find_model_dir(model_name: str, models_dir: str = "models", download: bool =
     except UserError:
         if not (download and release):
             raise
+        missing = FILES
     else:
         in_models_dir = os.path.dirname(os.path.normpath(model_dir)) == os.path.normpath(models_dir)
-        complete = all(os.path.exists(os.path.join(model_dir, f)) for f in FILES)
-        if complete or not (download and release and in_models_dir):
-            return model_dir
-
-    print(
-        f"{release} is not in {models_dir}/: downloading it (about {APPROX_SIZE[release]})",
-        file=sys.stderr,
-    )
+        missing = [f for f in FILES if not os.path.exists(os.path.join(model_dir, f))]
+        if not missing or not (download and release and in_models_dir):
+            return model_dir  # offline, a directory without model.ckpt.meta still loads
+    if len(missing) == len(FILES):
+        size = APPROX_SIZE[release]
+        print(f"{release} is not in {models_dir}/: downloading it (about {size})", file=sys.stderr)
+    else:
+        print(f"{model_dir} lacks {', '.join(missing)}: fetching", file=sys.stderr)
     return download_model(release, models_dir)
 
 

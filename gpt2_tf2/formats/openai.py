@@ -6,11 +6,12 @@ A release directory holds `checkpoint`, `hparams.json`, `encoder.json`, `vocab.b
 (`download.py`) fetches OpenAI's releases in this layout. `name_table` is the single
 source of truth for those names (a block's own, below `model/hN/`, come from `Block.params()`,
 which the block's maths reads too); loading is strict: every stored variable is used exactly once
-with the right shape. Saving writes the same layout, into a temporary directory renamed into place.
+with the right shape. Saving writes the same layout, and never removes a file it did not write.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -40,10 +41,7 @@ def name_table(model) -> dict[str, tf.Variable]:
 
 def find_checkpoint(model_dir: str) -> str:
     """The checkpoint prefix in a model directory: what `checkpoint` names, else `model.ckpt`."""
-    try:
-        prefix = tf.train.latest_checkpoint(model_dir)
-    except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"{model_dir}/checkpoint: unreadable ({_first_line(e)})") from None
+    prefix = named_checkpoint(model_dir)
     if prefix is None and os.path.exists(os.path.join(model_dir, CKPT_NAME + ".index")):
         prefix = os.path.join(model_dir, CKPT_NAME)
     if prefix is None:
@@ -52,6 +50,20 @@ def find_checkpoint(model_dir: str) -> str:
             f"{CKPT_NAME}.data-00000-of-00001 named by a 'checkpoint' file)"
         )
     return prefix
+
+
+def named_checkpoint(directory: str) -> str | None:
+    """The prefix the directory's `checkpoint` file names, if its index file is there.
+
+    Read with `get_checkpoint_state`, not `tf.train.latest_checkpoint`, which logs a TensorFlow
+    `ERROR:` line of its own when the named files are missing.
+    """
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"{directory}/checkpoint: unreadable ({_first_line(e)})") from None
+    prefix = state.model_checkpoint_path if state is not None else ""
+    return prefix if prefix and os.path.exists(prefix + ".index") else None
 
 
 def _first_line(e: Exception) -> str:
@@ -129,54 +141,119 @@ def _write_meta_graph(table: dict[str, tf.Variable], path: str) -> None:
         saver.export_meta_graph(path)
 
 
+# Which files of a model directory gpt2_tf2 wrote: only those may be replaced by a later export.
+MARKER = ".gpt2_tf2.json"
+TMP_PREFIX = ".gpt2_tf2-tmp-"  # our temporary directories inside a model directory
+
+
+def check_target(out_dir: str) -> None:
+    """Refuse a target that holds anything this package did not write (one line saying what).
+
+    A new or empty directory is fine, and so is one written by `write_model_dir` before: its
+    marker lists the files it wrote, and nothing else may be there.
+    """
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir}: exists and is not a directory; choose a new --out")
+    entries = sorted(e for e in os.listdir(out_dir) if not e.startswith(TMP_PREFIX))
+    ours = set(_written_by_us(out_dir))
+    foreign = [e for e in entries if e != MARKER and e not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise UserError(
+            f"{out_dir}: not empty and not a model directory written by gpt2_tf2 (it holds "
+            f"{shown}); nothing was changed: choose a new or empty directory for --out"
+        )
+
+
+def _written_by_us(out_dir: str) -> list[str]:
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Temporary directories a killed export left inside `out_dir` (ours by their prefix)."""
+    for entry in os.listdir(out_dir):
+        path = os.path.join(out_dir, entry)
+        if entry.startswith(TMP_PREFIX) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.startswith(TMP_PREFIX):
+            os.remove(path)
+
+
 def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_dir: str) -> None:
-    """Write `model` as an OpenAI-layout model directory, atomically.
+    """Write `model` as an OpenAI-layout model directory; never removes what it did not write.
+
+    `out_dir` must be new, empty, or a model directory written here before (`check_target`).
+    Every file is written to a temporary directory inside it first, then moved into place one
+    by one with an atomic rename, the `checkpoint` index last: a reader sees each file whole,
+    and a failure before the moves leaves the earlier files as they were.
 
     Args:
       model: a `GPT2`.
       hparams: its hyperparameters (written as hparams.json).
       vocab_files: the vocabulary's files by name ({"encoder.json": path, "vocab.bpe": path},
         `tokenizer.vocabulary_files(model_dir)`) to copy beside the weights.
-      out_dir: the directory to create or replace; it appears complete or not at all.
+      out_dir: the directory to write.
     """
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    check_target(out_dir)
+    created = not os.path.exists(out_dir)
     try:
-        table = name_table(model)
-        names = sorted(table)
-        tf.raw_ops.SaveV2(
-            prefix=os.path.join(tmp, CKPT_NAME),
-            tensor_names=names,
-            shape_and_slices=[""] * len(names),
-            tensors=[tf.convert_to_tensor(table[n]) for n in names],
-        )
-        _write_meta_graph(table, os.path.join(tmp, CKPT_NAME + ".meta"))
-        with open(os.path.join(tmp, "checkpoint"), "w", encoding="utf-8") as f:
-            f.write(
-                f'model_checkpoint_path: "{CKPT_NAME}"\nall_model_checkpoint_paths: "{CKPT_NAME}"\n'
-            )
-        save_hparams(hparams, os.path.join(tmp, "hparams.json"))
-        for fname, path in vocab_files.items():
-            shutil.copyfile(path, os.path.join(tmp, fname))
-        _replace_dir(tmp, out_dir)
-    except BaseException:
+        os.makedirs(out_dir, exist_ok=True)  # with the usual permissions (0755 under umask 022)
+        _remove_stale_temporaries(out_dir)
+        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot create the directory ({e.strerror})") from None
+    try:
+        names = _write_files(model, hparams, vocab_files, tmp)
+        _write_marker(out_dir, names)  # first: a directory cut short is still known as ours
+        for name in sorted(names, key=lambda n: n == "checkpoint"):  # the index last
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    except (OSError, tf.errors.OpError) as e:
+        message = getattr(e, "strerror", None) or _first_line(e)
+        raise UserError(
+            f"{out_dir}: cannot write the model ({message}); files already there were not "
+            f"replaced; free space or choose another --out"
+        ) from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if created and os.listdir(out_dir) in ([], [MARKER]):
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _replace_dir(new: str, target: str) -> None:
-    """Move `new` to `target`; an existing target is kept aside until the new one is in place."""
-    if not os.path.exists(target):
-        os.replace(new, target)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _write_files(model, hparams: HParams, vocab_files: dict[str, str], directory: str) -> list:
+    """The model directory's files, written into `directory`; returns their names."""
+    table = name_table(model)
+    names = sorted(table)
+    tf.raw_ops.SaveV2(
+        prefix=os.path.join(directory, CKPT_NAME),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.convert_to_tensor(table[n]) for n in names],
+    )
+    _write_meta_graph(table, os.path.join(directory, CKPT_NAME + ".meta"))
+    with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as f:
+        f.write(
+            f'model_checkpoint_path: "{CKPT_NAME}"\nall_model_checkpoint_paths: "{CKPT_NAME}"\n'
+        )
+    save_hparams(hparams, os.path.join(directory, "hparams.json"))
+    for fname, path in vocab_files.items():
+        shutil.copyfile(path, os.path.join(directory, fname))
+    return sorted(os.listdir(directory))
+
+
+def _write_marker(out_dir: str, names: list[str]) -> None:
+    """The marker, written whole (a temporary file renamed into place)."""
+    files = sorted(set(names) | set(_written_by_us(out_dir)))
+    tmp = os.path.join(out_dir, f"{TMP_PREFIX}{MARKER}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"written_by": "gpt2_tf2", "files": files}, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, MARKER))

@@ -13,6 +13,7 @@ import os
 import tensorflow as tf
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.formats.openai import named_checkpoint
 
 
 def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
@@ -22,8 +23,8 @@ def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
 def latest(directory: str) -> str | None:
     """The newest checkpoint prefix the directory's `checkpoint` state file names, or None."""
     try:
-        return tf.train.latest_checkpoint(directory)
-    except (tf.errors.OpError, ValueError):
+        return named_checkpoint(directory)
+    except UserError:
         return None
 
 

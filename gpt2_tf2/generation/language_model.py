@@ -160,12 +160,15 @@ class LanguageModel:
         logits = self.model(tokens[:, :-1])["logits"]
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
 
-    def score_tokens(self, tokens) -> tuple[float, int]:
+    def score_tokens(self, tokens, progress: bool = False) -> tuple[float, int]:
         """(sum of NLL in nats, number of tokens scored).
 
         Each token is predicted from up to n_ctx - 1 earlier ones, in windows of n_ctx advancing
-        by n_ctx // 2, after a leading <|endoftext|>.
+        by n_ctx // 2, after a leading <|endoftext|>. `progress`: a progress bar on stderr for
+        texts of more than one window.
         """
+        from tqdm import tqdm
+
         tokens = list(tokens)
         if not tokens:
             raise UserError("nothing to score: the text encodes to zero tokens")
@@ -176,6 +179,8 @@ class LanguageModel:
         n_ctx, stride = self.hparams.n_ctx, max(1, self.hparams.n_ctx // 2)
         total, counted = 0.0, 0
         scored, end = 1, min(len(ids), n_ctx)  # ids[:scored] are already scored (or context)
+        windows = 1 + -(-max(0, len(ids) - n_ctx) // stride)
+        bar = tqdm(total=windows, unit="window", disable=not progress or windows < 2, leave=False)
         while True:
             start = max(0, end - n_ctx)
             nll = self._token_nll(tf.constant([ids[start:end]], tf.int32)).numpy()[0]
@@ -183,9 +188,11 @@ class LanguageModel:
             total += float(np.sum(part, dtype=np.float64))
             counted += len(part)
             scored = end
+            bar.update(1)
             if end == len(ids):
                 break
             end = min(len(ids), end + stride)
+        bar.close()
         return total, counted
 
     def score(self, text: str) -> float:

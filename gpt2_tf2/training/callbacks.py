@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.training import runs
 from gpt2_tf2.training.loop import Callback
 
 SAMPLE_HEADER = "======== SAMPLE {} ========"
@@ -18,13 +20,24 @@ SAMPLE_HEADER = "======== SAMPLE {} ========"
 class Checkpoint(Callback):
     """Save every `every` steps (0: never) and at the end; a step is saved at most once."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, directory: str, every: int):
-        self.manager, self.directory, self.every = manager, directory, every
+    def __init__(self, manager: tf.train.CheckpointManager, directory: str, every: int, trainer):
+        self.manager, self.directory, self.every, self.trainer = manager, directory, every, trainer
 
     def save(self, step: int) -> None:
-        if self.manager.latest_checkpoint != os.path.join(self.directory, f"ckpt-{step}"):
+        if self.manager.latest_checkpoint == os.path.join(self.directory, f"ckpt-{step}"):
+            return
+        try:
             self.manager.save(checkpoint_number=step)
-            tqdm.write(f"saved {self.directory}/ckpt-{step}")
+        except (OSError, tf.errors.OpError) as e:
+            # TensorFlow writes ckpt-N_temp/ first and names it in the index last: the previous
+            # checkpoint is intact; the partial one is removed so it does not keep the disk full.
+            runs.remove_stale_temporaries(self.directory)
+            raise UserError(
+                f"{self.directory}: cannot save ckpt-{step} ({_reason(e)}); about "
+                f"{_size_mb(self.trainer):.0f} MB needed; the previous checkpoint is intact: "
+                f"free space and run the same command to resume from it"
+            ) from None
+        tqdm.write(f"saved {self.directory}/ckpt-{step}")
 
     def on_step(self, loop, step, metrics):
         if self.every and step % self.every == 0:
@@ -32,6 +45,16 @@ class Checkpoint(Callback):
 
     def on_end(self, loop):
         self.save(loop.step)
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def _size_mb(trainer) -> float:
+    """About what one checkpoint takes: every variable of the trainer (model, optimizer)."""
+    return sum(v.shape.num_elements() * v.dtype.size for v in trainer.variables) / 1e6
 
 
 def scalars(writer, step: int, **values) -> None:
@@ -50,10 +73,12 @@ class Log(Callback):
     """Per step: `log.tsv` (step, loss, learning rate, tokens/s) and TensorBoard scalars in
     `directory/logs`; `scalars()` lets other callbacks add theirs."""
 
-    def __init__(self, directory: str, tokens_per_step: int):
+    def __init__(self, directory: str, tokens_per_step: int, start: int = 0):
         self.tokens_per_step = tokens_per_step
         self.writer = tf.summary.create_file_writer(os.path.join(directory, "logs"))
-        self.tsv = open(os.path.join(directory, "log.tsv"), "a", encoding="utf-8")
+        path = os.path.join(directory, "log.tsv")
+        drop_steps_after(path, start)  # a resumed run redoes the steps after its checkpoint
+        self.tsv = open(path, "a", encoding="utf-8")
 
     def scalars(self, step: int, **values) -> None:
         scalars(self.writer, step, **values)
@@ -68,6 +93,25 @@ class Log(Callback):
     def close(self, loop):
         self.tsv.close()
         self.writer.flush()
+
+
+def drop_steps_after(path: str, step: int) -> None:
+    """Keep the lines of log.tsv up to `step`, rewriting it whole (a temporary file renamed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return
+    kept = [
+        line
+        for line in lines
+        if line.split("\t", 1)[0].isdigit() and int(line.split("\t", 1)[0]) <= step
+    ]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 class Progress(Callback):

@@ -58,6 +58,11 @@ class TrainConfig:
         "or a path: a training checkpoint, a run directory or a model directory.",
     )
     run_name: str = flag("run1", "the run; checkpoints go to checkpoint_dir/run_name.")
+    overwrite: bool = flag(
+        False,
+        "start the run over when --restore_from is not 'latest' and the run already has "
+        "checkpoints: they, run.json and log.tsv are deleted first. Without it that is refused.",
+    )
     sample_every: int = flag(100, "print and save samples every N steps; 0 = never.")
     sample_length: int = flag(1023, "tokens per sample (at most the model's context).")
     sample_num: int = flag(1, "samples each time.")
@@ -130,6 +135,13 @@ class TrainConfig:
         _check(
             self.seed is None or _is_int(self.seed, 0),
             f"--seed must be an integer >= 0, got {self.seed!r}",
+        )
+        _check(
+            self.seed is None or self.seed < 2**63, f"--seed must be below 2**63, got {self.seed}"
+        )
+        _check(
+            isinstance(self.run_name, str) and self.run_name.strip() not in ("", ".", ".."),
+            f"--run_name must name a directory under --checkpoint_dir, got {self.run_name!r}",
         )
 
     def check_sequence_length(self, n_ctx: int) -> int:

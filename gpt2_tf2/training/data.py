@@ -12,6 +12,7 @@ order is a pure function of the step and a resumed run sees exactly the batches 
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 
@@ -60,6 +61,8 @@ def load_dataset(
     from tqdm import tqdm
 
     files = list_files(path)
+    if not files and os.path.isdir(path):
+        raise UserError(f"{path}: the directory contains no text files")
     if not files:
         raise UserError(f"{path}: no such file, directory or glob match")
     eot = encoder.eot_token
@@ -103,6 +106,12 @@ def load_npz(path: str) -> list[np.ndarray]:
         with np.load(path) as npz:
             arrays = [npz[name] for name in npz.files]
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise UserError(
+                    f"{path}: not an .npz archive (a text file named .npz?); rename it to .txt "
+                    f"to train on its text, or encode it with gpt2_tf2.encode"
+                ) from None
         raise UserError(f"{path}: not a readable .npz dataset ({e})") from None
     for a in arrays:
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
@@ -111,10 +120,24 @@ def load_npz(path: str) -> list[np.ndarray]:
 
 
 def save_npz(chunks: list[np.ndarray], out: str) -> None:
-    """nshepperd's format, written to a temporary file and renamed into place."""
+    """nshepperd's format, written to a temporary file and renamed into place; on failure
+    (a full disk) the temporary file is removed and `out` is as it was."""
+    if os.path.isdir(out):
+        raise UserError(f"{out}: is a directory; name the .npz file to write")
     tmp = out + ".tmp.npz"  # np.savez appends .npz to names without it
-    np.savez_compressed(tmp, *chunks)
-    os.replace(tmp, out)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        np.savez_compressed(tmp, *chunks)
+        os.replace(tmp, out)
+    except OSError as e:
+        needed = f"; up to {sum(c.nbytes for c in chunks) / 1e6:.1f} MB needed"
+        full = e.errno == errno.ENOSPC
+        raise UserError(
+            f"{out}: cannot write ({e.strerror or e}){needed if full else ''}"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class Sampler:

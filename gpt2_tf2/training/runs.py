@@ -10,6 +10,8 @@ leaves the newest complete checkpoint loadable.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ import tensorflow as tf
 from gpt2_tf2.core.hparams import HParams, load_hparams, save_hparams
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.formats.openai import write_model_dir
+from gpt2_tf2.formats.openai import check_target, write_model_dir
 from gpt2_tf2.formats.run import latest, locate_run, run_dir  # noqa: F401 (run_dir: the API)
 
 
@@ -44,8 +46,21 @@ def prepare(directory: str, base: formats.ModelDir, info: dict) -> None:
     save_hparams(base.hparams, os.path.join(directory, "hparams.json"))
     for name, path in base.vocabulary_files.items():
         shutil.copyfile(path, os.path.join(directory, name))
-    with open(os.path.join(directory, "run.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+    write_json(os.path.join(directory, "run.json"), info)
+
+
+def write_json(path: str, data) -> None:
+    """Write whole or not at all: a temporary file, flushed to disk, renamed into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def check_hparams(directory: str, hparams: HParams) -> None:
@@ -59,11 +74,87 @@ def check_hparams(directory: str, hparams: HParams) -> None:
 
 
 def read_info(directory: str) -> dict:
+    """run.json of a run that is being resumed: it records the seed of the run's data order."""
+    path = os.path.join(directory, "run.json")
     try:
-        with open(os.path.join(directory, "run.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} is missing; it records the run's seed: pass the run's --seed to resume"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path}: unreadable ({e}); it records the run's seed: pass the run's --seed to resume"
+        ) from None
+    if not isinstance(info, dict) or not isinstance(info.get("seed"), int):
+        raise UserError(f"{path}: no seed recorded; pass the run's --seed to resume")
+    return info
+
+
+class RunLock:
+    """One trainer per run directory: an OS lock (flock) on `DIR/.lock`, which holds the PID of
+    its owner. The OS drops the lock when the process ends, `kill -9` included, so a lock is
+    never stale."""
+
+    def __init__(self, directory: str):
+        self.directory, self.fd = directory, None
+        self.path = os.path.join(directory, ".lock")
+
+    def acquire(self) -> RunLock:
+        self.created = not os.path.isdir(self.directory)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(
+                f"{self.directory}: cannot create the run directory ({e.strerror})"
+            ) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(self.fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(self.fd)
+            raise UserError(
+                f"{self.directory} is in use by another trainer (process {owner}); wait for it "
+                f"to finish, or use another --run_name"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def release(self) -> None:
+        """Unlock; a run directory that holds nothing but the lock (a start that failed on bad
+        input) is removed again when this lock created it."""
+        if self.fd is None:
+            return
+        if self.created and os.listdir(self.directory) == [".lock"]:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """What a trainer killed while saving left behind: TensorFlow's `ckpt-N_temp/` shard
+    directories and our `run.json.tmp-PID` files. Called under the run's lock."""
+    pattern = os.path.join(glob.escape(directory), "")
+    for path in glob.glob(pattern + "ckpt-*_temp*") + glob.glob(pattern + "run.json.tmp-*"):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def discard(directory: str) -> None:
+    """`--overwrite`: remove what a run wrote to be resumed (its checkpoints, their index, the
+    log), and nothing else."""
+    paths = glob.glob(os.path.join(glob.escape(directory), "ckpt-*"))
+    paths += [os.path.join(directory, n) for n in ("checkpoint", "log.tsv", "run.json", "logs")]
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
@@ -74,11 +165,11 @@ def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
             status.assert_consumed()
         else:
             status.expect_partial()
-    except AssertionError as e:
+    except AssertionError:
         raise UserError(
-            f"{path}: does not match this run's model or optimizer ({str(e)[:200]}); "
-            f"use the same --optimizer and --only_train_transformer_layers, or "
-            f"--restore_from fresh"
+            f"{path}: does not match this run's model or optimizer; use the run's "
+            f"--optimizer and --only_train_transformer_layers, or export the run "
+            f"(gpt2_tf2 export) and start a new --run_name from it (--model_name DIR)"
         ) from None
     except (tf.errors.OpError, ValueError) as e:
         raise UserError(f"{path}: cannot restore checkpoint ({str(e).splitlines()[0]})") from None
@@ -106,6 +197,7 @@ def starting_point(restore_from: str, newest: str | None, model_dir: str):
 
 def export(run_name: str, out: str, checkpoint_dir: str = "checkpoint") -> str:
     """Write a run's newest weights as an OpenAI-layout model directory, atomically."""
+    check_target(out)  # before the weights are read
     directory = locate_run(run_name, checkpoint_dir)
     opened, model = formats.load_model_dir(directory)
     write_model_dir(model, opened.hparams, opened.vocabulary_files, out)

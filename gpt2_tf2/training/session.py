@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import sys
 
 from gpt2_tf2.core.model import GPT2
+from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.generation.language_model import LanguageModel
 from gpt2_tf2.training import callbacks, data, runs
 from gpt2_tf2.training.config import TrainConfig
-from gpt2_tf2.training.loop import Loop
+from gpt2_tf2.training.loop import Callback, Loop
 from gpt2_tf2.training.step import COMPUTE_DTYPES, Trainer
 
 
@@ -32,15 +34,26 @@ class Run:
     val_batches: list | None
     lm: LanguageModel  # the trained model, for samples
     seq_len: int
+    lock: runs.RunLock  # held until the loop ends
 
 
-def resolve_seed(cfg: TrainConfig, directory: str) -> TrainConfig:
+def resolve_seed(cfg: TrainConfig, directory: str, resuming: bool) -> TrainConfig:
     """A new run draws a random seed; a resumed run keeps its own (from run.json)."""
     if cfg.seed is not None:
         return cfg
-    info = runs.read_info(directory) if cfg.restore_from == "latest" else {}
-    seed = info.get("seed", int.from_bytes(os.urandom(4), "little") >> 1)
+    seed = runs.read_info(directory)["seed"] if resuming else secrets.randbits(31)
     return dataclasses.replace(cfg, seed=seed)
+
+
+def check_start(cfg: TrainConfig, directory: str, newest: str | None) -> None:
+    """Starting a run over (fresh, or from another checkpoint) must not destroy the one there."""
+    if cfg.restore_from == "latest" or newest is None or cfg.overwrite:
+        return
+    raise UserError(
+        f"{directory} already holds this run's checkpoints (newest: {os.path.basename(newest)}); "
+        f"--restore_from {cfg.restore_from} would start it over and replace them: use a new "
+        f"--run_name, or add --overwrite to discard them"
+    )
 
 
 def load_data(cfg: TrainConfig, base: formats.ModelDir, seq_len: int):
@@ -66,9 +79,22 @@ def load_data(cfg: TrainConfig, base: formats.ModelDir, seq_len: int):
 
 
 def start(cfg: TrainConfig) -> Run:
-    """Everything a run needs, restored to where it starts; says where on stderr."""
+    """Everything a run needs, restored to where it starts; says where on stderr. The run's
+    directory stays locked for this process until the loop ends (`Run.lock`)."""
     directory = runs.run_dir(cfg.run_name, cfg.checkpoint_dir)
-    cfg = resolve_seed(cfg, directory)
+    lock = runs.RunLock(directory).acquire()
+    try:
+        return _start(cfg, directory, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start(cfg: TrainConfig, directory: str, lock: runs.RunLock) -> Run:
+    runs.remove_stale_temporaries(directory)
+    newest = runs.latest(directory)
+    check_start(cfg, directory, newest)
+    cfg = resolve_seed(cfg, directory, resuming=cfg.restore_from == "latest" and newest is not None)
     base_dir = formats.find_model_dir(str(cfg.model_name), str(cfg.models_dir), not cfg.offline)
     base = formats.open_model_dir(base_dir)
     seq_len = cfg.check_sequence_length(base.hparams.n_ctx)
@@ -77,11 +103,14 @@ def start(cfg: TrainConfig) -> Run:
 
     model = GPT2(base.hparams, seed=None, compute_dtype=COMPUTE_DTYPES[cfg.mixed_precision])
     trainer = Trainer(model, cfg)
+    if cfg.overwrite and cfg.restore_from != "latest":
+        runs.discard(directory)  # asked for; the last moment before the run writes
     ckpt, manager = runs.make_manager(trainer, directory)
     source, weights_dir = runs.starting_point(cfg.restore_from, manager.latest_checkpoint, base_dir)
     weights = base if weights_dir == base_dir else formats.open_model_dir(weights_dir)
     if source:
         runs.restore(ckpt, source, strict=True)
+        check_steps_left(cfg, directory, int(trainer.step))
         print(f"resuming from {source} at step {int(trainer.step)}", file=sys.stderr)
     else:
         formats.load_weights(weights, model)
@@ -94,19 +123,28 @@ def start(cfg: TrainConfig) -> Run:
     }
     runs.prepare(directory, weights, info)
     lm = LanguageModel(base.hparams, base.encoder, model)
-    return Run(cfg, directory, trainer, manager, batches, val_batches, lm, seq_len)
+    return Run(cfg, directory, trainer, manager, batches, val_batches, lm, seq_len, lock)
+
+
+def check_steps_left(cfg: TrainConfig, directory: str, step: int) -> None:
+    if cfg.steps is not None and step >= cfg.steps:
+        raise UserError(
+            f"{directory} is already at step {step}, and --steps {cfg.steps} asks for no more; "
+            f"raise --steps to train on"
+        )
 
 
 def loop(run: Run, extra=()) -> Loop:
     """The loop over `run` with today's callbacks (log, progress, checkpoints, validation,
     samples), then `extra` ones."""
     cfg = run.cfg
-    log = callbacks.Log(run.directory, cfg.batch_size * cfg.accumulate_gradients * run.seq_len)
+    tokens_per_step = cfg.batch_size * cfg.accumulate_gradients * run.seq_len
+    log = callbacks.Log(run.directory, tokens_per_step, int(run.trainer.step))
     sample_dir = os.path.join(cfg.sample_dir, cfg.run_name)
     chain = [
         log,
         callbacks.Progress(cfg.steps, int(run.trainer.step)),
-        callbacks.Checkpoint(run.manager, run.directory, cfg.save_every),
+        callbacks.Checkpoint(run.manager, run.directory, cfg.save_every, run.trainer),
         callbacks.Validate(run.trainer, run.val_batches, cfg.val_every, log),
         callbacks.Sample(
             run.lm,
@@ -119,5 +157,16 @@ def loop(run: Run, extra=()) -> Loop:
             cfg.top_p,
         ),
         *extra,
+        Unlock(run.lock),
     ]
     return Loop(run.trainer, run.batches, chain, cfg.steps)
+
+
+class Unlock(Callback):
+    """Releases the run's lock when the loop is over (also after an error)."""
+
+    def __init__(self, lock: runs.RunLock):
+        self.lock = lock
+
+    def close(self, loop):
+        self.lock.release()
