@@ -79,28 +79,27 @@ def thresholds(logits, ranked, k, p):
 
 
 class Truncated(NamedTuple):
-    """What top-k and top-p keep of each row: the logits >= threshold."""
+    """What top-k and top-p keep of each row, found among its top candidates: the logits
+    >= threshold, if `exact`; else `full_threshold` must be asked."""
 
     threshold: tf.Tensor  # [batch, 1]
     values: tf.Tensor  # [batch, n]: the row's n largest logits, descending (the candidates)
     indices: tf.Tensor  # int32 [batch, n]: their token ids
-    exact: tf.Tensor  # bool scalar: every kept logit of every row is a candidate
+    exact: tf.Tensor  # bool scalar: the thresholds lie within the candidates of every row
 
 
 def truncate(logits, settings, candidates: int = CANDIDATES) -> Truncated:
     """Top-k then top-p on (warped) logits [batch, vocab], with at least one of them on."""
     k, p, _ = truncation(logits, settings)
-    n = min(candidates, logits.shape[-1])
-    values, indices = top_k(logits, n)
+    values, indices = top_k(logits, min(candidates, logits.shape[-1]))
     threshold, exact = thresholds(logits, values, k, p)
-
-    def full_threshold():
-        return thresholds(logits, tf.sort(logits, direction="DESCENDING"), k, p)[0]
-
-    threshold = tf.cond(exact, lambda: threshold, full_threshold)
-    # Every survivor is a candidate only if none ties with the threshold just past them.
-    exact &= (n == logits.shape[-1]) | tf.reduce_all(values[:, -1:] < threshold)
     return Truncated(threshold, values, indices, exact)
+
+
+def full_threshold(logits, settings):
+    """Top-k then top-p thresholds [batch, 1] from a sort of the whole row: the fallback."""
+    k, p, _ = truncation(logits, settings)
+    return thresholds(logits, tf.sort(logits, direction="DESCENDING"), k, p)[0]
 
 
 def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATES):
@@ -116,7 +115,12 @@ def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATE
     on = truncation(logits, settings)[2]
 
     def filtered():
-        return mask_below(logits, truncate(logits, settings, candidates).threshold)
+        kept = truncate(logits, settings, candidates)
+
+        def fallback():
+            return full_threshold(logits, settings)
+
+        return mask_below(logits, tf.cond(kept.exact, lambda: kept.threshold, fallback))
 
     return tf.cond(on, filtered, lambda: logits)
 

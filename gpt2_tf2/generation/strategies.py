@@ -14,6 +14,7 @@ from gpt2_tf2.core.kernels import select_column, shape_list
 from gpt2_tf2.generation.processors import (
     CANDIDATES,
     NEG_INF,
+    full_threshold,
     mask_below,
     truncate,
     truncation,
@@ -45,6 +46,10 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES):
 
     def truncated():
         kept = truncate(scaled, settings, candidates)
+        # Every survivor is a candidate only if none ties with the threshold just past them.
+        n = shape_list(kept.values)[1]
+        ties = tf.reduce_any(kept.values[:, -1:] >= kept.threshold)
+        among = kept.exact & ((n == shape_list(logits)[1]) | ~ties)
 
         def among_candidates():
             noise = gumbel_noise(kept.indices, settings.seed, step)
@@ -52,7 +57,10 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES):
             best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
             return select_column(kept.indices, best)
 
-        return tf.cond(kept.exact, among_candidates, lambda: over_all(kept.threshold))
+        def fallback():  # the thresholds from a sort of the whole row, noise for every token
+            return over_all(full_threshold(scaled, settings))
+
+        return tf.cond(among, among_candidates, fallback)
 
     no_threshold = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
     return tf.cond(truncation(scaled, settings)[2], truncated, lambda: over_all(no_threshold))
