@@ -274,3 +274,18 @@ def test_a_release_lacking_its_meta_graph_fetches_just_that(server, tiny_model_d
     assert r.returncode == 0, r.stderr
     assert "lacks model.ckpt.meta: fetching" in r.stderr and "downloading it" not in r.stderr
     assert [p for p, _ in server.requests] == ["/124M/model.ckpt.meta"]
+
+
+def test_a_server_that_never_answers(tmp_path):
+    """It accepts the connection and says nothing: 'no answer', not 'cannot connect'."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(UserError, match=r"no answer in 1 s"):
+            download_model("124M", str(tmp_path), url=url, progress=False, timeout=1)
+    finally:
+        listener.close()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -139,3 +140,13 @@ def test_config_is_validated_in_one_place(changes, message):
     with pytest.raises(UserError, match=message):
         cfg.validate()
     TrainConfig(dataset="d.txt").validate()  # the defaults are valid
+
+
+def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path):
+    from gpt2_tf2.training.callbacks import drop_steps_after
+
+    log = tmp_path / "log.tsv"
+    log.write_text("".join(f"{s}\t2.5\t1e-3\t100.0\n" for s in range(1, 9)))
+    drop_steps_after(str(log), 5)  # the checkpoint was at step 5; steps 6-8 are redone
+    assert [line.split("\t")[0] for line in log.read_text().splitlines()] == list("12345")
+    assert sorted(os.listdir(tmp_path)) == ["log.tsv"]
