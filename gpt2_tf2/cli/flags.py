@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import textwrap
 
 from gpt2_tf2.errors import UserError
 
@@ -56,7 +57,8 @@ def help_text(fn, name: str) -> str:
         else:
             default = "none" if p.default is None else p.default
             lines.append(f"  --{p.name} (default: {default})")
-        lines.append(f"      {helps.get(p.name, '')}".rstrip())
+        text = helps.get(p.name, "")
+        lines += textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 

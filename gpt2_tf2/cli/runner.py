@@ -204,10 +204,10 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
         configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     name = name or fn.__name__
-    if "--help" in argv or "-h" in argv:
-        print(flags.help_text(fn, name))  # not fire's: no pager, no internal attributes
-        sys.exit(0)
     try:
+        if "--help" in argv or "-h" in argv:
+            print(flags.help_text(fn, name), flush=True)  # not fire's: no pager, no internals
+            sys.exit(0)
         flags.check_argv(fn, argv, switches)
         argv = _positional_strings(_keep_strings(argv, texts), switches)
         fire.Fire(fn, command=argv, name=name)
