@@ -189,3 +189,17 @@ def test_a_full_disk_during_an_encode_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"o.npz: cannot write \(No space left on device\); up to"):
         data.save_npz([np.arange(10, dtype=np.int32)], str(tmp_path / "o.npz"))
     assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_and_cleanup_remove_only_what_a_run_wrote(tmp_path):
+    ours = ["ckpt-3.index", "ckpt-3.data-00000-of-00001", "checkpoint", "run.json", "log.tsv"]
+    temporary = ["ckpt-4_temp", "run.json.tmp-123", "log.tsv.tmp"]
+    theirs = ["notes.txt", "ckpt-notes.txt", "checkpoint.bak", "hparams.json"]
+    for name in ours + temporary[1:] + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "ckpt-4_temp").mkdir()
+    (tmp_path / "logs").mkdir()
+    runs.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(ours + theirs + ["logs"])
+    runs.discard(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(theirs)

@@ -11,15 +11,15 @@ leaves the newest complete checkpoint loadable.
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
+import re
 import shutil
 
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, load_hparams, save_hparams
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, first_line
 from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.formats.openai import check_target, write_model_dir
 from gpt2_tf2.formats.run import latest, locate_run, run_dir  # noqa: F401 (run_dir: the API)
@@ -134,27 +134,32 @@ class RunLock:
         self.fd = None
 
 
-def remove_stale_temporaries(directory: str) -> None:
-    """What a trainer killed while saving left behind: TensorFlow's `ckpt-N_temp/` shard
-    directories and our `run.json.tmp-PID` files. Called under the run's lock."""
-    pattern = os.path.join(glob.escape(directory), "")
-    for path in glob.glob(pattern + "ckpt-*_temp*") + glob.glob(pattern + "run.json.tmp-*"):
+# What a run directory holds that this package wrote, by name: only these are ever removed.
+TEMPORARY = re.compile(r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp")
+CHECKPOINT = re.compile(r"ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint|run\.json|log\.tsv|logs")
+
+
+def _remove(directory: str, names: re.Pattern) -> None:
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if not names.fullmatch(name):
+            continue
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.remove(path)
 
 
+def remove_stale_temporaries(directory: str) -> None:
+    """What a trainer killed while saving left behind: TensorFlow's `ckpt-N_temp/` shard
+    directories and our temporary files. Called under the run's lock."""
+    _remove(directory, TEMPORARY)
+
+
 def discard(directory: str) -> None:
-    """`--overwrite`: remove what a run wrote to be resumed (its checkpoints, their index, the
-    log), and nothing else."""
-    paths = glob.glob(os.path.join(glob.escape(directory), "ckpt-*"))
-    paths += [os.path.join(directory, n) for n in ("checkpoint", "log.tsv", "run.json", "logs")]
-    for path in paths:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    """`--overwrite`: remove what a run wrote to be resumed (its checkpoints, their index,
+    run.json, the logs), and nothing else."""
+    _remove(directory, CHECKPOINT)
 
 
 def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
@@ -172,7 +177,7 @@ def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
             f"(gpt2_tf2 export) and start a new --run_name from it (--model_name DIR)"
         ) from None
     except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"{path}: cannot restore checkpoint ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot restore checkpoint ({first_line(e)})") from None
 
 
 def starting_point(restore_from: str, newest: str | None, model_dir: str):
