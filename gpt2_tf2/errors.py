@@ -3,3 +3,14 @@
 
 class UserError(Exception):
     """Something the user gave us is wrong; the message says what and what to do."""
+
+
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (TensorFlow's run on for pages), or its type."""
+    text = getattr(e, "message", None) or str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def reason(e: Exception) -> str:
+    """Why an operation failed, for one line: an OSError's own words, else `first_line`."""
+    return getattr(e, "strerror", None) or first_line(e)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, save_hparams
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, first_line, reason
 
 CKPT_NAME = "model.ckpt"
 # Keys TF may add that are bookkeeping, not model variables.
@@ -61,14 +61,9 @@ def named_checkpoint(directory: str) -> str | None:
     try:
         state = tf.train.get_checkpoint_state(directory)
     except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"{directory}/checkpoint: unreadable ({_first_line(e)})") from None
+        raise UserError(f"{directory}/checkpoint: unreadable ({first_line(e)})") from None
     prefix = state.model_checkpoint_path if state is not None else ""
     return prefix if prefix and os.path.exists(prefix + ".index") else None
-
-
-def _first_line(e: Exception) -> str:
-    text = getattr(e, "message", None) or str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def load_openai_checkpoint(model, prefix: str) -> None:
@@ -80,7 +75,7 @@ def load_openai_checkpoint(model, prefix: str) -> None:
         }
     except Exception as e:  # OpError, IndexError or ValueError, depending on the damage
         raise UserError(
-            f"{prefix}: corrupt or unreadable checkpoint ({_first_line(e)}); "
+            f"{prefix}: corrupt or unreadable checkpoint ({first_line(e)}); "
             f"download or export it again"
         ) from None
     table = name_table(model)
@@ -111,7 +106,7 @@ def load_openai_checkpoint(model, prefix: str) -> None:
         except Exception as e:  # the reader raises OpError, IndexError or ValueError on damage
             raise UserError(
                 f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
-                f"({_first_line(e)}); download or export it again"
+                f"({first_line(e)}); download or export it again"
             ) from None
         if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
             raise UserError(
@@ -218,9 +213,8 @@ def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_di
         for name in sorted(names, key=lambda n: n == "checkpoint"):  # the index last
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as e:
-        message = getattr(e, "strerror", None) or _first_line(e)
         raise UserError(
-            f"{out_dir}: cannot write the model ({message}); files already there were not "
+            f"{out_dir}: cannot write the model ({reason(e)}); files already there were not "
             f"replaced; free space or choose another --out"
         ) from None
     finally:

@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, first_line
 from gpt2_tf2.formats.openai import named_checkpoint
 
 
@@ -54,4 +54,4 @@ def load_run_weights(model, prefix: str) -> None:
     try:
         tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
     except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"{prefix}: cannot restore checkpoint ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{prefix}: cannot restore checkpoint ({first_line(e)})") from None

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, reason
 from gpt2_tf2.training import runs
 from gpt2_tf2.training.loop import Callback
 
@@ -33,7 +33,7 @@ class Checkpoint(Callback):
             # checkpoint is intact; the partial one is removed so it does not keep the disk full.
             runs.remove_stale_temporaries(self.directory)
             raise UserError(
-                f"{self.directory}: cannot save ckpt-{step} ({_reason(e)}); about "
+                f"{self.directory}: cannot save ckpt-{step} ({reason(e)}); about "
                 f"{_size_mb(self.trainer):.0f} MB needed; the previous checkpoint is intact: "
                 f"free space and run the same command to resume from it"
             ) from None
@@ -45,11 +45,6 @@ class Checkpoint(Callback):
 
     def on_end(self, loop):
         self.save(loop.step)
-
-
-def _reason(e: Exception) -> str:
-    text = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def _size_mb(trainer) -> float:
