@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, save_hparams
 from gpt2_tf2.errors import UserError, first_line, reason
+from gpt2_tf2.files import write_atomically
 
 CKPT_NAME = "model.ckpt"
 # Keys TF may add that are bookkeeping, not model variables.
@@ -247,7 +248,6 @@ def _write_files(model, hparams: HParams, vocab_files: dict[str, str], directory
 def _write_marker(out_dir: str, names: list[str]) -> None:
     """The marker, written whole (a temporary file renamed into place)."""
     files = sorted(set(names) | set(_written_by_us(out_dir)))
-    tmp = os.path.join(out_dir, f"{TMP_PREFIX}{MARKER}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"written_by": "gpt2_tf2", "files": files}, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, MARKER))
+    text = json.dumps({"written_by": "gpt2_tf2", "files": files}, indent=2)
+    tmp = os.path.join(out_dir, f"{TMP_PREFIX}{MARKER}")  # what _remove_stale_temporaries knows
+    write_atomically(os.path.join(out_dir, MARKER), text, tmp)

@@ -11,6 +11,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from gpt2_tf2.errors import UserError, reason
+from gpt2_tf2.files import write_atomically
 from gpt2_tf2.training import runs
 from gpt2_tf2.training.loop import Callback
 
@@ -91,7 +92,7 @@ class Log(Callback):
 
 
 def drop_steps_after(path: str, step: int) -> None:
-    """Keep the lines of log.tsv up to `step`, rewriting it whole (a temporary file renamed)."""
+    """Keep the lines of log.tsv up to `step`, rewriting it whole."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
@@ -104,9 +105,7 @@ def drop_steps_after(path: str, step: int) -> None:
     ]
     if len(kept) == len(lines):
         return
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(kept))
 
 
 class Progress(Callback):

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, load_hparams, save_hparams
 from gpt2_tf2.errors import UserError, first_line
+from gpt2_tf2.files import write_atomically
 from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.formats.openai import check_target, write_model_dir
 from gpt2_tf2.formats.run import latest, locate_run, run_dir  # noqa: F401 (run_dir: the API)
@@ -50,17 +51,8 @@ def prepare(directory: str, base: formats.ModelDir, info: dict) -> None:
 
 
 def write_json(path: str, data) -> None:
-    """Write whole or not at all: a temporary file, flushed to disk, renamed into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write whole or not at all (`files.write_atomically`)."""
+    write_atomically(path, json.dumps(data, indent=2))
 
 
 def check_hparams(directory: str, hparams: HParams) -> None:
@@ -135,7 +127,7 @@ class RunLock:
 
 
 # What a run directory holds that this package wrote, by name: only these are ever removed.
-TEMPORARY = re.compile(r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp")
+TEMPORARY = re.compile(r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp-\d+")
 CHECKPOINT = re.compile(r"ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint|run\.json|log\.tsv|logs")
 
 
