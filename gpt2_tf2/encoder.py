@@ -10,6 +10,5 @@ from gpt2_tf2.tokenizer.bpe import (  # noqa: F401
     Encoder,
     bytes_to_unicode,
     check_vocabulary,
-    get_encoder,
-    load_encoder,
 )
+from gpt2_tf2.tokenizer.vocabulary import get_encoder, load_encoder  # noqa: F401

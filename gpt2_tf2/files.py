@@ -1,8 +1,13 @@
-"""Writing a file whole or not at all, the one way every small file of ours is written."""
+"""Files in and out: the text files a corpus names (files, directories, globs), read strictly as
+one encoding; and writing a small file whole or not at all, the one way every small file of ours
+is written."""
 
 from __future__ import annotations
 
+import glob
 import os
+
+from gpt2_tf2.errors import UserError
 
 
 def write_atomically(path: str, text: str, tmp: str | None = None) -> None:
@@ -19,3 +24,30 @@ def write_atomically(path: str, text: str, tmp: str | None = None) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def list_files(path: str) -> list[str]:
+    """The files `path` names: itself, all files below a directory (sorted), or glob matches."""
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
+        return found
+    return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+
+
+def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode(encoding, errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not valid {encoding} at byte {e.start}; convert it, or pass "
+            f"--encoding or --errors replace"
+        ) from None
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}") from None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.tokenizer.bpe import load_encoder
+from gpt2_tf2.tokenizer import load_encoder
 from gpt2_tf2.training.data import Sampler, load_dataset, load_npz, save_npz, split_validation
 
 

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.tokenizer.bpe import BPE_CACHE_SIZE, ENDOFTEXT, Encoder, get_encoder, load_encoder
+from gpt2_tf2.tokenizer import get_encoder, load_encoder
+from gpt2_tf2.tokenizer.bpe import BPE_CACHE_SIZE, ENDOFTEXT, Encoder
 
 CORPUS = [
     "Hello, world! It's a test.",
@@ -108,7 +109,7 @@ def test_vocabulary_checks(tmp_path, vocab_files):
     shutil.copyfile(vocab_files["encoder.json"], tmp_path / "encoder.json")
     lines = open(vocab_files["vocab.bpe"], encoding="utf-8").read().split("\n")
     (tmp_path / "vocab.bpe").write_text("\n".join(lines[:-100]) + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match="merges"):
+    with pytest.raises(UserError, match="no merge in vocab.bpe"):
         load_encoder(str(tmp_path))
     (tmp_path / "vocab.bpe").unlink()
     with pytest.raises(UserError, match="not found"):

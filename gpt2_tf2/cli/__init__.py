@@ -18,6 +18,8 @@ COMMANDS = {
     "encode": "encode text into an .npz dataset for train",
     "train": "fine-tune on a dataset, resumably",
     "export": "write a fine-tuned run as an OpenAI model directory",
+    "vocab": "train a vocabulary on your text (train), or measure one (stats)",
+    "init": "a new model with GPT-2's initialisation, on a vocabulary",
 }
 
 
@@ -33,5 +35,4 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
             sys.exit(2)
         sys.exit(0)
-    module = importlib.import_module(f"gpt2_tf2.cli.{argv[0]}")
-    run(getattr(module, argv[0]), argv[1:], name=f"gpt2_tf2.{argv[0]}")
+    importlib.import_module(f"gpt2_tf2.cli.{argv[0]}").main(argv[1:])

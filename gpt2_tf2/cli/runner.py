@@ -200,7 +200,7 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     from gpt2_tf2.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--verbose" not in argv:
+    if "--verbose" not in argv and getattr(fn, "uses_tensorflow", True):
         configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     name = name or fn.__name__

@@ -243,6 +243,14 @@ class GPT2(tf.Module):
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )
 
+    def named_variables(self) -> dict[str, tf.Variable]:
+        """Every variable by its name in OpenAI's checkpoints ("model/h0/attn/c_attn/w", ...)."""
+        table = {"model/wte": self.wte, "model/wpe": self.wpe}
+        for i, block in enumerate(self.h):
+            table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
+        table.update({"model/ln_f/g": self.ln_f.g, "model/ln_f/b": self.ln_f.b})
+        return table
+
     def init_cache(self, batch_size: int, max_len: int):
         """Per layer, (keys, values): two zero tensors [batch * heads, max_len, head_dim]."""
         hp = self.hparams

@@ -55,7 +55,7 @@ def open_model_dir(path: str) -> ModelDir:
     encoder = load_encoder(path)
     if encoder.n_vocab != hparams.n_vocab:
         raise UserError(
-            f"{path}: encoder.json has {encoder.n_vocab} tokens but hparams.json "
+            f"{path}: the vocabulary has {encoder.n_vocab} tokens but hparams.json "
             f"says n_vocab={hparams.n_vocab}"
         )
     return ModelDir(path, hparams, encoder)

@@ -30,10 +30,7 @@ _BOOKKEEPING = {"_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 def name_table(model) -> dict[str, tf.Variable]:
     """TF1 checkpoint name -> the model variable it holds. Covers every variable exactly once."""
-    table = {"model/wte": model.wte, "model/wpe": model.wpe}
-    for i, block in enumerate(model.h):
-        table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
-    table.update({"model/ln_f/g": model.ln_f.g, "model/ln_f/b": model.ln_f.b})
+    table = model.named_variables()
     used = {id(v) for v in table.values()}
     if len(used) != len(table) or used != {id(v) for v in model.variables}:
         raise AssertionError("name_table must cover each model variable exactly once")

@@ -27,6 +27,7 @@ PRETOKENIZE = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
 
+SPECIAL = regex.compile(r"^<\|?[^\s<>]+\|?>$")  # <|endoftext|>, <pad>, </s>: not made by merges
 BPE_CACHE_SIZE = 1 << 16  # distinct words remembered; bounded so big corpora don't grow it forever
 
 # sha256 of GPT-2's own encoder.json and vocab.bpe (as tiktoken_ext/openai_public.py records them).
@@ -178,7 +179,7 @@ def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[
     for path in (encoder_path, bpe_path):
         if not os.path.isfile(path):
             raise UserError(
-                f"{path}: not found (a model directory needs encoder.json and vocab.bpe)"
+                f"{path}: not found (a BPE vocabulary is encoder.json and vocab.bpe together)"
             )
     try:
         with open(encoder_path, encoding="utf-8") as f:
@@ -202,33 +203,46 @@ def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[
 
 
 def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], source: str) -> None:
-    """Vocabulary size and merge count must agree: 256 bytes + one token per merge + specials."""
+    """The files must fit together: ids 0..N-1, every byte a token, every merge's product a
+    token, and every other token made by a merge, except special tokens (`<|...|>`, `<...>`).
+    GPT-2's own files: 256 bytes + 50000 merges + `<|endoftext|>`; a trainer may put its
+    specials anywhere (Hugging Face tokenizers: first)."""
     if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
         raise UserError(f"{source}: encoder.json ids must be 0..N-1, each once")
-    specials = 1 if ENDOFTEXT in encoder else 0
-    if len(encoder) != 256 + len(merges) + specials:
-        raise UserError(
-            f"{source}: encoder.json has {len(encoder)} tokens but vocab.bpe has {len(merges)} "
-            f"merges (expected {256 + len(merges) + specials} tokens); the files don't match"
-        )
-    missing = [c for c in bytes_to_unicode().values() if c not in encoder]
+    byte_symbols = set(bytes_to_unicode().values())
+    missing = [c for c in byte_symbols if c not in encoder]
     if missing:
         raise UserError(f"{source}: encoder.json lacks byte symbol(s) {missing[:5]}")
+    made = set()
+    for n, (first, second) in enumerate(merges, start=2):
+        if first + second not in encoder:
+            raise UserError(
+                f"{source}: vocab.bpe line {n} merges {first!r} {second!r} into a token "
+                f"encoder.json lacks; the two files don't belong together"
+            )
+        made.add(first + second)
+    orphans = [
+        t for t in encoder if t not in made and t not in byte_symbols and not SPECIAL.match(t)
+    ]
+    if orphans:
+        raise UserError(
+            f"{source}: {len(orphans)} token(s) of encoder.json (e.g. {orphans[0]!r}) come from "
+            f"no merge in vocab.bpe; the two files don't belong together"
+        )
 
 
-def vocabulary_files(model_dir: str) -> dict[str, str]:
-    """The files of the vocabulary a model directory holds, by name: what a copy of the model
-    (a run directory, an export) must carry beside its weights."""
+def bpe_files(model_dir: str) -> dict[str, str]:
+    """encoder.json and vocab.bpe of a directory, by name."""
     return {name: os.path.join(model_dir, name) for name in VOCAB_FILES}
 
 
-def load_encoder(model_dir: str, fast: bool = True) -> Encoder:
-    """The encoder stored in a model directory (encoder.json + vocab.bpe).
+def load_bpe(model_dir: str, fast: bool = True) -> Encoder:
+    """The BPE encoder stored in a directory (encoder.json + vocab.bpe).
 
     With `fast` and GPT-2's own vocabulary files (checked by hash), tiktoken does the encoding
     when it is installed.
     """
-    paths = tuple(vocabulary_files(model_dir).values())
+    paths = tuple(bpe_files(model_dir).values())
     # The same files are read once per process (the command line looks at a model before it
     # loads it): the cache key holds each file's size and modification time.
     return _load_encoder(paths, fast, tuple(_stamp(p) for p in paths), model_dir)
@@ -255,8 +269,3 @@ def _load_encoder(paths: tuple[str, str], fast: bool, stamps, model_dir: str) ->
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def get_encoder(model_name: str, models_dir: str = "models") -> Encoder:
-    """The original API: the encoder of `models_dir/model_name`."""
-    return load_encoder(os.path.join(models_dir, model_name))

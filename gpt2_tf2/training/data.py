@@ -13,40 +13,13 @@ order is a pure function of the step and a resumed run sees exactly the batches 
 from __future__ import annotations
 
 import errno
-import glob
 import os
 
 import numpy as np
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import list_files, read_text
 from gpt2_tf2.tokenizer import ENDOFTEXT
-
-
-def list_files(path: str) -> list[str]:
-    """The files `path` names: itself, all files below a directory (sorted), or glob matches."""
-    if os.path.isfile(path):
-        return [path]
-    if os.path.isdir(path):
-        found = []
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
-        return found
-    return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-
-
-def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode(encoding, errors=errors)
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not valid {encoding} at byte {e.start}; convert it, or pass "
-            f"--encoding or --errors replace"
-        ) from None
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}") from None
 
 
 def load_dataset(

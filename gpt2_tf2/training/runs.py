@@ -192,10 +192,15 @@ def starting_point(restore_from: str, newest: str | None, model_dir: str):
     return source, model_dir
 
 
-def export(run_name: str, out: str, checkpoint_dir: str = "checkpoint") -> str:
-    """Write a run's newest weights as an OpenAI-layout model directory, atomically."""
+def export(
+    run_name: str, out: str, checkpoint_dir: str = "checkpoint", dtype: str = "float32"
+) -> str:
+    """Write a run's newest weights as an OpenAI-layout model directory, atomically; stored in
+    `dtype` (float16: half the disk; every reader loads it into float32 or its own dtype)."""
     check_target(out)  # before the weights are read
     directory = locate_run(run_name, checkpoint_dir)
     opened, model = formats.load_model_dir(directory)
+    if dtype != "float32":
+        model = formats.cast_model(model, dtype)
     write_model_dir(model, opened.hparams, opened.vocabulary_files, out)
     return opened.checkpoint

@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Rebuild `models/demo/` from scratch: `python tools/build_demo.py --out models/demo`.
+
+The demo model is made by the same commands a user runs for their own language: Debian's
+`fortunes` (English) and `fortunes-ru` (Russian) quotations become a corpus; `vocab train`
+builds a byte-level BPE vocabulary on it; `init` makes a small GPT-2; `encode`, `train` and
+`export` train it and write it in OpenAI's layout. The model's README records the corpus and
+its licences, the vocabulary, the shape, the steps and time, and the held-out loss against the
+untrained model. Needs `apt-get install fortunes fortunes-ru` and `pip install -e '.[vocab]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import _path  # noqa: F401
+
+from gpt2_tf2 import cli
+from gpt2_tf2.errors import UserError
+
+FORTUNES = "/usr/share/games/fortunes"
+PACKAGES = {"en": "fortunes", "ru": "fortunes-ru"}
+SKIP = {"ascii-art"}  # pictures, not text
+ENDOFTEXT = "<|endoftext|>"
+
+
+def fortunes(directory: str) -> list[str]:
+    """The quotations of every fortune file in a directory (entries end with a '%' line)."""
+    found = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name in SKIP or name.endswith((".dat", ".u8")) or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8", errors="strict") as f:
+            text = f.read()
+        for entry in text.split("\n%\n"):
+            entry = "\n".join(line.rstrip() for line in entry.strip("\n%").splitlines())
+            if entry.strip():
+                found.append(entry.strip("\n") + "\n")
+    return found
+
+
+def corpus(work: str, heldout: float, seed: int) -> dict:
+    """Write work/corpus/{en,ru}.txt and work/heldout/{en,ru}.txt; return their statistics."""
+    stats = {}
+    rng = random.Random(seed)
+    for lang, sub in (("en", ""), ("ru", "ru")):
+        directory = os.path.join(FORTUNES, sub)
+        if not os.path.isdir(directory):
+            raise UserError(f"{directory}: missing; apt-get install {PACKAGES[lang]}")
+        docs = sorted(set(fortunes(directory)))  # some quotations appear in two files
+        rng.shuffle(docs)
+        n_held = max(1, int(len(docs) * heldout))
+        parts = {"heldout": docs[:n_held], "corpus": docs[n_held:]}
+        for part, chosen in parts.items():
+            os.makedirs(os.path.join(work, part), exist_ok=True)
+            with open(os.path.join(work, part, f"{lang}.txt"), "w", encoding="utf-8") as f:
+                f.write(ENDOFTEXT.join(chosen))
+        stats[lang] = {
+            "package": PACKAGES[lang],
+            "version": package_version(PACKAGES[lang]),
+            "quotations": len(docs),
+            "heldout": n_held,
+            "chars": sum(len(d) for d in docs),
+        }
+    return stats
+
+
+def package_version(package: str) -> str:
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def step(*args: str) -> str:
+    """Run one gpt2_tf2 command as a user would; its output is shown and returned."""
+    command = [sys.executable, "-m", *args]
+    print("$ python -m " + " ".join(args), flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_root(), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode:
+        raise UserError(f"{' '.join(args[:1])} failed (exit {done.returncode})")
+    return done.stdout
+
+
+def _root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def heldout_loss(model_dir: str, work: str) -> dict:
+    """Mean loss (nats per token) on each held-out file, <|endoftext|> between quotations."""
+    from gpt2_tf2.api import load
+
+    lm = load(model_dir)
+    out = {}
+    for lang in ("en", "ru"):
+        with open(os.path.join(work, "heldout", f"{lang}.txt"), encoding="utf-8") as f:
+            tokens = lm.encoder.encode(f.read(), allowed_special="all")
+        total, count = lm.score_tokens(tokens)
+        out[lang] = {"tokens": len(tokens), "loss": total / count}
+    return out
+
+
+def samples(model_dir: str, prompts: dict[str, str], length: int, seed: int) -> dict[str, str]:
+    """A continuation of each prompt (top-k 40, as the original's default settings)."""
+    from gpt2_tf2.api import load
+
+    lm = load(model_dir)
+    return {
+        prompt: lm.generate(prompt, length=length, top_k=40, seed=seed, stop_at_endoftext=True)[0]
+        for prompt in prompts.values()
+    }
+
+
+def build(
+    out="models/demo",
+    work="build/demo",
+    vocab_size=4096,
+    n_layer=4,
+    n_embd=256,
+    n_head=8,
+    n_ctx=256,
+    steps=2400,
+    batch_size=16,
+    learning_rate=1e-3,
+    heldout=0.02,
+    seed=1234,
+):
+    """Build the demo model from Debian's fortunes, by the commands a user runs.
+
+    Args:
+      out: the model directory to create (new or empty; an existing demo is never replaced:
+        remove it with git first to rebuild it in place).
+      work: scratch directory for the corpus, the vocabulary, the run and the datasets.
+      vocab_size: tokens in the byte-level BPE vocabulary.
+      n_layer: transformer blocks.
+      n_embd: residual width.
+      n_head: attention heads.
+      n_ctx: context length, also the training sequence length.
+      steps: training steps.
+      batch_size: windows per step.
+      learning_rate: peak learning rate (AdamW, warm-up, cosine decay, clipping at norm 1).
+      heldout: fraction of each language's quotations kept for the held-out loss.
+      seed: corpus shuffle, initial weights and data order.
+    """
+    out, work = str(out), str(work)
+    if os.path.exists(out) and os.listdir(out):
+        raise UserError(f"{out}: not empty; rebuild into a new directory (nothing is replaced)")
+    if os.path.exists(work):
+        raise UserError(f"{work}: exists; remove it or pass another --work")
+    started = time.time()
+    corpus_stats = corpus(work, heldout, seed)
+    vocab, init, model = (os.path.join(work, n) for n in ("vocab", "init", "model"))
+    j = os.path.join
+    step(
+        "gpt2_tf2.vocab",
+        "train",
+        j(work, "corpus"),
+        "--vocab_size",
+        str(vocab_size),
+        "--out",
+        vocab,
+        "--heldout",
+        "0",
+    )
+    per_word = {
+        lang: step(
+            "gpt2_tf2.vocab", "stats", j(work, "heldout", f"{lang}.txt"), "--model_name", vocab
+        ).strip()
+        for lang in ("en", "ru")
+    }
+    shape = [
+        "--n_layer",
+        str(n_layer),
+        "--n_embd",
+        str(n_embd),
+        "--n_head",
+        str(n_head),
+        "--n_ctx",
+        str(n_ctx),
+    ]
+    step("gpt2_tf2.init", "--vocab", vocab, "--out", init, "--seed", str(seed), *shape)
+    step("gpt2_tf2.encode", j(work, "corpus"), j(work, "train.npz"), "--model_name", init)
+    step("gpt2_tf2.encode", j(work, "heldout"), j(work, "heldout.npz"), "--model_name", init)
+    train_args = [
+        "--model_name",
+        init,
+        "--dataset",
+        j(work, "train.npz"),
+        "--val_dataset",
+        j(work, "heldout.npz"),
+        "--val_every",
+        "400",
+        "--val_batch_size",
+        "8",
+        "--val_batch_count",
+        "8",
+        "--run_name",
+        "demo",
+        "--checkpoint_dir",
+        j(work, "checkpoint"),
+        "--steps",
+        str(steps),
+        "--batch_size",
+        str(batch_size),
+        "--sequence_length",
+        str(n_ctx),
+        "--optimizer",
+        "adamw",
+        "--learning_rate",
+        str(learning_rate),
+        "--warmup_steps",
+        "100",
+        "--lr_schedule",
+        "cosine",
+        "--grad_clip",
+        "1.0",
+        "--weight_decay",
+        "0.1",
+        "--sample_every",
+        "0",
+        "--save_every",
+        "500",
+        "--seed",
+        str(seed),
+        "--offline",
+    ]
+    train_started = time.time()
+    step("gpt2_tf2.train", *train_args)
+    train_seconds = time.time() - train_started
+    step(
+        "gpt2_tf2.export",
+        "--run_name",
+        "demo",
+        "--checkpoint_dir",
+        j(work, "checkpoint"),
+        "--out",
+        model,
+        "--dtype",
+        "float16",
+    )
+    losses = {"untrained": heldout_loss(init, work), "trained": heldout_loss(model, work)}
+    shown = samples(model, {"en": "The meaning of life is", "ru": "Жизнь — это"}, 40, seed)
+    info = {
+        "corpus": corpus_stats,
+        "tokens_per_word": per_word,
+        "shape": dict(
+            vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx
+        ),
+        "training": dict(
+            steps=steps,
+            batch_size=batch_size,
+            sequence_length=n_ctx,
+            learning_rate=learning_rate,
+            seconds=round(train_seconds),
+            command="python -m gpt2_tf2.train " + " ".join(train_args),
+        ),
+        "heldout_loss": losses,
+        "samples": shown,
+        "total_seconds": round(time.time() - started),
+        "cpu": os.cpu_count(),
+    }
+    assemble(model, work, out, info)
+    print(f"wrote {out} in {info['total_seconds'] / 60:.0f} min")
+
+
+def assemble(model: str, work: str, out: str, info: dict) -> None:
+    """The exported model, its held-out text, the corpus licences and README.md, into `out`."""
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(model):
+        shutil.copy2(os.path.join(model, name), os.path.join(out, name))
+    os.makedirs(os.path.join(out, "heldout"), exist_ok=True)
+    for lang in ("en", "ru"):
+        shutil.copy2(os.path.join(work, "heldout", f"{lang}.txt"), os.path.join(out, "heldout"))
+    os.makedirs(os.path.join(out, "licenses"), exist_ok=True)
+    for package in PACKAGES.values():
+        shutil.copy2(f"/usr/share/doc/{package}/copyright", os.path.join(out, "licenses", package))
+    with open(os.path.join(out, "build.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(readme(info))
+
+
+def readme(info: dict) -> str:
+    import math
+
+    c, s, t, loss = info["corpus"], info["shape"], info["training"], info["heldout_loss"]
+    rows = "\n".join(
+        f"| {lang} | {loss['untrained'][lang]['loss']:.3f} "
+        f"({math.exp(loss['untrained'][lang]['loss']):.0f}) | "
+        f"{loss['trained'][lang]['loss']:.3f} ({math.exp(loss['trained'][lang]['loss']):.1f}) | "
+        f"{loss['trained'][lang]['tokens']} |"
+        for lang in ("en", "ru")
+    )
+    shown = "\n\n".join(f"```\n{prompt}{text}\n```" for prompt, text in info["samples"].items())
+    return README.format(
+        en=c["en"],
+        ru=c["ru"],
+        s=s,
+        t=t,
+        rows=rows,
+        shown=shown,
+        per_word_en=info["tokens_per_word"]["en"],
+        per_word_ru=info["tokens_per_word"]["ru"],
+        minutes=t["seconds"] / 60,
+        total=info["total_seconds"] / 60,
+        cpu=info["cpu"],
+        uniform=math.log(s["vocab_size"]),
+    )
+
+
+README = """# demo: a small GPT-2 trained here, from scratch, on Debian's fortunes
+
+A {s[n_layer]}-layer GPT-2 ({s[n_embd]} wide, {s[n_head]} heads, context {s[n_ctx]}, a
+{s[vocab_size]}-token byte-level BPE vocabulary of its own) that writes short quotations in
+English and Russian. It is here so that `git clone` plus one command shows the program working,
+offline, in seconds; its text is fortune-cookie-like, not GPT-2's. The real releases (124M and
+up) are downloaded by `python -m gpt2_tf2.download`.
+
+    python -m gpt2_tf2.sample --model_name demo --length 60 --nsamples 2
+
+Rebuild it from scratch (about {total:.0f} minutes on {cpu} CPU cores) with
+
+    apt-get install fortunes fortunes-ru && pip install -e '.[vocab]'
+    python tools/build_demo.py --out models/demo-new
+
+which runs, and prints, the same commands a user runs for their own text: `vocab train`,
+`init`, `encode`, `train`, `export --dtype float16` (the weights are stored in float16 to stay
+small; every command loads them as float32).
+
+## Corpus and licences
+
+| language | Debian package | version | quotations | characters | held out |
+|---|---|---|---|---|---|
+| English | {en[package]} | {en[version]} | {en[quotations]} | {en[chars]} | {en[heldout]} |
+| Russian | {ru[package]} | {ru[version]} | {ru[quotations]} | {ru[chars]} | {ru[heldout]} |
+
+Every quotation of `/usr/share/games/fortunes/*` (except `ascii-art`) and
+`/usr/share/games/fortunes/ru/*`, each a document, duplicates removed, shuffled, joined by
+`<|endoftext|>`. The held-out quotations (`heldout/en.txt`, `heldout/ru.txt`, never trained
+on) are kept here for the tests. Licences, as the packages' copyright files state them
+(copied into `licenses/`): `fortunes` is distributed under the BSD licence of the University of
+California (the quotations themselves are short citations collected from many authors);
+`fortunes-ru` (fortune-mod-ru, Pavel Maryanov) is under the GNU GPL, version 2 or later.
+
+## Vocabulary
+
+`python -m gpt2_tf2.vocab train CORPUS --vocab_size {s[vocab_size]}`: byte-level BPE, trained by
+Hugging Face `tokenizers`, in GPT-2's format (`encoder.json`, `vocab.bpe`; `<|endoftext|>` is
+id 0). Tokens per word on the held-out text:
+
+    {per_word_en}
+    {per_word_ru}
+
+## Training
+
+`{t[command]}`
+
+{t[steps]} steps of {t[batch_size]} windows of {t[sequence_length]} tokens, AdamW at peak
+learning rate {t[learning_rate]}, in {minutes:.0f} minutes on {cpu} CPU cores.
+
+## Held-out loss
+
+Mean loss in nats per token (perplexity in brackets) on the held-out quotations, against the
+same shape freshly initialised by `init` (uniform guessing would be ln {s[vocab_size]} =
+{uniform:.2f}):
+
+| text | untrained | trained | tokens |
+|---|---|---|---|
+{rows}
+
+## Samples
+
+Top-k 40, 40 tokens, after the prompts "The meaning of life is" and "Жизнь — это":
+
+{shown}
+"""
+
+
+if __name__ == "__main__":
+    cli.run(build, name="tools/build_demo.py")
