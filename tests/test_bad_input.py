@@ -93,13 +93,21 @@ def test_sample_refuses_a_positional_prompt_and_unknown_flags(tiny_model_dir):
 
 
 def test_help_is_a_flag_list(tiny_model_dir):
-    for command in ("sample", "score", "encode", "train", "export", "download"):
-        r = run_cli(["-m", f"gpt2_tf2.{command}", "--help"])
+    commands = ["sample", "score", "encode", "train", "export", "download", "init"]
+    for command in commands + ["vocab train", "vocab stats"]:
+        module, *sub = command.split()
+        r = run_cli(["-m", f"gpt2_tf2.{module}", *sub, "--help"])
         assert r.returncode == 0 and r.stderr == "", (command, r.stderr)
-        for noise in ("INFO:", "VALUE", "uses_xla", "Type:", "positional ="):
+        for noise in ("INFO:", "VALUE", "uses_xla", "uses_tensorflow", "Type:", "positional ="):
             assert noise not in r.stdout, (command, noise)
         assert r.stdout.startswith(f"usage: gpt2_tf2.{command}")
-        assert "--verbose" in r.stdout and "\nflags:\n" in r.stdout
+        assert "\nflags:\n" in r.stdout
+        assert "--verbose" in r.stdout or command == "vocab stats"
+    # The one entry point, as the Docker images run it: every command, subcommands too.
+    r = run_cli(["-m", "gpt2_tf2", "vocab", "stats", "--help"])
+    assert r.returncode == 0 and r.stdout.startswith("usage: gpt2_tf2.vocab stats")
+    r = run_cli(["-m", "gpt2_tf2", "vocab"])
+    assert r.returncode == 0 and "train" in r.stdout and "stats" in r.stdout
 
 
 def test_a_checkpoint_index_naming_a_missing_file(model_copy):

@@ -137,3 +137,25 @@ def test_tokenization_matches_tiktoken_held_out(models, tiktoken_gpt2):
     for text in HELD_OUT:
         assert ours.encoder.encode(text) == tiktoken_gpt2.encode_ordinary(text)
         assert ours.encoder.decode(ours.encoder.encode(text)) == text
+
+
+def test_own_vocabulary_tokenizes_as_gpt2_tokenizer_fast(tmp_path):
+    """A vocabulary from `vocab train`, read by transformers' GPT2TokenizerFast (its files renamed
+    to Hugging Face's vocab.json and merges.txt): the same ids as our encoder on held-out text."""
+    from gpt2_tf2.tokenizer import load_encoder
+    from gpt2_tf2.tokenizer import train as training
+
+    corpus = tmp_path / "corpus.txt"
+    lines = [f"Строка {i}: the quick brown fox {i % 9} jumps; лиса прыгает." for i in range(800)]
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    held, _, _ = training.train([str(corpus)], str(tmp_path / "vocab"), 700, progress=False)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "vocab.json").write_bytes((tmp_path / "vocab" / "encoder.json").read_bytes())
+    (hf_dir / "merges.txt").write_bytes((tmp_path / "vocab" / "vocab.bpe").read_bytes())
+    reference = transformers.GPT2TokenizerFast.from_pretrained(str(hf_dir))
+    ours = load_encoder(str(tmp_path / "vocab"))
+    for text in held + HELD_OUT:
+        ids = reference(text)["input_ids"]
+        assert ours.encode(text) == ids, text
+        assert ours.decode(ids) == reference.decode(ids) == text

@@ -20,14 +20,14 @@ def encode(
 ):
     """Encode text into token chunks saved as .npz (nshepperd's format: arrays arr_0, arr_1, ...).
 
-    Files are joined by the end-of-text token 50256; a spelled-out <|endoftext|> in the text is
-    that token too.
+    Files are joined by the model's end-of-text token (50256 in GPT-2's vocabulary); a
+    spelled-out <|endoftext|> in the text is that token too.
 
     Args:
       in_text: a text file, a directory (read recursively), a glob, or an existing .npz.
       out_npz: the .npz file to write (written to a temporary name, then renamed).
-      model_name: release name under models_dir or a model directory; only its encoder.json and
-        vocab.bpe are read.
+      model_name: release name under models_dir or a model directory; only its vocabulary
+        (encoder.json and vocab.bpe, or sp.model) is read.
       models_dir: directory holding the release directories.
       combine: join files into chunks of at least this many characters.
       encoding: the text files' encoding.

@@ -4,10 +4,11 @@ Mirrors nshepperd's gpt-2 fork (`src/load_dataset.py`): files are read in sorted
 into chunks of at least `combine` characters, files within a chunk separated by <|endoftext|>;
 chunks are saved as `np.savez_compressed(out, *chunks)` (arrays `arr_0, arr_1, ...`), so datasets
 encoded by either tool load in the other. Unlike the original, files are joined by the single
-token 50256 (the original encoded the six tokens of its spelling), and a spelled-out
-`<|endoftext|>` inside a file is that token too. Windows are drawn uniformly over all start
-positions that keep a window inside one chunk, from an RNG keyed by (seed, step), so the data
-order is a pure function of the step and a resumed run sees exactly the batches it would have seen.
+end-of-text token (50256 in GPT-2 vocabulary; the original encoded the six tokens of the spelling),
+and a spelled-out `<|endoftext|>` inside a file is that token too. Windows are drawn uniformly over
+all start positions that keep a window inside one chunk, from an RNG keyed by (seed, step), so the
+data order is a pure function of the step and a resumed run sees exactly the batches it would have
+seen.
 """
 
 from __future__ import annotations

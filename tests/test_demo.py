@@ -1,0 +1,156 @@
+"""The shipped demo model (`models/demo`): it loads, it has learned its corpus, and the README's
+first command samples from it offline, as does the CPU Docker image's smoke command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+DEMO = os.path.join(REPO, "models", "demo")
+# Where a download would go: nothing listens there, so any network access fails at once.
+OFFLINE = {
+    "GPT2_TF2_BASE_URL": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+}
+
+
+def heldout(lang: str) -> str:
+    with open(os.path.join(DEMO, "heldout", f"{lang}.txt"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from gpt2_tf2.api import load
+
+    return load(DEMO)
+
+
+def mean_loss(lm, text: str, limit: int = 6000) -> float:
+    tokens = lm.encoder.encode(text, allowed_special="all")[:limit]
+    total, count = lm.score_tokens(tokens)
+    return total / count
+
+
+def test_small_enough_for_git():
+    size = sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(DEMO) for f in files
+    )
+    assert size <= 15e6, size
+
+
+def test_far_better_than_untrained(demo):
+    """Held-out quotations (never trained on) in both languages: the trained model's loss is
+    far below the same shape freshly initialised, which is about uniform guessing."""
+    from gpt2_tf2.core.init import initialize
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.language_model import LanguageModel
+
+    untrained = GPT2(demo.hparams, seed=None)
+    initialize(untrained, seed=0)
+    fresh = LanguageModel(demo.hparams, demo.encoder, untrained)
+    for lang in ("en", "ru"):
+        text = heldout(lang)
+        trained, baseline = mean_loss(demo, text), mean_loss(fresh, text)
+        assert baseline > math.log(demo.hparams.n_vocab) - 0.2
+        assert trained < baseline - 3.0, (lang, trained, baseline)  # perplexity 20x lower
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def test_writes_words_of_both_languages(demo):
+    """Most words it writes are words of its language (seen in the held-out quotations, which
+    it never trained on): far from the byte soup of an untrained model."""
+    for lang, prompt in (("en", "The meaning of life is"), ("ru", "Жизнь — это")):
+        known = set(words(heldout(lang)))
+        texts = demo.generate(prompt, length=60, nsamples=4, batch_size=4, top_k=40, seed=5)
+        written = [w for t in texts for w in words(t.split("<|endoftext|>")[0])]
+        assert len(written) >= 20, texts
+        share = np.mean([w in known for w in written])
+        assert share > 0.6, (lang, share, texts)
+
+
+def test_readme_records_how_it_was_made():
+    text = open(os.path.join(DEMO, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(DEMO, "build.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    with open(os.path.join(DEMO, "hparams.json"), encoding="utf-8") as f:
+        hparams = json.load(f)
+    assert info["shape"]["n_layer"] == hparams["n_layer"]
+    assert info["shape"]["vocab_size"] == hparams["n_vocab"]
+    for heading in ("## Corpus and licences", "## Vocabulary", "## Training", "## Held-out loss"):
+        assert heading in text
+    assert "BSD" in text and "GPL" in text
+    assert sorted(os.listdir(os.path.join(DEMO, "licenses"))) == ["fortunes", "fortunes-ru"]
+    for lang in ("en", "ru"):
+        assert f"{info['heldout_loss']['trained'][lang]['loss']:.3f}" in text
+    assert f"{info['training']['steps']} steps" in text
+
+
+def quickstart() -> list[str]:
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return [b.split("```")[0].strip() for b in section.split("```sh\n")[1:]]
+
+
+def test_quickstart_samples_the_demo_offline():
+    first, second = quickstart()
+    install, _, command = first.rpartition(" && .venv/bin/python ")
+    assert install == "python3 -m venv .venv && .venv/bin/pip install ."
+    args = shlex.split(command)
+    assert args[:4] == ["-m", "gpt2_tf2.sample", "--model_name", "demo"]
+    done = run_cli(args, env=OFFLINE, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    samples = re.split(r"=+ SAMPLE \d+ =+\n", done.stdout)[1:]
+    assert len(samples) == 2 and all(len(words(s)) >= 5 for s in samples), done.stdout
+    # The next line is GPT-2 itself: the default model, downloaded.
+    assert "--model_name" not in second and "gpt2_tf2.sample" in second
+
+
+def test_docker_smoke_command_runs_here(tmp_path):
+    """The CPU image's smoke line, run the way the image runs it: the `gpt2_tf2` console
+    script from /workspace, the demo model where the Dockerfile copies it."""
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    line = next(x for x in readme.splitlines() if x.startswith("docker run --rm gpt2_tf2:cpu"))
+    args = shlex.split(line)[4:]
+    image_path = "/opt/gpt2_tf2/models/demo"
+    assert args[:3] == ["sample", "--model_name", image_path]
+    dockerfile = open(os.path.join(REPO, "docker", "Dockerfile.cpu"), encoding="utf-8").read()
+    assert "WORKDIR /opt/gpt2_tf2" in dockerfile and "COPY models/demo ./models/demo" in dockerfile
+    script = os.path.join(os.path.dirname(sys.executable), "gpt2_tf2")
+    done = subprocess.run(
+        [script, *[DEMO if a == image_path else a for a in args]],
+        cwd=tmp_path,
+        env={**os.environ, **OFFLINE, "GPT2_TF2_SHOW_DEVICE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SAMPLE 1" in done.stdout
+
+
+def test_build_tool_refuses_to_replace(tmp_path):
+    done = run_cli(
+        [os.path.join(REPO, "tools", "build_demo.py"), "--out", DEMO, "--work", str(tmp_path / "w")]
+    )
+    assert done.returncode == 2 and "not empty" in done.stderr
+    assert not (tmp_path / "w").exists()
+    assert (
+        "Debian's fortunes"
+        in run_cli([os.path.join(REPO, "tools", "build_demo.py"), "--help"]).stdout
+    )
