@@ -325,3 +325,31 @@ def test_mismatched_bpe_files_are_refused(tmp_path, bpe_dir, vocab_files):
     (mixed / "vocab.bpe").write_bytes(open(vocab_files["vocab.bpe"], "rb").read())
     with pytest.raises(UserError, match="don't belong together"):
         load_encoder(str(mixed))
+
+
+def test_a_sentencepiece_model_of_ones_own(tmp_path):
+    """An sp.model trained elsewhere with sentencepiece's defaults (no <|endoftext|>; a dummy
+    prefix; </s> as its end of sequence): documents are separated by </s>, and `encode` reads
+    a spelled-out <|endoftext|> as text."""
+    import sentencepiece
+
+    from gpt2_tf2.training.data import load_dataset
+
+    src = corpus(tmp_path)
+    text = (src / "en.txt").read_text(encoding="utf-8")
+    model = tmp_path / "model"
+    model.mkdir()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()),
+        model_prefix=str(model / "sp"),
+        vocab_size=60,
+        minloglevel=2,
+    )
+    (model / "sp.vocab").unlink()
+    enc = load_encoder(str(model))
+    assert enc.eot_token == 2 and enc.special_tokens == {}
+    chunks = load_dataset(enc, str(src), combine=10**9)
+    ids = chunks[0].tolist()
+    assert ids.count(2) == 1  # the two files, joined by </s>
+    theirs = sentencepiece.SentencePieceProcessor(model_file=str(model / "sp.model"))
+    assert ids[: ids.index(2)] == theirs.encode(text)

@@ -20,7 +20,6 @@ import numpy as np
 
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import list_files, read_text
-from gpt2_tf2.tokenizer import ENDOFTEXT
 
 
 def load_dataset(
@@ -61,7 +60,7 @@ def load_dataset(
                 if text:
                     if pending:
                         pending.append(eot)  # files are joined by the one end-of-text token
-                    pending += encoder.encode(text, allowed_special={ENDOFTEXT})
+                    pending += encoder.encode(text, allowed_special="all")  # <|endoftext|>, if any
                     pending_chars += len(text)
                 if pending_chars >= combine:
                     chunks.append(np.asarray(pending, np.int32))
