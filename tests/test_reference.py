@@ -159,3 +159,61 @@ def test_own_vocabulary_tokenizes_as_gpt2_tokenizer_fast(tmp_path):
         ids = reference(text)["input_ids"]
         assert ours.encode(text) == ids, text
         assert ours.decode(ids) == reference.decode(ids) == text
+
+
+@pytest.mark.parametrize(
+    "penalty, ngram", [(1.3, 0), (0.8, 0), (1.0, 1), (1.0, 2), (1.0, 3), (1.5, 2)]
+)
+def test_repetition_controls_match_transformers_processors(penalty, ngram):
+    """Our processors against transformers' RepetitionPenaltyLogitsProcessor and
+    NoRepeatNGramLogitsProcessor, on random logits and repetitive random histories."""
+    from gpt2_tf2.generation.processors import apply_processors
+    from gpt2_tf2.generation.settings import History, Settings
+
+    rng = np.random.default_rng(ngram * 10 + int(penalty * 10))
+    batch, vocab, length, width = 4, 12, 15, 20
+    tokens = rng.integers(0, 3, size=(batch, width)).astype(np.int32)  # few ids: many repeats
+    logits = rng.normal(size=(batch, vocab)).astype(np.float32) * 3
+    settings = Settings.make(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+    tokens_with_padding = np.where(np.arange(width) < length, tokens, -1)
+    ours = apply_processors(
+        tf.constant(logits), settings, History(tf.constant(tokens_with_padding), length)
+    ).numpy()
+    processors = transformers.LogitsProcessorList()
+    if penalty != 1.0:
+        processors.append(transformers.RepetitionPenaltyLogitsProcessor(penalty))
+    if ngram:
+        processors.append(transformers.NoRepeatNGramLogitsProcessor(ngram))
+    theirs = processors(
+        torch.tensor(tokens[:, :length].astype(np.int64)), torch.tensor(logits)
+    ).numpy()
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    finite = np.isfinite(theirs)
+    assert float(np.max(np.abs(ours[finite] - theirs[finite]))) <= 1e-6
+    assert not np.array_equal(ours, logits)  # the case exercises the control
+
+
+@pytest.mark.parametrize("penalty, ngram", [(1.3, 0), (1.0, 2), (1.2, 3)])
+def test_greedy_with_repetition_controls_matches_transformers(models, penalty, ngram):
+    """Greedy decoding of a random model loops; with the controls its output must equal
+    transformers' generate() with the same repetition_penalty and no_repeat_ngram_size."""
+    ours, hf = models
+    ids = ours.encoder.encode(HELD_OUT[1])[:10]
+    plain = next(ours.generate_tokens(ids, length=40, temperature=0))[0]
+    mine = next(
+        ours.generate_tokens(
+            ids, length=40, temperature=0, repetition_penalty=penalty, no_repeat_ngram_size=ngram
+        )
+    )[0]
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([ids]),
+            max_new_tokens=40,
+            do_sample=False,
+            repetition_penalty=penalty,
+            no_repeat_ngram_size=ngram,
+            pad_token_id=50256,
+            attention_mask=torch.ones(1, len(ids)),
+        )
+    assert mine == out[0, len(ids) :].tolist()
+    assert mine != plain

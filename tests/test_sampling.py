@@ -16,7 +16,7 @@ PATHS = pytest.mark.parametrize("c", [CANDIDATES, 1, 2])
 
 
 def settings_of(temperature, top_k, top_p, seed=(0, 0), stop_token=-1):
-    return Settings(temperature, top_k, top_p, tf.constant(seed, tf.int64), stop_token)
+    return Settings(temperature, top_k, top_p, tf.constant(seed, tf.int64), stop_token, 1.0, 0)
 
 
 def logits_of(*rows):

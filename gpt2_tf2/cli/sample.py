@@ -53,6 +53,8 @@ def sample(
     temperature=1.0,
     top_k=0,
     top_p=1.0,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
     prompt=None,
     prompt_file=None,
     interactive=False,
@@ -82,6 +84,11 @@ def sample(
       top_k: sample only among the k most likely tokens; 0 = no limit. 40 is a common choice.
       top_p: nucleus sampling: only among the most likely tokens whose probabilities add up to
         top_p, in (0, 1]; 1 = no limit. Combines with top_k.
+      repetition_penalty: CTRL's penalty on tokens already in the prompt or the sample (their
+        positive logits divided by it, negative ones multiplied); 1 = off, 1.2 a common choice.
+        Cures the loops greedy decoding falls into.
+      no_repeat_ngram_size: never repeat an n-gram of this many tokens (of the prompt or the
+        sample); 0 = off, 3 a common choice.
       prompt: text to continue.
       prompt_file: file whose text to continue; '-' reads standard input.
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
@@ -96,6 +103,7 @@ def sample(
     """
     runner.configure_logging(verbose, xla=True)
     prompt = read_prompt(prompt, prompt_file, interactive, nsamples)
+    repetition = (repetition_penalty, no_repeat_ngram_size)
 
     # Here, after configure_logging: it imports TensorFlow.
     from gpt2_tf2.generation import language_model as api
@@ -104,7 +112,9 @@ def sample(
     if known is not None:  # flag and prompt-length errors before the weights are read
         hparams, encoder = known
         prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
-        api.check_sampling_args(hparams.n_ctx, prompt_len, length, temperature, top_k, top_p)
+        api.check_sampling_args(
+            hparams.n_ctx, prompt_len, length, temperature, top_k, top_p, *repetition
+        )
     lm = runner.load_model(
         model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype
     )
@@ -116,12 +126,14 @@ def sample(
         top_p=top_p,
         seed=seed,
         stop_at_endoftext=stop_at_endoftext,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     if not interactive:
         tokens = lm.encoder.encode(prompt) if prompt else []
         print_samples(lm, tokens, settings, nsamples)
         return None
-    lm.check_sampling_args(1, length, temperature, top_k, top_p)  # flag errors before the loop
+    lm.check_sampling_args(1, length, temperature, top_k, top_p, *repetition)  # before the loop
     interact(lm, settings, nsamples)
     return None
 

@@ -67,11 +67,25 @@ class LanguageModel:
     # ---- generation -------------------------------------------------------------------------
 
     def check_sampling_args(
-        self, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+        self,
+        prompt_len: int,
+        length: int | None,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> int:
         """Validate settings before any work; return the resolved length."""
         return check_sampling_args(
-            self.hparams.n_ctx, prompt_len, length, temperature, top_k, top_p
+            self.hparams.n_ctx,
+            prompt_len,
+            length,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
         )
 
     def generate_tokens(
@@ -85,10 +99,23 @@ class LanguageModel:
         top_p=1.0,
         seed=None,
         stop_at_endoftext=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
     ):
-        """Yield batches of generated token lists (continuations only). nsamples=0: forever."""
+        """Yield batches of generated token lists (continuations only). nsamples=0: forever.
+
+        repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
+        and the output so far, with every decoding strategy."""
         prompt_tokens = list(prompt_tokens or [])
-        length = self.check_sampling_args(len(prompt_tokens), length, temperature, top_k, top_p)
+        length = self.check_sampling_args(
+            len(prompt_tokens),
+            length,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            no_repeat_ngram_size,
+        )
         if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
             raise UserError(
                 f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
@@ -113,7 +140,15 @@ class LanguageModel:
         logits, cache = self._prefill(context_t, prompt_len, cache_len)
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
-            settings = Settings.make(temperature, top_k, top_p, (int(seed), batch_index), stop)
+            settings = Settings.make(
+                temperature,
+                top_k,
+                top_p,
+                (int(seed), batch_index),
+                stop,
+                repetition_penalty,
+                no_repeat_ngram_size,
+            )
             out = self._decode(
                 logits, cache, context_t, prompt_len, tf.constant(length), settings, slots
             ).numpy()[:, :length]
@@ -135,8 +170,11 @@ class LanguageModel:
         top_p: float = 1.0,
         seed: int | None = None,
         stop_at_endoftext: bool = False,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> list[str]:
-        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings."""
+        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings.
+        Settings as for `generate_tokens`."""
         if not nsamples:
             raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
         prompt_tokens = self.encoder.encode(prompt) if prompt else []
@@ -150,6 +188,8 @@ class LanguageModel:
             top_p,
             seed,
             stop_at_endoftext,
+            repetition_penalty,
+            no_repeat_ngram_size,
         )
         return [self.encoder.decode(row) for rows in batches for row in rows]
 
@@ -202,7 +242,14 @@ class LanguageModel:
 
 
 def check_sampling_args(
-    n_ctx: int, prompt_len: int, length: int | None, temperature: float, top_k: int, top_p: float
+    n_ctx: int,
+    prompt_len: int,
+    length: int | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> int:
     """Validate sampling settings for a model of context n_ctx; return the resolved length."""
     if length is None:
@@ -215,6 +262,14 @@ def check_sampling_args(
         raise UserError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise UserError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    penalty = repetition_penalty
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+        raise UserError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
+    size = no_repeat_ngram_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UserError(
+            f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {no_repeat_ngram_size!r}"
+        )
     if prompt_len + length > n_ctx:
         raise UserError(
             f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "

@@ -4,8 +4,9 @@ decode loop; the functions the tests check are the ones that run.
 
 Two kinds, as in Hugging Face's generation code:
 - `PROCESSORS` change the scores every strategy sees (greedy and sampling alike; beam search
-  next). Applied first, in order. The repetition controls (CTRL's repetition penalty,
-  no-repeat-n-gram) belong here and read `history`; today's features need none.
+  next). Applied first, in order, as transformers orders them: the repetition penalty (Keskar et
+  al. 2019, CTRL, sec. 4.1), then the ban on repeated n-grams (Paulus et al. 2017); both read
+  the token history (prompt and output) and cost nothing when off.
 - Sampling warpers shape the distribution a draw comes from: temperature, then top-k and top-p
   (`warp_temperature`, `truncate`), as openai/gpt-2's `src/sample.py` orders them, fixing its
   bugs: top-p
@@ -30,10 +31,63 @@ from gpt2_tf2.generation.settings import Settings
 
 NEG_INF = float("-inf")
 CANDIDATES = 256
-PROCESSORS: tuple = ()  # (logits, settings, history) -> logits, for every strategy, in order
+
+
+def seen_tokens(tokens, valid, vocab: int):
+    """bool [batch, vocab]: which ids occur in `tokens` [batch, T] where `valid` [batch, T]."""
+    batch, width = shape_list(tokens)
+    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, width])  # [batch, T]
+    ids = tf.where(valid, tokens, 0)  # padding (-1 for "no stop token") never indexes
+    counts = tf.scatter_nd(tf.stack([rows, ids], -1), tf.cast(valid, tf.int32), [batch, vocab])
+    return counts > 0
+
+
+def repetition_penalty(logits, settings, history):
+    """CTRL's penalty (Keskar et al. 2019, eq. 2, as transformers applies it): the logit of a
+    token already in the prompt or output is divided by the penalty if positive, multiplied by
+    it if negative. 1 = off; > 1 discourages repeats."""
+    penalty = tf.cast(settings.repetition_penalty, logits.dtype)
+
+    def apply():
+        width = shape_list(history.tokens)[1]
+        valid = tf.broadcast_to(tf.range(width)[None, :] < history.length, tf.shape(history.tokens))
+        seen = seen_tokens(history.tokens, valid, shape_list(logits)[-1])
+        return tf.where(seen, tf.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+    return tf.cond(penalty != 1.0, apply, lambda: logits)
+
+
+def no_repeat_ngram(logits, settings, history):
+    """Ban every token that would complete an n-gram already in the prompt or output (n =
+    settings.no_repeat_ngram_size; 0 = off): where the last n-1 tokens occurred before, the
+    token that followed them then is banned now (Paulus et al. 2017; transformers'
+    NoRepeatNGramLogitsProcessor)."""
+    n = tf.convert_to_tensor(settings.no_repeat_ngram_size, tf.int32)
+    tokens, length = history.tokens, history.length
+    width = shape_list(tokens)[1]
+    starts = tf.range(width)  # t: an earlier n-gram tokens[t : t + n]
+
+    def shifted(j):  # [batch, T]: tokens[:, t + j] (clipped past the end: masked below)
+        return tf.gather(tokens, tf.minimum(starts + j, width - 1), axis=1)
+
+    def apply():
+        def body(j, match):
+            last = tf.gather(tokens, length - n + 1 + j, axis=1)  # [batch]: the current prefix
+            return j + 1, match & (shifted(j) == last[:, None])
+
+        complete = tf.broadcast_to(starts[None, :] + n - 1 < length, tf.shape(tokens))
+        _, match = tf.while_loop(lambda j, m: j < n - 1, body, (tf.constant(0), complete))
+        banned = seen_tokens(shifted(n - 1), match, shape_list(logits)[-1])
+        return tf.where(banned, tf.cast(NEG_INF, logits.dtype), logits)
+
+    return tf.cond((n > 0) & (length >= n), apply, lambda: logits)
+
+
+PROCESSORS = (repetition_penalty, no_repeat_ngram)  # for every strategy, in this order
 
 
 def apply_processors(logits, settings, history, processors=PROCESSORS):
+    """(logits [batch, vocab], settings, History) -> the logits every strategy chooses from."""
     for processor in processors:
         logits = processor(logits, settings, history)
     return logits
@@ -110,7 +164,7 @@ def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATE
       temperature: float scalar > 0; top_k: int scalar >= 0; top_p: float scalar in (0, 1].
       candidates: Python int, how many top logits the fast path looks at (tests make it small).
     """
-    settings = Settings(temperature, top_k, top_p, seed=None, stop_token=None)
+    settings = Settings.make()._replace(temperature=temperature, top_k=top_k, top_p=top_p)
     logits = warp_temperature(logits, settings)
     on = truncation(logits, settings)[2]
 

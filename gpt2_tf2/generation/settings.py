@@ -17,15 +17,28 @@ class Settings(NamedTuple):
     top_p: tf.Tensor  # float32 scalar in (0, 1]; 1 = off
     seed: tf.Tensor  # int64 [2], the RNG key of a batch: step i draws gumbel_noise(.., seed, i)
     stop_token: tf.Tensor  # int32 scalar; once a row emits it, it emits only it; -1 = none
+    repetition_penalty: tf.Tensor  # float32 scalar > 0; 1 = off (CTRL's penalty)
+    no_repeat_ngram_size: tf.Tensor  # int32 scalar; 0 = off
 
     @classmethod
-    def make(cls, temperature=1.0, top_k=0, top_p=1.0, seed=(0, 0), stop_token=-1) -> Settings:
+    def make(
+        cls,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=(0, 0),
+        stop_token=-1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+    ) -> Settings:
         return cls(
             tf.constant(float(temperature)),
             tf.constant(int(top_k)),
             tf.constant(float(top_p)),
             tf.constant(seed, tf.int64),
             tf.constant(int(stop_token)),
+            tf.constant(float(repetition_penalty)),
+            tf.constant(int(no_repeat_ngram_size)),
         )
 
 
