@@ -151,28 +151,33 @@ class Encoder:
             the text becomes the special token id; by default they are ordinary text, as tiktoken's
             `encode_ordinary`.
         """
-        if allowed_special == "all":
-            allowed_special = set(self.special_tokens)
-        allowed = [s for s in allowed_special if s in self.special_tokens]
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"unknown special token(s): {sorted(unknown)}")
-        if not allowed:
-            return self.encode_ordinary(text)
-        splitter = regex.compile("(" + "|".join(regex.escape(s) for s in allowed) + ")")
-        tokens: list[int] = []
-        for i, part in enumerate(splitter.split(text)):
-            if i % 2:
-                tokens.append(self.special_tokens[part])
-            elif part:
-                tokens.extend(self.encode_ordinary(part))
-        return tokens
+        return encode_with_specials(self, text, allowed_special)
 
     def decode_bytes(self, tokens) -> bytes:
         return bytes(self.byte_decoder[c] for t in tokens for c in self.decoder[int(t)])
 
     def decode(self, tokens) -> str:
         return self.decode_bytes(tokens).decode("utf-8", errors=self.errors)
+
+
+def encode_with_specials(encoder, text: str, allowed_special) -> list[int]:
+    """`encoder.encode_ordinary` on the text between the spellings of `allowed_special` tokens
+    (a set of `encoder.special_tokens`' names, or "all"), which become their ids."""
+    if allowed_special == "all":
+        allowed_special = set(encoder.special_tokens)
+    unknown = set(allowed_special) - set(encoder.special_tokens)
+    if unknown:
+        raise ValueError(f"unknown special token(s): {sorted(unknown)}")
+    if not allowed_special:
+        return encoder.encode_ordinary(text)
+    splitter = regex.compile("(" + "|".join(regex.escape(s) for s in allowed_special) + ")")
+    tokens: list[int] = []
+    for i, part in enumerate(splitter.split(text)):
+        if i % 2:
+            tokens.append(encoder.special_tokens[part])
+        elif part:
+            tokens.extend(encoder.encode_ordinary(part))
+    return tokens
 
 
 def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.tokenizer.bpe import encode_with_specials
 
 SP_MODEL = "sp.model"  # in a model directory, instead of encoder.json + vocab.bpe
 ENDOFTEXT = "<|endoftext|>"
@@ -67,21 +68,7 @@ class SentencePieceEncoder:
 
     def encode(self, text: str, allowed_special: set[str] | str = ()) -> list[int]:
         """Encode text; spellings of `allowed_special` tokens ("all": every one) become their id."""
-        if allowed_special == "all":
-            allowed_special = set(self.special_tokens)
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"unknown special token(s): {sorted(unknown)}")
-        if not allowed_special:
-            return self.encode_ordinary(text)
-        pattern = "(" + "|".join(re.escape(s) for s in allowed_special) + ")"
-        tokens: list[int] = []
-        for i, part in enumerate(re.split(pattern, text)):
-            if i % 2:
-                tokens.append(self.special_tokens[part])
-            elif part:
-                tokens.extend(self.encode_ordinary(part))
-        return tokens
+        return encode_with_specials(self, text, allowed_special)
 
     def decode_bytes(self, tokens) -> bytes:
         return b"".join(self._bytes[int(t)] for t in tokens)
