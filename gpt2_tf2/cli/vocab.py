@@ -54,8 +54,7 @@ def train(
         raise UserError("name the text to train on: vocab train CORPUS... --vocab_size N --out DIR")
     if vocab_size is None or out is None:
         raise UserError("vocab train needs --vocab_size N and --out DIR")
-    if errors not in ("strict", "replace", "ignore"):
-        raise UserError(f"--errors must be strict, replace or ignore, got {errors!r}")
+    _check_errors(errors)
     heldout = _fraction(heldout)
     out = str(out)
     progress = True if verbose else None
@@ -92,6 +91,7 @@ def stats(*files, model_name="124M", models_dir="models", encoding="utf-8", erro
 
     if not files:
         raise UserError("name the text to measure: vocab stats FILE... --model_name NAME")
+    _check_errors(errors)
     texts = read_corpus(files, encoding, errors)
     model_name = str(model_name)  # a directory, or a name under models_dir (no TF needed)
     path = model_name if os.path.isdir(model_name) else os.path.join(str(models_dir), model_name)
@@ -132,6 +132,11 @@ def gpt2_encoder(models_dir):
             except UserError:
                 continue
     return None
+
+
+def _check_errors(errors):
+    if errors not in ("strict", "replace", "ignore"):
+        raise UserError(f"--errors must be strict, replace or ignore, got {errors!r}")
 
 
 def _fraction(value):
