@@ -217,3 +217,54 @@ def test_greedy_with_repetition_controls_matches_transformers(models, penalty, n
         )
     assert mine == out[0, len(ids) :].tolist()
     assert mine != plain
+
+
+@pytest.mark.parametrize(
+    "beams, length_penalty, early_stopping, ngram, stop_rank, ends_early",
+    [
+        (4, 1.0, False, 0, None, False),
+        (3, 2.0, True, 0, 2, False),
+        (4, -0.5, False, 2, 1, True),
+        (5, 1.0, False, 0, 0, False),
+        (2, 0.0, True, 3, 3, True),
+    ],
+)
+def test_beam_search_matches_transformers(
+    models, beams, length_penalty, early_stopping, ngram, stop_rank, ends_early
+):
+    """Every returned beam, in order, equals transformers' beam search with the same settings.
+    The end token is one the beams meet (stop_rank: a token greedy decoding emits), so in some
+    cases hypotheses end early and the finished-list bookkeeping is exercised."""
+    ours, hf = models
+    ids = ours.encoder.encode(HELD_OUT[2])[:8]
+    greedy = next(ours.generate_tokens(ids, length=12, temperature=0))[0]
+    stop = 50256 if stop_rank is None else greedy[stop_rank]
+    mine = ours.beam_search(
+        ids,
+        length=20,
+        num_beams=beams,
+        num_return_sequences=beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        no_repeat_ngram_size=ngram,
+        stop_token=stop,
+    )
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor([ids]),
+            max_new_tokens=20,
+            do_sample=False,
+            num_beams=beams,
+            num_return_sequences=beams,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+            no_repeat_ngram_size=ngram,
+            eos_token_id=stop,
+            pad_token_id=stop,
+            attention_mask=torch.ones(1, len(ids)),
+        )
+    theirs = []
+    for row in out[:, len(ids) :].tolist():
+        theirs.append(row[: row.index(stop)] if stop in row else row)
+    assert mine == theirs
+    assert any(len(row) < 20 for row in mine) == ends_early

@@ -55,6 +55,10 @@ def sample(
     top_p=1.0,
     repetition_penalty=1.0,
     no_repeat_ngram_size=0,
+    num_beams=1,
+    num_return_sequences=1,
+    length_penalty=1.0,
+    early_stopping=False,
     prompt=None,
     prompt_file=None,
     interactive=False,
@@ -89,6 +93,14 @@ def sample(
         Cures the loops greedy decoding falls into.
       no_repeat_ngram_size: never repeat an n-gram of this many tokens (of the prompt or the
         sample); 0 = off, 3 a common choice.
+      num_beams: beam search with this many beams instead of sampling (1 = off): the most
+        likely continuations the search finds, deterministic (temperature, top_k and top_p do
+        not apply); a beam ends at <|endoftext|>.
+      num_return_sequences: with num_beams: print this many of the best beams, best first.
+      length_penalty: with num_beams: a finished beam scores log P / length ** length_penalty;
+        > 0 favours longer beams, < 0 shorter ones.
+      early_stopping: with num_beams: stop as soon as num_beams beams have ended, instead of
+        when no open beam can beat them.
       prompt: text to continue.
       prompt_file: file whose text to continue; '-' reads standard input.
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
@@ -104,9 +116,22 @@ def sample(
     runner.configure_logging(verbose, xla=True)
     prompt = read_prompt(prompt, prompt_file, interactive, nsamples)
     repetition = (repetition_penalty, no_repeat_ngram_size)
+    beams = dict(
+        num_beams=num_beams,
+        num_return_sequences=num_return_sequences,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
 
     # Here, after configure_logging: it imports TensorFlow.
     from gpt2_tf2.generation import language_model as api
+
+    api.check_beam_args(**beams)
+    if num_beams > 1 and (nsamples != 1 or batch_size != 1 or top_k or top_p != 1.0):
+        raise UserError(
+            "--num_beams searches, it does not sample: use --num_return_sequences for more "
+            "beams, and drop --nsamples, --batch_size, --top_k and --top_p"
+        )
 
     known = api.peek(model_name, models_dir, run_name, checkpoint_dir)
     if known is not None:  # flag and prompt-length errors before the weights are read
@@ -128,6 +153,7 @@ def sample(
         stop_at_endoftext=stop_at_endoftext,
         repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
+        **beams,
     )
     if not interactive:
         tokens = lm.encoder.encode(prompt) if prompt else []

@@ -20,7 +20,7 @@ from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.generation import loop
+from gpt2_tf2.generation import beam, loop
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
@@ -53,6 +53,9 @@ class LanguageModel:
         self._decode = tf.function(
             self._continue, jit_compile=xla, autograph=False, reduce_retracing=False
         )
+        self._beam = tf.function(
+            self._beam_loop, jit_compile=xla, autograph=False, reduce_retracing=False
+        )
         self._token_nll = tf.function(
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
         )
@@ -62,6 +65,25 @@ class LanguageModel:
         model = functools.partial(self.model, weights=weights)
         return loop.continue_decode(
             model, logits, cache, context, prompt_len, length, settings, slots
+        )
+
+    def _beam_loop(self, logits, cache, context, prompt_len, length, settings, slots, options):
+        weights = self.model.read_weights(self._cpu_matvec)
+        model = functools.partial(self.model, weights=weights)
+        num_beams, length_penalty, early_stopping = options
+        return beam.beam_search(
+            model,
+            logits,
+            cache,
+            context,
+            prompt_len,
+            length,
+            settings,
+            slots,
+            num_beams,
+            self.hparams.n_head,
+            length_penalty,
+            early_stopping,
         )
 
     # ---- generation -------------------------------------------------------------------------
@@ -101,11 +123,35 @@ class LanguageModel:
         stop_at_endoftext=False,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
+        num_beams=1,
+        num_return_sequences=1,
+        length_penalty=1.0,
+        early_stopping=False,
     ):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever.
 
         repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
-        and the output so far, with every decoding strategy."""
+        and the output so far, with every decoding strategy. num_beams > 1: beam search instead
+        of sampling (`beam_search`), one batch of the num_return_sequences best beams."""
+        if num_beams != 1:
+            if nsamples != 1 or batch_size != 1:
+                raise UserError(
+                    "beam search is deterministic: nsamples and batch_size stay 1; "
+                    "num_return_sequences gives more beams"
+                )
+            if top_k or top_p != 1.0:
+                raise UserError("beam search does not sample: drop top_k and top_p")
+            yield self.beam_search(
+                prompt_tokens,
+                length,
+                num_beams,
+                num_return_sequences,
+                length_penalty,
+                early_stopping,
+                repetition_penalty,
+                no_repeat_ngram_size,
+            )
+            return
         prompt_tokens = list(prompt_tokens or [])
         length = self.check_sampling_args(
             len(prompt_tokens),
@@ -159,6 +205,52 @@ class LanguageModel:
             batch_index += 1
             yield rows
 
+    def beam_search(
+        self,
+        prompt_tokens=None,
+        length=None,
+        num_beams=4,
+        num_return_sequences=1,
+        length_penalty=1.0,
+        early_stopping=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        stop_token=None,
+    ) -> list[list[int]]:
+        """The num_return_sequences best of num_beams beams after the prompt, best first
+        (continuations only). A hypothesis ends at `stop_token` (default: the vocabulary's
+        end-of-text; not included in the result) or after `length` tokens, and is scored by
+        its summed log-probability / length ** length_penalty (> 0 favours longer ones).
+        early_stopping: stop once num_beams hypotheses have ended, instead of when no open
+        beam can beat them. As transformers' beam search, step by step.
+        """
+        prompt_tokens = list(prompt_tokens or [])
+        length = self.check_sampling_args(
+            len(prompt_tokens), length, 0, 0, 1.0, repetition_penalty, no_repeat_ngram_size
+        )
+        check_beam_args(num_beams, num_return_sequences, length_penalty, early_stopping)
+        eot = self.encoder.eot_token
+        if not prompt_tokens and eot is None:
+            raise UserError("beam search without a prompt needs <|endoftext|> in the vocabulary")
+        context = prompt_tokens or [eot]
+        stop = stop_token if stop_token is not None else (-1 if eot is None else eot)
+        n_ctx = self.hparams.n_ctx
+        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
+        context_t = tf.constant([padded] * num_beams, tf.int32)
+        slots = bucket(length, n_ctx)
+        prompt_len = tf.constant(len(context))
+        logits, cache = self._prefill(context_t, prompt_len, min(len(padded) + slots, n_ctx))
+        settings = Settings.make(
+            stop_token=stop,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        options = (num_beams, float(length_penalty), bool(early_stopping))
+        out, _ = self._beam(
+            logits, cache, context_t, prompt_len, tf.constant(length), settings, slots, options
+        )
+        return [_cut(row[:length], stop) for row in out.numpy()[0, :num_return_sequences]]
+
     def generate(
         self,
         prompt: str | None = None,
@@ -172,9 +264,14 @@ class LanguageModel:
         stop_at_endoftext: bool = False,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
+        num_beams: int = 1,
+        num_return_sequences: int = 1,
+        length_penalty: float = 1.0,
+        early_stopping: bool = False,
     ) -> list[str]:
-        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings.
-        Settings as for `generate_tokens`."""
+        """Sample continuations of `prompt` (None or "": unconditional); nsamples strings, or
+        with num_beams > 1 the num_return_sequences best beams. Settings as for
+        `generate_tokens`."""
         if not nsamples:
             raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
         prompt_tokens = self.encoder.encode(prompt) if prompt else []
@@ -190,6 +287,10 @@ class LanguageModel:
             stop_at_endoftext,
             repetition_penalty,
             no_repeat_ngram_size,
+            num_beams,
+            num_return_sequences,
+            length_penalty,
+            early_stopping,
         )
         return [self.encoder.decode(row) for rows in batches for row in rows]
 
@@ -276,6 +377,20 @@ def check_sampling_args(
             f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
         )
     return length
+
+
+def check_beam_args(num_beams, num_return_sequences, length_penalty, early_stopping) -> None:
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise UserError(f"num_beams must be a positive integer, got {num_beams!r}")
+    n = num_return_sequences
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= num_beams:
+        raise UserError(
+            f"num_return_sequences must be an integer from 1 to num_beams ({num_beams}), got {n!r}"
+        )
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+        raise UserError(f"length_penalty must be a number, got {length_penalty!r}")
+    if not isinstance(early_stopping, bool):
+        raise UserError(f"early_stopping must be true or false, got {early_stopping!r}")
 
 
 def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_dir="checkpoint"):

@@ -1,0 +1,185 @@
+"""Beam search: one compiled `tf.while_loop` over a fixed-shape cache, as the sampling loop.
+
+Follows transformers' vectorized beam search (`GenerationMixin._beam_search`, v4.50+), so that
+the same settings give the same beams: each step scores every (beam, token) continuation by its
+summed log-probability (after the logits processors, which read each beam's history), keeps the
+best 2K of the K*V (so that K beams remain open even if the best K all end), moves those that
+end (the stop token, or the last position) to a list of K finished hypotheses scored
+sum_logprob / generated_length ** length_penalty (Wu et al. 2016, sec. 7, in its simplest
+form), and continues with the K best open ones. `early_stopping` stops a row as soon as K
+hypotheses are finished; otherwise a row stops when no open beam can beat its worst finished
+one (transformers' heuristic for early_stopping=False).
+
+Shapes: B prompts, K beams, V tokens, W = P + slots history columns (prompt, then output).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from gpt2_tf2.core.kernels import shape_list
+from gpt2_tf2.generation.processors import PROCESSORS, apply_processors
+from gpt2_tf2.generation.settings import History
+
+NONE = -1.0e9  # transformers' score of an empty or excluded hypothesis
+
+
+class BeamState(NamedTuple):
+    step: tf.Tensor  # int32 scalar: tokens chosen so far
+    logits: tf.Tensor  # [B * K, V]: next-token logits of the open beams
+    cache: list  # the model's cache, rows ordered as the open beams
+    running: tf.Tensor  # int32 [B, K, W]: open beams
+    running_scores: tf.Tensor  # [B, K]: their summed log-probabilities
+    finished: tf.Tensor  # int32 [B, K, W]: finished hypotheses, best first
+    finished_scores: tf.Tensor  # [B, K]: their length-penalized scores (NONE: empty slot)
+    is_finished: tf.Tensor  # bool [B, K]: the slot holds a hypothesis
+    improvable: tf.Tensor  # bool [B, 1]: an open beam may still beat a finished one
+    all_ended: tf.Tensor  # bool scalar: every continuation kept at the last step ended
+
+
+def gather_beams(x, index):
+    """x [B, N, ...] gathered along N by index [B, M] -> [B, M, ...]."""
+    return tf.gather(x, index, batch_dims=1)
+
+
+def reorder_cache(cache, rows, n_head: int):
+    """The cache's rows (beams) in a new order: rows int32 [B * K] indexes the old rows."""
+    out = []
+    for keys, values in cache:
+        pair = []
+        for x in (keys, values):
+            t, d = shape_list(x)[1:]
+            per_row = tf.reshape(x, [-1, n_head, t, d])  # [B * K, heads, T, head_dim]
+            pair.append(tf.reshape(tf.gather(per_row, rows), [-1, t, d]))
+        out.append(tuple(pair))
+    return out
+
+
+def beam_search(
+    model,
+    logits,
+    cache,
+    context,
+    prompt_len,
+    length,
+    settings,
+    slots: int,
+    num_beams: int,
+    n_head: int,
+    length_penalty,
+    early_stopping: bool,
+    processors=PROCESSORS,
+):
+    """Beam search after `loop.prefill` of the K-times-repeated prompts.
+
+    Args:
+      model: as for `loop.prefill`; logits [B * K, V], cache: what prefill returned for `context`
+        int32 [B * K, P] (each prompt repeated K times), prompt_len: int32 scalar.
+      length: int32 scalar in 1 .. slots, the most tokens to generate.
+      settings: a `Settings`: stop_token ends a hypothesis (-1: only the length does); the
+        repetition settings apply to every beam's history; the sampling ones are not used.
+      slots, num_beams, n_head: Python ints (the width of the result, K, the cache's heads).
+      length_penalty: float scalar; > 0 favours longer hypotheses, < 0 shorter ones.
+      early_stopping: Python bool, stop a row once K hypotheses are finished.
+    Returns:
+      (int32 [B, K, slots] hypotheses best first, continuation only, padded with the stop token
+      (or 0); [B, K] their scores).
+    """
+    k = num_beams
+    width = shape_list(context)[1] + slots
+    batch = shape_list(context)[0] // k
+    vocab = shape_list(logits)[-1]
+    stop = settings.stop_token
+    pad = tf.maximum(stop, 0)
+    penalty = tf.cast(length_penalty, tf.float32)
+    max_length = prompt_len + length
+    first_k = tf.range(2 * k) < k  # [2K]: only the best K continuations may finish
+    columns = tf.range(width)
+
+    def cond(s):
+        open_rows = ~(tf.reduce_all(s.is_finished) & early_stopping)
+        return (s.step < length) & tf.reduce_any(s.improvable) & open_rows & ~s.all_ended
+
+    def body(s):
+        cur = prompt_len + s.step  # the column this step writes
+        flat = tf.reshape(s.running, [batch * k, width])  # [B * K, W]
+        log_probs = tf.nn.log_softmax(tf.cast(s.logits, tf.float32))  # [B * K, V]
+        log_probs = apply_processors(log_probs, settings, History(flat, cur), processors)
+        total = tf.reshape(log_probs, [batch, k, vocab]) + s.running_scores[:, :, None]
+        top_scores, top_index = tf.math.top_k(tf.reshape(total, [batch, k * vocab]), 2 * k)
+        top_beam, token = top_index // vocab, top_index % vocab  # [B, 2K] each
+        candidates = gather_beams(s.running, top_beam)  # [B, 2K, W]
+        candidates = tf.where(columns == cur, token[:, :, None], candidates)
+        ended = (token == stop) | (cur + 1 >= max_length)  # [B, 2K]
+
+        # The K best continuations that did not end stay open.
+        open_scores = top_scores + tf.cast(ended, tf.float32) * NONE
+        _, keep = tf.math.top_k(open_scores, k)  # [B, K]
+        running = gather_beams(candidates, keep)
+        running_scores = gather_beams(open_scores, keep)
+
+        # Those of the best K that ended join the finished list if they beat its worst.
+        just_ended = ended & first_k[None, :]
+        generated = tf.cast(s.step + 1, tf.float32)
+        scores = top_scores / generated**penalty
+        full = tf.reduce_all(s.is_finished, axis=-1, keepdims=True) & early_stopping
+        scores += tf.cast(full | ~s.improvable | ~just_ended, tf.float32) * NONE
+        merged_scores = tf.concat([s.finished_scores, scores], axis=1)  # [B, 3K]
+        _, best = tf.math.top_k(merged_scores, k)
+        finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best)
+        finished_scores = gather_beams(merged_scores, best)
+        is_finished = gather_beams(tf.concat([s.is_finished, just_ended], axis=1), best)
+
+        # The open beams' cache rows follow them; then the model reads their new tokens.
+        source = gather_beams(top_beam, keep)  # [B, K]: the old beam each open one extends
+        rows = tf.reshape(source + tf.range(batch)[:, None] * k, [-1])  # [B * K]
+        cache = reorder_cache(s.cache, rows, n_head)
+        new_tokens = tf.reshape(gather_beams(token, keep), [-1, 1])  # [B * K, 1]
+
+        def forward():
+            out = model(new_tokens, cache, cur, logits_at=0)
+            return out["logits"][:, -1], out["cache"]
+
+        logits, cache = tf.cond(s.step + 1 < length, forward, lambda: (s.logits, cache))
+
+        # Can an open beam still beat the worst finished hypothesis (at its current length)?
+        best_open = running_scores[:, :1] / generated**penalty  # [B, 1]
+        worst = tf.reduce_min(finished_scores, axis=1, keepdims=True)
+        worst = tf.where(is_finished, worst, NONE)  # [B, K]
+        improvable = s.improvable & tf.reduce_any(best_open > worst, axis=-1, keepdims=True)
+        return (
+            BeamState(
+                s.step + 1,
+                logits,
+                cache,
+                running,
+                running_scores,
+                finished,
+                finished_scores,
+                is_finished,
+                improvable,
+                tf.reduce_all(ended),
+            ),
+        )
+
+    start = tf.reshape(context, [batch, k, -1])  # [B, K, P]
+    start = tf.pad(start, [[0, 0], [0, 0], [0, slots]])  # [B, K, W]
+    start = tf.where(columns < prompt_len, start, pad)
+    first_only = tf.where(tf.range(k) == 0, 0.0, NONE)  # the beams start equal: one counts
+    state = BeamState(
+        tf.constant(0),
+        logits,
+        cache,
+        start,
+        tf.tile(first_only[None, :], [batch, 1]),
+        start,
+        tf.fill([batch, k], NONE),
+        tf.zeros([batch, k], tf.bool),
+        tf.ones([batch, 1], tf.bool),
+        tf.constant(False),
+    )
+    (state,) = tf.while_loop(cond, body, (state,))
+    out = tf.slice(state.finished, tf.stack([0, 0, prompt_len]), [batch, k, slots])
+    return out, state.finished_scores

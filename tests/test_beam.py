@@ -1,0 +1,106 @@
+"""Beam search on a hand-made Markov model whose best sequence greedy decoding misses (hand-
+computed), and on a real model with one beam, which is greedy decoding. transformers' beam
+search is the reference in tests/test_reference.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf2.generation.beam import beam_search
+from gpt2_tf2.generation.loop import prefill
+from gpt2_tf2.generation.settings import Settings
+
+A, B, STOP, START = 0, 1, 2, 3
+TINY = 1e-6
+# P(next | last): from START, a is likelier than b; but after b comes b almost surely.
+TABLE = np.log(
+    np.array(
+        [
+            [0.3, 0.25, 0.45, TINY],  # after a: the end is likeliest
+            [0.06, 0.9, 0.04, TINY],  # after b: b again, almost surely
+            [0.25, 0.25, 0.5, TINY],  # after the end (never continued)
+            [0.55, 0.4, 0.05, TINY],  # after START: a is likelier than b
+        ],
+        np.float32,
+    )
+)
+
+
+class MarkovModel:
+    """Logits = log P(next | last token); a dummy cache in GPT-2's layout (one head)."""
+
+    def init_cache(self, batch, max_len):
+        return [(tf.zeros([batch, max_len, 1]), tf.zeros([batch, max_len, 1]))]
+
+    def __call__(self, tokens, cache, pos, logits_at=None):
+        last = tokens[:, -1] if logits_at is None else tf.gather(tokens, logits_at, axis=1)
+        return {"logits": tf.gather(tf.constant(TABLE), last)[:, None, :], "cache": cache}
+
+
+def run(k, length, length_penalty=0.0, early_stopping=False, xla=False):
+    model = MarkovModel()
+
+    @tf.function(jit_compile=xla, autograph=False)
+    def fn():
+        context = tf.fill([k, 1], START)
+        logits, cache = prefill(model, context, tf.constant(1), 1 + length)
+        settings = Settings.make(stop_token=STOP)
+        return beam_search(
+            model,
+            logits,
+            cache,
+            context,
+            tf.constant(1),
+            tf.constant(length),
+            settings,
+            length,
+            k,
+            1,
+            length_penalty,
+            early_stopping,
+        )
+
+    out, scores = fn()
+    return out.numpy()[0].tolist(), scores.numpy()[0].tolist()
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_beams_find_what_greedy_misses(xla):
+    # Greedy: a (0.55), then the end (0.45): 0.2475. Two beams keep b (0.4) as well, and find
+    # b b: 0.36. Both hypotheses end at the second token (the length), scored by log P.
+    rows, scores = run(2, 2, xla=xla)
+    assert rows == [[B, B], [A, STOP]]
+    np.testing.assert_allclose(scores, [math.log(0.36), math.log(0.2475)], rtol=1e-5)
+    # One beam is greedy decoding.
+    assert run(1, 2, xla=xla)[0] == [[A, STOP]]
+
+
+def test_hypotheses_end_at_the_stop_token_with_the_length_penalty():
+    """Three beams, three tokens. Finished on the way (among the best three of a step): STOP
+    at once (0.05, one token) and a STOP (0.2475, two); at the length: b b b (0.324), a b b
+    (0.12375), a a STOP (0.07425). Scores are log P / length ** length_penalty."""
+    rows, scores = run(3, 3, length_penalty=0.0)
+    assert rows == [[B, B, B], [A, STOP, STOP], [A, B, B]]  # padded with the stop token
+    np.testing.assert_allclose(scores, np.log([0.324, 0.2475, 0.12375]), rtol=1e-5)
+    # length_penalty -1 multiplies log P by the length: shorter hypotheses win.
+    rows, scores = run(3, 3, length_penalty=-1.0)
+    assert rows == [[A, STOP, STOP], [STOP, STOP, STOP], [B, B, B]]
+    want = [math.log(0.2475) * 2, math.log(0.05), math.log(0.324) * 3]
+    np.testing.assert_allclose(scores, want, rtol=1e-5)
+
+
+def test_one_beam_is_greedy_on_a_real_model(tiny_model_dir):
+    import gpt2_tf2
+
+    lm = gpt2_tf2.load(tiny_model_dir)
+    prompt = lm.encoder.encode("Beams and greedy")
+    greedy = next(lm.generate_tokens(prompt, length=15, temperature=0))[0]
+    assert lm.beam_search(prompt, length=15, num_beams=1) == [greedy]
+    four = lm.beam_search(prompt, length=15, num_beams=4, num_return_sequences=4)
+    assert len(four) == 4 and len({tuple(r) for r in four}) == 4
+    texts = lm.generate("Beams and greedy", length=15, num_beams=4, num_return_sequences=2)
+    assert texts == [lm.encoder.decode(r) for r in four[:2]]
