@@ -29,6 +29,8 @@ TEXT_FLAGS = {
     "val_dataset",
     "in_text",
     "out_npz",
+    "truncate",
+    "destination_path",
 }
 
 # What TensorFlow's C++ side prints while it is imported: absl log lines

@@ -16,13 +16,30 @@ HEADER = "=" * 40 + " SAMPLE {} " + "=" * 40
 FOOTER = "=" * 80
 
 
-def print_samples(lm, prompt_tokens, settings: dict, nsamples: int, counter: int = 0) -> int:
-    """Generate and print samples with the original's headers; returns the updated counter."""
-    for rows in lm.generate_tokens(prompt_tokens, nsamples=nsamples, **settings):
+def print_samples(
+    lm, prompt, settings: dict, nsamples: int, counter: int = 0, output: dict | None = None
+) -> int:
+    """Generate and print samples with the original's headers (or, with output's
+    destination_path, write them there); returns the updated counter."""
+    from gpt2_tf2.generation import texts
+
+    output = output or {}
+    written = []
+    tokens = lm.encoder.encode(prompt) if prompt else []
+    for rows in lm.generate_tokens(tokens, nsamples=nsamples, **settings):
         for row in rows:
             counter += 1
+            text = texts.finish(
+                prompt, lm.encoder.decode(row), output.get("truncate"), output.get("include_prefix")
+            )
+            if output.get("destination_path"):
+                written.append(text)
+                continue
             print(HEADER.format(counter))
-            print(lm.encoder.decode(row), flush=True)
+            print(text, flush=True)
+    if output.get("destination_path"):
+        texts.write(output["destination_path"], written, output["sample_delim"])
+        print(f"wrote {len(written)} samples to {output['destination_path']}")
     return counter
 
 
@@ -59,6 +76,10 @@ def sample(
     num_return_sequences=1,
     length_penalty=1.0,
     early_stopping=False,
+    truncate=None,
+    include_prefix=False,
+    destination_path=None,
+    sample_delim="=" * 20 + "\n",
     prompt=None,
     prompt_file=None,
     interactive=False,
@@ -101,6 +122,12 @@ def sample(
         > 0 favours longer beams, < 0 shorter ones.
       early_stopping: with num_beams: stop as soon as num_beams beams have ended, instead of
         when no open beam can beat them.
+      truncate: cut each sample before the first occurrence of this text (gpt-2-simple's
+        name), e.g. '<|endoftext|>'.
+      include_prefix: print the prompt in front of each sample (as gpt-2-simple does).
+      destination_path: write the samples to this new file instead of printing them, each
+        followed by a newline and sample_delim (gpt-2-simple's generate_to_file).
+      sample_delim: with destination_path: what follows each sample.
       prompt: text to continue.
       prompt_file: file whose text to continue; '-' reads standard input.
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
@@ -127,6 +154,13 @@ def sample(
     from gpt2_tf2.generation import language_model as api
 
     api.check_beam_args(**beams)
+    if destination_path is not None:
+        if interactive or nsamples == 0:
+            raise UserError("--destination_path needs a fixed --nsamples and no --interactive")
+        destination_path = str(destination_path)
+        from gpt2_tf2.generation import texts
+
+        texts.check_destination(destination_path)
     if num_beams > 1 and (nsamples != 1 or batch_size != 1 or top_k or top_p != 1.0):
         raise UserError(
             "--num_beams searches, it does not sample: use --num_return_sequences for more "
@@ -155,16 +189,21 @@ def sample(
         no_repeat_ngram_size=no_repeat_ngram_size,
         **beams,
     )
+    output = dict(
+        truncate=None if truncate is None else str(truncate),
+        include_prefix=include_prefix,
+        destination_path=destination_path,
+        sample_delim=str(sample_delim),
+    )
     if not interactive:
-        tokens = lm.encoder.encode(prompt) if prompt else []
-        print_samples(lm, tokens, settings, nsamples)
+        print_samples(lm, prompt, settings, nsamples, output=output)
         return None
     lm.check_sampling_args(1, length, temperature, top_k, top_p, *repetition)  # before the loop
-    interact(lm, settings, nsamples)
+    interact(lm, settings, nsamples, output)
     return None
 
 
-def interact(lm, settings: dict, nsamples: int) -> None:
+def interact(lm, settings: dict, nsamples: int, output: dict) -> None:
     """The original's loop: ask for a prompt, print its samples, until end of input."""
     counter = 0
     while True:
@@ -177,7 +216,7 @@ def interact(lm, settings: dict, nsamples: int) -> None:
             print()
             return
         try:
-            counter = print_samples(lm, lm.encoder.encode(raw_text), settings, nsamples, counter)
+            counter = print_samples(lm, raw_text, settings, nsamples, counter, output)
         except UserError as e:  # e.g. a prompt too long: say so and ask again
             print(f"error: {e}", file=sys.stderr)
             continue

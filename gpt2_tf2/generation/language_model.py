@@ -20,7 +20,7 @@ from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.generation import beam, loop
+from gpt2_tf2.generation import beam, loop, texts
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
@@ -268,12 +268,26 @@ class LanguageModel:
         num_return_sequences: int = 1,
         length_penalty: float = 1.0,
         early_stopping: bool = False,
-    ) -> list[str]:
+        prefix: str | None = None,
+        truncate: str | None = None,
+        include_prefix: bool = False,
+        sample_delim: str = texts.SAMPLE_DELIM,
+        destination_path: str | None = None,
+        return_as_list: bool = True,
+    ) -> list[str] | None:
         """Sample continuations of `prompt` (None or "": unconditional); nsamples strings, or
         with num_beams > 1 the num_return_sequences best beams. Settings as for
-        `generate_tokens`."""
+        `generate_tokens`; then, with gpt-2-simple's names: `prefix` is another name for the
+        prompt, `truncate` cuts each text before that string, `include_prefix` puts the prompt
+        in front, `destination_path` writes the texts to a new file (each followed by a newline
+        and `sample_delim`), and `return_as_list=False` prints them that way (returns None)."""
         if not nsamples:
             raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
+        if prefix is not None and prompt is not None:
+            raise UserError("give prompt or prefix (gpt-2-simple's name for it), not both")
+        prompt = prompt if prefix is None else prefix
+        if destination_path is not None:
+            texts.check_destination(str(destination_path))  # before any work
         prompt_tokens = self.encoder.encode(prompt) if prompt else []
         batches = self.generate_tokens(
             prompt_tokens,
@@ -284,15 +298,26 @@ class LanguageModel:
             top_k,
             top_p,
             seed,
-            stop_at_endoftext,
-            repetition_penalty,
-            no_repeat_ngram_size,
-            num_beams,
-            num_return_sequences,
-            length_penalty,
-            early_stopping,
+            stop_at_endoftext=stop_at_endoftext,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            num_beams=num_beams,
+            num_return_sequences=num_return_sequences,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
         )
-        return [self.encoder.decode(row) for rows in batches for row in rows]
+        out = [
+            texts.finish(prompt, self.encoder.decode(row), truncate, include_prefix)
+            for rows in batches
+            for row in rows
+        ]
+        if destination_path is not None:
+            texts.write(str(destination_path), out, sample_delim)
+        if return_as_list:
+            return out
+        if destination_path is None:
+            print(texts.joined(out, sample_delim), end="")
+        return None
 
     # ---- scoring ----------------------------------------------------------------------------
 
