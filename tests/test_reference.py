@@ -268,3 +268,17 @@ def test_beam_search_matches_transformers(
         theirs.append(row[: row.index(stop)] if stop in row else row)
     assert mine == theirs
     assert any(len(row) < 20 for row in mine) == ends_early
+
+
+def test_attention_maps_match_transformers(models):
+    """The attention view's maps against transformers' output_attentions (eager attention)."""
+    from gpt2_tf2.core.attention_maps import attention_maps
+
+    ours, hf = models
+    ids = ours.encoder.encode(HELD_OUT[1])[:40]
+    mine = attention_maps(ours.model, ids)
+    hf.config._attn_implementation = "eager"  # the attention weights are returned by it
+    with torch.no_grad():
+        out = hf(torch.tensor([ids]), output_attentions=True)
+    theirs = np.stack([a[0].numpy() for a in out.attentions])  # [layers, heads, seq, seq]
+    assert float(np.max(np.abs(mine - theirs))) <= 1e-5

@@ -20,13 +20,14 @@ COMMANDS = {
     "export": "write a fine-tuned run as an OpenAI model directory",
     "vocab": "train a vocabulary on your text (train), or measure one (stats)",
     "init": "a new model with GPT-2's initialisation, on a vocabulary",
+    "attention": "an HTML page of what each token attends to, per layer and head",
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
-        lines = [f"  {cmd:8s} {desc}" for cmd, desc in COMMANDS.items()]
+        lines = [f"  {cmd:10s} {desc}" for cmd, desc in COMMANDS.items()]
         print(
             "usage: gpt2_tf2 COMMAND [FLAGS]   (gpt2_tf2 COMMAND --help for its flags)\n\n"
             "commands:\n" + "\n".join(lines)

@@ -31,6 +31,7 @@ TEXT_FLAGS = {
     "out_npz",
     "truncate",
     "destination_path",
+    "png",
 }
 
 # What TensorFlow's C++ side prints while it is imported: absl log lines

@@ -91,17 +91,23 @@ def write_cache(cache, x, pos):
     return update_slice(cache, x, pos)
 
 
+def attention_probs(q, k, pos):
+    """softmax(q k^T / sqrt(d)) under the causal mask, float32 [..., n, T]: how much query i (at
+    position pos + i) attends to key j <= pos + i. q: [..., n, head_dim]; k: [..., T, head_dim]."""
+    w = tf.matmul(q, k, transpose_b=True)  # [..., n, T]
+    # Scores, mask and softmax in float32: -1e10 would overflow float16.
+    w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(k)[-1]))
+    visible = tf.range(shape_list(k)[-2])[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]
+    w = tf.where(visible, w, MASK_VALUE)  # visible: [n, T]
+    return tf.nn.softmax(w, axis=-1)
+
+
 def causal_attention(q, k, v, pos):
     """softmax(q k^T / sqrt(d)) v; query i sits at position pos + i and sees keys j <= pos + i.
 
     q: [..., n, head_dim]; k, v: [..., T, head_dim], with the same leading (batch, head) dims.
     """
-    w = tf.matmul(q, k, transpose_b=True)  # [..., n, T]
-    # Scores, mask and softmax in float32: -1e10 would overflow float16.
-    w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(v)[-1]))
-    visible = tf.range(shape_list(k)[-2])[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]
-    w = tf.where(visible, w, MASK_VALUE)  # visible: [n, T]
-    return tf.matmul(tf.cast(tf.nn.softmax(w, axis=-1), v.dtype), v)  # [..., n, head_dim]
+    return tf.matmul(tf.cast(attention_probs(q, k, pos), v.dtype), v)  # [..., n, head_dim]
 
 
 CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
