@@ -20,10 +20,13 @@ def print_samples(
     lm, prompt, settings: dict, nsamples: int, counter: int = 0, output: dict | None = None
 ) -> int:
     """Generate and print samples with the original's headers (or, with output's
-    destination_path, write them there); returns the updated counter."""
+    destination_path, write them there); returns the updated counter. One sample at a time is
+    printed as it is made (streamed)."""
     from gpt2_tf2.generation import texts
 
     output = output or {}
+    if streamable(settings, output):
+        return stream_samples(lm, prompt, settings, nsamples, counter, output)
     written = []
     tokens = lm.encoder.encode(prompt) if prompt else []
     for rows in lm.generate_tokens(tokens, nsamples=nsamples, **settings):
@@ -40,6 +43,38 @@ def print_samples(
     if output.get("destination_path"):
         texts.write(output["destination_path"], written, output["sample_delim"])
         print(f"wrote {len(written)} samples to {output['destination_path']}")
+    return counter
+
+
+def streamable(settings: dict, output: dict) -> bool:
+    """One sample at a time, to the terminal, as sampled: printed while it is made."""
+    return (
+        settings.get("batch_size", 1) == 1
+        and settings.get("num_beams", 1) == 1
+        and not output.get("truncate")
+        and not output.get("destination_path")
+    )
+
+
+def stream_samples(lm, prompt, settings: dict, nsamples: int, counter: int, output: dict) -> int:
+    """Print each sample's text as it is made; the same text as without streaming."""
+    import secrets
+
+    keys = ("length", "temperature", "top_k", "top_p", "stop_at_endoftext")
+    keys += ("repetition_penalty", "no_repeat_ngram_size")
+    chosen = {k: settings[k] for k in keys if k in settings}
+    seed = settings.get("seed")
+    seed = secrets.randbits(31) if seed is None else seed
+    index = 0
+    while nsamples == 0 or index < nsamples:
+        counter += 1
+        print(HEADER.format(counter))
+        if output.get("include_prefix") and prompt:
+            print(prompt, end="", flush=True)
+        for piece in lm.stream(prompt, seed=seed, sample_index=index, **chosen):
+            print(piece, end="", flush=True)
+        print(flush=True)
+        index += 1
     return counter
 
 

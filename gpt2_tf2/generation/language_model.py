@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import secrets
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +24,21 @@ from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.generation import beam, loop, texts
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
+
+STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
+
+
+class Run(NamedTuple):
+    """What the batches of one sampling call share (`LanguageModel._setup`)."""
+
+    length: int
+    stop: int
+    slots: int
+    context: tf.Tensor  # int32 [batch, P]: the padded prompt
+    prompt_len: tf.Tensor
+    logits: tf.Tensor  # after the prompt
+    cache: list
+    settings: object  # (seed, batch_index) -> Settings
 
 
 class LanguageModel:
@@ -56,6 +72,9 @@ class LanguageModel:
         self._beam = tf.function(
             self._beam_loop, jit_compile=xla, autograph=False, reduce_retracing=False
         )
+        self._advance = tf.function(
+            self._advance_loop, jit_compile=xla, autograph=False, reduce_retracing=False
+        )
         self._token_nll = tf.function(
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
         )
@@ -66,6 +85,11 @@ class LanguageModel:
         return loop.continue_decode(
             model, logits, cache, context, prompt_len, length, settings, slots
         )
+
+    def _advance_loop(self, state, prompt_len, length, settings, until):
+        weights = self.model.read_weights(self._cpu_matvec)
+        model = functools.partial(self.model, weights=weights)
+        return loop.advance(model, state, prompt_len, length, settings, until)
 
     def _beam_loop(self, logits, cache, context, prompt_len, length, settings, slots, options):
         weights = self.model.read_weights(self._cpu_matvec)
@@ -152,28 +176,45 @@ class LanguageModel:
                 no_repeat_ngram_size,
             )
             return
-        prompt_tokens = list(prompt_tokens or [])
-        length = self.check_sampling_args(
-            len(prompt_tokens),
-            length,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            no_repeat_ngram_size,
-        )
         if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
             raise UserError(
                 f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
             )
+        run = self._setup(
+            prompt_tokens,
+            length,
+            batch_size,
+            (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size),
+            stop_at_endoftext,
+        )
+        length, stop, slots = run.length, run.stop, run.slots
+        context_t, prompt_len, logits, cache = run.context, run.prompt_len, run.logits, run.cache
+        if seed is None:
+            seed = secrets.randbits(31)
+        produced, batch_index = 0, 0
+        while nsamples == 0 or produced < nsamples:
+            settings = run.settings(seed, batch_index)
+            out = self._decode(
+                logits, cache, context_t, prompt_len, tf.constant(length), settings, slots
+            ).numpy()[:, :length]
+            rows = [_cut(row, stop) for row in out]
+            if nsamples:
+                rows = rows[: nsamples - produced]
+            produced += len(rows)
+            batch_index += 1
+            yield rows
+
+    def _setup(self, prompt_tokens, length, batch_size, settings, stop_at_endoftext):
+        """Checks, the padded prompt run once, and what every batch of a sampling run shares.
+        settings: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
+        prompt_tokens = list(prompt_tokens or [])
+        length = self.check_sampling_args(len(prompt_tokens), length, *settings)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         eot = self.encoder.eot_token
         if not prompt_tokens and eot is None:
             raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
         context = prompt_tokens or [eot]  # unconditional samples start from <|endoftext|>
-        if seed is None:
-            seed = secrets.randbits(31)
         stop = eot if stop_at_endoftext and eot is not None else -1
         n_ctx = self.hparams.n_ctx
         padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
@@ -184,26 +225,73 @@ class LanguageModel:
         # batch continues from the same prompt: run it once (the loop does not modify its input).
         cache_len = min(len(padded) + slots, n_ctx)
         logits, cache = self._prefill(context_t, prompt_len, cache_len)
-        produced, batch_index = 0, 0
-        while nsamples == 0 or produced < nsamples:
-            settings = Settings.make(
-                temperature,
-                top_k,
-                top_p,
-                (int(seed), batch_index),
-                stop,
-                repetition_penalty,
-                no_repeat_ngram_size,
+        temperature, top_k, top_p, penalty, ngram = settings
+
+        def make_settings(seed, batch_index):
+            return Settings.make(
+                temperature, top_k, top_p, (int(seed), batch_index), stop, penalty, ngram
             )
-            out = self._decode(
-                logits, cache, context_t, prompt_len, tf.constant(length), settings, slots
-            ).numpy()[:, :length]
-            rows = [_cut(row, stop) for row in out]
-            if nsamples:
-                rows = rows[: nsamples - produced]
-            produced += len(rows)
-            batch_index += 1
-            yield rows
+
+        return Run(length, stop, slots, context_t, prompt_len, logits, cache, make_settings)
+
+    def stream_tokens(
+        self,
+        prompt_tokens=None,
+        length=None,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        seed=None,
+        stop_at_endoftext=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        chunk: int = STREAM_CHUNK,
+        sample_index: int = 0,
+    ):
+        """One sample's tokens as they are made, `chunk` at a time (lists of ids). The same
+        seed gives the same tokens as `generate_tokens` (its sample number `sample_index` at
+        batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step)."""
+        run = self._setup(
+            prompt_tokens,
+            length,
+            1,
+            (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size),
+            stop_at_endoftext,
+        )
+        settings = run.settings(secrets.randbits(31) if seed is None else seed, sample_index)
+        state = loop.start_state(
+            run.logits, run.cache, run.context, run.prompt_len, run.slots, tf.constant(run.stop)
+        )
+        length, start = tf.constant(run.length), int(run.prompt_len)
+        done = 0
+        while done < run.length:
+            until = min(done + chunk, run.length)
+            state = self._advance(state, run.prompt_len, length, settings, tf.constant(until))
+            step = int(state.step)
+            row = state.history[0, start + done : start + step].numpy().tolist()
+            if run.stop in row:
+                yield row[: row.index(run.stop)]
+                return
+            yield row
+            if step < until:  # the row stopped
+                return
+            done = step
+
+    def stream(self, prompt: str | None = None, **settings):
+        """A sample's text as it is made, in pieces of whole characters (a token may end inside
+        a UTF-8 character: its bytes wait for the next). Settings as for `stream_tokens`;
+        `"".join(lm.stream(p, seed=s))` equals `lm.generate(p, seed=s)[0]`."""
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors=self.encoder.errors)
+        tokens = self.encoder.encode(prompt) if prompt else []
+        for piece in self.stream_tokens(tokens, **settings):
+            text = decoder.decode(self.encoder.decode_bytes(piece))
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
 
     def beam_search(
         self,

@@ -52,26 +52,32 @@ def start_history(context, prompt_len, slots: int, stop_token):
     return tf.where(is_prompt, padded, tf.fill([batch, width], stop_token))
 
 
-def continue_decode(
-    model, logits, cache, context, prompt_len, length, settings, slots: int, processors=PROCESSORS
-):
-    """The decode loop after `prefill`: `length` tokens, drawn from `logits` first.
+def start_state(logits, cache, context, prompt_len, slots: int, stop_token) -> LoopState:
+    """The loop's state before its first token: after `prefill`, nothing chosen yet."""
+    return LoopState(
+        tf.constant(0),
+        logits,
+        cache,
+        start_history(context, prompt_len, slots, stop_token),
+        tf.zeros([shape_list(logits)[0]], tf.bool),
+    )
+
+
+def advance(model, state, prompt_len, length, settings, until, processors=PROCESSORS):
+    """Run the loop from `state` until `until` tokens (of `length`) are chosen, or every row
+    has stopped; returns the new state. Streaming calls it a chunk at a time: the draws are
+    keyed by (seed, step), so the tokens equal one uninterrupted run.
 
     Args:
-      model, context, prompt_len: as for `prefill`; logits, cache: what it returned.
-      length: int32 scalar in 1 .. slots: tokens to generate.
-      settings: a `Settings`; its stop_token ends a row (-1: none).
-      slots: Python int, the width of the result.
-      processors: the logits processors every step applies (`processors.PROCESSORS`).
-    Returns:
-      int32 [batch, slots]: `length` tokens per row, then stop_token; rows are padded with
-      stop_token after they emitted it.
+      model, prompt_len, length, settings, processors: as for `continue_decode`.
+      state: a `LoopState` (`start_state`, or what the previous call returned).
+      until: int32 scalar <= length.
     """
-    columns = tf.range(shape_list(context)[1] + slots)
+    columns = tf.range(shape_list(state.history)[1])
     stop = settings.stop_token
 
     def cond(state):
-        return (state.step < length) & ~tf.reduce_all(state.done)
+        return (state.step < until) & ~tf.reduce_all(state.done)
 
     def body(state):
         # One token from the logits at hand, then the model's logits after it: the sampling code
@@ -90,16 +96,34 @@ def continue_decode(
         history = tf.where(columns[None, :] == position, token[:, None], state.history)
         return (LoopState(step + 1, logits, cache, history, state.done | (token == stop)),)
 
-    state = LoopState(
-        tf.constant(0),
-        logits,
-        cache,
-        start_history(context, prompt_len, slots, stop),
-        tf.zeros([shape_list(logits)[0]], tf.bool),
-    )
     (state,) = tf.while_loop(cond, body, (state,))
-    batch = shape_list(context)[0]
+    return state
+
+
+def output(state, prompt_len, slots: int):
+    """int32 [batch, slots]: the tokens chosen after the prompt (stop_token where none yet)."""
+    batch = shape_list(state.history)[0]
     return tf.slice(state.history, tf.stack([0, prompt_len]), [batch, slots])  # [batch, slots]
+
+
+def continue_decode(
+    model, logits, cache, context, prompt_len, length, settings, slots: int, processors=PROCESSORS
+):
+    """The decode loop after `prefill`: `length` tokens, drawn from `logits` first.
+
+    Args:
+      model, context, prompt_len: as for `prefill`; logits, cache: what it returned.
+      length: int32 scalar in 1 .. slots: tokens to generate.
+      settings: a `Settings`; its stop_token ends a row (-1: none).
+      slots: Python int, the width of the result.
+      processors: the logits processors every step applies (`processors.PROCESSORS`).
+    Returns:
+      int32 [batch, slots]: `length` tokens per row, then stop_token; rows are padded with
+      stop_token after they emitted it.
+    """
+    state = start_state(logits, cache, context, prompt_len, slots, settings.stop_token)
+    state = advance(model, state, prompt_len, length, settings, length, processors)
+    return output(state, prompt_len, slots)
 
 
 def decode(
