@@ -135,7 +135,8 @@ def test_unconditional_full_context(lm, xla):
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"temperature": -1}, "temperature"),
-        ({"length": 100}, "exceeds the model's context of 64"),
+        ({"window_stride": 64}, "window_stride must be an integer in 1..63"),
+        ({"length": 100, "num_beams": 2}, "exceeds the model's context of 64"),
         ({"batch_size": 0}, "batch_size"),
     ],
 )
@@ -147,9 +148,12 @@ def test_bad_settings(lm, kwargs, message):
 def test_prompt_plus_length_limit(lm):
     prompt = " a" * 60
     assert len(lm.encoder.encode(prompt)) == 60
-    assert len(lm.generate(prompt, length=4, temperature=0)) == 1  # exactly n_ctx: allowed
-    with pytest.raises(UserError, match="64"):
-        lm.generate(prompt, length=5)
+    assert len(lm.generate(prompt, length=4, temperature=0)) == 1  # exactly n_ctx: one window
+    # Past the context a sliding window goes on (issue 14); a prompt must leave room.
+    tokens = next(lm.generate_tokens(lm.encoder.encode(prompt), length=50, temperature=0))[0]
+    assert len(tokens) == 50
+    with pytest.raises(UserError, match="fills the model's context of 64"):
+        lm.generate(" a" * 64, length=5)
 
 
 def _reference_nll(lm, ids):

@@ -103,9 +103,9 @@ def test_interactive(models_root):
 
 
 def test_interactive_long_prompt_is_reported_and_loop_goes_on(models_root):
-    r = sample(models_root, "--interactive", "--length", "10", input=" a" * 60 + "\nHi\n")
+    r = sample(models_root, "--interactive", "--length", "10", input=" a" * 70 + "\nHi\n")
     assert r.returncode == 0
-    assert "exceeds the model's context of 64" in r.stderr
+    assert "fills the model's context of 64" in r.stderr
     assert len(HEADER.findall(r.stdout)) == 1
 
 
@@ -207,11 +207,19 @@ def test_score(models_root, tmp_path):
         (["--nsamples", "-1"], ["nsamples"]),
         (["--model_name", "999M"], ["unknown model '999M'"]),
         (["--model_name", "355M", "--offline"], ["not found", "python -m gpt2_tf2.download 355M"]),
-        (["--length", "65"], ["exceeds the model's context of 64"]),
+        (["--window_stride", "64"], ["window_stride must be an integer in 1..63"]),
         (
-            ["--prompt", "one two three four five six seven eight nine ten", "--length", "60"],
+            [
+                "--prompt",
+                "one two three four five six seven eight nine ten",
+                "--length",
+                "60",
+                "--num_beams",
+                "2",
+            ],
             ["prompt (10 tokens) + length (60)"],
         ),
+        (["--prompt", " a" * 64], ["fills the model's context of 64"]),
         (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
         (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
         (["--dtype", "int8"], ["dtype must be one of float32, float16, bfloat16"]),

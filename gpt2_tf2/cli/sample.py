@@ -61,17 +61,20 @@ def stream_samples(lm, prompt, settings: dict, nsamples: int, counter: int, outp
     import secrets
 
     keys = ("length", "temperature", "top_k", "top_p", "stop_at_endoftext")
-    keys += ("repetition_penalty", "no_repeat_ngram_size")
+    keys += ("repetition_penalty", "no_repeat_ngram_size", "window_stride")
     chosen = {k: settings[k] for k in keys if k in settings}
     seed = settings.get("seed")
     seed = secrets.randbits(31) if seed is None else seed
     index = 0
     while nsamples == 0 or index < nsamples:
+        pieces = lm.stream(prompt, seed=seed, sample_index=index, **chosen)
+        first = next(pieces, "")  # a bad setting or prompt fails here, before the header
         counter += 1
         print(HEADER.format(counter))
         if output.get("include_prefix") and prompt:
             print(prompt, end="", flush=True)
-        for piece in lm.stream(prompt, seed=seed, sample_index=index, **chosen):
+        print(first, end="", flush=True)
+        for piece in pieces:
             print(piece, end="", flush=True)
         print(flush=True)
         index += 1
@@ -111,6 +114,7 @@ def sample(
     num_return_sequences=1,
     length_penalty=1.0,
     early_stopping=False,
+    window_stride=None,
     truncate=None,
     include_prefix=False,
     destination_path=None,
@@ -138,7 +142,8 @@ def sample(
       nsamples: number of samples; 0 = keep sampling until interrupted (unconditional only).
       batch_size: samples computed at once (faster per sample, more memory).
       length: tokens to generate per sample; default n_ctx // 2 with a prompt, n_ctx without.
-        Prompt tokens + length may not exceed the model's context (1024 for OpenAI's releases).
+        Past the model's context (1024 for OpenAI's releases) a sliding window continues
+        (--window_stride); beam search stays within the context.
       temperature: randomness; 1 samples the model's distribution, lower is more conservative,
         0 is greedy (always the most likely token).
       top_k: sample only among the k most likely tokens; 0 = no limit. 40 is a common choice.
@@ -157,6 +162,10 @@ def sample(
         > 0 favours longer beams, < 0 shorter ones.
       early_stopping: with num_beams: stop as soon as num_beams beams have ended, instead of
         when no open beam can beat them.
+      window_stride: past the context (prompt + length > n_ctx) the text goes on in a sliding
+        window: the last n_ctx - window_stride tokens become the prompt again, their cache is
+        recomputed, and window_stride more tokens follow. Default n_ctx // 2; smaller keeps
+        more context, larger is faster.
       truncate: cut each sample before the first occurrence of this text (gpt-2-simple's
         name), e.g. '<|endoftext|>'.
       include_prefix: print the prompt in front of each sample (as gpt-2-simple does).
@@ -188,6 +197,7 @@ def sample(
     # Here, after configure_logging: it imports TensorFlow.
     from gpt2_tf2.generation import language_model as api
 
+    api.check_nsamples(nsamples)
     api.check_beam_args(**beams)
     if destination_path is not None:
         if interactive or nsamples == 0:
@@ -207,7 +217,14 @@ def sample(
         hparams, encoder = known
         prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
         api.check_sampling_args(
-            hparams.n_ctx, prompt_len, length, temperature, top_k, top_p, *repetition
+            hparams.n_ctx,
+            prompt_len,
+            length,
+            temperature,
+            top_k,
+            top_p,
+            *repetition,
+            slide=num_beams == 1,
         )
     lm = runner.load_model(
         model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype
@@ -222,6 +239,7 @@ def sample(
         stop_at_endoftext=stop_at_endoftext,
         repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
+        window_stride=window_stride,
         **beams,
     )
     output = dict(
@@ -233,7 +251,7 @@ def sample(
     if not interactive:
         print_samples(lm, prompt, settings, nsamples, output=output)
         return None
-    lm.check_sampling_args(1, length, temperature, top_k, top_p, *repetition)  # before the loop
+    lm.check_sampling_args(1, length, temperature, top_k, top_p, *repetition, slide=True)
     interact(lm, settings, nsamples, output)
     return None
 

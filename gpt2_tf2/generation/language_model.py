@@ -121,6 +121,7 @@ class LanguageModel:
         top_p: float,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
+        slide: bool = False,
     ) -> int:
         """Validate settings before any work; return the resolved length."""
         return check_sampling_args(
@@ -132,6 +133,7 @@ class LanguageModel:
             top_p,
             repetition_penalty,
             no_repeat_ngram_size,
+            slide,
         )
 
     def generate_tokens(
@@ -151,8 +153,12 @@ class LanguageModel:
         num_return_sequences=1,
         length_penalty=1.0,
         early_stopping=False,
+        window_stride=None,
     ):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever.
+
+        A length past the context (prompt + length > n_ctx) continues in a sliding window:
+        the last n_ctx - window_stride tokens (default stride n_ctx // 2) are the next prompt.
 
         repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
         and the output so far, with every decoding strategy. num_beams > 1: beam search instead
@@ -176,56 +182,108 @@ class LanguageModel:
                 no_repeat_ngram_size,
             )
             return
-        if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
-            raise UserError(
-                f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
-            )
-        run = self._setup(
-            prompt_tokens,
-            length,
-            batch_size,
-            (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size),
-            stop_at_endoftext,
+        check_nsamples(nsamples)
+        options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
+        context, length, stop, stride = self._check(
+            prompt_tokens, length, batch_size, options, stop_at_endoftext, window_stride
         )
-        length, stop, slots = run.length, run.stop, run.slots
-        context_t, prompt_len, logits, cache = run.context, run.prompt_len, run.logits, run.cache
         if seed is None:
             seed = secrets.randbits(31)
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
-            settings = run.settings(seed, batch_index)
-            out = self._decode(
-                logits, cache, context_t, prompt_len, tf.constant(length), settings, slots
-            ).numpy()[:, :length]
-            rows = [_cut(row, stop) for row in out]
+            rows = [[] for _ in range(batch_size)]
+            pieces = self._sample(
+                context, batch_size, length, options, stop, (seed, batch_index), stride
+            )
+            for piece in pieces:
+                for row, new in zip(rows, piece):
+                    row += new
+            rows = [_cut(row, stop) for row in rows]
             if nsamples:
                 rows = rows[: nsamples - produced]
             produced += len(rows)
             batch_index += 1
             yield rows
 
-    def _setup(self, prompt_tokens, length, batch_size, settings, stop_at_endoftext):
-        """Checks, the padded prompt run once, and what every batch of a sampling run shares.
-        settings: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
+    def _check(self, prompt_tokens, length, batch_size, options, stop_at_endoftext, stride):
+        """(context, length, stop token, window stride) of a sampling call, or a UserError.
+        options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
         prompt_tokens = list(prompt_tokens or [])
-        length = self.check_sampling_args(len(prompt_tokens), length, *settings)
+        n_ctx = self.hparams.n_ctx
+        length = self.check_sampling_args(len(prompt_tokens), length, *options, slide=True)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        stride = n_ctx // 2 if stride is None else stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride < n_ctx:
+            raise UserError(f"window_stride must be an integer in 1..{n_ctx - 1}, got {stride!r}")
         eot = self.encoder.eot_token
         if not prompt_tokens and eot is None:
             raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
         context = prompt_tokens or [eot]  # unconditional samples start from <|endoftext|>
         stop = eot if stop_at_endoftext and eot is not None else -1
+        return context, length, stop, stride
+
+    def _sample(self, context, batch_size, length, options, stop, key, stride, chunk=None):
+        """The new tokens of `batch_size` samples after `context`, in pieces ([batch][k] ids;
+        a piece per `chunk` tokens, else per window). Past the context the window slides: the
+        last n_ctx - stride tokens become the prompt of the next window, their cache recomputed,
+        and `stride` more tokens follow; the first window is a plain generation."""
         n_ctx = self.hparams.n_ctx
-        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
-        context_t = tf.constant([padded] * batch_size, tf.int32)
+        rows = [list(context) for _ in range(batch_size)]
+        windows = [list(context)] * batch_size
+        made, segment = 0, 0
+        while made < length:
+            n = min(length - made, n_ctx - len(windows[0]))
+            run = self._setup(windows, n, options, stop)
+            seed, batch_index = key  # a window's draws get their own key; the first, the plain one
+            settings = run.settings(seed, batch_index + (segment << 32))
+            for piece in self._run(run, settings, chunk):
+                for row, new in zip(rows, piece):
+                    row += new
+                yield piece
+            if stop >= 0 and all(stop in row[len(context) :] for row in rows):
+                return
+            made += n
+            segment += 1
+            windows = [row[-(n_ctx - stride) :] for row in rows]
+
+    def _run(self, run, settings, chunk=None):
+        """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
+        length = tf.constant(run.length)
+        if chunk is None:
+            out = self._decode(
+                run.logits, run.cache, run.context, run.prompt_len, length, settings, run.slots
+            )
+            yield out.numpy()[:, : run.length].tolist()
+            return
+        stop = tf.constant(run.stop)
+        state = loop.start_state(
+            run.logits, run.cache, run.context, run.prompt_len, run.slots, stop
+        )
+        start, done = int(run.prompt_len), 0
+        while done < run.length:
+            until = min(done + chunk, run.length)
+            state = self._advance(state, run.prompt_len, length, settings, tf.constant(until))
+            step = int(state.step)
+            yield state.history[:, start + done : start + step].numpy().tolist()
+            if step < until:  # every row stopped
+                return
+            done = step
+
+    def _setup(self, contexts, length, options, stop):
+        """The prompts (one per row, all as long) run once, and what the loop needs after them.
+        options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
+        n_ctx = self.hparams.n_ctx
+        size = len(contexts[0])
+        padded = [list(c) + [0] * (bucket(size, n_ctx) - size) for c in contexts]
+        context_t = tf.constant(padded, tf.int32)
         slots = bucket(length, n_ctx)
-        prompt_len = tf.constant(len(context))
+        prompt_len = tf.constant(size)
         # The cache holds the padded prompt and the generation, within n_ctx positions. Every
         # batch continues from the same prompt: run it once (the loop does not modify its input).
-        cache_len = min(len(padded) + slots, n_ctx)
+        cache_len = min(len(padded[0]) + slots, n_ctx)
         logits, cache = self._prefill(context_t, prompt_len, cache_len)
-        temperature, top_k, top_p, penalty, ngram = settings
+        temperature, top_k, top_p, penalty, ngram = options
 
         def make_settings(seed, batch_index):
             return Settings.make(
@@ -245,37 +303,23 @@ class LanguageModel:
         stop_at_endoftext=False,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
+        window_stride=None,
         chunk: int = STREAM_CHUNK,
         sample_index: int = 0,
     ):
         """One sample's tokens as they are made, `chunk` at a time (lists of ids). The same
         seed gives the same tokens as `generate_tokens` (its sample number `sample_index` at
         batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step)."""
-        run = self._setup(
-            prompt_tokens,
-            length,
-            1,
-            (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size),
-            stop_at_endoftext,
+        options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
+        context, length, stop, stride = self._check(
+            prompt_tokens, length, 1, options, stop_at_endoftext, window_stride
         )
-        settings = run.settings(secrets.randbits(31) if seed is None else seed, sample_index)
-        state = loop.start_state(
-            run.logits, run.cache, run.context, run.prompt_len, run.slots, tf.constant(run.stop)
-        )
-        length, start = tf.constant(run.length), int(run.prompt_len)
-        done = 0
-        while done < run.length:
-            until = min(done + chunk, run.length)
-            state = self._advance(state, run.prompt_len, length, settings, tf.constant(until))
-            step = int(state.step)
-            row = state.history[0, start + done : start + step].numpy().tolist()
-            if run.stop in row:
-                yield row[: row.index(run.stop)]
+        key = (secrets.randbits(31) if seed is None else seed, sample_index)
+        for (piece,) in self._sample(context, 1, length, options, stop, key, stride, chunk):
+            if stop in piece:
+                yield piece[: piece.index(stop)]
                 return
-            yield row
-            if step < until:  # the row stopped
-                return
-            done = step
+            yield piece
 
     def stream(self, prompt: str | None = None, **settings):
         """A sample's text as it is made, in pieces of whole characters (a token may end inside
@@ -356,6 +400,7 @@ class LanguageModel:
         num_return_sequences: int = 1,
         length_penalty: float = 1.0,
         early_stopping: bool = False,
+        window_stride: int | None = None,
         prefix: str | None = None,
         truncate: str | None = None,
         include_prefix: bool = False,
@@ -393,6 +438,7 @@ class LanguageModel:
             num_return_sequences=num_return_sequences,
             length_penalty=length_penalty,
             early_stopping=early_stopping,
+            window_stride=window_stride,
         )
         out = [
             texts.finish(prompt, self.encoder.decode(row), truncate, include_prefix)
@@ -464,8 +510,10 @@ def check_sampling_args(
     top_p: float,
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
+    slide: bool = False,
 ) -> int:
-    """Validate sampling settings for a model of context n_ctx; return the resolved length."""
+    """Validate sampling settings for a model of context n_ctx; return the resolved length.
+    slide: a length past the context is allowed (a sliding window continues); else an error."""
     if length is None:
         length = n_ctx // 2 if prompt_len else n_ctx
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -484,12 +532,24 @@ def check_sampling_args(
         raise UserError(
             f"no_repeat_ngram_size must be an integer >= 0 (0 = off), got {no_repeat_ngram_size!r}"
         )
-    if prompt_len + length > n_ctx:
+    if slide and prompt_len >= n_ctx:
+        raise UserError(
+            f"the prompt ({prompt_len} tokens) fills the model's context of {n_ctx} tokens; "
+            f"shorten it"
+        )
+    if not slide and prompt_len + length > n_ctx:
         raise UserError(
             f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
             f"the model's context of {n_ctx} tokens; shorten the prompt or lower --length"
         )
     return length
+
+
+def check_nsamples(nsamples) -> None:
+    if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 0:
+        raise UserError(
+            f"nsamples must be an integer >= 0 (0 = until interrupted), got {nsamples!r}"
+        )
 
 
 def check_beam_args(num_beams, num_return_sequences, length_penalty, early_stopping) -> None:
