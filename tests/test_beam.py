@@ -104,3 +104,59 @@ def test_one_beam_is_greedy_on_a_real_model(tiny_model_dir):
     assert len(four) == 4 and len({tuple(r) for r in four}) == 4
     texts = lm.generate("Beams and greedy", length=15, num_beams=4, num_return_sequences=2)
     assert texts == [lm.encoder.decode(r) for r in four[:2]]
+
+
+class TwoTokenModel(MarkovModel):
+    """Random log-probabilities over two tokens that depend on the position and the last token
+    (so no two sequences tie): with 2^L beams, beam search keeps every sequence, so it must rank
+    all of them as an exhaustive search does."""
+
+    def __init__(self, table):
+        self.table = table  # [positions, last token, next token]
+
+    def __call__(self, tokens, cache, pos, logits_at=None):
+        at = tf.shape(tokens)[1] - 1 if logits_at is None else logits_at
+        last = tf.gather(tokens, at, axis=1)  # [batch]
+        rows = tf.gather(tf.constant(self.table)[pos + at], last)  # [batch, 2]
+        return {"logits": rows[:, None, :], "cache": cache}
+
+
+@pytest.mark.parametrize("seed, length_penalty", [(0, 1.0), (1, 0.0), (2, 2.0)])
+def test_beam_search_equals_exhaustive_search(seed, length_penalty):
+    import itertools
+
+    length, k = 4, 16  # 2^4 sequences, all kept
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(length + 1, 2, 2)).astype(np.float32) * 2
+    log_p = table - np.log(np.exp(table).sum(-1, keepdims=True))
+    model = TwoTokenModel(table)
+
+    @tf.function(autograph=False)
+    def fn():
+        context = tf.zeros([k, 1], tf.int32)
+        logits, cache = prefill(model, context, tf.constant(1), 1 + length)
+        settings = Settings.make(stop_token=-1)
+        return beam_search(
+            model,
+            logits,
+            cache,
+            context,
+            tf.constant(1),
+            tf.constant(length),
+            settings,
+            length,
+            k,
+            1,
+            length_penalty,
+            False,
+        )
+
+    out, scores = fn()
+    found = {}
+    for seq in itertools.product([0, 1], repeat=length):
+        path = (0, *seq)  # the prompt token at position 0, then the sequence
+        total = sum(log_p[i, a, b] for i, (a, b) in enumerate(zip(path, path[1:])))
+        found[seq] = total / length**length_penalty
+    ranked = sorted(found, key=found.get, reverse=True)
+    assert [tuple(r) for r in out.numpy()[0].tolist()] == ranked
+    np.testing.assert_allclose(scores.numpy()[0], [found[s] for s in ranked], rtol=1e-5)
