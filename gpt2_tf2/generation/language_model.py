@@ -112,29 +112,10 @@ class LanguageModel:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def check_sampling_args(
-        self,
-        prompt_len: int,
-        length: int | None,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        slide: bool = False,
-    ) -> int:
-        """Validate settings before any work; return the resolved length."""
-        return check_sampling_args(
-            self.hparams.n_ctx,
-            prompt_len,
-            length,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            no_repeat_ngram_size,
-            slide,
-        )
+    def check_sampling_args(self, prompt_len: int, length: int | None, *settings, slide=False):
+        """`check_sampling_args` (below) for this model's context: (temperature, top_k, top_p,
+        repetition_penalty, no_repeat_ngram_size) checked; returns the resolved length."""
+        return check_sampling_args(self.hparams.n_ctx, prompt_len, length, *settings, slide=slide)
 
     def generate_tokens(
         self,
