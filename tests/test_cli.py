@@ -267,9 +267,9 @@ def test_prompt_too_long_is_reported_before_loading_weights(models_root, tmp_pat
     shutil.copytree(os.path.join(models_root, "124M"), path)
     (path / "model.ckpt.data-00000-of-00001").write_bytes(b"")
     too_long = sample(
-        models_root, "--model_name", str(path), "--prompt", " a" * 60, "--length", "5"
+        models_root, "--model_name", str(path), "--prompt", " a" * 64, "--length", "5"
     )
-    assert_clean_error(too_long, "prompt (60 tokens) + length (5)")
+    assert_clean_error(too_long, "the prompt (64 tokens) fills the model's context")
     bad_flag = sample(models_root, "--model_name", str(path), "--top_p", "2")
     assert_clean_error(bad_flag, "top_p")
     assert_clean_error(sample(models_root, "--model_name", str(path)), "corrupt")
