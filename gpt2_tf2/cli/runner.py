@@ -149,10 +149,21 @@ def _flag_kinds(fn) -> tuple[set[str], set[str]]:
     params = inspect.signature(fn).parameters.values()
     switches = {p.name for p in params if isinstance(p.default, bool)}
     texts = {p.name for p in params if isinstance(p.default, str) or p.name in TEXT_FLAGS}
-    # fire also accepts -x for the one parameter whose name starts with x, if only one does.
+    # fire also accepts -x for the one parameter whose name starts with x, if only one does;
+    # a command may name more (`fn.short`, expanded by `expand_short` before fire sees them).
     initials = [p.name[0] for p in params]
     short = {name[0] for name in switches if initials.count(name[0]) == 1}
+    short |= set(getattr(fn, "short", {}))
     return texts, switches | {"no" + name for name in switches} | short
+
+
+def expand_short(fn, argv: list[str]) -> list[str]:
+    """`-x` as the command's `fn.short` names it (sample's `-i`, kept when another flag
+    starting with i came), as `--name`."""
+    short = getattr(fn, "short", {})
+    return [
+        f"--{short[a[1:]]}" if len(a) == 2 and a[0] == "-" and a[1:] in short else a for a in argv
+    ]
 
 
 def _keep_strings(argv: list[str], texts: set[str]) -> list[str]:
@@ -211,6 +222,7 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
         if "--help" in argv or "-h" in argv:
             print(flags.help_text(fn, name), flush=True)  # not fire's: no pager, no internals
             sys.exit(0)
+        argv = expand_short(fn, argv)
         flags.check_argv(fn, argv, switches)
         argv = _positional_strings(_keep_strings(argv, texts), switches)
         fire.Fire(fn, command=argv, name=name)

@@ -277,6 +277,7 @@ def interact(lm, settings: dict, nsamples: int, output: dict) -> None:
 
 
 sample.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+sample.short = {"i": "interactive"}  # -i, as before --include_prefix also began with i
 sample.positional = ()  # a prompt is --prompt; a bare word is refused, not taken as a model
 
 
