@@ -193,8 +193,14 @@ def test_a_full_disk_during_an_encode_leaves_nothing(tmp_path, monkeypatch):
 
 def test_overwrite_and_cleanup_remove_only_what_a_run_wrote(tmp_path):
     ours = ["ckpt-3.index", "ckpt-3.data-00000-of-00001", "checkpoint", "run.json", "log.tsv"]
-    temporary = ["ckpt-4_temp", "run.json.tmp-123", "log.tsv.tmp-123"]
-    theirs = ["notes.txt", "ckpt-notes.txt", "checkpoint.bak", "hparams.json"]
+    temporary = ["ckpt-4_temp", "run.json.tmp-123", "log.tsv.tmp-123", "checkpoint.tmp" + "ab" * 16]
+    theirs = [
+        "notes.txt",
+        "ckpt-notes.txt",
+        "checkpoint.bak",
+        "checkpoint.tmp-mine",
+        "hparams.json",
+    ]
     for name in ours + temporary[1:] + theirs:
         (tmp_path / name).write_text("x")
     (tmp_path / "ckpt-4_temp").mkdir()

@@ -127,7 +127,11 @@ class RunLock:
 
 
 # What a run directory holds that this package wrote, by name: only these are ever removed.
-TEMPORARY = re.compile(r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp-\d+")
+# TensorFlow writes the `checkpoint` index as checkpoint.tmp<uuid4 hex>, then renames it
+# (file_io.atomic_write_string_to_file): a kill between the two leaves that file.
+TEMPORARY = re.compile(
+    r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp-\d+|checkpoint\.tmp[0-9a-f]{32}"
+)
 CHECKPOINT = re.compile(r"ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint|run\.json|log\.tsv|logs")
 
 
