@@ -170,11 +170,13 @@ class LanguageModel:
         )
         if seed is None:
             seed = secrets.randbits(31)
+        # Every batch starts from the same prompt: its first window is run once for all.
+        first = self._first_window(context, batch_size, length, options, stop)
         produced, batch_index = 0, 0
         while nsamples == 0 or produced < nsamples:
             rows = [[] for _ in range(batch_size)]
             pieces = self._sample(
-                context, batch_size, length, options, stop, (seed, batch_index), stride
+                context, batch_size, length, options, stop, (seed, batch_index), stride, first=first
             )
             for piece in pieces:
                 for row, new in zip(rows, piece):
@@ -204,18 +206,29 @@ class LanguageModel:
         stop = eot if stop_at_endoftext and eot is not None else -1
         return context, length, stop, stride
 
-    def _sample(self, context, batch_size, length, options, stop, key, stride, chunk=None):
+    def _first_window(self, context, batch_size, length, options, stop):
+        """The prompt run once: what the first window of every batch continues from."""
+        n = min(length, self.hparams.n_ctx - len(context))
+        return self._setup([list(context)] * batch_size, n, options, stop)
+
+    def _sample(
+        self, context, batch_size, length, options, stop, key, stride, chunk=None, first=None
+    ):
         """The new tokens of `batch_size` samples after `context`, in pieces ([batch][k] ids;
         a piece per `chunk` tokens, else per window). Past the context the window slides: the
         last n_ctx - stride tokens become the prompt of the next window, their cache recomputed,
-        and `stride` more tokens follow; the first window is a plain generation."""
+        and `stride` more tokens follow; the first window is a plain generation (`first`, the
+        prompt already run by `_first_window`, if given)."""
         n_ctx = self.hparams.n_ctx
         rows = [list(context) for _ in range(batch_size)]
-        windows = [list(context)] * batch_size
         made, segment = 0, 0
+        run = (
+            first
+            if first is not None
+            else self._first_window(context, batch_size, length, options, stop)
+        )
         while made < length:
-            n = min(length - made, n_ctx - len(windows[0]))
-            run = self._setup(windows, n, options, stop)
+            n = run.length
             seed, batch_index = key  # a window's draws get their own key; the first, the plain one
             settings = run.settings(seed, batch_index + (segment << 32))
             for piece in self._run(run, settings, chunk):
@@ -226,7 +239,11 @@ class LanguageModel:
                 return
             made += n
             segment += 1
-            windows = [row[-(n_ctx - stride) :] for row in rows]
+            if made < length:
+                windows = [row[-(n_ctx - stride) :] for row in rows]
+                run = self._setup(
+                    windows, min(length - made, n_ctx - len(windows[0])), options, stop
+                )
 
     def _run(self, run, settings, chunk=None):
         """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
@@ -260,8 +277,8 @@ class LanguageModel:
         context_t = tf.constant(padded, tf.int32)
         slots = bucket(length, n_ctx)
         prompt_len = tf.constant(size)
-        # The cache holds the padded prompt and the generation, within n_ctx positions. Every
-        # batch continues from the same prompt: run it once (the loop does not modify its input).
+        # The cache holds the padded prompt and the generation, within n_ctx positions; the
+        # loop does not modify its input, so batches may share one prefill (`_first_window`).
         cache_len = min(len(padded[0]) + slots, n_ctx)
         logits, cache = self._prefill(context_t, prompt_len, cache_len)
         temperature, top_k, top_p, penalty, ngram = options
