@@ -9,8 +9,6 @@ import sys
 from gpt2_tf2.cli import runner
 from gpt2_tf2.errors import UserError
 
-RELEASES = ("124M", "355M", "774M", "1558M")  # all four share GPT-2's vocabulary
-
 
 def train(
     *corpus,
@@ -122,9 +120,10 @@ def report(encoder, texts, where, models_dir, label="this vocabulary") -> None:
 
 def gpt2_encoder(models_dir):
     """GPT-2's encoder, from any release under models_dir; None if there is none."""
+    from gpt2_tf2.core.hparams import PRESETS  # OpenAI's releases: all share GPT-2's vocabulary
     from gpt2_tf2.tokenizer import load_encoder
 
-    for name in RELEASES:
+    for name in PRESETS:
         path = os.path.join(str(models_dir), name)
         if os.path.isfile(os.path.join(path, "encoder.json")):
             try:
