@@ -132,6 +132,37 @@ def test_batched_cached_logits_match_transformers(models):
     assert float(np.max(np.abs(np.concatenate(steps, 1) - theirs))) <= 1e-4
 
 
+def test_left_padded_batch_matches_transformers(models):
+    """Prompts of different lengths in one batch, left-padded: our logits (offsets) and greedy
+    continuations equal transformers' with its attention mask and position ids, row by row."""
+    ours, hf = models
+    rows = [ours.encoder.encode(t)[:n] for t, n in zip(HELD_OUT, (3, 17, 9))]
+    size = max(len(r) for r in rows)
+    pad = 50256
+    padded = [[pad] * (size - len(r)) + r for r in rows]
+    mask = [[0] * (size - len(r)) + [1] * len(r) for r in rows]
+    offsets = tf.constant([size - len(r) for r in rows], tf.int32)
+    mine = ours.model(tf.constant(padded, tf.int32), offsets=offsets)["logits"].numpy()
+    positions = torch.clamp(torch.cumsum(torch.tensor(mask), 1) - 1, min=0)
+    with torch.no_grad():
+        theirs = hf(
+            torch.tensor(padded), attention_mask=torch.tensor(mask), position_ids=positions
+        ).logits.numpy()
+    for i, r in enumerate(rows):
+        diff = float(np.max(np.abs(mine[i, size - len(r) :] - theirs[i, size - len(r) :])))
+        assert diff <= 1e-4, f"row {i}: max abs logit difference {diff:.2e}"
+    (batch,) = ours.generate_tokens(rows, length=15, temperature=0, batch_size=3)
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor(padded),
+            attention_mask=torch.tensor(mask),
+            max_new_tokens=15,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    assert batch == out[:, size:].tolist()
+
+
 def test_tokenization_matches_tiktoken_held_out(models, tiktoken_gpt2):
     ours, _ = models
     for text in HELD_OUT:

@@ -21,6 +21,7 @@ from gpt2_tf2.cli import flags
 TEXT_FLAGS = {
     "prompt",
     "prompt_file",
+    "prompts_file",
     "file",
     "out",
     "run_name",

@@ -14,6 +14,7 @@ from gpt2_tf2.errors import UserError
 
 HEADER = "=" * 40 + " SAMPLE {} " + "=" * 40
 FOOTER = "=" * 80
+PROMPT = "Model prompt >>> "
 
 
 def print_samples(
@@ -81,6 +82,54 @@ def stream_samples(lm, prompt, settings: dict, nsamples: int, counter: int, outp
     return counter
 
 
+def read_prompts(prompts_file) -> list[str]:
+    """The prompts of a --prompts_file: one per line (blank lines skipped), '-' for stdin."""
+    text = runner.read_prompt_file(str(prompts_file))
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{prompts_file}: no prompts in it (one per line)")
+    return prompts
+
+
+def print_prompts(lm, prompts, settings: dict, nsamples: int, output: dict) -> None:
+    """Each prompt's samples, as an interactive session would show them: the prompt after
+    'Model prompt >>> ', its samples, a footer. Rows run batch_size at a time across prompts."""
+    from gpt2_tf2.generation import texts
+
+    if streamable(settings, output):
+        counter = 0
+        for prompt in prompts:
+            print(PROMPT + prompt)
+            counter = print_samples(lm, prompt, settings, nsamples, counter, output)
+            print(FOOTER)
+        return
+    encoded = [lm.encoder.encode(p) for p in prompts]
+    rows = [
+        row for batch in lm.generate_tokens(encoded, nsamples=nsamples, **settings) for row in batch
+    ]
+    per_prompt = len(rows) // len(prompts)
+    finished = [
+        texts.finish(
+            prompts[i // per_prompt],
+            lm.encoder.decode(row),
+            output.get("truncate"),
+            output.get("include_prefix"),
+        )
+        for i, row in enumerate(rows)
+    ]
+    if output.get("destination_path"):
+        texts.write(output["destination_path"], finished, output["sample_delim"])
+        print(f"wrote {len(finished)} samples to {output['destination_path']}")
+        return
+    for i, text in enumerate(finished):
+        if i % per_prompt == 0:
+            print(PROMPT + prompts[i // per_prompt])
+        print(HEADER.format(i + 1))
+        print(text, flush=True)
+        if i % per_prompt == per_prompt - 1:
+            print(FOOTER)
+
+
 def read_prompt(prompt, prompt_file, interactive: bool, nsamples: int) -> str | None:
     """The prompt the flags give (None: unconditional or interactive), or a clear error."""
     if prompt is not None and prompt_file is not None:
@@ -121,6 +170,7 @@ def sample(
     sample_delim="=" * 20 + "\n",
     prompt=None,
     prompt_file=None,
+    prompts_file=None,
     interactive=False,
     stop_at_endoftext=False,
     run_name=None,
@@ -174,6 +224,10 @@ def sample(
       sample_delim: with destination_path: what follows each sample.
       prompt: text to continue.
       prompt_file: file whose text to continue; '-' reads standard input.
+      prompts_file: file of prompts, one per line ('-': standard input; blank lines skipped):
+        nsamples samples of each, shown as an interactive session shows them. With
+        --batch_size, rows of different prompts run together (left-padded and masked: each
+        sample is what its prompt alone gives).
       interactive: ask for prompts in a loop ('Model prompt >>> '), as the original script did.
       stop_at_endoftext: end each sample at the first <|endoftext|> token.
       run_name: sample from a fine-tuning run's newest checkpoint instead of model_name.
@@ -185,6 +239,13 @@ def sample(
       verbose: show TensorFlow's log messages.
     """
     runner.configure_logging(verbose, xla=True)
+    prompts = None
+    if prompts_file is not None:
+        if prompt is not None or prompt_file is not None or interactive:
+            raise UserError("--prompts_file gives the prompts; drop --prompt/--prompt_file/-i")
+        if nsamples == 0:
+            raise UserError("nsamples=0 (sample until interrupted) is for unconditional sampling")
+        prompts = read_prompts(prompts_file)
     prompt = read_prompt(prompt, prompt_file, interactive, nsamples)
     repetition = (repetition_penalty, no_repeat_ngram_size)
     beams = dict(
@@ -216,6 +277,8 @@ def sample(
     if known is not None:  # flag and prompt-length errors before the weights are read
         hparams, encoder = known
         prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
+        if prompts:
+            prompt_len = max(len(encoder.encode(p)) for p in prompts)
         api.check_sampling_args(
             hparams.n_ctx,
             prompt_len,
@@ -248,6 +311,9 @@ def sample(
         destination_path=destination_path,
         sample_delim=str(sample_delim),
     )
+    if prompts:
+        print_prompts(lm, prompts, settings, nsamples, output)
+        return None
     if not interactive:
         print_samples(lm, prompt, settings, nsamples, output=output)
         return None
@@ -261,10 +327,10 @@ def interact(lm, settings: dict, nsamples: int, output: dict) -> None:
     counter = 0
     while True:
         try:
-            raw_text = input("Model prompt >>> ")
+            raw_text = input(PROMPT)
             while not raw_text:
                 print("Prompt should not be empty!")
-                raw_text = input("Model prompt >>> ")
+                raw_text = input(PROMPT)
         except EOFError:
             print()
             return

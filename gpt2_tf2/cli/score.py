@@ -1,9 +1,9 @@
-"""`python -m gpt2_tf2.score FILE`: how well a model predicts a text.
+"""`python -m gpt2_tf2.score FILE...`: how well a model predicts a text, or each of several.
 
 Prints the token count, the mean negative log-likelihood in nats per token and the perplexity
-(exp of the mean). Texts longer than the context are scored in windows of n_ctx advancing by
-n_ctx // 2, every token predicted from at least n_ctx // 2 earlier ones once the text is long
-enough.
+(exp of the mean), per file. Texts longer than the context are scored in windows of n_ctx
+advancing by n_ctx // 2, every token predicted from at least n_ctx // 2 earlier ones once the
+text is long enough.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gpt2_tf2.errors import UserError
 
 
 def score(
-    file,
+    *files,
     model_name="124M",
     models_dir="models",
     json=False,
@@ -25,13 +25,13 @@ def score(
     dtype="float32",
     verbose=False,
 ):
-    """Score a text file with GPT-2.
+    """Score text files with GPT-2, each on its own.
 
     Args:
-      file: UTF-8 text file to score; '-' reads standard input.
+      files: UTF-8 text files to score; '-' reads standard input.
       model_name: release name under models_dir (124M, 355M, 774M, 1558M) or a model directory.
       models_dir: directory holding the release directories.
-      json: print one JSON object instead of text lines.
+      json: print one JSON object per file instead of text lines.
       run_name: score with a fine-tuning run's newest checkpoint instead of model_name.
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
@@ -41,34 +41,38 @@ def score(
       verbose: show TensorFlow's log messages.
     """
     runner.configure_logging(verbose)
-    text = runner.read_prompt_file(str(file))
+    if not files:
+        raise UserError("name the text to score: score FILE... ('-' reads standard input)")
+    if [str(f) for f in files].count("-") > 1:
+        raise UserError("standard input ('-') can be read once only")
+    texts = {str(f): runner.read_prompt_file(str(f)) for f in files}  # every file, before the model
     from gpt2_tf2.generation.language_model import perplexity
 
     lm = runner.load_model(
         model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype
     )
-    tokens = lm.encoder.encode(text)
-    if not tokens:
-        raise UserError(f"{file}: no text to score")
-    total, count = lm.score_tokens(tokens, progress=True)
-    mean = total / count
-    result = {
-        "file": str(file),
-        "tokens": len(tokens),
-        "nll": mean,
-        "perplexity": perplexity(mean),
-    }
-    if json:
-        print(json_lib.dumps(result))
-    else:
+    encoded = {name: lm.encoder.encode(text) for name, text in texts.items()}
+    for name, tokens in encoded.items():
+        if not tokens:
+            raise UserError(f"{name}: no text to score")
+    for name, tokens in encoded.items():
+        total, count = lm.score_tokens(tokens, progress=True)
+        mean = total / count
+        result = {"file": name, "tokens": len(tokens), "nll": mean, "perplexity": perplexity(mean)}
+        if json:
+            print(json_lib.dumps(result), flush=True)
+            continue
+        if len(encoded) > 1:
+            print(f"file: {name}")
         print(
             f"tokens: {result['tokens']}\nnll: {mean:.6f} nats/token\n"
-            f"perplexity: {result['perplexity']:.4f}"
+            f"perplexity: {result['perplexity']:.4f}",
+            flush=True,
         )
     return None
 
 
-score.positional = ("file",)  # what the command takes by position (cli/flags.py)
+score.positional = ("files",)  # what the command takes by position (cli/flags.py)
 
 
 def main(argv=None):

@@ -91,23 +91,30 @@ def write_cache(cache, x, pos):
     return update_slice(cache, x, pos)
 
 
-def attention_probs(q, k, pos):
+def attention_probs(q, k, pos, first=None):
     """softmax(q k^T / sqrt(d)) under the causal mask, float32 [..., n, T]: how much query i (at
-    position pos + i) attends to key j <= pos + i. q: [..., n, head_dim]; k: [..., T, head_dim]."""
+    column pos + i) attends to key j <= pos + i. q: [..., n, head_dim]; k: [..., T, head_dim].
+    `first` (int32, q's leading dims then [1, 1]): each row's first real column; the left padding
+    of a mixed-length batch before it is masked too."""
     w = tf.matmul(q, k, transpose_b=True)  # [..., n, T]
     # Scores, mask and softmax in float32: -1e10 would overflow float16.
     w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(k)[-1]))
-    visible = tf.range(shape_list(k)[-2])[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]
-    w = tf.where(visible, w, MASK_VALUE)  # visible: [n, T]
+    columns = tf.range(shape_list(k)[-2])
+    visible = columns[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]  # [n, T]
+    if first is not None:
+        visible = visible & (columns >= first)  # [..., n, T]
+    w = tf.where(visible, w, MASK_VALUE)
     return tf.nn.softmax(w, axis=-1)
 
 
-def causal_attention(q, k, v, pos):
-    """softmax(q k^T / sqrt(d)) v; query i sits at position pos + i and sees keys j <= pos + i.
+def causal_attention(q, k, v, pos, first=None):
+    """softmax(q k^T / sqrt(d)) v; query i sits at column pos + i and sees keys j <= pos + i
+    (and j >= first, if given: `attention_probs`).
 
     q: [..., n, head_dim]; k, v: [..., T, head_dim], with the same leading (batch, head) dims.
     """
-    return tf.matmul(tf.cast(attention_probs(q, k, pos), v.dtype), v)  # [..., n, head_dim]
+    probs = attention_probs(q, k, pos, first)
+    return tf.matmul(tf.cast(probs, v.dtype), v)  # [..., n, head_dim]
 
 
 CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
@@ -118,11 +125,13 @@ def dense(x, p, name: str, cpu_matvec: bool = False):
     return conv1d(x, p[f"{name}/w"], p[f"{name}/b"], cpu_matvec)
 
 
-def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False):
-    """Masked multi-head self-attention; `p` holds attn/c_attn/{w,b} and attn/c_proj/{w,b}."""
+def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False, offsets=None):
+    """Masked multi-head self-attention; `p` holds attn/c_attn/{w,b} and attn/c_proj/{w,b}.
+    `offsets` (int32 [batch]): each row's left padding, never attended to (`GPT2.__call__`)."""
     c = dense(x, p, "attn/c_attn", cpu_matvec)  # [batch, seq, 3 * embd]
     q, k, v = (split_heads(part, n_head) for part in tf.split(c, 3, axis=2))
     n = shape_list(q)[2]
+    first = None if offsets is None else offsets[:, None, None, None]  # [batch, 1, 1, 1]
     if cache is not None:
         # Keys and values live in two tensors of the shape attention reads them in: slicing them
         # out of one stacked tensor, or reshaping them, made XLA copy the whole cache of every
@@ -130,7 +139,9 @@ def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False):
         b, h, _, d = shape_list(q)
         q, k, v = (tf.reshape(x, [b * h, n, d]) for x in (q, k, v))  # [batch * heads, n, head_dim]
         cache = tuple(write_cache(c, x, pos) for c, x in zip(cache, (k, v)))
-        a = causal_attention(q, *cache, pos)  # [batch * heads, n, head_dim]
+        if first is not None:
+            first = tf.reshape(tf.repeat(offsets, h), [b * h, 1, 1])  # [batch * heads, 1, 1]
+        a = causal_attention(q, *cache, pos, first)  # [batch * heads, n, head_dim]
         a = tf.reshape(a, [b, h, n, d])  # [batch, heads, n, head_dim]
     elif isinstance(n, int) and n >= 256:
         # A block of queries needs the keys up to its own end only: skipping the fully masked
@@ -138,13 +149,13 @@ def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False):
         bounds = [n * i // CAUSAL_BLOCKS for i in range(CAUSAL_BLOCKS + 1)]
         a = tf.concat(
             [
-                causal_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], pos + s)
+                causal_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], pos + s, first)
                 for s, e in zip(bounds, bounds[1:])
             ],
             axis=2,
         )  # [batch, heads, seq, head_dim]
     else:
-        a = causal_attention(q, k, v, pos)
+        a = causal_attention(q, k, v, pos, first)
     return dense(merge_heads(a), p, "attn/c_proj", cpu_matvec), cache
 
 
@@ -152,11 +163,10 @@ def mlp(x, p, cpu_matvec: bool = False):
     return dense(gelu(dense(x, p, "mlp/c_fc", cpu_matvec)), p, "mlp/c_proj", cpu_matvec)
 
 
-def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec: bool = False):
+def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec: bool = False, offsets=None):
     """One transformer block (pre-LN) on the tensors `p`, named as in `Block.params()`."""
-    a, cache = attention(
-        layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon), p, cache, pos, n_head, cpu_matvec
-    )
+    x_ln = layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon)
+    a, cache = attention(x_ln, p, cache, pos, n_head, cpu_matvec, offsets)
     x = x + a
     return x + mlp(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p, cpu_matvec), cache
 
@@ -193,8 +203,8 @@ class Block(tf.Module):
             for attr in (("g", "b") if isinstance(layer, LayerNorm) else ("w", "b"))
         }
 
-    def __call__(self, x, cache=None, pos=0):
-        return block(x, self.params(), cache, pos, self.n_head, self.epsilon)
+    def __call__(self, x, cache=None, pos=0, offsets=None):
+        return block(x, self.params(), cache, pos, self.n_head, self.epsilon, offsets=offsets)
 
 
 def _initializer(seed, dtype):
@@ -236,13 +246,13 @@ class GPT2(tf.Module):
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
         shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
 
-        def shared_block(h, params, cache, pos, cpu_matvec, xla):
+        def shared_block(h, params, cache, pos, cpu_matvec, xla, offsets):
             # `xla` (whether the caller is being compiled) only keys the trace: a trace made in
             # a plain graph picks the non-XLA kernels and must not be reused under XLA, where
             # they do not compile (and the other way round); tf.function's cache alone mixed
             # them when one model served both kinds of decoding loop.
             del xla
-            return shared(h, params, cache, pos, cpu_matvec=cpu_matvec)
+            return shared(h, params, cache, pos, cpu_matvec=cpu_matvec, offsets=offsets)
 
         self._shared_block = tf.function(shared_block, autograph=False)
         self.ln_f = LayerNorm(
@@ -256,6 +266,15 @@ class GPT2(tf.Module):
             table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
         table.update({"model/ln_f/g": self.ln_f.g, "model/ln_f/b": self.ln_f.b})
         return table
+
+    def _positions(self, tokens, pos, offsets):
+        """Position embeddings of tokens [batch, seq] in columns pos .. pos + seq - 1:
+        [1, seq, embd], or [batch, seq, embd] with `offsets` (padding columns get position 0)."""
+        columns = pos + tf.range(shape_list(tokens)[1])  # [seq]
+        if offsets is None:
+            return tf.gather(self.wpe, columns)[None]  # [1, seq, embd]
+        positions = tf.maximum(columns[None, :] - offsets[:, None], 0)  # [batch, seq]
+        return tf.gather(self.wpe, positions)  # [batch, seq, embd]
 
     def init_cache(self, batch_size: int, max_len: int):
         """Per layer, (keys, values): two zero tensors [batch * heads, max_len, head_dim]."""
@@ -279,7 +298,14 @@ class GPT2(tf.Module):
         return {"wte": tf.convert_to_tensor(self.wte), "h": blocks, "cpu_matvec": cpu_matvec}
 
     def __call__(
-        self, tokens, cache=None, pos=0, logits_at=None, recompute: bool = False, weights=None
+        self,
+        tokens,
+        cache=None,
+        pos=0,
+        logits_at=None,
+        recompute: bool = False,
+        weights=None,
+        offsets=None,
     ):
         """Logits for int32 `tokens` [batch, seq] standing at positions pos .. pos + seq - 1.
 
@@ -290,6 +316,10 @@ class GPT2(tf.Module):
         `recompute` (training, no cache) keeps only each block's input for the backward pass and
         recomputes the rest there (Chen et al. 2016), trading compute for activation memory.
         `weights` (from `read_weights`) replaces the variables when decoding in a graph.
+        `offsets` (int32 [batch]): a batch of prompts of different lengths, left-padded to one
+        length; row b's first offsets[b] columns are padding, never attended to, and its token
+        in column c stands at position c - offsets[b], so that each row computes what it
+        would alone (`pos` counts columns then).
         """
         # Read wte densely once per call: after a sparse read (gather), later dense reads of the
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
@@ -298,13 +328,13 @@ class GPT2(tf.Module):
             tokens = tf.constant(tokens, tf.int32)
         wte = weights["wte"] if weights else tf.convert_to_tensor(self.wte)  # [vocab, embd]
         cpu_matvec = bool(weights and weights.get("cpu_matvec"))
-        seq = shape_list(tokens)[1]
-        h = tf.gather(wte, tokens) + tf.gather(self.wpe, pos + tf.range(seq))[None]  # [b, s, e]
-        h = tf.cast(h, self.compute_dtype)
+        h = tf.cast(
+            tf.gather(wte, tokens) + self._positions(tokens, pos, offsets), self.compute_dtype
+        )
         new_cache = []
         for i, layer in enumerate(self.h):
             if recompute and cache is None:
-                h = tf.recompute_grad(lambda x, layer=layer: layer(x)[0])(h)
+                h = tf.recompute_grad(lambda x, layer=layer: layer(x, offsets=offsets)[0])(h)
             elif cache is not None and not tf.executing_eagerly():
                 # Decoding graphs call one traced function for all layers: tracing each layer
                 # separately took most of the 2 s that tracing a 124M decode loop cost.
@@ -312,10 +342,12 @@ class GPT2(tf.Module):
                     params = weights["h"][i]
                 else:
                     params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
-                h, layer_cache = self._shared_block(h, params, cache[i], pos, cpu_matvec, in_xla())
+                h, layer_cache = self._shared_block(
+                    h, params, cache[i], pos, cpu_matvec, in_xla(), offsets
+                )
                 new_cache.append(layer_cache)
             else:
-                h, layer_cache = layer(h, None if cache is None else cache[i], pos)
+                h, layer_cache = layer(h, None if cache is None else cache[i], pos, offsets)
                 new_cache.append(layer_cache)
         h = self.ln_f(h)
         if logits_at is not None:

@@ -25,6 +25,7 @@ from gpt2_tf2.generation import beam, loop, texts
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
+MAX_LIST_BATCH = 16  # rows at once for a list of prompts, unless batch_size says otherwise
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
 
 
@@ -34,8 +35,9 @@ class Run(NamedTuple):
     length: int
     stop: int
     slots: int
-    context: tf.Tensor  # int32 [batch, P]: the padded prompt
+    context: tf.Tensor  # int32 [batch, P]: the prompts, left-padded to one length, then padded
     prompt_len: tf.Tensor
+    offsets: tf.Tensor | None  # int32 [batch]: each row's left padding; None if none has any
     logits: tf.Tensor  # after the prompt
     cache: list
     settings: object  # (seed, batch_index) -> Settings
@@ -60,8 +62,8 @@ class LanguageModel:
         # The prompt runs in a plain graph: compiling it too cost ~1 s more on a first call than
         # it saved. autograph=False: the code is written with tf.while_loop/tf.cond already.
         self._prefill = tf.function(
-            lambda context, prompt_len, cache_len: loop.prefill(
-                self.model, context, prompt_len, cache_len
+            lambda context, prompt_len, cache_len, offsets: loop.prefill(
+                self.model, context, prompt_len, cache_len, offsets
             ),
             autograph=False,
             reduce_retracing=False,
@@ -79,16 +81,16 @@ class LanguageModel:
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
         )
 
-    def _continue(self, logits, cache, context, prompt_len, length, settings, slots):
+    def _continue(self, logits, cache, context, prompt_len, length, settings, slots, offsets):
         weights = self.model.read_weights(self._cpu_matvec)  # read once, before the loop
-        model = functools.partial(self.model, weights=weights)
+        model = functools.partial(self.model, weights=weights, offsets=offsets)
         return loop.continue_decode(
-            model, logits, cache, context, prompt_len, length, settings, slots
+            model, logits, cache, context, prompt_len, length, settings, slots, offsets=offsets
         )
 
-    def _advance_loop(self, state, prompt_len, length, settings, until):
+    def _advance_loop(self, state, prompt_len, length, settings, until, offsets):
         weights = self.model.read_weights(self._cpu_matvec)
-        model = functools.partial(self.model, weights=weights)
+        model = functools.partial(self.model, weights=weights, offsets=offsets)
         return loop.advance(model, state, prompt_len, length, settings, until)
 
     def _beam_loop(self, logits, cache, context, prompt_len, length, settings, slots, options):
@@ -138,12 +140,23 @@ class LanguageModel:
     ):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever.
 
+        prompt_tokens: one prompt (a list of ids; None or []: unconditional), or a list of
+        prompts of any lengths (lists of ids): each is continued nsamples times, in batches of
+        batch_size rows, prompt by prompt; a batch of different lengths is left-padded and
+        masked, so that each row is what that prompt gives alone (at the same row of a batch:
+        the draws are keyed by seed, batch and row).
+
         A length past the context (prompt + length > n_ctx) continues in a sliding window:
         the last n_ctx - window_stride tokens (default stride n_ctx // 2) are the next prompt.
 
         repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
         and the output so far, with every decoding strategy. num_beams > 1: beam search instead
-        of sampling (`beam_search`), one batch of the num_return_sequences best beams."""
+        of sampling (`beam_search`), one batch of the num_return_sequences best beams per
+        prompt."""
+        many = is_prompt_list(prompt_tokens)
+        prompts = [list(p) for p in prompt_tokens] if many else [list(prompt_tokens or [])]
+        if many and not prompts:
+            raise UserError("the list of prompts is empty")
         if num_beams != 1:
             if nsamples != 1 or batch_size != 1:
                 raise UserError(
@@ -152,81 +165,64 @@ class LanguageModel:
                 )
             if top_k or top_p != 1.0:
                 raise UserError("beam search does not sample: drop top_k and top_p")
-            yield self.beam_search(
-                prompt_tokens,
-                length,
-                num_beams,
-                num_return_sequences,
-                length_penalty,
-                early_stopping,
-                repetition_penalty,
-                no_repeat_ngram_size,
-            )
+            beam_args = (num_beams, num_return_sequences, length_penalty, early_stopping)
+            for prompt in prompts:
+                yield self.beam_search(
+                    prompt, length, *beam_args, repetition_penalty, no_repeat_ngram_size
+                )
             return
         check_nsamples(nsamples)
+        if many and not nsamples:
+            raise UserError("nsamples=0 (until interrupted) takes one prompt, not a list")
         options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
-        context, length, stop, stride = self._check(
-            prompt_tokens, length, batch_size, options, stop_at_endoftext, window_stride
+        contexts, length, stop, stride = self._check(
+            prompts, length, batch_size, options, stop_at_endoftext, window_stride
         )
         if seed is None:
             seed = secrets.randbits(31)
-        # Every batch starts from the same prompt: its first window is run once for all.
-        first = self._first_window(context, batch_size, length, options, stop)
-        produced, batch_index = 0, 0
-        while nsamples == 0 or produced < nsamples:
-            rows = [[] for _ in range(batch_size)]
-            pieces = self._sample(
-                context, batch_size, length, options, stop, (seed, batch_index), stride, first=first
-            )
-            for piece in pieces:
-                for row, new in zip(rows, piece):
+        # One prompt: every batch starts from it, so its first window is run once for all.
+        first = None if many else self._first_window(contexts * batch_size, length, options, stop)
+        for batch_index, (rows, real) in enumerate(batches(contexts, nsamples, batch_size)):
+            out = [[] for _ in rows]
+            key = (seed, batch_index)
+            for piece in self._sample(rows, length, options, stop, key, stride, first=first):
+                for row, new in zip(out, piece):
                     row += new
-            rows = [_cut(row, stop) for row in rows]
-            if nsamples:
-                rows = rows[: nsamples - produced]
-            produced += len(rows)
-            batch_index += 1
-            yield rows
+            yield [_cut(row, stop) for row in out[:real]]
 
-    def _check(self, prompt_tokens, length, batch_size, options, stop_at_endoftext, stride):
-        """(context, length, stop token, window stride) of a sampling call, or a UserError.
+    def _check(self, prompts, length, batch_size, options, stop_at_endoftext, stride):
+        """(contexts, length, stop token, window stride) of a sampling call, or a UserError.
         options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
-        prompt_tokens = list(prompt_tokens or [])
         n_ctx = self.hparams.n_ctx
-        length = self.check_sampling_args(len(prompt_tokens), length, *options, slide=True)
+        longest = max(len(p) for p in prompts)
+        length = self.check_sampling_args(longest, length, *options, slide=True)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         stride = n_ctx // 2 if stride is None else stride
         if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride < n_ctx:
             raise UserError(f"window_stride must be an integer in 1..{n_ctx - 1}, got {stride!r}")
         eot = self.encoder.eot_token
-        if not prompt_tokens and eot is None:
+        if not all(prompts) and eot is None:
             raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
-        context = prompt_tokens or [eot]  # unconditional samples start from <|endoftext|>
+        contexts = [p or [eot] for p in prompts]  # unconditional samples start from <|endoftext|>
         stop = eot if stop_at_endoftext and eot is not None else -1
-        return context, length, stop, stride
+        return contexts, length, stop, stride
 
-    def _first_window(self, context, batch_size, length, options, stop):
-        """The prompt run once: what the first window of every batch continues from."""
-        n = min(length, self.hparams.n_ctx - len(context))
-        return self._setup([list(context)] * batch_size, n, options, stop)
+    def _first_window(self, contexts, length, options, stop):
+        """The prompts (one per row) run once: what the first window continues from."""
+        n = min(length, self.hparams.n_ctx - max(len(c) for c in contexts))
+        return self._setup(contexts, n, options, stop)
 
-    def _sample(
-        self, context, batch_size, length, options, stop, key, stride, chunk=None, first=None
-    ):
-        """The new tokens of `batch_size` samples after `context`, in pieces ([batch][k] ids;
-        a piece per `chunk` tokens, else per window). Past the context the window slides: the
-        last n_ctx - stride tokens become the prompt of the next window, their cache recomputed,
-        and `stride` more tokens follow; the first window is a plain generation (`first`, the
-        prompt already run by `_first_window`, if given)."""
+    def _sample(self, contexts, length, options, stop, key, stride, chunk=None, first=None):
+        """The new tokens after `contexts` (one prompt per row), in pieces ([batch][k] ids; a
+        piece per `chunk` tokens, else per window). Past the context the window slides: the
+        last n_ctx - stride tokens of each row become its prompt in the next window, their cache
+        recomputed, and up to `stride` more tokens follow; the first window is a plain
+        generation (`first`, the prompts already run by `_first_window`, if given)."""
         n_ctx = self.hparams.n_ctx
-        rows = [list(context) for _ in range(batch_size)]
+        rows = [list(c) for c in contexts]
         made, segment = 0, 0
-        run = (
-            first
-            if first is not None
-            else self._first_window(context, batch_size, length, options, stop)
-        )
+        run = first if first is not None else self._first_window(contexts, length, options, stop)
         while made < length:
             n = run.length
             seed, batch_index = key  # a window's draws get their own key; the first, the plain one
@@ -235,52 +231,64 @@ class LanguageModel:
                 for row, new in zip(rows, piece):
                     row += new
                 yield piece
-            if stop >= 0 and all(stop in row[len(context) :] for row in rows):
+            if stop >= 0 and all(stop in row[len(c) :] for row, c in zip(rows, contexts)):
                 return
             made += n
             segment += 1
             if made < length:
                 windows = [row[-(n_ctx - stride) :] for row in rows]
-                run = self._setup(
-                    windows, min(length - made, n_ctx - len(windows[0])), options, stop
-                )
+                n = min(length - made, n_ctx - max(len(w) for w in windows))
+                run = self._setup(windows, n, options, stop)
 
     def _run(self, run, settings, chunk=None):
         """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
         length = tf.constant(run.length)
         if chunk is None:
             out = self._decode(
-                run.logits, run.cache, run.context, run.prompt_len, length, settings, run.slots
+                run.logits,
+                run.cache,
+                run.context,
+                run.prompt_len,
+                length,
+                settings,
+                run.slots,
+                run.offsets,
             )
             yield out.numpy()[:, : run.length].tolist()
             return
         stop = tf.constant(run.stop)
         state = loop.start_state(
-            run.logits, run.cache, run.context, run.prompt_len, run.slots, stop
+            run.logits, run.cache, run.context, run.prompt_len, run.slots, stop, run.offsets
         )
         start, done = int(run.prompt_len), 0
         while done < run.length:
-            until = min(done + chunk, run.length)
-            state = self._advance(state, run.prompt_len, length, settings, tf.constant(until))
+            until = tf.constant(min(done + chunk, run.length))
+            state = self._advance(state, run.prompt_len, length, settings, until, run.offsets)
             step = int(state.step)
             yield state.history[:, start + done : start + step].numpy().tolist()
-            if step < until:  # every row stopped
+            if step < int(until):  # every row stopped
                 return
             done = step
 
     def _setup(self, contexts, length, options, stop):
-        """The prompts (one per row, all as long) run once, and what the loop needs after them.
+        """The prompts (one per row) run once, and what the loop needs after them.
         options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
         n_ctx = self.hparams.n_ctx
-        size = len(contexts[0])
-        padded = [list(c) + [0] * (bucket(size, n_ctx) - size) for c in contexts]
+        size = max(len(c) for c in contexts)
+        width = bucket(size, n_ctx)
+        # Left-padded to the longest prompt, every prompt ends in column size - 1 and the loop
+        # writes one column for all rows; the padding is masked (`GPT2.__call__`, offsets).
+        padded = [[0] * (size - len(c)) + list(c) + [0] * (width - size) for c in contexts]
         context_t = tf.constant(padded, tf.int32)
+        offsets = None  # prompts of one length take the plain path, as they always did
+        if any(len(c) != size for c in contexts):
+            offsets = tf.constant([size - len(c) for c in contexts], tf.int32)
         slots = bucket(length, n_ctx)
         prompt_len = tf.constant(size)
         # The cache holds the padded prompt and the generation, within n_ctx positions; the
         # loop does not modify its input, so batches may share one prefill (`_first_window`).
-        cache_len = min(len(padded[0]) + slots, n_ctx)
-        logits, cache = self._prefill(context_t, prompt_len, cache_len)
+        cache_len = min(width + slots, n_ctx)
+        logits, cache = self._prefill(context_t, prompt_len, cache_len, offsets)
         temperature, top_k, top_p, penalty, ngram = options
 
         def make_settings(seed, batch_index):
@@ -288,7 +296,9 @@ class LanguageModel:
                 temperature, top_k, top_p, (int(seed), batch_index), stop, penalty, ngram
             )
 
-        return Run(length, stop, slots, context_t, prompt_len, logits, cache, make_settings)
+        return Run(
+            length, stop, slots, context_t, prompt_len, offsets, logits, cache, make_settings
+        )
 
     def stream_tokens(
         self,
@@ -309,11 +319,11 @@ class LanguageModel:
         seed gives the same tokens as `generate_tokens` (its sample number `sample_index` at
         batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step)."""
         options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
-        context, length, stop, stride = self._check(
-            prompt_tokens, length, 1, options, stop_at_endoftext, window_stride
+        contexts, length, stop, stride = self._check(
+            [list(prompt_tokens or [])], length, 1, options, stop_at_endoftext, window_stride
         )
         key = (secrets.randbits(31) if seed is None else seed, sample_index)
-        for (piece,) in self._sample(context, 1, length, options, stop, key, stride, chunk):
+        for (piece,) in self._sample(contexts, length, options, stop, key, stride, chunk):
             if stop in piece:
                 yield piece[: piece.index(stop)]
                 return
@@ -369,7 +379,8 @@ class LanguageModel:
         context_t = tf.constant([padded] * num_beams, tf.int32)
         slots = bucket(length, n_ctx)
         prompt_len = tf.constant(len(context))
-        logits, cache = self._prefill(context_t, prompt_len, min(len(padded) + slots, n_ctx))
+        cache_len = min(len(padded) + slots, n_ctx)
+        logits, cache = self._prefill(context_t, prompt_len, cache_len, None)
         settings = Settings.make(
             stop_token=stop,
             repetition_penalty=repetition_penalty,
@@ -383,10 +394,10 @@ class LanguageModel:
 
     def generate(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         length: int | None = None,
         nsamples: int = 1,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -407,7 +418,10 @@ class LanguageModel:
         return_as_list: bool = True,
     ) -> list[str] | None:
         """Sample continuations of `prompt` (None or "": unconditional); nsamples strings, or
-        with num_beams > 1 the num_return_sequences best beams. Settings as for
+        with num_beams > 1 the num_return_sequences best beams. A list of prompts (of any
+        lengths) gives that many for each prompt, prompt by prompt, each as that prompt alone
+        would; batch_size (default 1 for one prompt, the whole list up to MAX_LIST_BATCH rows
+        for a list) is how many rows run at once. Settings as for
         `generate_tokens`; then, with gpt-2-simple's names: `prefix` is another name for the
         prompt, `truncate` cuts each text before that string, `include_prefix` puts the prompt
         in front, `destination_path` writes the texts to a new file (each followed by a newline
@@ -419,9 +433,15 @@ class LanguageModel:
         prompt = prompt if prefix is None else prefix
         if destination_path is not None:
             texts.check_destination(str(destination_path))  # before any work
-        prompt_tokens = self.encoder.encode(prompt) if prompt else []
+        prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+        if not prompts or not all(p is None or isinstance(p, str) for p in prompts):
+            raise UserError("prompt must be a string, None, or a non-empty list of strings")
+        encoded = [self.encoder.encode(p) if p else [] for p in prompts]
+        if batch_size is None:  # beam search runs the prompts one by one (batch_size 1)
+            alone = len(prompts) == 1 or num_beams != 1
+            batch_size = 1 if alone else min(len(prompts) * nsamples, MAX_LIST_BATCH)
         batches = self.generate_tokens(
-            prompt_tokens,
+            encoded if isinstance(prompt, (list, tuple)) else encoded[0],
             length,
             nsamples,
             batch_size,
@@ -438,10 +458,13 @@ class LanguageModel:
             early_stopping=early_stopping,
             window_stride=window_stride,
         )
+        rows = [row for batch in batches for row in batch]
+        per_prompt = len(rows) // len(prompts)  # nsamples, or num_return_sequences beams
         out = [
-            texts.finish(prompt, self.encoder.decode(row), truncate, include_prefix)
-            for rows in batches
-            for row in rows
+            texts.finish(
+                prompts[i // per_prompt], self.encoder.decode(row), truncate, include_prefix
+            )
+            for i, row in enumerate(rows)
         ]
         if destination_path is not None:
             texts.write(str(destination_path), out, sample_delim)
@@ -493,8 +516,15 @@ class LanguageModel:
         bar.close()
         return total, counted
 
-    def score(self, text: str) -> float:
-        """Mean negative log-likelihood of `text`, in nats per token."""
+    def score(self, text: str | list[str]) -> float | list[float]:
+        """Mean negative log-likelihood of `text`, in nats per token; for a list of texts, a
+        list of their scores."""
+        if isinstance(text, (list, tuple)):
+            return [self.score(t) for t in text]
+        if not isinstance(text, str):
+            raise UserError(
+                f"score() takes a string or a list of strings, got {type(text).__name__}"
+            )
         total, count = self.score_tokens(self.encoder.encode(text))
         return total / count
 
@@ -586,6 +616,30 @@ def bucket(n: int, limit: int, smallest: int = 16) -> int:
     while size < n:
         size *= 2
     return max(n, min(size, limit))
+
+
+def is_prompt_list(prompts) -> bool:
+    """A list of prompts (of token lists or of strings), not one prompt (a list of ids)."""
+    return isinstance(prompts, (list, tuple)) and any(
+        not isinstance(p, (int, np.integer)) for p in prompts
+    )
+
+
+def batches(contexts, nsamples: int, batch_size: int):
+    """(rows, real) per batch: nsamples rows per context, prompt by prompt, batch_size rows
+    each (nsamples 0: forever). A short last batch is filled up with copies of its last row,
+    so that it runs in the shape already compiled; its first `real` rows are the ones asked."""
+    if len(contexts) == 1:  # one prompt: every batch is alike
+        produced = 0
+        while nsamples == 0 or produced < nsamples:
+            real = batch_size if nsamples == 0 else min(batch_size, nsamples - produced)
+            produced += real
+            yield contexts * batch_size, real
+        return
+    rows = [c for c in contexts for _ in range(nsamples)]
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        yield chunk + [chunk[-1]] * (batch_size - len(chunk)), len(chunk)
 
 
 def _cut(row, stop: int) -> list[int]:

@@ -25,9 +25,10 @@ class LoopState(NamedTuple):
     cache: list  # the model's key/value cache
     history: tf.Tensor  # int32 [batch, P + slots]: prompt in [0, prompt_len), then the output
     done: tf.Tensor  # bool [batch]: the row emitted the stop token
+    start: tf.Tensor  # int32 [batch]: the row's first column (a mixed-length batch is left-padded)
 
 
-def prefill(model, context, prompt_len, cache_len: int):
+def prefill(model, context, prompt_len, cache_len: int, offsets=None):
     """Run the prompt through `model`: (logits after its last token [batch, vocab], cache).
 
     Args:
@@ -36,11 +37,16 @@ def prefill(model, context, prompt_len, cache_len: int):
       context: int32 [batch, P], the prompt in its first `prompt_len` columns; the rest is padding.
       prompt_len: int32 scalar in 1 .. P.
       cache_len: Python int, the cache's length: at least P and prompt_len + length - 1.
+      offsets: int32 [batch], prompts of different lengths: row b's is left-padded, it begins at
+        column offsets[b] and ends at prompt_len - 1 as every row's (`GPT2.__call__`).
     """
     # Padding after the prompt is written to the cache too, but each position is overwritten by
     # its real token before any query can see it (queries see keys at positions <= their own).
     cache = model.init_cache(shape_list(context)[0], cache_len)
-    out = model(context, cache, 0, logits_at=prompt_len - 1)
+    if offsets is None:
+        out = model(context, cache, 0, logits_at=prompt_len - 1)
+    else:
+        out = model(context, cache, 0, logits_at=prompt_len - 1, offsets=offsets)
     return out["logits"][:, -1], out["cache"]
 
 
@@ -52,14 +58,19 @@ def start_history(context, prompt_len, slots: int, stop_token):
     return tf.where(is_prompt, padded, tf.fill([batch, width], stop_token))
 
 
-def start_state(logits, cache, context, prompt_len, slots: int, stop_token) -> LoopState:
-    """The loop's state before its first token: after `prefill`, nothing chosen yet."""
+def start_state(
+    logits, cache, context, prompt_len, slots: int, stop_token, offsets=None
+) -> LoopState:
+    """The loop's state before its first token: after `prefill` (with the same `offsets`),
+    nothing chosen yet."""
+    batch = shape_list(logits)[0]
     return LoopState(
         tf.constant(0),
         logits,
         cache,
         start_history(context, prompt_len, slots, stop_token),
-        tf.zeros([shape_list(logits)[0]], tf.bool),
+        tf.zeros([batch], tf.bool),
+        tf.zeros([batch], tf.int32) if offsets is None else offsets,
     )
 
 
@@ -84,7 +95,7 @@ def advance(model, state, prompt_len, length, settings, until, processors=PROCES
         # is traced and compiled once, not once more for a first token before the loop. After
         # the last token there is nothing to predict, and its position may lie past the context.
         step, position = state.step, prompt_len + state.step
-        history = History(state.history, position)
+        history = History(state.history, position, state.start)
         logits = apply_processors(state.logits, settings, history, processors)
         token = tf.where(state.done, stop, choose_tokens(logits, settings, step))  # [batch]
 
@@ -94,7 +105,8 @@ def advance(model, state, prompt_len, length, settings, until, processors=PROCES
 
         logits, cache = tf.cond(step + 1 < length, forward, lambda: (state.logits, state.cache))
         history = tf.where(columns[None, :] == position, token[:, None], state.history)
-        return (LoopState(step + 1, logits, cache, history, state.done | (token == stop)),)
+        done = state.done | (token == stop)
+        return (LoopState(step + 1, logits, cache, history, done, state.start),)
 
     (state,) = tf.while_loop(cond, body, (state,))
     return state
@@ -107,12 +119,22 @@ def output(state, prompt_len, slots: int):
 
 
 def continue_decode(
-    model, logits, cache, context, prompt_len, length, settings, slots: int, processors=PROCESSORS
+    model,
+    logits,
+    cache,
+    context,
+    prompt_len,
+    length,
+    settings,
+    slots: int,
+    processors=PROCESSORS,
+    offsets=None,
 ):
     """The decode loop after `prefill`: `length` tokens, drawn from `logits` first.
 
     Args:
-      model, context, prompt_len: as for `prefill`; logits, cache: what it returned.
+      model, context, prompt_len, offsets: as for `prefill` (`model` takes the same offsets);
+        logits, cache: what it returned.
       length: int32 scalar in 1 .. slots: tokens to generate.
       settings: a `Settings`; its stop_token ends a row (-1: none).
       slots: Python int, the width of the result.
@@ -121,7 +143,7 @@ def continue_decode(
       int32 [batch, slots]: `length` tokens per row, then stop_token; rows are padded with
       stop_token after they emitted it.
     """
-    state = start_state(logits, cache, context, prompt_len, slots, settings.stop_token)
+    state = start_state(logits, cache, context, prompt_len, slots, settings.stop_token, offsets)
     state = advance(model, state, prompt_len, length, settings, length, processors)
     return output(state, prompt_len, slots)
 

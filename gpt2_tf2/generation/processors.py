@@ -49,9 +49,7 @@ def repetition_penalty(logits, settings, history):
     penalty = tf.cast(settings.repetition_penalty, logits.dtype)
 
     def apply():
-        width = shape_list(history.tokens)[1]
-        valid = tf.broadcast_to(tf.range(width)[None, :] < history.length, tf.shape(history.tokens))
-        seen = seen_tokens(history.tokens, valid, shape_list(logits)[-1])
+        seen = seen_tokens(history.tokens, history.valid(), shape_list(logits)[-1])
         return tf.where(seen, tf.where(logits < 0, logits * penalty, logits / penalty), logits)
 
     return tf.cond(penalty != 1.0, apply, lambda: logits)
@@ -75,7 +73,8 @@ def no_repeat_ngram(logits, settings, history):
             last = tf.gather(tokens, length - n + 1 + j, axis=1)  # [batch]: the current prefix
             return j + 1, match & (shifted(j) == last[:, None])
 
-        complete = tf.broadcast_to(starts[None, :] + n - 1 < length, tf.shape(tokens))
+        # The n-grams tokens[t : t + n] that lie within the row's own tokens so far.
+        complete = history.valid() & (starts[None, :] + n - 1 < length)  # [batch, T]
         _, match = tf.while_loop(lambda j, m: j < n - 1, body, (tf.constant(0), complete))
         banned = seen_tokens(shifted(n - 1), match, shape_list(logits)[-1])
         return tf.where(banned, tf.cast(NEG_INF, logits.dtype), logits)

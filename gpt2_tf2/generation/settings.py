@@ -43,7 +43,15 @@ class Settings(NamedTuple):
 
 
 class History(NamedTuple):
-    """The tokens so far, prompt then output, for processors to read: tokens[:, :length]."""
+    """The tokens so far, prompt then output, for processors to read: tokens[b, start[b]:length]
+    (a mixed-length batch is left-padded: row b's prompt begins at column start[b])."""
 
     tokens: tf.Tensor  # int32 [batch, T]
     length: tf.Tensor  # int32 scalar
+    start: tf.Tensor | int = 0  # int32 [batch] (or 0 for every row)
+
+    def valid(self):
+        """bool [batch, T]: the columns that hold the row's tokens so far."""
+        columns = tf.range(tf.shape(self.tokens)[1])[None, :]  # [1, T]
+        start = tf.reshape(tf.convert_to_tensor(self.start, tf.int32), [-1, 1])  # [batch or 1, 1]
+        return tf.broadcast_to((columns < self.length) & (columns >= start), tf.shape(self.tokens))

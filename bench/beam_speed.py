@@ -1,0 +1,145 @@
+"""Beam search speed at the 124M shape: gpt2_tf2 next to transformers' beam search (PyTorch, and
+TensorFlow compiled with XLA), each in a fresh process.
+
+Random weights in the 124M shape (no download), a 16-token prompt, 4 beams at batch 1, 128 new
+tokens forced (no beam may end early: ours has no stop token, transformers' min_new_tokens
+suppresses its end token). Throughput is new tokens of the returned sequence per second, the
+median of `--repeats` calls after a first one (tracing and compilation). Prints one JSON line
+per measurement; bench/benchmarks.py turns them into docs/benchmarks.md.
+
+    python bench/beam_speed.py [--impls ours,hf_torch,hf_tf_xla] [--beams 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from _child import run_json  # bench/ is sys.path[0] when run as a script
+
+PROMPT, NEW = 16, 128
+IMPLS = ("ours", "hf_torch", "hf_tf_xla")
+
+
+def prompt_ids():
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50000, (1, PROMPT)).astype("int32")
+
+
+def ours(beams: int):
+    import tensorflow as tf
+
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.language_model import LanguageModel
+    from gpt2_tf2.tokenizer import Encoder
+
+    hp = PRESETS["124M"]
+    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+
+    def generate(ids):
+        (row,) = lm.beam_search(ids[0].tolist(), NEW, num_beams=beams, stop_token=-1)
+        assert len(row) == NEW
+
+    return generate, tf
+
+
+def hf_torch(beams: int):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+
+    def generate(ids):
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                num_beams=beams,
+                do_sample=False,
+                pad_token_id=50256,
+            )
+        assert tuple(out.shape) == (1, PROMPT + NEW)
+
+    return generate, torch
+
+
+def hf_tf(beams: int, xla: bool):
+    import tensorflow as tf
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config())
+    fn = tf.function(model.generate, jit_compile=True) if xla else model.generate
+
+    def generate(ids):
+        out = fn(
+            tf.constant(ids),
+            attention_mask=tf.ones_like(ids),
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            num_beams=beams,
+            do_sample=False,
+            pad_token_id=50256,
+        )
+        assert out.shape == (1, PROMPT + NEW)
+
+    return generate, tf
+
+
+def child(impl: str, beams: int, repeats: int) -> None:
+    build = {
+        "ours": lambda: ours(beams),
+        "hf_torch": lambda: hf_torch(beams),
+        "hf_tf_xla": lambda: hf_tf(beams, True),
+        "hf_tf": lambda: hf_tf(beams, False),
+    }[impl]
+    generate, lib = build()
+    ids = prompt_ids()
+    t = time.perf_counter()
+    generate(ids)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        generate(ids)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    row = {
+        "impl": impl,
+        "beams": beams,
+        "tok_s": NEW / (times[len(times) // 2] if times else first),
+        "first_s": first,
+        "version": getattr(lib, "__version__", "?"),
+    }
+    print(json.dumps(row), flush=True)
+
+
+def run(impl: str, beams: int, repeats: int) -> list[dict]:
+    args = ["--child", impl, "--beams", str(beams), "--repeats", str(repeats)]
+    rows, error = run_json(__file__, args)
+    return rows + ([{"impl": impl, "error": error}] if error else [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.child:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        return child(args.child, args.beams, args.repeats)
+    for impl in args.impls.split(","):
+        for row in run(impl, args.beams, args.repeats):
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
