@@ -6,6 +6,7 @@ process of that environment's Python, one after another on an otherwise idle mac
     python3 -m venv .venv-peers && .venv-peers/bin/pip install -e . -r bench/requirements-peers.txt
     .venv-peers/bin/python bench/benchmarks.py            # 25-40 min on 2 cores
     .venv-peers/bin/python bench/benchmarks.py --render   # the table again from the raw results
+    .venv-peers/bin/python bench/benchmarks.py --only beam  # one section again, ours and peers
 
 Raw results (one JSON object per line) go to docs/benchmarks.jsonl next to the table.
 """
@@ -137,6 +138,27 @@ def measure(quick: bool) -> None:
     ):
         add("train", run("train_speed.py", "--size", size, "--impls", impls))
     add("encode", run("encode_speed.py", "--megabytes", "20" if quick else "100"))
+    add("beam", run("beam_speed.py", "--repeats", repeats))
+    with open(RAW, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+SECTIONS = {"beam": ("beam_speed.py",)}  # what --only re-measures on its own
+
+
+def measure_only(section: str, quick: bool) -> None:
+    """Re-measure one section, ours and the peers in one run as always, and replace its rows
+    in the raw results; its rows carry their own date (the table says so)."""
+    if section not in SECTIONS:
+        raise SystemExit(f"--only takes one of: {', '.join(SECTIONS)}")
+    with open(RAW, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    new = run(*SECTIONS[section], "--repeats", "3" if quick else "5")
+    for row in new:
+        row.setdefault("bench", section)
+        row["date"] = time.strftime("%Y-%m-%d")
+        print(json.dumps(row), flush=True)
+    rows = [r for r in rows if r["bench"] != section] + new
     with open(RAW, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -185,6 +207,7 @@ def render() -> None:
     lines += sampling_table(sample, limits)
     lines += training_table(train)
     lines += encode_lines([r for r in rows if r["bench"] == "encode" and "error" not in r])
+    lines += beam_lines([r for r in rows if r["bench"] == "beam" and "error" not in r], env)
     if errors:
         lines += ["## Failed measurements", ""]
         lines += [f"- {r.get('impl', r['bench'])}: {r['error']}" for r in errors] + [""]
@@ -322,13 +345,59 @@ def encode_lines(encode: list[dict]) -> list[str]:
     ]
 
 
+BEAM_NAMES = {
+    "ours": "gpt2_tf2",
+    "hf_torch": "HF transformers PyTorch",
+    "hf_tf_xla": "HF transformers TF, XLA",
+    "hf_tf": "HF transformers TF",
+}
+
+
+def beam_lines(beam: list[dict], env: dict) -> list[str]:
+    if not beam:
+        return []
+    beams = beam[0]["beams"]
+    dated = beam[0].get("date", env["date"])
+    lines = [
+        f"## Beam search (124M, {beams} beams, batch 1, 16-token prompt, 128 new tokens)",
+        "",
+        "New tokens of the returned sequence per second, the median of repeated calls after the "
+        "first (tracing and compilation); no beam may end early."
+        + (
+            f" Measured on {dated} (`bench/benchmarks.py --only beam`)."
+            if dated != env["date"]
+            else ""
+        ),
+        "",
+        "| implementation | tokens/s | first call (s) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {BEAM_NAMES.get(r['impl'], r['impl'])} | {r['tok_s']:.1f} | {r['first_s']:.1f} |"
+        for r in beam
+    ]
+    ours = [r for r in beam if r["impl"] == "ours"]
+    peers = [r for r in beam if r["impl"] != "ours"]
+    if ours and peers:
+        best = max(peers, key=lambda r: r["tok_s"])
+        lines += [
+            "",
+            f"Ours / the faster peer ({BEAM_NAMES.get(best['impl'], best['impl'])}): "
+            f"{ratio(ours[0]['tok_s'], best['tok_s'])}.",
+        ]
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--render", action="store_true", help="only rebuild the table")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 20 MB to encode")
     parser.add_argument("--limits", action="store_true", help="re-measure the machine only")
+    parser.add_argument("--only", help="re-measure one section only: beam")
     args = parser.parse_args()
-    if args.limits:
+    if args.only:
+        measure_only(args.only, args.quick)
+    elif args.limits:
         with open(RAW, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
         rows = [machine_limits() if r["bench"] == "machine" else r for r in rows]
