@@ -385,7 +385,13 @@ def beam_lines(beam: list[dict], env: dict) -> list[str]:
             f"Ours / the faster peer ({BEAM_NAMES.get(best['impl'], best['impl'])}): "
             f"{ratio(ours[0]['tok_s'], best['tok_s'])}.",
         ]
-    return lines + [""]
+    return lines + [
+        "",
+        "What the other decoding features cost next to plain sampling (repetition penalty, "
+        "n-gram ban, streaming, the sliding window past the context), interleaved in one "
+        "process: [decoding-speed.md](decoding-speed.md) (`bench/decoding_speed.py`).",
+        "",
+    ]
 
 
 def main() -> None:

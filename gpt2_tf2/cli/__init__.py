@@ -21,6 +21,7 @@ COMMANDS = {
     "vocab": "train a vocabulary on your text (train), or measure one (stats)",
     "init": "a new model with GPT-2's initialisation, on a vocabulary",
     "attention": "an HTML page of what each token attends to, per layer and head",
+    "convert": "Hugging Face models in (from-hf) and out (to-hf)",
 }
 
 

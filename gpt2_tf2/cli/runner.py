@@ -259,3 +259,22 @@ def read_prompt_file(path: str) -> str:
     if not text:
         raise UserError(f"{path}: file is empty")
     return text
+
+
+def run_subcommand(commands: dict, argv: list[str] | None, name: str) -> None:
+    """`name SUBCOMMAND ...`: run the function `commands[SUBCOMMAND]`, or list them (its
+    docstring's first line each); exits the process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands:
+        lines = "\n".join(
+            f"  {sub:8s} {fn.__doc__.strip().splitlines()[0]}" for sub, fn in commands.items()
+        )
+        print(f"usage: {name} {'|'.join(commands)} ... (--help for each)\n\n{lines}")
+        if argv and argv[0] not in ("-h", "--help", "help"):
+            print(
+                f"error: unknown subcommand {argv[0]!r}; use {' or '.join(commands)}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        sys.exit(0)
+    run(commands[argv[0]], argv[1:], name=f"{name} {argv[0]}")

@@ -4,7 +4,6 @@ how many tokens a vocabulary spends per word (`tokenizer/train.py`)."""
 from __future__ import annotations
 
 import os
-import sys
 
 from gpt2_tf2.cli import runner
 from gpt2_tf2.errors import UserError
@@ -152,14 +151,4 @@ SUBCOMMANDS = {"train": train, "stats": stats}
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUBCOMMANDS:
-        lines = "\n".join(
-            f"  {name:6s} {fn.__doc__.strip().splitlines()[0]}" for name, fn in SUBCOMMANDS.items()
-        )
-        print(f"usage: gpt2_tf2.vocab train|stats ... (--help for each)\n\n{lines}")
-        if argv and argv[0] not in ("-h", "--help", "help"):
-            print(f"error: unknown subcommand {argv[0]!r}; use train or stats", file=sys.stderr)
-            sys.exit(2)
-        sys.exit(0)
-    runner.run(SUBCOMMANDS[argv[0]], argv[1:], name=f"gpt2_tf2.vocab {argv[0]}")
+    runner.run_subcommand(SUBCOMMANDS, argv, "gpt2_tf2.vocab")

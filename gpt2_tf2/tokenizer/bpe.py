@@ -20,6 +20,9 @@ from gpt2_tf2.errors import UserError
 
 ENDOFTEXT = "<|endoftext|>"
 VOCAB_FILES = ("encoder.json", "vocab.bpe")  # in a model directory, beside the weights
+# Optional beside them: the special tokens and which one ends a text, for vocabularies other
+# than GPT-2's (ruGPT-3: <pad> <s> </s> <unk> <mask>, </s> ending a text). Absent: GPT-2's.
+SPECIALS_FILE = "special_tokens.json"
 
 # The GPT-2 pre-tokenizer (Radford et al. 2019, sec. 2.2): contractions, letters, numbers,
 # other symbols, each optionally with one leading space; then whitespace runs.
@@ -207,9 +210,12 @@ def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[
     return encoder, merges
 
 
-def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], source: str) -> None:
+def check_vocabulary(
+    encoder: dict[str, int], merges: list[tuple[str, str]], source: str, specials=()
+) -> None:
     """The files must fit together: ids 0..N-1, every byte a token, every merge's product a
-    token, and every other token made by a merge, except special tokens (`<|...|>`, `<...>`).
+    token, and every other token made by a merge, except special tokens (`<|...|>`, `<...>`,
+    and those `specials` names).
     GPT-2's own files: 256 bytes + 50000 merges + `<|endoftext|>`; a trainer may put its
     specials anywhere (Hugging Face tokenizers: first)."""
     if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
@@ -227,7 +233,9 @@ def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], sou
             )
         made.add(first + second)
     orphans = [
-        t for t in encoder if t not in made and t not in byte_symbols and not SPECIAL.match(t)
+        t
+        for t in encoder
+        if t not in made and t not in byte_symbols and not SPECIAL.match(t) and t not in specials
     ]
     if orphans:
         raise UserError(
@@ -237,8 +245,11 @@ def check_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]], sou
 
 
 def bpe_files(model_dir: str) -> dict[str, str]:
-    """encoder.json and vocab.bpe of a directory, by name."""
-    return {name: os.path.join(model_dir, name) for name in VOCAB_FILES}
+    """encoder.json and vocab.bpe of a directory, by name, and special_tokens.json if there."""
+    names = VOCAB_FILES
+    if os.path.isfile(os.path.join(model_dir, SPECIALS_FILE)):
+        names += (SPECIALS_FILE,)
+    return {name: os.path.join(model_dir, name) for name in names}
 
 
 def load_bpe(model_dir: str, fast: bool = True) -> Encoder:
@@ -262,13 +273,36 @@ def _stamp(path: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_encoder(paths: tuple[str, str], fast: bool, stamps, model_dir: str) -> Encoder:
-    encoder, merges = _read_vocab(*paths)
-    check_vocabulary(encoder, merges, model_dir)
-    enc = Encoder(encoder=encoder, bpe_merges=merges)
-    if fast and tuple(_sha256(p) for p in paths) == GPT2_VOCAB_SHA256:
+def _load_encoder(paths: tuple[str, ...], fast: bool, stamps, model_dir: str) -> Encoder:
+    encoder, merges = _read_vocab(*paths[:2])
+    specials, end_of_text = (ENDOFTEXT,), ENDOFTEXT
+    if len(paths) > 2:
+        specials, end_of_text = read_specials(paths[2], encoder)
+    check_vocabulary(encoder, merges, model_dir, specials)
+    enc = Encoder(encoder, merges, special_tokens=specials, end_of_text=end_of_text)
+    if fast and len(paths) == 2 and tuple(_sha256(p) for p in paths) == GPT2_VOCAB_SHA256:
         enc.use_tiktoken()
     return enc
+
+
+def read_specials(path: str, encoder: dict[str, int]) -> tuple[tuple[str, ...], str | None]:
+    """(special tokens, the one that ends a text or None) from special_tokens.json:
+    {"special_tokens": ["<pad>", "</s>", ...], "end_of_text": "</s>"}; each must be a token."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    specials = data.get("special_tokens") if isinstance(data, dict) else None
+    end = data.get("end_of_text") if isinstance(data, dict) else None
+    if not isinstance(specials, list) or not all(isinstance(t, str) for t in specials):
+        raise UserError(f'{path}: expected {{"special_tokens": [strings], "end_of_text": ...}}')
+    unknown = [t for t in specials + ([end] if end is not None else []) if t not in encoder]
+    if unknown:
+        raise UserError(f"{path}: {unknown[0]!r} is not a token of encoder.json")
+    if end is not None and end not in specials:
+        raise UserError(f"{path}: end_of_text {end!r} must be one of special_tokens")
+    return tuple(specials), end
 
 
 def _sha256(path: str) -> str:
