@@ -1,11 +1,13 @@
 """Files in and out: the text files a corpus names (files, directories, globs), read strictly as
 one encoding; and writing a small file whole or not at all, the one way every small file of ours
-is written."""
+is written, or a new directory whole (`replace_into`)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
+import tempfile
 
 from gpt2_tf2.errors import UserError
 
@@ -24,6 +26,24 @@ def write_atomically(path: str, text: str, tmp: str | None = None) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def replace_into(out: str, write) -> None:
+    """`write(tmp)` fills a temporary directory beside `out`, which is then renamed into place
+    (an empty `out` is replaced): a failure leaves nothing half-written."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UserError(f"{out}: directory {parent} does not exist")
+    tmp = tempfile.mkdtemp(prefix=".gpt2_tf2-tmp-", dir=parent)
+    try:
+        write(tmp)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked by the caller): replaced by the finished directory
+        os.replace(tmp, out)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write ({e.strerror})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_files(path: str) -> list[str]:

@@ -126,23 +126,11 @@ def to_hf(
 
 
 def write_new_dir(out: str, content: dict) -> None:
-    """Write the files into a temporary directory beside `out`, then rename it into place: a
-    failure leaves nothing half-written."""
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise UserError(f"{out}: directory {parent} does not exist")
+    """Write the files into `out` (new or empty) all at once (`replace_into`)."""
+    from gpt2_tf2.files import replace_into
     from gpt2_tf2.formats import huggingface
 
-    tmp = tempfile.mkdtemp(prefix=".gpt2_tf2-tmp-", dir=parent)
-    try:
-        huggingface.write_files(tmp, content)
-        if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked): replaced by the finished directory
-        os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write ({e.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_into(out, lambda tmp: huggingface.write_files(tmp, content))
 
 
 from_hf.positional = ("hf_dir",)  # what the command takes by position (cli/flags.py)

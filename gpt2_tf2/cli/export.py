@@ -1,4 +1,5 @@
-"""`python -m gpt2_tf2.export --run_name R --out DIR`: a run as an OpenAI model directory."""
+"""`python -m gpt2_tf2.export --run_name R --out DIR`: a run as an OpenAI model directory; with
+`--format savedmodel`, a run or a model directory as a SavedModel for TensorFlow Serving."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ from gpt2_tf2.cli import runner
 from gpt2_tf2.errors import UserError
 
 EXPORT_DTYPES = ("float32", "float16")
+FORMATS = ("openai", "savedmodel")
 
 
-def export(run_name=None, out=None, checkpoint_dir="checkpoint", dtype="float32", verbose=False):
+def export(
+    run_name=None,
+    out=None,
+    checkpoint_dir="checkpoint",
+    dtype="float32",
+    format="openai",  # noqa: A002 (the flag's name)
+    model_name=None,
+    models_dir="models",
+    verbose=False,
+):
     """Write a run's newest weights in OpenAI's layout (the seven files), each file atomically.
 
     The directory is read by `sample`, `score`, `gpt2_tf2.load` and any tool that reads OpenAI's
@@ -22,9 +33,21 @@ def export(run_name=None, out=None, checkpoint_dir="checkpoint", dtype="float32"
       checkpoint_dir: where run directories live.
       dtype: float32 (as trained), or float16: the weights stored in half the disk space (a
         relative rounding of 5e-4); every command and OpenAI's TF1 reader load them as usual.
+      format: openai (the model directory every command reads) or savedmodel: a TensorFlow
+        SavedModel with 'generate' and 'score' serving signatures, for TensorFlow Serving or
+        tf.saved_model.load without this package (README, "Serving").
+      model_name: with --format savedmodel, a model directory (or release name under
+        models_dir) to export instead of a run.
+      models_dir: where release names are looked up.
       verbose: show TensorFlow's log messages.
     """
     runner.configure_logging(verbose)
+    if format not in FORMATS:
+        raise UserError(f"--format must be openai or savedmodel, got {format!r}")
+    if format == "savedmodel":
+        return export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir)
+    if model_name is not None:
+        raise UserError("--model_name goes with --format savedmodel; a run exports by --run_name")
     if run_name is None or out is None:
         raise UserError("export needs --run_name and --out")
     if dtype not in EXPORT_DTYPES:
@@ -33,6 +56,27 @@ def export(run_name=None, out=None, checkpoint_dir="checkpoint", dtype="float32"
 
     source = runs.export(str(run_name), str(out), str(checkpoint_dir), dtype)
     print(f"exported {source} to {out}")
+    return None
+
+
+def export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir):
+    """A run's or a model directory's weights as a SavedModel in `out` (new or empty)."""
+    import os
+
+    if (run_name is None) == (model_name is None) or out is None:
+        raise UserError("--format savedmodel needs --out and one of --run_name, --model_name")
+    out = str(out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
+    from gpt2_tf2.files import replace_into
+    from gpt2_tf2.formats import model_dir as formats
+    from gpt2_tf2.formats.savedmodel import write_savedmodel
+
+    name = str(model_name) if model_name is not None else ""
+    source = formats.locate(name, models_dir, False, run_name, checkpoint_dir)
+    opened, model = formats.load_model_dir(source)
+    replace_into(out, lambda tmp: write_savedmodel(model, opened.encoder.eot_token, tmp))
+    print(f"exported {source} to {out} (SavedModel: signatures generate, score)")
     return None
 
 
