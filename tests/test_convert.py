@@ -256,3 +256,15 @@ def test_nothing_is_written_over(vocab_files, tmp_path):
     assert r.returncode == 2 and "no/such" in r.stderr and "Traceback" not in r.stderr
     r = convert("sideways")
     assert r.returncode == 2 and "unknown subcommand" in r.stderr
+
+
+def test_embeddings_padded_past_the_tokenizer_get_placeholder_tokens(vocab_files, tmp_path):
+    """vocab_size rounded up past the tokenizer (50264 rows, 50257 tokens): the converted model
+    loads, and the extra ids decode to placeholders."""
+    write_hf(tmp_path / "hf", vocab_files, config={"vocab_size": 50264})
+    assert convert("from-hf", tmp_path / "hf", "--out", tmp_path / "ours").returncode == 0
+    from gpt2_tf2.tokenizer import load_encoder
+
+    enc = load_encoder(str(tmp_path / "ours"))
+    assert enc.n_vocab == 50264 and enc.decode([50263]) == "<|unused_50263|>"
+    assert enc.encode("Hello world") == [15496, 995] and enc.eot_token == 50256

@@ -179,3 +179,26 @@ def test_rugpt3_like_converts_fine_tunes_and_goes_back(hf, tmp_path):
         assert back_tok(text)["input_ids"] == ids
         assert logits_diff(tuned, back, ids) <= 1e-4
         assert logits_diff(tuned, model, ids) > 1e-3  # fine-tuning changed the model
+
+
+@pytest.mark.parametrize("layout", ["shards", "pytorch_model.bin"])
+def test_sharded_safetensors_and_pytorch_bins_convert(hf, vocab_files, tmp_path, layout):
+    """transformers' shards (model.safetensors.index.json) and a PyTorch pickle (read with
+    torch, which this tier has) give the same logits as the model."""
+    import gpt2_tf2
+
+    torch, transformers = hf
+    model, tok = gpt2_with_added_tokens(hf, vocab_files, tmp_path / "one")
+    path = tmp_path / layout
+    if layout == "shards":
+        model.save_pretrained(path, max_shard_size="2MB")
+        assert (path / "model.safetensors.index.json").exists()
+    else:
+        path.mkdir()
+        torch.save(model.state_dict(), path / "pytorch_model.bin")
+        (path / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
+    tok.save_pretrained(path)
+    convert("from-hf", path, "--out", tmp_path / "ours")
+    lm = gpt2_tf2.load(str(tmp_path / "ours"))
+    ids = lm.encoder.encode(HELD_OUT[1])
+    assert logits_diff(lm, model, ids) <= 1e-4

@@ -380,6 +380,11 @@ def read_hf_dir(hf_dir: str):
             f"{hf_dir}: the tokenizer has {len(vocab)} tokens, config.json vocab_size "
             f"{hparams.n_vocab}"
         )
+    # Embeddings padded past the tokenizer (a vocab_size rounded up): the rows no text encodes
+    # to get placeholder tokens, so that every id the model may emit decodes.
+    unused = [f"<|unused_{i}|>" for i in range(len(vocab), hparams.n_vocab)]
+    vocab.update({t: i for i, t in zip(range(len(vocab), hparams.n_vocab), unused)})
+    specials = specials + unused
     tensors = from_hf_tensors(read_weights(hf_dir), hparams, hf_dir)
     return hparams, tensors, vocab, merges, specials, eos
 
