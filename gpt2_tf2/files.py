@@ -5,6 +5,7 @@ is written, or a new directory whole (`replace_into`)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -71,3 +72,17 @@ def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str
         ) from None
     except LookupError:
         raise UserError(f"unknown encoding {encoding!r}") from None
+
+
+def read_json_object(path: str) -> dict:
+    """A JSON file holding an object, or one line saying why not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data

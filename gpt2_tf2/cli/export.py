@@ -70,7 +70,7 @@ def export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir):
         raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
     from gpt2_tf2.files import replace_into
     from gpt2_tf2.formats import model_dir as formats
-    from gpt2_tf2.formats.savedmodel import write_savedmodel
+    from gpt2_tf2.generation.savedmodel import write_savedmodel
 
     name = str(model_name) if model_name is not None else ""
     source = formats.locate(name, models_dir, False, run_name, checkpoint_dir)

@@ -15,6 +15,7 @@ import json
 import os
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import read_json_object
 
 # The original five fields, in the order OpenAI's files list them.
 OPENAI_FIELDS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
@@ -81,16 +82,7 @@ def load_hparams(path: str) -> HParams:
     """Read `hparams.json` (a file, or a directory holding one)."""
     if os.path.isdir(path):
         path = os.path.join(path, "hparams.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return HParams.from_dict(data, source=path)
+    return HParams.from_dict(read_json_object(path), source=path)
 
 
 def save_hparams(hparams: HParams, path: str) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import read_json_object
 
 # transformers' names (below "transformer.") -> OpenAI's (below "model/"), per block and global.
 BLOCK_NAMES = {
@@ -205,19 +206,6 @@ def expected_shape(name: str, hp: HParams) -> tuple[int, ...]:
     return shapes.get(leaf, (e,))  # layer norms and the e-wide biases
 
 
-def read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return data
-
-
 def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
     """The state dict of a Hugging Face directory: safetensors (one file or shards) with the
     safetensors package's NumPy API; pytorch_model.bin only if torch is installed."""
@@ -226,7 +214,7 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
     if os.path.isfile(single):
         return _read_safetensors([single])
     if os.path.isfile(index):
-        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        shards = sorted(set(read_json_object(index).get("weight_map", {}).values()))
         if not shards:
             raise UserError(f"{index}: no weight_map")
         paths = [os.path.join(hf_dir, s) for s in shards]
@@ -332,7 +320,7 @@ def read_vocab_and_merges(hf_dir: str) -> tuple[dict[str, int], str, dict[str, i
     merges.txt, or else from the fast tokenizer's tokenizer.json (transformers 5 writes only
     that), whose model must be GPT-2's byte-level BPE."""
     if all(os.path.isfile(os.path.join(hf_dir, name)) for name in TOKENIZER_FILES):
-        vocab = read_json(os.path.join(hf_dir, "vocab.json"))
+        vocab = read_json_object(os.path.join(hf_dir, "vocab.json"))
         with open(os.path.join(hf_dir, "merges.txt"), encoding="utf-8") as f:
             return vocab, f.read(), {}, []
     path = os.path.join(hf_dir, "tokenizer.json")
@@ -342,7 +330,7 @@ def read_vocab_and_merges(hf_dir: str) -> tuple[dict[str, int], str, dict[str, i
             f"{hf_dir}: tokenizer file {missing[0]} is missing (a GPT-2 tokenizer is vocab.json "
             f"and merges.txt, or tokenizer.json)"
         )
-    data = read_json(path)
+    data = read_json_object(path)
     model = data.get("model") or {}
     pre = data.get("pre_tokenizer") or {}
     if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
@@ -361,7 +349,7 @@ def read_vocab_and_merges(hf_dir: str) -> tuple[dict[str, int], str, dict[str, i
 
 def _optional_json(hf_dir: str, name: str) -> dict:
     path = os.path.join(hf_dir, name)
-    return read_json(path) if os.path.isfile(path) else {}
+    return read_json_object(path) if os.path.isfile(path) else {}
 
 
 # ---- whole directories ---------------------------------------------------------------------
@@ -373,7 +361,7 @@ def read_hf_dir(hf_dir: str):
     if not os.path.isdir(hf_dir):
         raise UserError(f"{hf_dir}: no such directory")
     config_path = os.path.join(hf_dir, "config.json")
-    hparams = hparams_from_config(read_json(config_path), config_path)
+    hparams = hparams_from_config(read_json_object(config_path), config_path)
     vocab, merges, specials, eos = read_tokenizer(hf_dir)
     if len(vocab) > hparams.n_vocab:
         raise UserError(
@@ -408,7 +396,7 @@ def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[s
     config, tokenizer. `vocab_dir` holds the model's encoder.json and vocab.bpe."""
     from safetensors.numpy import save
 
-    vocab = read_json(os.path.join(vocab_dir, "encoder.json"))
+    vocab = read_json_object(os.path.join(vocab_dir, "encoder.json"))
     with open(os.path.join(vocab_dir, "vocab.bpe"), encoding="utf-8") as f:
         merges = f.read()
     eot = vocab.get(eos) if eos else None

@@ -8,7 +8,8 @@ Signatures (all batch-major, one prompt length per batch):
   of each token after the first, in nats.
 The graph is the package's own decode loop (`generation.loop`) and model (`core.model`), traced
 without XLA and without the CPU-only kernel choice (`kernels.add_bias`): it runs on whatever
-devices the serving machine has, not those of the machine that exported it.
+devices the serving machine has, not those of the machine that exported it. (A format, but it
+lives here, above the decode loop it exports: `formats` sits below `generation`.)
 """
 
 from __future__ import annotations
