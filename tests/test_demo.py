@@ -71,16 +71,29 @@ def words(text: str) -> list[str]:
     return re.findall(r"[^\W\d_]+", text.lower())
 
 
+# Share of written words found in the held-out quotations. Russian inflects: a 70 kB held-out
+# text holds few of each word's forms, so its share is lower for the same fluency. Measured over
+# these 48 samples: the 4500-step demo 0.83 en / 0.63 ru, the earlier 2400-step one 0.79 / 0.50;
+# an untrained model writes byte soup (~0). Four samples varied by +-0.15 from seed to seed.
+KNOWN_SHARE = {"en": 0.7, "ru": 0.55}
+
+
 def test_writes_words_of_both_languages(demo):
     """Most words it writes are words of its language (seen in the held-out quotations, which
     it never trained on): far from the byte soup of an untrained model."""
     for lang, prompt in (("en", "The meaning of life is"), ("ru", "Жизнь — это")):
         known = set(words(heldout(lang)))
-        texts = demo.generate(prompt, length=60, nsamples=4, batch_size=4, top_k=40, seed=5)
+        texts = [
+            text
+            for seed in (5, 6, 7)
+            for text in demo.generate(
+                prompt, length=60, nsamples=16, batch_size=16, top_k=40, seed=seed
+            )
+        ]
         written = [w for t in texts for w in words(t.split("<|endoftext|>")[0])]
-        assert len(written) >= 20, texts
+        assert len(written) >= 200, texts
         share = np.mean([w in known for w in written])
-        assert share > 0.6, (lang, share, texts)
+        assert share > KNOWN_SHARE[lang], (lang, share, texts[:4])
 
 
 def test_readme_records_how_it_was_made():
