@@ -131,7 +131,7 @@ def build(
     n_embd=256,
     n_head=8,
     n_ctx=256,
-    steps=2400,
+    steps=4500,
     batch_size=16,
     learning_rate=1e-3,
     heldout=0.02,
