@@ -29,9 +29,16 @@ def write_atomically(path: str, text: str, tmp: str | None = None) -> None:
             os.remove(tmp)
 
 
+def check_new_dir(out: str) -> None:
+    """`out` may be written as a whole directory: it is new, or an empty directory."""
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
+
+
 def replace_into(out: str, write) -> None:
     """`write(tmp)` fills a temporary directory beside `out`, which is then renamed into place
-    (an empty `out` is replaced): a failure leaves nothing half-written."""
+    (an empty `out` is replaced, anything else refused): a failure leaves nothing half-written."""
+    check_new_dir(out)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise UserError(f"{out}: directory {parent} does not exist")
@@ -39,7 +46,7 @@ def replace_into(out: str, write) -> None:
     try:
         write(tmp)
         if os.path.isdir(out):
-            os.rmdir(out)  # empty (checked by the caller): replaced by the finished directory
+            os.rmdir(out)  # empty (rmdir refuses anything else): replaced by the finished one
         os.replace(tmp, out)
     except OSError as e:
         raise UserError(f"{out}: cannot write ({e.strerror})") from None

@@ -10,6 +10,7 @@ import tempfile
 
 from gpt2_tf2.cli import runner
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import check_new_dir
 
 
 def from_hf(hf_dir=None, out=None, verbose=False):
@@ -101,8 +102,7 @@ def to_hf(
     if (model_name is None and run_name is None) or out is None:
         raise UserError("convert to-hf needs MODEL (or --run_name) and --out DIR")
     out = str(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
+    check_new_dir(out)  # before the model is read
     from gpt2_tf2.formats import huggingface
     from gpt2_tf2.formats import model_dir as formats
 

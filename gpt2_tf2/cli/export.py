@@ -61,14 +61,12 @@ def export(
 
 def export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir):
     """A run's or a model directory's weights as a SavedModel in `out` (new or empty)."""
-    import os
-
     if (run_name is None) == (model_name is None) or out is None:
         raise UserError("--format savedmodel needs --out and one of --run_name, --model_name")
+    from gpt2_tf2.files import check_new_dir, replace_into
+
     out = str(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
-    from gpt2_tf2.files import replace_into
+    check_new_dir(out)  # before the model is read
     from gpt2_tf2.formats import model_dir as formats
     from gpt2_tf2.generation.savedmodel import write_savedmodel
 

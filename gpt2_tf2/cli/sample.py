@@ -94,8 +94,6 @@ def read_prompts(prompts_file) -> list[str]:
 def print_prompts(lm, prompts, settings: dict, nsamples: int, output: dict) -> None:
     """Each prompt's samples, as an interactive session would show them: the prompt after
     'Model prompt >>> ', its samples, a footer. Rows run batch_size at a time across prompts."""
-    from gpt2_tf2.generation import texts
-
     if streamable(settings, output):
         counter = 0
         for prompt in prompts:
@@ -103,24 +101,20 @@ def print_prompts(lm, prompts, settings: dict, nsamples: int, output: dict) -> N
             counter = print_samples(lm, prompt, settings, nsamples, counter, output)
             print(FOOTER)
         return
-    encoded = [lm.encoder.encode(p) for p in prompts]
-    rows = [
-        row for batch in lm.generate_tokens(encoded, nsamples=nsamples, **settings) for row in batch
-    ]
-    per_prompt = len(rows) // len(prompts)
-    finished = [
-        texts.finish(
-            prompts[i // per_prompt],
-            lm.encoder.decode(row),
-            output.get("truncate"),
-            output.get("include_prefix"),
-        )
-        for i, row in enumerate(rows)
-    ]
-    if output.get("destination_path"):
-        texts.write(output["destination_path"], finished, output["sample_delim"])
-        print(f"wrote {len(finished)} samples to {output['destination_path']}")
+    destination = output.get("destination_path")
+    finished = lm.generate(  # prompt by prompt, as LanguageModel.generate orders a list
+        prompts,
+        nsamples=nsamples,
+        truncate=output.get("truncate"),
+        include_prefix=output.get("include_prefix"),
+        destination_path=destination,
+        sample_delim=output["sample_delim"],
+        **settings,
+    )
+    if destination:
+        print(f"wrote {len(finished)} samples to {destination}")
         return
+    per_prompt = len(finished) // len(prompts)
     for i, text in enumerate(finished):
         if i % per_prompt == 0:
             print(PROMPT + prompts[i // per_prompt])
