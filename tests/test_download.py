@@ -253,7 +253,8 @@ def test_full_disk(server, tmp_path, monkeypatch):
     monkeypatch.setattr(download, "open", lambda *a, **k: FullDisk(), raising=False)
     with pytest.raises(UserError, match="disk full; free space and run the command again"):
         download_model("124M", str(tmp_path), url=server.url, progress=False)
-    assert not any(f in FILES for f in os.listdir(tmp_path / "124M"))
+    release = tmp_path / "124M"  # removed when nothing was written into it
+    assert not any(f in FILES for f in (os.listdir(release) if release.exists() else []))
 
 
 def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch):
@@ -289,3 +290,19 @@ def test_a_server_that_never_answers(tmp_path):
             download_model("124M", str(tmp_path), url=url, progress=False, timeout=1)
     finally:
         listener.close()
+
+
+def test_a_failed_first_request_leaves_no_directory(tmp_path):
+    """Nothing fetched: the release directory it made is gone again; one that was there stays."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(UserError, match="cannot connect"):
+        download_model("124M", str(tmp_path), url=url, progress=False, timeout=5)
+    assert not (tmp_path / "124M").exists()
+    (tmp_path / "124M").mkdir()  # the user's (empty) directory
+    with pytest.raises(UserError, match="cannot connect"):
+        download_model("124M", str(tmp_path), url=url, progress=False, timeout=5)
+    assert (tmp_path / "124M").is_dir()

@@ -187,7 +187,18 @@ def download_model(
         names = ", ".join(list(PRESETS) + list(ALIASES))
         raise UserError(f"unknown release {model_name!r}; releases are {names}")
     model_dir = os.path.join(models_dir, release)
+    created = not os.path.exists(model_dir)
     os.makedirs(model_dir, exist_ok=True)
+    try:
+        _fetch_all(model_dir, release, url, timeout, progress, verify)
+    except BaseException:
+        if created and not os.listdir(model_dir):
+            os.rmdir(model_dir)  # ours and still empty: a failed first request leaves nothing
+        raise
+    return model_dir
+
+
+def _fetch_all(model_dir, release, url, timeout, progress, verify) -> None:
     for fname in FILES:
         dest, file_url = os.path.join(model_dir, fname), f"{base_url(url)}/{release}/{fname}"
         remote = Remote.of(file_url, timeout)
@@ -199,4 +210,3 @@ def download_model(
             if os.path.exists(dest + ".part"):
                 os.remove(dest + ".part")  # from scratch; `dest` is replaced once the new is whole
         fetch_file(file_url, dest, timeout, progress, remote)
-    return model_dir
