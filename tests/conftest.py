@@ -87,20 +87,24 @@ def model_copy(tiny_model_dir, tmp_path):
 
 def run_cli(args, input=None, cwd=None, timeout=300, env=None):
     """Run a command-line entry point as a user would; returns the CompletedProcess."""
-    extra = env or {}
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    # Compiled programs go to a scratch cache, not the user's ~/.cache.
-    # One per TensorFlow version: another version's entries do not parse (and say so on stderr).
-    version = metadata.version("tensorflow")
-    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}")
-    env.update(extra)
     return subprocess.run(
         [sys.executable, *args],
         input=input,
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
-        env=env,
+        env=cli_env(env),
         timeout=timeout,
     )
+
+
+def cli_env(extra=None) -> dict:
+    """The environment of a command run by a test: this checkout first on the path."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # Compiled programs go to a scratch cache, not the user's ~/.cache.
+    # One per TensorFlow version: another version's entries do not parse (and say so on stderr).
+    version = metadata.version("tensorflow")
+    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}")
+    env.update(extra or {})
+    return env

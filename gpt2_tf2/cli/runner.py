@@ -81,22 +81,26 @@ def configure_xla_cache() -> None:
     os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
 
 
-def configure_logging(verbose: bool, xla: bool = False) -> None:
+def configure_logging(verbose: bool, xla: bool = False, setup=None):
     """Hide TensorFlow's start-up logs unless verbose, and set up the XLA cache. Call before
     anything imports TensorFlow. `xla`: the command compiles with XLA, whose first compilation
-    logs a few more lines once per process (TF 2.17); they are triggered here, while hidden."""
+    logs a few more lines once per process (TF 2.17); they are triggered here, while hidden.
+    `setup`: what must run before TensorFlow's first operation (device configuration, a
+    `tf.distribute` strategy); its result is returned."""
     if "tensorflow" not in sys.modules:
         configure_xla_cache()
     if verbose or "tensorflow" in sys.modules:
-        return
+        return setup() if setup else None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
+    result = None
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow as tf
 
+            result = setup() if setup else None
             if xla:
                 tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
         finally:
@@ -107,6 +111,7 @@ def configure_logging(verbose: bool, xla: bool = False) -> None:
                 if not _TF_NOISE.match(line):  # anything else (an import error) is shown
                     print(line, file=sys.stderr)
     tf.get_logger().setLevel("ERROR")
+    return result
 
 
 def setup_devices(verbose: bool = False) -> str:
@@ -215,7 +220,10 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     from gpt2_tf2.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--verbose" not in argv and getattr(fn, "uses_tensorflow", True):
+    # A command that must configure devices before TensorFlow's first operation (train) calls
+    # configure_logging itself, with its setup.
+    itself = getattr(fn, "configures_logging", False)
+    if "--verbose" not in argv and getattr(fn, "uses_tensorflow", True) and not itself:
         configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     name = name or fn.__name__

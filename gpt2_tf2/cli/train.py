@@ -45,21 +45,28 @@ def train(*args, **kwargs):
     flags.apply_defaults()
     flags = dict(flags.arguments)
     verbose = flags.pop("verbose")
-    runner.configure_logging(verbose, xla=True)
     cfg = TrainConfig(**flags)
     cfg.validate()
 
+    def devices():  # before TensorFlow's first operation
+        from gpt2_tf2.training import distribute
+
+        return distribute.make_strategy(cfg.strategy, cfg.num_cpu_devices)
+
+    strategy = runner.configure_logging(verbose, xla=True, setup=devices)
     from gpt2_tf2.training import session  # imports TensorFlow, after configure_logging
 
     runner.setup_devices(verbose)
-    run = session.start(cfg)
+    run = session.start(cfg, strategy)
     stop = StopOnSignal()
     loop = session.loop(run, extra=[stop])
-    step = loop.run()
+    step = session.run_loop(loop, run)
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
         print(f"{name}: stopped at step {step}, checkpoint saved", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    if loop.stop_reason is not None:
+        print(f"stopped at step {step} ({loop.stop_reason}), checkpoint saved", file=sys.stderr)
     return None
 
 
@@ -88,6 +95,7 @@ def _signature_and_help():
 
 train.__signature__, train.__doc__ = _signature_and_help()
 train.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+train.configures_logging = True  # devices and strategy come before TensorFlow's first operation
 train.positional = ()
 
 

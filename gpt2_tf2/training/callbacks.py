@@ -21,6 +21,8 @@ SAMPLE_HEADER = "======== SAMPLE {} ========"
 class Checkpoint(Callback):
     """Save every `every` steps (0: never) and at the end; a step is saved at most once."""
 
+    announce = True  # print "saved ..." (not on a multi-worker run's other workers)
+
     def __init__(self, manager: tf.train.CheckpointManager, directory: str, every: int, trainer):
         self.manager, self.directory, self.every, self.trainer = manager, directory, every, trainer
 
@@ -38,7 +40,8 @@ class Checkpoint(Callback):
                 f"{_size_mb(self.trainer):.0f} MB needed; the previous checkpoint is intact: "
                 f"free space and run the same command to resume from it"
             ) from None
-        tqdm.write(f"saved {self.directory}/ckpt-{step}")
+        if self.announce:
+            tqdm.write(f"saved {self.directory}/ckpt-{step}")
 
     def on_step(self, loop, step, metrics):
         if self.every and step % self.every == 0:

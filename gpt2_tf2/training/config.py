@@ -14,6 +14,7 @@ from gpt2_tf2.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")  # training/optimizers.py makes each
 MIXED_PRECISION = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("one_device", "mirrored", "multi_worker")  # training/distribute.py
 
 
 def flag(default, help: str):
@@ -100,6 +101,15 @@ class TrainConfig:
     checkpoint_dir: str = flag("checkpoint", "where run directories live.")
     sample_dir: str = flag("samples", "samples go to sample_dir/run_name/samples-STEP.")
     offline: bool = flag(False, "never download the base model.")
+    strategy: str = flag(
+        "one_device",
+        "one_device (one GPU or the CPU), mirrored (every local GPU, or the --num_cpu_devices "
+        "logical CPUs) or multi_worker (one process per machine, cluster from TF_CONFIG): "
+        "--batch_size is the global batch, split across the replicas (docs/distributed.md).",
+    )
+    num_cpu_devices: int = flag(
+        1, "split the CPU into N logical devices, to try a strategy without GPUs."
+    )
 
     def validate(self) -> None:
         """One clear line for the first impossible value, before any work is done."""
@@ -130,6 +140,10 @@ class TrainConfig:
         _check(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed_precision must be none, bf16 or fp16, got {self.mixed_precision!r}",
+        )
+        _check(
+            self.strategy in STRATEGIES,
+            f"--strategy must be one_device, mirrored or multi_worker, got {self.strategy!r}",
         )
         _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, "--top_p must be in [0, 1]")
         _check(
@@ -167,6 +181,7 @@ MINIMUM = {
     "warmup_steps": 0,
     "sample_length": 1,
     "combine": 1,
+    "num_cpu_devices": 1,
 }
 
 

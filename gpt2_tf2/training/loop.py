@@ -48,11 +48,14 @@ class Loop:
 
     @property
     def step(self) -> int:
-        return int(self.trainer.step)
+        return int(self.trainer.step.numpy())  # .numpy(): a MirroredVariable has no __int__
 
     def request_stop(self, reason) -> None:
-        """Stop after the current step (e.g. a signal handler's request)."""
+        """Stop after the current step (e.g. a signal handler's request). Replicas of a
+        `tf.distribute` run stop together: the request rides on the next step to all of them."""
         self.stop_reason = reason
+        if hasattr(self.trainer, "stop_requested"):
+            self.trainer.stop_requested = True
 
     def run(self) -> int:
         """Train; returns the global step reached."""
@@ -67,8 +70,11 @@ class Loop:
                 out = self.trainer.train_step(windows)
                 metrics = {"loss": float(out["loss"]), "lr": float(out["lr"])}
                 metrics["seconds"] = time.perf_counter() - began
+                agreed = "stop" in out and float(out["stop"]) > 0
+                if agreed and self.stop_reason is None:
+                    self.stop_reason = "another worker was asked to stop"
                 self._emit("on_step", self.step, metrics)
-                if self.stop_reason is not None:
+                if agreed or (self.stop_reason is not None and "stop" not in out):
                     break
             self._emit("on_end")
         finally:

@@ -30,8 +30,17 @@ class Optimizer(tf.Module):
         """One update of every variable from `grads` (same order) at learning rate `lr`."""
         self.iterations.assign_add(1)
         t = tf.cast(self.iterations, tf.float32)
+        if not tf.distribute.has_strategy():
+            for i, (g, v) in enumerate(zip(grads, self._vars)):
+                self._update(i, tf.convert_to_tensor(g), v, lr, t)
+            return
+        # Under a strategy (cross-replica context): each device updates its copy of the
+        # variable and of its slots from its copy of the all-reduced gradient (Keras does the
+        # same); inside `update`, the slots resolve to that device's copies.
+        extended = tf.distribute.get_strategy().extended
         for i, (g, v) in enumerate(zip(grads, self._vars)):
-            self._update(i, tf.convert_to_tensor(g), v, lr, t)
+            fn = lambda var, g, lr, i=i: self._update(i, g, var, lr, t)  # noqa: E731
+            extended.update(v, fn, args=(g, lr), group=False)
 
     def _update(self, i, g, v, lr, t):
         raise NotImplementedError

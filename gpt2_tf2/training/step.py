@@ -63,17 +63,44 @@ def sum_over_replicas(tensors):
     context = tf.distribute.get_replica_context()
     if context.num_replicas_in_sync == 1:
         return tensors
+    # identity: a value fed to the step has no device yet, which the multi-worker all-reduce
+    # needs ("destinations can not be empty").
+    tensors = tf.nest.map_structure(tf.identity, tensors)
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tensors)
 
 
-def add_noise(windows, p: float, n_vocab: int, seed):
-    """nshepperd's --noise: each input token is replaced by a random one with probability p."""
+def add_noise(windows, p: float, n_vocab: int, seed, replica=0, replicas: int = 1):
+    """nshepperd's --noise: each input token is replaced by a random one with probability p.
+    On `replicas` replicas, the draw is made for the global batch and replica `replica` keeps
+    its rows, so the noise does not depend on how the batch is split."""
     if p <= 0:
         return windows
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    mask = tf.random.stateless_uniform(tf.shape(windows), s1) < p
-    noise = tf.random.stateless_uniform(tf.shape(windows), s2, 0, n_vocab, dtype=tf.int32)
+    shape = tf.shape(windows)
+    if replicas > 1:
+        shape = shape * tf.constant([replicas, 1])  # [global batch, L + 1]
+    mask = tf.random.stateless_uniform(shape, s1) < p
+    noise = tf.random.stateless_uniform(shape, s2, 0, n_vocab, dtype=tf.int32)
+    if replicas > 1:  # this replica's rows of the global draw: [b, L + 1]
+        begin = tf.stack([replica * tf.shape(windows)[0], 0])
+        mask = tf.slice(mask, begin, tf.shape(windows))
+        noise = tf.slice(noise, begin, tf.shape(windows))
     return tf.where(mask, noise, windows)
+
+
+def cross_replica(fn, *args):
+    """fn(*args) once for all replicas (in `tf.distribute`'s cross-replica context, where
+    variables are updated on every device); a plain call without a strategy."""
+    if not tf.distribute.has_strategy():
+        return fn(*args)
+    return tf.distribute.get_replica_context().merge_call(lambda _, *a: fn(*a), args=args)
+
+
+def local(value):
+    """One replica's copy of a value that is the same on every replica (e.g. all-reduced)."""
+    if not tf.distribute.has_strategy():
+        return value
+    return tf.distribute.get_strategy().experimental_local_results(value)[0]
 
 
 class Trainer(tf.Module):
@@ -108,10 +135,12 @@ class Trainer(tf.Module):
         """Loss and gradients averaged over micro-batches: windows [accumulate, batch, L + 1]."""
         step_seed = tf.stack([tf.constant(self.seed, tf.int64), self.step])
         replicas = replicas_in_sync()
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        n_vocab = self.model.hparams.n_vocab
 
         def micro(i):
             micro_seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(i, tf.int64))
-            inputs = add_noise(windows[i], self.cfg.noise, self.model.hparams.n_vocab, micro_seed)
+            inputs = add_noise(windows[i], self.cfg.noise, n_vocab, micro_seed, replica, replicas)
             with tf.GradientTape() as tape:
                 loss = lm_loss(
                     self.model, windows[i], self.cfg.memory_saving_gradients, inputs, replicas
@@ -142,15 +171,24 @@ class Trainer(tf.Module):
     def _train_step(self, windows):
         """One update from windows [accumulate, batch, L + 1]: a function of the trainer's
         variables and the windows only (randomness is keyed by seed and step)."""
-        loss, grads = self.gradients(windows)
+        return self.update(*self.gradients(windows))
+
+    def update(self, loss, grads):
+        """Sum loss and gradients over replicas, clip, and apply them once for all replicas
+        (unless fp16 overflowed); the step count advances either way."""
         loss, grads = sum_over_replicas((loss, grads))
         lr = learning_rate(self.step, self.cfg)
+        if self.cfg.grad_clip > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.cfg.grad_clip)
+        finite = None
+        if self.scaling:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        applied = cross_replica(self._apply, grads, lr, finite)
+        return {"loss": loss, "lr": lr, "applied": applied, "loss_scale": self.loss_scale + 0}
 
+    def _apply(self, grads, lr, finite):
         def update():
-            clipped = grads
-            if self.cfg.grad_clip > 0:
-                clipped, _ = tf.clip_by_global_norm(grads, self.cfg.grad_clip)
-            self.optimizer.apply(clipped, lr)
+            self.optimizer.apply(grads, lr)
             if self.scaling:
                 self.good_steps.assign_add(1)
                 if_grow = self.good_steps >= GROWTH_INTERVAL
@@ -163,10 +201,6 @@ class Trainer(tf.Module):
             self.good_steps.assign(0)
             return tf.constant(False)
 
-        if self.scaling:
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-            applied = tf.cond(finite, update, skip)
-        else:
-            applied = update()
+        applied = tf.cond(local(finite), update, skip) if self.scaling else update()
         self.step.assign_add(1)
-        return {"loss": loss, "lr": lr, "applied": applied, "loss_scale": self.loss_scale + 0}
+        return applied

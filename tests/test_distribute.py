@@ -1,0 +1,285 @@
+"""Training under `tf.distribute` (train --strategy): the mirrored strategy over two logical CPU
+devices and two worker processes on 127.0.0.1 with the multi-worker strategy give the weights of
+one device with the same global batch; checkpoints move between replica counts; a stop request
+on one worker stops every worker after the same step; a killed worker leaves the newest
+checkpoint loadable. Each run is the `train` command in a subprocess, as a user runs it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import cli_env, run_cli
+
+TEXT = "one two three four five six seven eight nine ten. " * 60
+N = 6  # steps; checkpoints every N // 2
+MAX_DIFF = 1e-5  # the issue's bound on weights after N steps, against one device
+
+
+@pytest.fixture(scope="module")
+def work(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distribute")
+    (root / "data.txt").write_text(TEXT, encoding="utf-8")
+    encode = ["-m", "gpt2_tf2.encode", str(root / "data.txt"), str(root / "data.npz")]
+    r = run_cli([*encode, "--model_name", tiny_model_dir])
+    assert r.returncode == 0, r.stderr
+    (root / "tmp").mkdir()  # TMPDIR of the runs: a worker's temporary checkpoints go there
+    return root
+
+
+def train_args(work, model, run, *extra, steps=N):
+    return [
+        "-m",
+        "gpt2_tf2.train",
+        "--dataset",
+        str(work / "data.npz"),
+        "--model_name",
+        model,
+        "--run_name",
+        run,
+        "--checkpoint_dir",
+        str(work / "ckpt"),
+        "--steps",
+        str(steps),
+        "--batch_size",
+        "4",
+        "--accumulate_gradients",
+        "2",
+        "--sequence_length",
+        "16",
+        "--optimizer",
+        "adamw",
+        "--learning_rate",
+        "3e-3",
+        "--grad_clip",
+        "1.0",
+        "--noise",
+        "0.05",
+        "--seed",
+        "11",
+        "--sample_every",
+        "0",
+        "--save_every",
+        str(N // 2),
+        *extra,
+    ]
+
+
+def train(work, *args, steps=N):
+    r = run_cli(train_args(work, *args, steps=steps), cwd=work, env={"TMPDIR": str(work / "tmp")})
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def state(work, run, step=None):
+    """Every tensor of the run's checkpoint (newest, or at `step`) but the count of saves."""
+    directory = str(work / "ckpt" / run)
+    path = tf.train.latest_checkpoint(directory) if step is None else f"{directory}/ckpt-{step}"
+    reader = tf.train.load_checkpoint(path)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if "OBJECT_GRAPH" not in name and not name.startswith("save_counter")
+    }
+
+
+def losses(work, run):
+    lines = (work / "ckpt" / run / "log.tsv").read_text().splitlines()
+    return {int(line.split("\t")[0]): float(line.split("\t")[1]) for line in lines}
+
+
+def max_diff(a, b):
+    assert set(a) == set(b)  # model, optimizer slots and iterations, global step
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_device(work, tiny_model_dir):
+    train(work, tiny_model_dir, "one")
+    return state(work, "one"), losses(work, "one")
+
+
+@pytest.fixture(scope="module")
+def mirrored(work, tiny_model_dir):
+    """Two replicas on two logical CPUs; memory-saving gradients on (they change no value)."""
+    r = train(
+        work,
+        tiny_model_dir,
+        "two",
+        "--strategy",
+        "mirrored",
+        "--num_cpu_devices",
+        "2",
+        "--memory_saving_gradients",
+    )
+    return r
+
+
+def test_mirrored_equals_one_device(work, one_device, mirrored):
+    weights, logged = one_device
+    diff = max_diff(state(work, "two"), weights)
+    assert diff <= MAX_DIFF, f"max abs difference {diff}"
+    assert sorted(losses(work, "two")) == list(range(1, N + 1))
+    assert max(abs(losses(work, "two")[s] - logged[s]) for s in logged) <= MAX_DIFF
+    assert f"ckpt-{N}" in mirrored.stdout + mirrored.stderr
+
+
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
+def test_two_replica_checkpoint_resumes(work, tiny_model_dir, one_device, mirrored, strategy):
+    """Written by two replicas at N/2, resumed on one or on two: the uninterrupted run's end."""
+    half = str(work / "ckpt" / "two" / f"ckpt-{N // 2}")
+    run = f"resumed_on_{strategy}"
+    extra = ["--num_cpu_devices", "2"] if strategy == "mirrored" else []
+    r = train(work, tiny_model_dir, run, "--restore_from", half, "--strategy", strategy, *extra)
+    assert f"at step {N // 2}" in r.stderr
+    diff = max_diff(state(work, run), one_device[0])
+    assert diff <= MAX_DIFF, f"max abs difference {diff}"
+
+
+def test_fp16_under_mirrored(work, tiny_model_dir, one_device):
+    """Mixed precision with dynamic loss scaling under a strategy: it trains as float32 does."""
+    mixed = ("--strategy", "mirrored", "--num_cpu_devices", "2", "--mixed_precision", "fp16")
+    train(work, tiny_model_dir, "fp16", *mixed, steps=3)
+    logged, float32 = losses(work, "fp16"), one_device[1]
+    assert sorted(logged) == [1, 2, 3]
+    assert max(abs(logged[s] - float32[s]) for s in logged) <= 0.02
+    assert "loss_scale/.ATTRIBUTES/VARIABLE_VALUE" in state(work, "fp16")
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(work, args, n=2):
+    """One `train --strategy multi_worker` process per worker, TF_CONFIG as on n machines."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    procs = []
+    for index in range(n):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = cli_env({"TF_CONFIG": tf_config, "TMPDIR": str(work / "tmp")})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *args, "--strategy", "multi_worker"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def finish(procs, timeout=300):
+    return [p.communicate(timeout=timeout) for p in procs]
+
+
+def worker_dirs(work):
+    return [name for name in os.listdir(work / "tmp") if name.startswith("gpt2_tf2-worker-")]
+
+
+def test_multi_worker_equals_one_device(work, tiny_model_dir, one_device):
+    procs = start_workers(work, train_args(work, tiny_model_dir, "workers"))
+    (chief_out, chief_err), (worker_out, worker_err) = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], chief_err + worker_err
+    diff = max_diff(state(work, "workers"), one_device[0])
+    assert diff <= MAX_DIFF, f"max abs difference {diff}"
+    assert f"saved {work / 'ckpt' / 'workers'}/ckpt-{N}" in chief_out
+    assert worker_out == "" and "saved" not in worker_err  # the chief alone reports
+    assert worker_dirs(work) == []  # the other worker's checkpoints were temporary
+
+
+def wait_for(predicate, procs, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def newest_step(work, run):
+    path = tf.train.latest_checkpoint(str(work / "ckpt" / run))
+    return None if path is None else int(path.rsplit("-", 1)[1])
+
+
+def test_stop_resume_and_kill_multi_worker(work, tiny_model_dir):
+    """SIGTERM on worker 1 stops both after one step and saves; both resume from there; kill -9
+    on worker 1 ends the chief with one line, and the newest checkpoint loads."""
+    args = train_args(work, tiny_model_dir, "stop", steps=10000)
+    args[args.index("--save_every") + 1] = "5"
+    procs = start_workers(work, args)
+    wait_for(lambda: len(logged_steps(work, "stop")) >= 3, procs)
+    procs[1].send_signal(signal.SIGTERM)
+    (_, chief_err), (_, worker_err) = finish(procs)
+    assert procs[1].returncode == 128 + signal.SIGTERM, worker_err
+    assert procs[0].returncode == 0, chief_err
+    assert "another worker was asked to stop" in chief_err
+    stopped = newest_step(work, "stop")
+    assert stopped == max(logged_steps(work, "stop"))  # saved at the step both stopped after
+    assert worker_dirs(work) == []
+
+    procs = start_workers(work, args)
+    wait_for(lambda: (newest_step(work, "stop") or 0) > stopped, procs)
+    procs[1].kill()
+    (_, chief_err), _ = finish(procs, timeout=180)
+    assert "resuming from" in chief_err and f"at step {stopped}" in chief_err
+    assert procs[0].returncode not in (0, None)
+    last = chief_err.strip().splitlines()[-1]
+    assert last.startswith("error: a worker stopped or cannot be reached"), chief_err[-2000:]
+    assert "Traceback" not in chief_err
+    assert state(work, "stop")["step/.ATTRIBUTES/VARIABLE_VALUE"] == newest_step(work, "stop")
+
+
+def logged_steps(work, run):
+    path = work / "ckpt" / run / "log.tsv"
+    return losses(work, run) if path.exists() else {}
+
+
+@pytest.mark.parametrize(
+    "extra, env, expected",
+    [
+        (["--strategy", "multi_worker"], {}, "needs TF_CONFIG in the environment"),
+        (["--strategy", "multi_worker"], {"TF_CONFIG": "{"}, "TF_CONFIG is not a cluster"),
+        (["--strategy", "several"], {}, "--strategy must be one_device, mirrored or"),
+        (["--num_cpu_devices", "0"], {}, "--num_cpu_devices must be an integer >= 1"),
+        (
+            ["--strategy", "mirrored", "--num_cpu_devices", "2", "--batch_size", "3"],
+            {},
+            "--batch_size 3 does not split across 2 replicas",
+        ),
+    ],
+)
+def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected):
+    args = train_args(work, tiny_model_dir, "bad") + extra
+    r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp"), **env})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {r.stderr.split('error: ', 1)[1].strip()}"]
+    assert expected in r.stderr
+    assert not (work / "ckpt" / "bad").exists()
+
+
+def test_noise_does_not_depend_on_the_split():
+    """--noise on replica r of k is rows r*b.. of the draw one device makes for the batch."""
+    from gpt2_tf2.training.step import add_noise
+
+    windows = tf.reshape(tf.range(4 * 9, dtype=tf.int32), [4, 9])
+    seed = tf.constant([3, 5], tf.int64)
+    whole = add_noise(windows, 0.5, 1000, seed)
+    parts = [add_noise(windows[r * 2 : r * 2 + 2], 0.5, 1000, seed, r, 2) for r in range(2)]
+    np.testing.assert_array_equal(tf.concat(parts, 0), whole)
+    assert np.mean(whole.numpy() != windows.numpy()) > 0.2  # the noise is there
