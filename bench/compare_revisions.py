@@ -59,7 +59,14 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the revision to compare HEAD with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="docs/speed-before-after.md")
+    parser.add_argument(
+        "--measures", default=",".join(MEASURES), help="which, comma-separated: what a change touches"
+    )
     args = parser.parse_args()
+    measures = args.measures.split(",")
+    unknown = set(measures) - set(MEASURES)
+    if unknown:
+        raise SystemExit(f"--measures: unknown {sorted(unknown)}; one of {', '.join(MEASURES)}")
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -76,7 +83,7 @@ def main() -> None:
             for r in range(args.rounds):
                 order = [("base", base_tree), ("head", ROOT)]
                 for which, tree in order if r % 2 == 0 else order[::-1]:
-                    for name in MEASURES:
+                    for name in measures:
                         for metric, value in measure(tree, name).items():
                             results[which].setdefault(metric, []).append(value)
                             print(f"round {r + 1} {which} {metric}: {value:.2f}", flush=True)
@@ -89,7 +96,8 @@ def write_table(args, head: str, results) -> None:
     lines = [
         f"# Speed: {head} against {args.base}",
         "",
-        f"Written by `bench/compare_revisions.py --base {args.base} --rounds {args.rounds}`: "
+        f"Written by `bench/compare_revisions.py --base {args.base} --rounds {args.rounds} "
+        f"--measures {args.measures}`: "
         "random weights in the 124M shape, 16-token prompt, 128 new tokens; training one "
         "1 x 1024 step with Adam. Each number is the median of the rounds, the two revisions "
         "measured alternately in fresh processes on this machine (2 cores, no GPU).",
