@@ -391,6 +391,10 @@ def beam_lines(beam: list[dict], env: dict) -> list[str]:
         "n-gram ban, streaming, the sliding window past the context), interleaved in one "
         "process: [decoding-speed.md](decoding-speed.md) (`bench/decoding_speed.py`).",
         "",
+        "Training on 1 and 2 replicas (`train --strategy mirrored|multi_worker`): tokens/s and "
+        "memory as measured here, and the all-reduce's cost on GPUs on paper: "
+        "[distributed-speed.md](distributed-speed.md) (`bench/distribute_speed.py`).",
+        "",
     ]
 
 

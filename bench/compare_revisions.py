@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="docs/speed-before-after.md")
     parser.add_argument(
-        "--measures", default=",".join(MEASURES), help="which, comma-separated: what a change touches"
+        "--measures",
+        default=",".join(MEASURES),
+        help="which, comma-separated: what the change touches",
     )
     args = parser.parse_args()
     measures = args.measures.split(",")

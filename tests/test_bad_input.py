@@ -108,6 +108,11 @@ def test_help_is_a_flag_list(tiny_model_dir):
     assert r.returncode == 0 and r.stdout.startswith("usage: gpt2_tf2.vocab stats")
     r = run_cli(["-m", "gpt2_tf2", "vocab"])
     assert r.returncode == 0 and "train" in r.stdout and "stats" in r.stdout
+    # --help answers at once: TensorFlow (seconds to import) is not loaded for it.
+    for command in ("sample", "train"):
+        r = run_cli(["-X", "importtime", "-m", f"gpt2_tf2.{command}", "--help"])
+        assert r.returncode == 0 and "| tensorflow" not in r.stderr, command
+        assert "| fire" in r.stderr  # the import log is there to be read
 
 
 def test_a_checkpoint_index_naming_a_missing_file(model_copy):

@@ -223,12 +223,14 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     # A command that must configure devices before TensorFlow's first operation (train) calls
     # configure_logging itself, with its setup.
     itself = getattr(fn, "configures_logging", False)
-    if "--verbose" not in argv and getattr(fn, "uses_tensorflow", True) and not itself:
+    helping = "--help" in argv or "-h" in argv  # help needs no TensorFlow: it shows at once
+    quiet = "--verbose" not in argv and not helping and not itself
+    if quiet and getattr(fn, "uses_tensorflow", True):
         configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     name = name or fn.__name__
     try:
-        if "--help" in argv or "-h" in argv:
+        if helping:
             print(flags.help_text(fn, name), flush=True)  # not fire's: no pager, no internals
             sys.exit(0)
         argv = expand_short(fn, argv)
