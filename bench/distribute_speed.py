@@ -180,6 +180,11 @@ all-reduce of every gradient each step: through memory for logical devices, over
 127.0.0.1 between workers) and, for two processes, two TensorFlow runtimes competing for two
 cores. A mirrored run keeps one copy of the weights and optimizer slots per replica in its one
 process (the per-replica column halves its peak); each worker process holds its own.
+Memory per replica is higher than one device's: on one device the whole step is one XLA
+program that consumes each gradient as it is produced; under a strategy each replica's
+gradients are materialised for the all-reduce (between workers, also copied for gRPC), and the
+update runs after it, outside that program. Data parallelism does not shrink a replica below
+one device's memory in any case: every replica holds the whole model and its optimizer state.
 
 ## On GPUs, on paper
 
