@@ -126,6 +126,41 @@ def test_a_converted_model_samples_and_matches_a_numpy_forward(vocab_files, tmp_
     assert r.returncode == 0 and "SAMPLE 1" in r.stdout, r.stderr
 
 
+def test_an_untied_output_layer_converts_and_goes_back(vocab_files, tmp_path):
+    """tie_word_embeddings false: lm_head.weight is a layer of its own (model/lm_head); the
+    logits use it, hparams.json records it, training updates it, and to-hf writes it back."""
+    import gpt2_tf2
+
+    state = hf_state(50257, seed=3, **SHAPE)
+    state["lm_head.weight"] = hf_state(50257, seed=4, **SHAPE)["transformer.wte.weight"]
+    write_hf(tmp_path / "hf", vocab_files, state, config={"tie_word_embeddings": False})
+    r = convert("from-hf", tmp_path / "hf", "--out", tmp_path / "ours")
+    assert r.returncode == 0, r.stderr
+    hp = json.loads((tmp_path / "ours" / "hparams.json").read_text())
+    assert hp["tie_word_embeddings"] is False
+    lm = gpt2_tf2.load(str(tmp_path / "ours"))
+    assert lm.hparams.num_params() == sum(v.size for v in state.values())
+    ids = lm.encoder.encode("Hello there, friend.")
+    ours = lm.model(np.array([ids], np.int32))["logits"].numpy()[0]
+    diff = float(np.max(np.abs(ours - numpy_gpt2(state, ids, n_head=4))))
+    assert diff <= 1e-4, diff
+    # The compiled decoding loop reads the weights once (read_weights): greedy there equals
+    # the argmax of full forward passes.
+    (greedy,) = lm.generate_tokens(ids, 4, temperature=0)
+    full = list(ids)
+    for _ in range(4):
+        logits = lm.model(np.array([full], np.int32))["logits"].numpy()[0, -1]
+        full.append(int(np.argmax(logits)))
+    assert list(greedy[0]) == full[len(ids) :]
+    r = convert("to-hf", tmp_path / "ours", "--out", tmp_path / "back")
+    assert r.returncode == 0, r.stderr
+    back = safetensors_numpy.load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert set(back) == set(state)
+    assert max(float(np.max(np.abs(back[k] - state[k]))) for k in back) == 0.0
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+
+
 def numpy_gpt2(s, ids, n_head):
     """GPT-2's forward pass (Radford et al. 2019) in NumPy on a transformers state dict."""
 
@@ -153,7 +188,7 @@ def numpy_gpt2(s, ids, n_head):
         a = (w / w.sum(-1, keepdims=True)) @ v  # [h, t, d]
         x = x + lin(a.transpose(1, 0, 2).reshape(t, -1), p + "attn.c_proj")
         x = x + lin(gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
-    return ln(x, "transformer.ln_f") @ s["transformer.wte.weight"].T
+    return ln(x, "transformer.ln_f") @ s["lm_head.weight"].T  # tied: the same array as wte
 
 
 def test_special_tokens_and_their_end_of_text_come_along(vocab_files, tmp_path):

@@ -202,3 +202,39 @@ def test_sharded_safetensors_and_pytorch_bins_convert(hf, vocab_files, tmp_path,
     lm = gpt2_tf2.load(str(tmp_path / "ours"))
     ids = lm.encoder.encode(HELD_OUT[1])
     assert logits_diff(lm, model, ids) <= 1e-4
+
+
+def test_untied_output_layer_in_and_out(hf, vocab_files, tmp_path):
+    """A GPT2LMHeadModel with tie_word_embeddings=False (its own lm_head), saved by
+    transformers: our logits equal its; back through to-hf, transformers loads the same model."""
+    import gpt2_tf2
+
+    torch, transformers = hf
+    tok = transformers.GPT2TokenizerFast(
+        vocab=vocab_files["encoder.json"], merges=vocab_files["vocab.bpe"]
+    )
+    config = transformers.GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(1)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    head, wte = model.lm_head.weight, model.transformer.wte.weight
+    assert head.data_ptr() != wte.data_ptr() and not torch.equal(head, wte)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    convert("from-hf", tmp_path / "hf", "--out", tmp_path / "ours")
+    lm = gpt2_tf2.load(str(tmp_path / "ours"))
+    ids = lm.encoder.encode(HELD_OUT[0])
+    assert logits_diff(lm, model, ids) <= 1e-4
+    convert("to-hf", tmp_path / "ours", "--out", tmp_path / "back")
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    assert not again.config.tie_word_embeddings
+    assert torch.equal(again.lm_head.weight, head) and torch.equal(
+        again.transformer.wte.weight, wte
+    )
+    assert logits_diff(lm, again, ids) <= 1e-4

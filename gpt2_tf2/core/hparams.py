@@ -30,6 +30,9 @@ class HParams:
     n_layer: int = 12
     # Extensions (not in OpenAI's files; defaults are GPT-2's hard-coded values).
     layer_norm_epsilon: float = 1e-5
+    # GPT-2 computes logits with wte itself; a converted model may have its own output layer
+    # (transformers' lm_head with tie_word_embeddings false), stored as model/lm_head.
+    tie_word_embeddings: bool = True
 
     def __post_init__(self):
         for name in OPENAI_FIELDS:
@@ -39,6 +42,11 @@ class HParams:
         if self.n_embd % self.n_head != 0:
             raise UserError(
                 f"hparams: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise UserError(
+                f"hparams: tie_word_embeddings must be true or false, got "
+                f"{self.tie_word_embeddings!r}"
             )
         if not self.layer_norm_epsilon > 0:
             raise UserError(
@@ -75,7 +83,8 @@ class HParams:
         """Parameter count from shapes alone (nothing is allocated)."""
         e = self.n_embd
         per_block = 12 * e * e + 13 * e  # ln_1, c_attn, attn c_proj, ln_2, c_fc, mlp c_proj
-        return self.n_vocab * e + self.n_ctx * e + self.n_layer * per_block + 2 * e
+        head = 0 if self.tie_word_embeddings else self.n_vocab * e  # an untied output layer
+        return self.n_vocab * e + self.n_ctx * e + self.n_layer * per_block + 2 * e + head
 
 
 def load_hparams(path: str) -> HParams:

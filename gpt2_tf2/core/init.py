@@ -33,6 +33,8 @@ def stddevs(model) -> dict[str, float | str]:
                 rule = 0.02
             table[f"model/h{i}/{name}"] = rule
     table.update({"model/ln_f/g": "ones", "model/ln_f/b": "zeros"})
+    if model.lm_head is not None:  # an untied output layer, initialised as wte is
+        table["model/lm_head"] = 0.02
     return table
 
 

@@ -243,6 +243,10 @@ class GPT2(tf.Module):
         init = _initializer(seed, tf.as_dtype(param_dtype))
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
+        self.lm_head = None  # GPT-2's logits use wte; a converted model may bring its own
+        if not hparams.tie_word_embeddings:
+            shape = [hparams.n_vocab, hparams.n_embd]
+            self.lm_head = tf.Variable(init(shape, 0.02), name="model/lm_head")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
         shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
 
@@ -265,6 +269,8 @@ class GPT2(tf.Module):
         for i, block in enumerate(self.h):
             table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
         table.update({"model/ln_f/g": self.ln_f.g, "model/ln_f/b": self.ln_f.b})
+        if self.lm_head is not None:
+            table["model/lm_head"] = self.lm_head
         return table
 
     def _positions(self, tokens, pos, offsets):
@@ -275,6 +281,12 @@ class GPT2(tf.Module):
             return tf.gather(self.wpe, columns)[None]  # [1, seq, embd]
         positions = tf.maximum(columns[None, :] - offsets[:, None], 0)  # [batch, seq]
         return tf.gather(self.wpe, positions)  # [batch, seq, embd]
+
+    def _output_weights(self, wte, weights=None):
+        """[vocab, embd]: wte itself (GPT-2 ties them), or the model's own output layer."""
+        if self.lm_head is None:
+            return wte
+        return weights["lm_head"] if weights else tf.convert_to_tensor(self.lm_head)
 
     def init_cache(self, batch_size: int, max_len: int):
         """Per layer, (keys, values): two zero tensors [batch * heads, max_len, head_dim]."""
@@ -295,7 +307,10 @@ class GPT2(tf.Module):
             return tf.reshape(v, v.shape[1:]) if v.shape.rank == 3 else tf.convert_to_tensor(v)
 
         blocks = [{k: read(v) for k, v in layer.params().items()} for layer in self.h]
-        return {"wte": tf.convert_to_tensor(self.wte), "h": blocks, "cpu_matvec": cpu_matvec}
+        weights = {"wte": tf.convert_to_tensor(self.wte), "h": blocks, "cpu_matvec": cpu_matvec}
+        if self.lm_head is not None:
+            weights["lm_head"] = tf.convert_to_tensor(self.lm_head)
+        return weights
 
     def __call__(
         self,
@@ -355,7 +370,9 @@ class GPT2(tf.Module):
             h = tf.gather(h, index[:, None], batch_dims=1)  # [batch, 1, embd]
         b, s, _ = shape_list(h)
         flat = tf.reshape(h, [-1, self.hparams.n_embd])  # [batch * seq, embd]
-        logits = tf.matmul(flat, tf.cast(wte, h.dtype), transpose_b=True)  # tied to wte
+        logits = tf.matmul(
+            flat, tf.cast(self._output_weights(wte, weights), h.dtype), transpose_b=True
+        )
         logits = tf.reshape(tf.cast(logits, tf.float32), [b, s, self.hparams.n_vocab])  # [b, s, v]
         result = {"logits": logits}
         if cache is not None:

@@ -7,8 +7,9 @@ are named by `special_tokens_map.json`, `tokenizer_config.json` and `added_token
 
 The maths is the same model: transformers' `Conv1D` keeps OpenAI's [nx, nf] weight (OpenAI's
 checkpoint adds a leading 1), `c_attn` is the same fused q, k, v projection, `lm_head` is tied
-to `wte`. `HF_NAMES` lists every tensor of a block and of the model once; a conversion uses
-each stored tensor exactly once or names the one it cannot place.
+to `wte` (or, with `tie_word_embeddings: false`, a layer of its own: our `model/lm_head`).
+`hf_names` lists every tensor of a block and of the model once; a conversion uses each stored
+tensor exactly once or names the one it cannot place.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ LM_HEAD = "lm_head.weight"
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def hf_names(n_layer: int) -> dict[str, str]:
-    """Every tensor of an n_layer GPT-2: transformers' full name -> OpenAI's full name."""
+def hf_names(n_layer: int, tied: bool = True) -> dict[str, str]:
+    """Every tensor of an n_layer GPT-2: transformers' full name -> OpenAI's full name (and,
+    untied, the output layer: lm_head.weight -> model/lm_head)."""
     table = {PREFIX + hf: "model/" + ours for hf, ours in MODEL_NAMES.items()}
+    if not tied:
+        table[LM_HEAD] = "model/lm_head"
     for i in range(n_layer):
         for hf, ours in BLOCK_NAMES.items():
             table[f"{PREFIX}h.{i}.{hf}"] = f"model/h{i}/{ours}"
@@ -94,6 +98,7 @@ def hparams_from_config(config: dict, source: str = "config.json") -> HParams:
             n_head=config.get("n_head", 12),
             n_layer=config.get("n_layer", 12),
             layer_norm_epsilon=float(config.get("layer_norm_epsilon", 1e-5)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
         )
     except TypeError as e:
         raise UserError(f"{source}: {e}") from None
@@ -119,7 +124,7 @@ def config_from_hparams(hparams: HParams, eot: int | None, pad: int | None) -> d
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": hparams.tie_word_embeddings,
         "torch_dtype": "float32",
     }
     if eot is not None:
@@ -133,13 +138,14 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams, source: st
     """OpenAI's tensors {"model/h0/attn/c_attn/w": array, ...} from transformers' state dict.
 
     Names may lack the "transformer." prefix (a bare GPT2Model). Each stored tensor is used
-    once: the constant buffers are known and dropped, lm_head.weight must equal wte (GPT-2 ties
-    them), and anything else is an error that names it.
+    once: the constant buffers are known and dropped; lm_head.weight is the output layer when
+    the config unties it, else it must equal wte (GPT-2 ties them); anything else is an error
+    that names it.
     """
     stored = {
         (k if k.startswith(PREFIX) or k == LM_HEAD else PREFIX + k): v for k, v in tensors.items()
     }
-    table = hf_names(hparams.n_layer)
+    table = hf_names(hparams.n_layer, hparams.tie_word_embeddings)
     out = {}
     for hf, ours in table.items():
         if hf not in stored:
@@ -163,8 +169,9 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams, source: st
     head = stored.pop(LM_HEAD, None)
     if head is not None and not np.array_equal(np.asarray(head, np.float32), out["model/wte"]):
         raise UserError(
-            f"{source}: {LM_HEAD} differs from transformer.wte.weight; GPT-2 ties them, a "
-            f"separate output layer is not supported"
+            f"{source}: {LM_HEAD} differs from transformer.wte.weight, but config.json ties "
+            f"them (tie_word_embeddings is true); set it to false if the model has its own "
+            f"output layer"
         )
     for name in [n for n in stored if n.endswith(BUFFERS)]:
         del stored[name]
@@ -178,10 +185,10 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams, source: st
 
 
 def to_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams) -> dict[str, np.ndarray]:
-    """transformers' state dict (without lm_head: tied, transformers restores it) from OpenAI's
-    tensors; the inverse of `from_hf_tensors`."""
+    """transformers' state dict (tied: without lm_head, which transformers restores) from
+    OpenAI's tensors; the inverse of `from_hf_tensors`."""
     out = {}
-    for hf, ours in hf_names(hparams.n_layer).items():
+    for hf, ours in hf_names(hparams.n_layer, hparams.tie_word_embeddings).items():
         value = np.asarray(tensors[ours], np.float32)
         if ours.endswith("/w"):
             value = value.reshape(value.shape[-2:])  # [1, nx, nf] -> Conv1D's [nx, nf]
@@ -195,6 +202,7 @@ def expected_shape(name: str, hp: HParams) -> tuple[int, ...]:
     leaf = name.split("/", 2)[-1] if name.startswith("model/h") else name[len("model/") :]
     shapes = {
         "wte": (hp.n_vocab, e),
+        "lm_head": (hp.n_vocab, e),
         "wpe": (hp.n_ctx, e),
         "attn/c_attn/w": (1, e, 3 * e),
         "attn/c_attn/b": (3 * e,),
