@@ -5,9 +5,12 @@ transformers itself is the reference in tests/test_reference_hf.py."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -303,3 +306,91 @@ def test_embeddings_padded_past_the_tokenizer_get_placeholder_tokens(vocab_files
     enc = load_encoder(str(tmp_path / "ours"))
     assert enc.n_vocab == 50264 and enc.decode([50263]) == "<|unused_50263|>"
     assert enc.encode("Hello world") == [15496, 995] and enc.eot_token == 50256
+
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    """The Hugging Face Hub's endpoints that huggingface_hub's snapshot_download uses (the file
+    list, the revision, each file's metadata and bytes), serving one directory as `REPO`."""
+
+    REPO, SHA, root = "someone/tiny-gpt2", "0" * 40, None
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, body: bytes, ctype="application/json", head=False, **headers):
+        self.send_response(200)
+        headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **headers}
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        names = sorted(os.listdir(self.root))
+        api = f"/api/models/{self.REPO}/"
+        if self.path.startswith(api + "tree/"):
+            tree = [{"type": "file", "path": n, "size": 1, "oid": self.SHA} for n in names]
+            return self.send(json.dumps(tree).encode())
+        if self.path.startswith(api + "revision/"):
+            siblings = [{"rfilename": n} for n in names]
+            return self.send(
+                json.dumps({"id": self.REPO, "sha": self.SHA, "siblings": siblings}).encode()
+            )
+        prefix = f"/{self.REPO}/resolve/"
+        name = self.path[len(prefix) :].split("/", 1)[-1] if self.path.startswith(prefix) else ""
+        if name not in names:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound" if not name else "EntryNotFound")
+            self.end_headers()
+            return
+        with open(os.path.join(self.root, name), "rb") as f:
+            data = f.read()
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        self.send(data, "application/octet-stream", head, ETag=etag, X_Repo_Commit=self.SHA)
+
+
+def test_a_repository_id_is_downloaded_with_huggingface_hub(vocab_files, tmp_path):
+    """`from-hf someone/name` fetches the configuration, tokenizer and safetensors weights (not
+    a second copy as pytorch_model.bin) through huggingface_hub, here from a local server."""
+    pytest.importorskip("huggingface_hub")  # comes with tokenizers (requirements-test.txt)
+    import gpt2_tf2
+
+    state = write_hf(tmp_path / "repo", vocab_files)
+    (tmp_path / "repo" / "pytorch_model.bin").write_bytes(b"not wanted")
+    handler = type("Hub", (FakeHub,), {"root": str(tmp_path / "repo")})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    try:
+        r = run_cli(
+            ["-m", "gpt2_tf2.convert", "from-hf", FakeHub.REPO, "--out", str(tmp_path / "ours")],
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        missing = [
+            "-m",
+            "gpt2_tf2.convert",
+            "from-hf",
+            "someone/absent",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+        bad = run_cli(missing, env=env)
+    finally:
+        server.shutdown()
+    snapshot = list((tmp_path / "hf_home").rglob("model.safetensors"))
+    assert len(snapshot) == 1 and not list((tmp_path / "hf_home").rglob("pytorch_model.bin"))
+    lm = gpt2_tf2.load(str(tmp_path / "ours"))
+    ids = lm.encoder.encode("Hello there, friend.")
+    ours = lm.model(np.array([ids], np.int32))["logits"].numpy()[0]
+    assert float(np.max(np.abs(ours - numpy_gpt2(state, ids, n_head=4)))) <= 1e-4
+    assert bad.returncode == 2 and bad.stderr.startswith("error: someone/absent: cannot download")
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

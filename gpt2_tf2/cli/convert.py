@@ -62,16 +62,20 @@ def locate(hf_dir: str) -> str:
     if not looks_like_id:
         raise UserError(f"{hf_dir}: no such directory")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:
         raise UserError(
             f"{hf_dir}: not a directory; to fetch that repository, pip install huggingface_hub "
             f"(then this command downloads it), or: huggingface-cli download {hf_dir} "
             f"--local-dir DIR"
         ) from None
-    patterns = ["*.json", "*.txt", "*.safetensors"]
     try:
-        return snapshot_download(hf_dir, allow_patterns=patterns)
+        # The configuration, the tokenizer and one copy of the weights: safetensors where the
+        # repository has them, else pytorch_model.bin (older uploads such as ruGPT-3's).
+        files = list_repo_files(hf_dir)
+        weights = [f for f in files if f.endswith(".safetensors")]
+        weights = weights or [f for f in files if f == "pytorch_model.bin"]
+        return snapshot_download(hf_dir, allow_patterns=["*.json", "*.txt", *weights])
     except Exception as e:  # the hub's errors: not found, no network, gated
         raise UserError(f"{hf_dir}: cannot download ({str(e).splitlines()[0]})") from None
 
