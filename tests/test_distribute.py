@@ -192,13 +192,19 @@ def worker_dirs(work):
 
 
 def test_multi_worker_equals_one_device(work, tiny_model_dir, one_device):
-    procs = start_workers(work, train_args(work, tiny_model_dir, "workers"))
+    """Also with validation and samples on (the chief's alone; they change no weight)."""
+    chief_only = ["--val_every", "3", "--val_batch_count", "2", "--sample_every", "3"]
+    chief_only += ["--val_dataset", str(work / "data.npz")]  # the training data stays whole
+    args = train_args(work, tiny_model_dir, "workers", *chief_only, "--sample_length", "8")
+    procs = start_workers(work, args)
     (chief_out, chief_err), (worker_out, worker_err) = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], chief_err + worker_err
     diff = max_diff(state(work, "workers"), one_device[0])
     assert diff <= MAX_DIFF, f"max abs difference {diff}"
     assert f"saved {work / 'ckpt' / 'workers'}/ckpt-{N}" in chief_out
-    assert worker_out == "" and "saved" not in worker_err  # the chief alone reports
+    assert "validation loss" in chief_out and chief_out.count("SAMPLE 1") == 2
+    assert (work / "samples" / "workers" / f"samples-{N}").exists()
+    assert worker_out == "" and worker_err.strip() == ""  # the chief alone reports
     assert worker_dirs(work) == []  # the other worker's checkpoints were temporary
 
 

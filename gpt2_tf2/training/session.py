@@ -62,11 +62,11 @@ def check_start(cfg: TrainConfig, directory: str, newest: str | None) -> None:
     )
 
 
-def load_data(cfg: TrainConfig, base: formats.ModelDir, seq_len: int):
+def load_data(cfg: TrainConfig, base: formats.ModelDir, seq_len: int, progress: bool = True):
     """(training batches, validation batches or None) as the config asks."""
     encoder = base.encoder
     chunks = data.load_dataset(
-        encoder, str(cfg.dataset), cfg.combine, str(cfg.encoding), progress=True
+        encoder, str(cfg.dataset), cfg.combine, str(cfg.encoding), progress=progress
     )
     val_chunks = None
     if cfg.val_dataset is not None:
@@ -120,7 +120,7 @@ def _start(cfg: TrainConfig, directory: str, lock, strategy, worker_dir) -> Run:
     runs.check_hparams(directory, base.hparams)  # before the data is read
     if strategy is not None:
         distribute.check_batch(cfg.batch_size, strategy.num_replicas_in_sync)
-    batches, val_batches = load_data(cfg, base, seq_len)
+    batches, val_batches = load_data(cfg, base, seq_len, progress=chief)
 
     model, trainer = make_trainer(base.hparams, cfg, strategy)
     if chief and cfg.overwrite and cfg.restore_from != "latest":
