@@ -225,8 +225,6 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     itself = getattr(fn, "configures_logging", False)
     helping = "--help" in argv or "-h" in argv  # help needs no TensorFlow: it shows at once
     quiet = "--verbose" not in argv and not helping and not itself
-    if quiet and getattr(fn, "uses_tensorflow", True):
-        configure_logging(False, xla=getattr(fn, "uses_xla", False))
     texts, switches = _flag_kinds(fn)
     name = name or fn.__name__
     try:
@@ -234,7 +232,9 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
             print(flags.help_text(fn, name), flush=True)  # not fire's: no pager, no internals
             sys.exit(0)
         argv = expand_short(fn, argv)
-        flags.check_argv(fn, argv, switches)
+        flags.check_argv(fn, argv, switches)  # an unknown flag is one line at once
+        if quiet and getattr(fn, "uses_tensorflow", True):
+            configure_logging(False, xla=getattr(fn, "uses_xla", False))
         argv = _positional_strings(_keep_strings(argv, texts), switches)
         fire.Fire(fn, command=argv, name=name)
     except UserError as e:
