@@ -129,6 +129,7 @@ def test_mirrored_equals_one_device(work, one_device, mirrored):
     assert sorted(losses(work, "two")) == list(range(1, N + 1))
     assert max(abs(losses(work, "two")[s] - logged[s]) for s in logged) <= MAX_DIFF
     assert f"ckpt-{N}" in mirrored.stdout + mirrored.stderr
+    assert "2 replica(s) on /job:localhost/replica:0/task:0/device:CPU:0, " in mirrored.stderr
 
 
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])

@@ -98,6 +98,18 @@ def worker_name(strategy) -> str:
     return f"{resolver.task_type} {resolver.task_id}" if resolver is not None else "this worker"
 
 
+def describe(strategy) -> str:
+    """One line: how many replicas, on which devices (this worker's), and how many workers."""
+    devices = strategy.extended.worker_devices
+    resolver = getattr(strategy, "cluster_resolver", None)
+    workers = len(resolver.cluster_spec().as_dict().get("worker", [])) if resolver else 0
+    where = f" on {workers} workers, here" if workers > 1 else ""
+    return (
+        f"{strategy.num_replicas_in_sync} replica(s){where} on {', '.join(devices)}: each step's "
+        f"batch is split across them"
+    )
+
+
 def check_batch(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
         raise UserError(

@@ -138,6 +138,8 @@ def _start(cfg: TrainConfig, directory: str, lock, strategy, worker_dir) -> Run:
     if chief:
         where = f"resuming from {source} at step {int(trainer.step.numpy())}" if source else None
         print(where or f"starting from {weights_dir}", file=sys.stderr)
+        if strategy is not None:
+            print(distribute.describe(strategy), file=sys.stderr)
     info = {
         "seed": cfg.seed,
         "optimizer": cfg.optimizer,
