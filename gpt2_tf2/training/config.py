@@ -34,7 +34,9 @@ class TrainConfig:
         50000, "when encoding text, join files into chunks of at least this many characters."
     )
     encoding: str = flag("utf-8", "the text files' encoding.")
-    batch_size: int = flag(1, "windows per micro-batch.")
+    batch_size: int = flag(
+        1, "windows per micro-batch; under a --strategy, the global batch, split across replicas."
+    )
     learning_rate: float = flag(0.00002, "peak learning rate.")
     accumulate_gradients: int = flag(
         1,

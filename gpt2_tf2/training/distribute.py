@@ -104,6 +104,11 @@ def describe(strategy) -> str:
     resolver = getattr(strategy, "cluster_resolver", None)
     workers = len(resolver.cluster_spec().as_dict().get("worker", [])) if resolver else 0
     where = f" on {workers} workers, here" if workers > 1 else ""
+    if strategy.num_replicas_in_sync == 1:
+        return (
+            f"1 replica, on {devices[0]}: no second device to share the batch with (no second "
+            f"GPU; --num_cpu_devices N splits the CPU to try it)"
+        )
     return (
         f"{strategy.num_replicas_in_sync} replica(s){where} on {', '.join(devices)}: each step's "
         f"batch is split across them"
