@@ -164,16 +164,18 @@ def free_ports(n):
     return ports
 
 
-def start_workers(work, args, n=2):
-    """One `train --strategy multi_worker` process per worker, TF_CONFIG as on n machines."""
+def start_workers(work, args, n=2, chief_args=None):
+    """One `train --strategy multi_worker` process per worker, TF_CONFIG as on n machines
+    (`chief_args`: worker 0's own arguments instead of `args`)."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
     procs = []
     for index in range(n):
+        mine = chief_args if index == 0 and chief_args is not None else args
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         env = cli_env({"TF_CONFIG": tf_config, "TMPDIR": str(work / "tmp")})
         procs.append(
             subprocess.Popen(
-                [sys.executable, *args, "--strategy", "multi_worker"],
+                [sys.executable, *mine, "--strategy", "multi_worker"],
                 cwd=work,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -250,6 +252,25 @@ def test_stop_resume_and_kill_multi_worker(work, tiny_model_dir):
     assert last.startswith("error: a worker stopped or cannot be reached"), chief_err[-2000:]
     assert "Traceback" not in chief_err
     assert state(work, "stop")["step/.ATTRIBUTES/VARIABLE_VALUE"] == newest_step(work, "stop")
+
+
+def test_a_worker_that_fails_to_start_ends_the_others_with_one_line(work, tiny_model_dir):
+    """The chief stops on bad input (a dataset that is not there); the other worker, waiting
+    for it, ends with one line pointing at the chief's output, not with TensorFlow's pages."""
+    args = train_args(work, tiny_model_dir, "half_started")
+    bad = list(args)
+    bad[bad.index("--dataset") + 1] = str(work / "missing.txt")
+    procs = start_workers(work, args, chief_args=bad)
+    (_, chief_err), (_, worker_err) = finish(procs, timeout=240)
+    assert procs[0].returncode == 2 and "missing.txt" in chief_err, chief_err[-2000:]
+    assert procs[1].returncode == 2, worker_err[-2000:]
+    assert (
+        worker_err.strip()
+        .splitlines()[-1]
+        .startswith("error: a worker stopped or cannot be reached")
+    )
+    assert "Traceback" not in worker_err and "its own output says why" in worker_err
+    assert worker_dirs(work) == []
 
 
 def logged_steps(work, run):

@@ -17,6 +17,7 @@ summed into the next step, so every worker stops after the same step and saves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -193,6 +194,18 @@ class ReplicatedTrainer(Trainer):
         )
         out = self._step(values, stops)
         return {k: self.strategy.experimental_local_results(v)[0] for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def lost_workers(then: str):
+    """A peer that stopped (its error, a kill, a lost machine) aborts this worker's collectives
+    (TensorFlow's heartbeats notice within seconds): one line instead of TensorFlow's pages."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+        raise UserError(
+            f"a worker stopped or cannot be reached ({type(e).__name__}); {then}"
+        ) from None
 
 
 def worker_directory() -> str:

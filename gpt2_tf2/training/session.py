@@ -96,7 +96,10 @@ def start(cfg: TrainConfig, strategy=None) -> Run:
     worker_dir = None if distribute.is_chief(strategy) else distribute.worker_directory()
     lock = runs.RunLock(worker_dir or directory).acquire()
     try:
-        return _start(cfg, directory, lock, strategy, worker_dir)
+        if strategy is None:
+            return _start(cfg, directory, lock, strategy, worker_dir)
+        with distribute.lost_workers("its own output says why (e.g. a bad flag or a missing file)"):
+            return _start(cfg, directory, lock, strategy, worker_dir)
     except BaseException:
         lock.release()
         if worker_dir:
@@ -218,17 +221,14 @@ def loop(run: Run, extra=()) -> Loop:
 def run_loop(loop: Loop, run: Run) -> int:
     """`loop.run()`; a multi-worker run that loses a worker ends with one line that says how to
     resume (TensorFlow's collectives notice a dead peer by its missing heartbeats)."""
-    import tensorflow as tf
-
-    try:
+    if run.strategy is None:
         return loop.run()
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-        if run.strategy is None:
-            raise
-        raise UserError(
-            f"a worker stopped or cannot be reached ({type(e).__name__}); the newest checkpoint in "
-            f"{run.directory} is intact: start every worker again with the same command to resume"
-        ) from None
+    resume = (
+        f"the newest checkpoint in {run.directory} is intact: start every worker again with "
+        f"the same command to resume"
+    )
+    with distribute.lost_workers(resume):
+        return loop.run()
 
 
 class RemoveDirectory(Callback):
