@@ -5,6 +5,7 @@ transformers itself is the reference in tests/test_reference_hf.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -353,6 +354,23 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
         self.send(data, "application/octet-stream", head, ETag=etag, X_Repo_Commit=self.SHA)
 
 
+@contextlib.contextmanager
+def fake_hub(root, home):
+    """A local Hub serving `root` as `FakeHub.REPO`; yields the environment that points
+    huggingface_hub at it (and its cache at `home`)."""
+    handler = type("Hub", (FakeHub,), {"root": str(root)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield {
+            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_HOME": str(home),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+    finally:
+        server.shutdown()
+
+
 def test_a_repository_id_is_downloaded_with_huggingface_hub(vocab_files, tmp_path):
     """`from-hf someone/name` fetches the configuration, tokenizer and safetensors weights (not
     a second copy as pytorch_model.bin) through huggingface_hub, here from a local server."""
@@ -361,31 +379,12 @@ def test_a_repository_id_is_downloaded_with_huggingface_hub(vocab_files, tmp_pat
 
     state = write_hf(tmp_path / "repo", vocab_files)
     (tmp_path / "repo" / "pytorch_model.bin").write_bytes(b"not wanted")
-    handler = type("Hub", (FakeHub,), {"root": str(tmp_path / "repo")})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    try:
-        r = run_cli(
-            ["-m", "gpt2_tf2.convert", "from-hf", FakeHub.REPO, "--out", str(tmp_path / "ours")],
-            env=env,
-        )
+    with fake_hub(tmp_path / "repo", tmp_path / "hf_home") as env:
+        out = ["--out", str(tmp_path / "ours")]
+        r = run_cli(["-m", "gpt2_tf2.convert", "from-hf", FakeHub.REPO, *out], env=env)
         assert r.returncode == 0, r.stderr
-        missing = [
-            "-m",
-            "gpt2_tf2.convert",
-            "from-hf",
-            "someone/absent",
-            "--out",
-            str(tmp_path / "x"),
-        ]
-        bad = run_cli(missing, env=env)
-    finally:
-        server.shutdown()
+        out = ["--out", str(tmp_path / "x")]
+        bad = run_cli(["-m", "gpt2_tf2.convert", "from-hf", "someone/absent", *out], env=env)
     snapshot = list((tmp_path / "hf_home").rglob("model.safetensors"))
     assert len(snapshot) == 1 and not list((tmp_path / "hf_home").rglob("pytorch_model.bin"))
     lm = gpt2_tf2.load(str(tmp_path / "ours"))

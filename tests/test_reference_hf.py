@@ -243,10 +243,7 @@ def test_untied_output_layer_in_and_out(hf, vocab_files, tmp_path):
 def test_a_repository_with_only_a_pytorch_bin_downloads(hf, vocab_files, tmp_path):
     """ruGPT-3's older uploads hold pytorch_model.bin and no safetensors: `from-hf REPO_ID`
     fetches it (from a local server speaking the Hub's endpoints) and torch reads it."""
-    import http.server
-    import threading
-
-    from test_convert import FakeHub
+    from test_convert import FakeHub, fake_hub
 
     import gpt2_tf2
 
@@ -258,19 +255,9 @@ def test_a_repository_with_only_a_pytorch_bin_downloads(hf, vocab_files, tmp_pat
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         if (tmp_path / "saved" / name).exists():
             (repo / name).write_bytes((tmp_path / "saved" / name).read_bytes())
-    handler = type("Hub", (FakeHub,), {"root": str(repo)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    try:
+    with fake_hub(repo, tmp_path / "hf_home") as env:
         args = ["-m", "gpt2_tf2.convert", "from-hf", FakeHub.REPO, "--out", str(tmp_path / "ours")]
         r = run_cli(args, env=env)
-    finally:
-        server.shutdown()
     assert r.returncode == 0, r.stderr
     lm = gpt2_tf2.load(str(tmp_path / "ours"))
     assert logits_diff(lm, model, lm.encoder.encode(HELD_OUT[0])) <= 1e-4
