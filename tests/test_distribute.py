@@ -246,6 +246,7 @@ def test_stop_resume_and_kill_multi_worker(work, tiny_model_dir):
     wait_for(lambda: (newest_step(work, "stop") or 0) > stopped, procs)
     procs[1].kill()
     (_, chief_err), _ = finish(procs, timeout=180)
+    assert len(worker_dirs(work)) == 1  # kill -9 left the worker's; the next start removes it
     assert "resuming from" in chief_err and f"at step {stopped}" in chief_err
     assert procs[0].returncode not in (0, None)
     last = chief_err.strip().splitlines()[-1]
@@ -258,6 +259,9 @@ def test_a_worker_that_fails_to_start_ends_the_others_with_one_line(work, tiny_m
     """The chief stops on bad input (a dataset that is not there); the other worker, waiting
     for it, ends with one line pointing at the chief's output, not with TensorFlow's pages."""
     args = train_args(work, tiny_model_dir, "half_started")
+    stale = work / "tmp" / "gpt2_tf2-worker-killed"  # as a kill -9 leaves one: lock free
+    stale.mkdir()
+    (stale / ".lock").write_text("12345\n")
     bad = list(args)
     bad[bad.index("--dataset") + 1] = str(work / "missing.txt")
     procs = start_workers(work, args, chief_args=bad)
@@ -270,7 +274,7 @@ def test_a_worker_that_fails_to_start_ends_the_others_with_one_line(work, tiny_m
         .startswith("error: a worker stopped or cannot be reached")
     )
     assert "Traceback" not in worker_err and "its own output says why" in worker_err
-    assert worker_dirs(work) == []
+    assert worker_dirs(work) == []  # its own, and the killed one's
 
 
 def logged_steps(work, run):

@@ -18,6 +18,7 @@ summed into the next step, so every worker stops after the same step and saves.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -208,12 +209,37 @@ def lost_workers(then: str):
         ) from None
 
 
+WORKER_PREFIX = "gpt2_tf2-worker-"
+
+
 def worker_directory() -> str:
     """A non-chief worker's own run directory: it saves there (every worker takes part in a
-    save) and `remove_worker_directory` removes it when training ends."""
-    return tempfile.mkdtemp(prefix="gpt2_tf2-worker-")
+    save) and `remove_worker_directory` removes it when training ends. Those of workers that
+    were killed (kill -9 cleans nothing up) are removed first: their run lock is free."""
+    remove_stale_worker_directories()
+    return tempfile.mkdtemp(prefix=WORKER_PREFIX)
+
+
+def remove_stale_worker_directories() -> None:
+    """Our temporary worker directories whose lock no process holds (its owner is gone)."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(WORKER_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR)
+        except OSError:
+            continue  # not locked yet (just made by a starting worker) or not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live worker's
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_worker_directory(directory: str) -> None:
-    if os.path.basename(directory).startswith("gpt2_tf2-worker-"):  # only what we made
+    if os.path.basename(directory).startswith(WORKER_PREFIX):  # only what we made
         shutil.rmtree(directory, ignore_errors=True)
