@@ -198,9 +198,13 @@ class ReplicatedTrainer(Trainer):
 
 
 @contextlib.contextmanager
-def lost_workers(then: str):
+def lost_workers(strategy, then: str):
     """A peer that stopped (its error, a kill, a lost machine) aborts this worker's collectives
-    (TensorFlow's heartbeats notice within seconds): one line instead of TensorFlow's pages."""
+    (TensorFlow's heartbeats notice within seconds): one line instead of TensorFlow's pages.
+    Without a strategy there are no peers and errors pass through unchanged."""
+    if strategy is None:
+        yield
+        return
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:

@@ -96,9 +96,8 @@ def start(cfg: TrainConfig, strategy=None) -> Run:
     worker_dir = None if distribute.is_chief(strategy) else distribute.worker_directory()
     lock = runs.RunLock(worker_dir or directory).acquire()
     try:
-        if strategy is None:
-            return _start(cfg, directory, lock, strategy, worker_dir)
-        with distribute.lost_workers("its own output says why (e.g. a bad flag or a missing file)"):
+        why = "its own output says why (e.g. a bad flag or a missing file)"
+        with distribute.lost_workers(strategy, why):
             return _start(cfg, directory, lock, strategy, worker_dir)
     except BaseException:
         lock.release()
@@ -221,13 +220,11 @@ def loop(run: Run, extra=()) -> Loop:
 def run_loop(loop: Loop, run: Run) -> int:
     """`loop.run()`; a multi-worker run that loses a worker ends with one line that says how to
     resume (TensorFlow's collectives notice a dead peer by its missing heartbeats)."""
-    if run.strategy is None:
-        return loop.run()
     resume = (
         f"the newest checkpoint in {run.directory} is intact: start every worker again with "
         f"the same command to resume"
     )
-    with distribute.lost_workers(resume):
+    with distribute.lost_workers(run.strategy, resume):
         return loop.run()
 
 
