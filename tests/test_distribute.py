@@ -315,3 +315,30 @@ def test_noise_does_not_depend_on_the_split():
     parts = [add_noise(windows[r * 2 : r * 2 + 2], 0.5, 1000, seed, r, 2) for r in range(2)]
     np.testing.assert_array_equal(tf.concat(parts, 0), whole)
     assert np.mean(whole.numpy() != windows.numpy()) > 0.2  # the noise is there
+
+
+def test_only_our_unlocked_worker_directories_are_removed(tmp_path, monkeypatch):
+    """The sweep of killed workers' directories touches nothing else: not one whose lock a
+    live worker holds, not another directory with a free .lock, not a file of that name."""
+    import fcntl
+    import tempfile
+
+    from gpt2_tf2.training import distribute
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    names = ["gpt2_tf2-worker-dead", "gpt2_tf2-worker-live", "gpt2_tf2-worker-nolock", "mine"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        if name != "gpt2_tf2-worker-nolock":
+            (tmp_path / name / ".lock").write_text("1\n")
+    (tmp_path / "gpt2_tf2-worker-file").write_text("a user's file")
+    held = os.open(tmp_path / "gpt2_tf2-worker-live" / ".lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        distribute.remove_stale_worker_directories()
+    finally:
+        os.close(held)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(set(names + ["gpt2_tf2-worker-file"]) - {"gpt2_tf2-worker-dead"})
+    distribute.remove_worker_directory(str(tmp_path / "mine"))  # not a worker directory
+    assert (tmp_path / "mine").is_dir()
