@@ -1,5 +1,6 @@
 """`python -m gpt2_tf2.export --run_name R --out DIR`: a run as an OpenAI model directory; with
-`--format savedmodel`, a run or a model directory as a SavedModel for TensorFlow Serving."""
+`--format savedmodel`, a run or a model directory as a SavedModel for TensorFlow Serving; with
+`--format tflite`, its decode step as a TensorFlow Lite file beside its vocabulary."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from gpt2_tf2.cli import runner
 from gpt2_tf2.errors import UserError
 
 EXPORT_DTYPES = ("float32", "float16")
-FORMATS = ("openai", "savedmodel")
+FORMATS = ("openai", "savedmodel", "tflite")
 
 
 def export(
@@ -33,21 +34,28 @@ def export(
       checkpoint_dir: where run directories live.
       dtype: float32 (as trained), or float16: the weights stored in half the disk space (a
         relative rounding of 5e-4); every command and OpenAI's TF1 reader load them as usual.
-      format: openai (the model directory every command reads) or savedmodel: a TensorFlow
+        With --format tflite: float32 or int8 (weights in 8 bits, a quarter of the size).
+      format: openai (the model directory every command reads), savedmodel: a TensorFlow
         SavedModel with 'generate' and 'score' serving signatures, for TensorFlow Serving or
-        tf.saved_model.load without this package (README, "Serving").
-      model_name: with --format savedmodel, a model directory (or release name under
+        tf.saved_model.load without this package (README, "Serving"), or tflite: model.tflite
+        (one decode step with its key/value cache as inputs and outputs), hparams.json and the
+        vocabulary, for TensorFlow Lite's bindings (docs/tflite.md).
+      model_name: with --format savedmodel or tflite, a model directory (or release name under
         models_dir) to export instead of a run.
       models_dir: where release names are looked up.
       verbose: show TensorFlow's log messages.
     """
     runner.configure_logging(verbose)
     if format not in FORMATS:
-        raise UserError(f"--format must be openai or savedmodel, got {format!r}")
+        raise UserError(f"--format must be openai, savedmodel or tflite, got {format!r}")
     if format == "savedmodel":
         return export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir)
+    if format == "tflite":
+        return export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype)
     if model_name is not None:
-        raise UserError("--model_name goes with --format savedmodel; a run exports by --run_name")
+        raise UserError(
+            "--model_name goes with --format savedmodel or tflite; a run exports by --run_name"
+        )
     if run_name is None or out is None:
         raise UserError("export needs --run_name and --out")
     if dtype not in EXPORT_DTYPES:
@@ -75,6 +83,34 @@ def export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir):
     opened, model = formats.load_model_dir(source)
     replace_into(out, lambda tmp: write_savedmodel(model, opened.encoder.eot_token, tmp))
     print(f"exported {source} to {out} (SavedModel: signatures generate, score)")
+    return None
+
+
+def export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype):
+    """A run's or a model directory's decode step as model.tflite, with hparams.json and the
+    vocabulary, in `out` (new or empty)."""
+    if (run_name is None) == (model_name is None) or out is None:
+        raise UserError("--format tflite needs --out and one of --run_name, --model_name")
+    if dtype not in ("float32", "int8"):
+        raise UserError(f"--format tflite takes --dtype float32 or int8, got {dtype!r}")
+    from gpt2_tf2.files import check_new_dir, replace_into
+
+    out = str(out)
+    check_new_dir(out)  # before the model is read
+    from gpt2_tf2.formats import lite
+    from gpt2_tf2.formats import model_dir as formats
+
+    name = str(model_name) if model_name is not None else ""
+    source = formats.locate(name, models_dir, False, run_name, checkpoint_dir)
+    opened = formats.open_model_dir(source)
+    lite.check_size(opened.hparams, dtype)
+
+    def weights():
+        return formats.load_model_dir(source)[1].named_variables()
+
+    step = lite.cached_step(opened, dtype, weights, runner.say)
+    replace_into(out, lambda tmp: lite.write_export(step, opened, tmp))
+    print(f"exported {source} to {out} (TensorFlow Lite, {dtype}: model.tflite)")
     return None
 
 

@@ -133,12 +133,22 @@ def setup_devices(verbose: bool = False) -> str:
     return described
 
 
-def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype="float32"):
-    """Load for a command: devices set up, a missing release downloaded unless offline."""
+def load_model(
+    model_name,
+    models_dir,
+    offline,
+    run_name,
+    checkpoint_dir,
+    verbose,
+    dtype="float32",
+    backend=None,
+):
+    """Load for a command: devices set up, a missing release downloaded unless offline; a
+    conversion to TensorFlow Lite (once per model) said on stderr."""
     # Imported here: TensorFlow loads after logging is configured.
     from gpt2_tf2.generation import language_model
 
-    language_model.check_dtype(dtype)  # before any download
+    language_model.check_dtype(dtype, backend)  # before any download
     setup_devices(verbose)
     return language_model.load(
         model_name,
@@ -147,7 +157,14 @@ def load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbos
         run_name=run_name,
         checkpoint_dir=checkpoint_dir,
         dtype=dtype,
+        backend=backend,
+        progress=say,
     )
+
+
+def say(message: str) -> None:
+    """A note on stderr, apart from a command's output (a conversion that takes a while)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _flag_kinds(fn) -> tuple[set[str], set[str]]:

@@ -53,8 +53,13 @@ class LanguageModel:
         model: GPT2,
         model_dir: str | None = None,
         xla: bool = True,
+        lite=None,
     ):
+        """`model` runs the compiled XLA loops; or `lite`, a `lite.LiteDecoder`, decodes and
+        scores on TensorFlow Lite instead (`model` may then be None: no weights in memory)."""
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
+        self.lite = lite
+        self.backend = "xla" if lite is None else "tflite"
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
         # Decoding is traced (and the loop XLA-compiled) once per (batch size, prompt bucket,
@@ -80,6 +85,8 @@ class LanguageModel:
         self._token_nll = tf.function(
             self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
         )
+        if lite is not None:  # the same calls, on the interpreter
+            self._prefill, self._token_nll = lite.prefill, lite.token_nll
 
     def _continue(self, logits, cache, context, prompt_len, length, settings, slots, offsets):
         weights = self.model.read_weights(self._cpu_matvec)  # read once, before the loop
@@ -113,6 +120,10 @@ class LanguageModel:
         )
 
     # ---- generation -------------------------------------------------------------------------
+
+    def _check_beam_backend(self) -> None:
+        if self.lite is not None:
+            raise UserError("beam search runs on the xla backend only: drop --backend tflite")
 
     def check_sampling_args(self, prompt_len: int, length: int | None, *settings, slide=False):
         """`check_sampling_args` (below) for this model's context: (temperature, top_k, top_p,
@@ -158,6 +169,7 @@ class LanguageModel:
         if many and not prompts:
             raise UserError("the list of prompts is empty")
         if num_beams != 1:
+            self._check_beam_backend()
             if nsamples != 1 or batch_size != 1:
                 raise UserError(
                     "beam search is deterministic: nsamples and batch_size stay 1; "
@@ -242,6 +254,9 @@ class LanguageModel:
 
     def _run(self, run, settings, chunk=None):
         """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
+        if self.lite is not None:
+            yield from self.lite.run(run, settings, chunk)
+            return
         length = tf.constant(run.length)
         if chunk is None:
             out = self._decode(
@@ -364,6 +379,7 @@ class LanguageModel:
         early_stopping: stop once num_beams hypotheses have ended, instead of when no open
         beam can beat them. As transformers' beam search, step by step.
         """
+        self._check_beam_backend()
         prompt_tokens = list(prompt_tokens or [])
         length = self.check_sampling_args(
             len(prompt_tokens), length, 0, 0, 1.0, repetition_penalty, no_repeat_ngram_size
@@ -651,13 +667,25 @@ def perplexity(mean_nll: float) -> float:
     return math.exp(mean_nll) if mean_nll < 700 else float("inf")
 
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+BACKENDS = ("xla", "tflite")
+LITE_DTYPES = ("float32", "int8")
 
 
-def check_dtype(dtype: str) -> tf.DType:
+def check_dtype(dtype: str, backend: str | None = None) -> str:
+    """The backend for this dtype and backend (None: int8 takes tflite, the rest xla, the
+    faster for float32 at every batch size measured: README, "TensorFlow Lite"), or a UserError."""
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return tf.as_dtype(dtype)
+    if backend is None:
+        backend = "tflite" if dtype == "int8" else "xla"
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be xla or tflite, got {backend!r}")
+    if backend == "tflite" and dtype not in LITE_DTYPES:
+        raise UserError(f"the tflite backend runs float32 or int8, not {dtype}")
+    if backend == "xla" and dtype == "int8":
+        raise UserError("int8 weights run on the tflite backend: drop --backend xla")
+    return backend
 
 
 def load(
@@ -667,6 +695,8 @@ def load(
     run_name: str | None = None,
     checkpoint_dir: str = "checkpoint",
     dtype: str = "float32",
+    backend: str | None = None,
+    progress=None,
 ) -> LanguageModel:
     """Load a model directory in OpenAI's layout, or a fine-tuning run's newest checkpoint.
 
@@ -678,9 +708,31 @@ def load(
       run_name: instead, the newest checkpoint of a fine-tuning run in `checkpoint_dir/run_name`.
       checkpoint_dir: where run directories live.
       dtype: float32 (as released), or float16/bfloat16 weights and activations for inference
-        (half the memory; fast on GPUs, slower than float32 on CPUs).
+        (half the memory; fast on GPUs, slower than float32 on CPUs), or int8 weights on the
+        tflite backend (a quarter of the memory; on a CPU, about twice float32's speed).
+      backend: xla (compiled TensorFlow loops) or tflite (TensorFlow Lite with XNNPACK, float32
+        or int8; the step is converted once per model and kept in a cache on disk: see
+        `formats.lite.cache_dir`); default: tflite for int8, else xla.
+      progress: called with a message before long work (a conversion to TensorFlow Lite).
     """
-    tf_dtype = check_dtype(dtype)
+    backend = check_dtype(dtype, backend)
     directory = formats.locate(model_name_or_dir, models_dir, download, run_name, checkpoint_dir)
-    opened, model = formats.load_model_dir(directory, tf_dtype)
+    if backend == "tflite":
+        return load_lite(directory, dtype, progress)
+    opened, model = formats.load_model_dir(directory, tf.as_dtype(dtype))
     return LanguageModel(opened.hparams, opened.encoder, model, directory)
+
+
+def load_lite(directory: str, dtype: str, progress=None) -> LanguageModel:
+    """A model directory on the tflite backend: its converted step (cached), no weights loaded."""
+    from gpt2_tf2.formats import lite as lite_format
+    from gpt2_tf2.generation import lite
+
+    opened = formats.open_model_dir(directory)
+
+    def weights():
+        return formats.load_model_dir(directory)[1].named_variables()
+
+    path = lite_format.cached_step(opened, dtype, weights, progress or (lambda message: None))
+    decoder = lite.LiteDecoder(lite.LiteStep(path, opened.hparams))
+    return LanguageModel(opened.hparams, opened.encoder, None, directory, lite=decoder)

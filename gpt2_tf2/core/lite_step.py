@@ -1,0 +1,150 @@
+"""GPT-2's decode step in the form TensorFlow Lite runs fast: the same maths as `model.py`.
+
+One call takes new tokens [batch, n] standing at columns pos .. pos + n - 1 and the key/value
+cache of the columns before them, and returns the logits at the asked positions and the new
+tokens' keys and values only. The caller keeps the cache (in the interpreter's own input
+buffers, `generation.lite`) and writes the new columns into it: TFLite has no in-place update of
+an input, and returning the whole cache copied it at every step.
+
+Two spellings differ from `model.py`, for TFLite's kernels, with the same results:
+- Weights are stored [out, in] and multiplied with `transpose_b=True`: TFLite's FULLY_CONNECTED
+  takes [out, in]; from our conv1d layout [in, out] the converter added a TRANSPOSE of every
+  weight at every step (measured on 124M's 48 block matrices at batch 1, int8: 13.8 -> 5.05 ms).
+- Attention scores the cache and the new keys separately and takes one softmax over both
+  (`attend`), so the cache is only read: writing the new keys into a copy of it first cost a
+  copy of every layer's cache per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.model import MASK_VALUE, gelu, layer_norm
+
+DENSE = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
+
+
+def lite_weights(named: dict) -> dict:
+    """Variables for `step` from `GPT2.named_variables()` (or arrays of the same names), which
+    it empties as it goes (so that at most one model and one copy of a weight are in memory):
+    every conv1d weight [1, in, out] becomes [out, in], the rest is copied as it is."""
+    out = {}
+    for name in sorted(named):
+        value = tf.cast(named.pop(name), tf.float32)
+        if name.endswith("/w") and value.shape.rank == 3:
+            value = tf.transpose(value[0])  # [in, out] -> [out, in]
+        out[name] = tf.Variable(value, trainable=False, name=name.replace("/", "_"))
+    return out
+
+
+def parameter_count(hp: HParams) -> int:
+    """How many numbers the step's weights hold (GPT-2's count, plus an untied output layer)."""
+    e = hp.n_embd
+    per_block = 12 * e * e + 13 * e  # c_attn 3e^2 + 3e, c_proj e^2 + e, mlp 8e^2 + 5e, 2 norms 4e
+    head = 0 if hp.tie_word_embeddings else hp.n_vocab * e
+    return (hp.n_vocab + hp.n_ctx) * e + hp.n_layer * per_block + 2 * e + head
+
+
+def dense(x, w, b):
+    """x [rows, in] times w [out, in] (transposed, as FULLY_CONNECTED stores it), plus b."""
+    return tf.matmul(x, w, transpose_b=True) + b  # [rows, out]
+
+
+def attend(q, k, v, past_k, past_v, pos, first):
+    """Causal attention of new queries over the cache and the new keys.
+
+    q, k, v: [batch * heads, n, head_dim], the new columns pos .. pos + n - 1.
+    past_k, past_v: [batch * heads, T, head_dim]; columns first .. pos - 1 are valid (`first`,
+    int32 [batch * heads, 1, 1]: a left-padded row's first real column), the rest is ignored.
+    """
+    scale = 1 / math.sqrt(q.shape[-1])
+    old = tf.matmul(q, past_k, transpose_b=True) * scale  # [bh, n, T]
+    new = tf.matmul(q, k, transpose_b=True) * scale  # [bh, n, n]
+    columns = tf.range(tf.shape(past_k)[1])
+    old_visible = (columns < pos) & (columns >= first)  # [bh, 1, T]
+    rows = tf.range(tf.shape(q)[1])
+    new_visible = rows[None, :] <= rows[:, None]  # [n, n]: query i sees new key j <= i
+    old = tf.where(old_visible, old, MASK_VALUE)
+    new = tf.where(new_visible, new, MASK_VALUE)
+    probs = tf.nn.softmax(tf.concat([old, new], axis=-1), axis=-1)  # [bh, n, T + n]
+    p_old, p_new = tf.split(probs, [tf.shape(past_k)[1], tf.shape(q)[1]], axis=-1)
+    return tf.matmul(p_old, past_v) + tf.matmul(p_new, v)  # [bh, n, head_dim]
+
+
+def block(x, w: dict, prefix: str, past_k, past_v, pos, first, hp: HParams):
+    """One transformer block on x [batch, n, embd]: (x, new keys, new values)."""
+    b, n, e = tf.shape(x)[0], tf.shape(x)[1], hp.n_embd
+    h, d = hp.n_head, hp.head_dim
+
+    def p(name):
+        return w[f"{prefix}/{name}"]
+
+    x_ln = layer_norm(x, p("ln_1/g"), p("ln_1/b"), hp.layer_norm_epsilon)
+    c = dense(tf.reshape(x_ln, [-1, e]), p("attn/c_attn/w"), p("attn/c_attn/b"))  # [b*n, 3e]
+    c = tf.reshape(c, [b, n, 3, h, d])  # [batch, n, (q, k, v), heads, head_dim]
+    c = tf.transpose(c, [2, 0, 3, 1, 4])  # [3, batch, heads, n, head_dim]
+    q, k, v = (tf.reshape(c[i], [b * h, n, d]) for i in range(3))  # [batch * heads, n, head_dim]
+    a = attend(q, k, v, past_k, past_v, pos, first)  # [batch * heads, n, head_dim]
+    a = tf.transpose(tf.reshape(a, [b, h, n, d]), [0, 2, 1, 3])  # [batch, n, heads, head_dim]
+    a = dense(tf.reshape(a, [-1, e]), p("attn/c_proj/w"), p("attn/c_proj/b"))  # [b*n, e]
+    x = x + tf.reshape(a, [b, n, e])
+    m = tf.reshape(layer_norm(x, p("ln_2/g"), p("ln_2/b"), hp.layer_norm_epsilon), [-1, e])
+    m = dense(
+        gelu(dense(m, p("mlp/c_fc/w"), p("mlp/c_fc/b"))), p("mlp/c_proj/w"), p("mlp/c_proj/b")
+    )
+    return x + tf.reshape(m, [b, n, e]), k, v
+
+
+def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list):
+    """The decode step: (logits [batch, len(logits_at), vocab], [new k, new v per layer]).
+
+    tokens: int32 [batch, n] at columns pos .. pos + n - 1; offsets: int32 [batch], row b's
+    first real column (its left padding before it is never attended to, and its token in column
+    c stands at position c - offsets[b], as `GPT2.__call__`); logits_at: int32 [k], the
+    positions of `tokens` whose logits are wanted; past: per layer keys then values,
+    [batch * heads, T, head_dim] each, valid in columns offsets[b] .. pos - 1.
+    """
+    n = tf.shape(tokens)[1]
+    positions = tf.maximum(pos + tf.range(n)[None, :] - offsets[:, None], 0)  # [batch, n]
+    x = tf.gather(w["model/wte"], tokens) + tf.gather(w["model/wpe"], positions)  # [b, n, e]
+    first = tf.reshape(tf.repeat(offsets, hp.n_head), [-1, 1, 1])  # [batch * heads, 1, 1]
+    new = []
+    for i in range(hp.n_layer):
+        x, k, v = block(x, w, f"model/h{i}", past[2 * i], past[2 * i + 1], pos, first, hp)
+        new += [k, v]
+    x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"], hp.layer_norm_epsilon)
+    x = tf.gather(x, logits_at, axis=1)  # [batch, k, embd]
+    out = w.get("model/lm_head", w["model/wte"])  # [vocab, embd]: tied to wte in GPT-2
+    logits = tf.matmul(tf.reshape(x, [-1, hp.n_embd]), out, transpose_b=True)  # [b * k, vocab]
+    return tf.reshape(logits, [tf.shape(x)[0], -1, hp.n_vocab]), new
+
+
+def step_module(w: dict, hp: HParams, batch: int | None = None) -> tf.Module:
+    """A module holding the weights `w` (from `lite_weights`) whose `decode_step` is `step` as a
+    tf.function with named inputs (tokens, pos, offsets, logits_at, past_key_i, past_value_i)
+    and outputs (logits, key_i, value_i): what the converter takes, as a SavedModel signature
+    (`formats.lite`). Every length is dynamic (the caller resizes the inputs)."""
+    module = tf.Module()
+    module.weights = w
+    shapes = {"tokens": [batch, None], "pos": [], "offsets": [batch], "logits_at": [None]}
+    specs = {name: tf.TensorSpec(shape, tf.int32, name=name) for name, shape in shapes.items()}
+    for i in range(hp.n_layer):
+        for kind in ("key", "value"):
+            name = f"past_{kind}_{i}"  # [batch * heads, T, head_dim]
+            specs[name] = tf.TensorSpec([None, None, hp.head_dim], tf.float32, name=name)
+
+    @tf.function(input_signature=[specs], autograph=False)
+    def decode_step(inputs):
+        past = [inputs[f"past_{kind}_{i}"] for i in range(hp.n_layer) for kind in ("key", "value")]
+        args = (inputs["tokens"], inputs["pos"], inputs["offsets"], inputs["logits_at"])
+        logits, new = step(module.weights, hp, *args, past)
+        out = {"logits": logits}
+        for i in range(hp.n_layer):
+            out[f"key_{i}"], out[f"value_{i}"] = new[2 * i], new[2 * i + 1]
+        return out
+
+    module.decode_step = decode_step
+    return module

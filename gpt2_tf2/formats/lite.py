@@ -1,0 +1,155 @@
+"""TensorFlow Lite files: a model's decode step (`core.lite_step`) converted once, kept in a cache
+on disk, or exported beside its vocabulary for TFLite's other bindings.
+
+The conversion goes through a temporary SavedModel holding the weights as variables: a
+concrete function with the weights as constants is serialized as one GraphDef, which protobuf
+caps at 2 GB (774M in float32 is 3.1 GB). `dtype` int8 is TFLite's dynamic-range quantization
+(`tf.lite.Optimize.DEFAULT`): every weight matrix stored as int8 with a float scale per output
+channel, multiplied in int8 against activations quantized on the fly; layer norms, softmax and
+the logits' accumulation stay float32 (TFLite's post-training quantization guide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from gpt2_tf2.core import lite_step
+from gpt2_tf2.errors import UserError
+
+DTYPES = ("float32", "int8")
+FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be float32 or int8 on the tflite backend, got {dtype!r}")
+    return dtype
+
+
+def check_size(hparams, dtype: str) -> None:
+    """One line, before any work, for a model whose weights do not fit a flatbuffer."""
+    size = lite_step.parameter_count(hparams) * (1 if dtype == "int8" else 4)
+    if size >= FLATBUFFER_LIMIT:
+        raise UserError(
+            f"this model's weights take {size / 1e9:.1f} GB in {dtype}, past TensorFlow Lite's "
+            f"2 GB per file; use --dtype int8 (or the xla backend)"
+        )
+
+
+def convert(named: dict, hparams, dtype: str) -> bytes:
+    """The decode step of a model with these weights (`GPT2.named_variables()`, or arrays by the
+    same names) as .tflite bytes, in float32 or int8 (see the module doc)."""
+    check_size(hparams, dtype)
+    module = lite_step.step_module(lite_step.lite_weights(named), hparams)
+    tmp = tempfile.mkdtemp(prefix="gpt2_tf2-tflite-")
+    try:
+        signature = module.decode_step.get_concrete_function()
+        tf.saved_model.save(module, tmp, signatures={"serving_default": signature})
+        del module, signature
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, ["serving_default"])
+        if dtype == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter.convert()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_dir() -> str:
+    """Where converted steps are kept: $GPT2_TF2_TFLITE_CACHE, else ~/.cache/gpt2_tf2/tflite
+    (beside the XLA cache, `cli.runner.xla_cache_dir`)."""
+    if os.environ.get("GPT2_TF2_TFLITE_CACHE"):
+        return os.environ["GPT2_TF2_TFLITE_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gpt2_tf2", "tflite")
+
+
+def cache_key(model_dir, dtype: str) -> str:
+    """A name for the converted step of this model directory's current weights: it changes when
+    a weight file, hparams.json, the dtype, TensorFlow or the step's code (`core.lite_step`)
+    do."""
+    prefix = model_dir.checkpoint
+    folder = os.path.dirname(prefix)
+    files = sorted(
+        name
+        for name in os.listdir(folder)
+        if name.startswith(os.path.basename(prefix) + ".") or name == "hparams.json"
+    )
+    stamp = []
+    for name in files:
+        st = os.stat(os.path.join(folder, name))
+        stamp.append([name, st.st_size, st.st_mtime_ns])
+    with open(lite_step.__file__, "rb") as f:
+        code = hashlib.sha256(f.read()).hexdigest()
+    identity = [os.path.realpath(prefix), stamp, dtype, tf.__version__, code]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    base = os.path.basename(os.path.realpath(folder)) or "model"
+    return f"{base}-{dtype}-{digest}.tflite"
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """Hold an exclusive lock on `path` (two processes converting the same model wait for each
+    other instead of both converting)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """`data` to `path` whole or not at all (a temporary file beside it, renamed into place)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def cached_step(model_dir, dtype: str, load_weights, progress=print) -> str:
+    """The path of this model's converted step in `dtype`, converted now if not cached yet.
+
+    `load_weights()` gives the weights by name (called only to convert); `progress(message)`
+    is told about a conversion, which takes a while (about a minute at 124M)."""
+    check_dtype(dtype)
+    check_size(model_dir.hparams, dtype)
+    directory = cache_dir()
+    path = os.path.join(directory, cache_key(model_dir, dtype))
+    if os.path.isfile(path):
+        return path
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with _locked(os.path.join(directory, ".lock")):
+            if not os.path.isfile(path):  # another process may have converted it meanwhile
+                progress(f"converting {model_dir.path} to TensorFlow Lite ({dtype}), once")
+                write_file(path, convert(load_weights(), model_dir.hparams, dtype))
+    except OSError as e:
+        raise UserError(
+            f"{directory}: cannot write the converted model ({e.strerror}); "
+            f"set GPT2_TF2_TFLITE_CACHE to a writable directory"
+        ) from None
+    return path
+
+
+def write_export(step_path: str, model_dir, out: str) -> None:
+    """Fill `out` (a new directory) with what TFLite's other bindings need: model.tflite (the
+    step at `step_path`), hparams.json and the vocabulary's files (docs/tflite.md)."""
+    shutil.copyfile(step_path, os.path.join(out, "model.tflite"))
+    sources = dict(model_dir.vocabulary_files)
+    sources["hparams.json"] = os.path.join(model_dir.path, "hparams.json")
+    for name, source in sources.items():
+        shutil.copyfile(source, os.path.join(out, name))
