@@ -8,6 +8,7 @@ into one line on stderr and exit status 2, and keeps flags that name text or pat
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -38,7 +39,10 @@ TEXT_FLAGS = {
 # What TensorFlow's C++ side prints while it is imported: absl log lines
 # ("I0000 00:00:... file.cc:31]") and absl's notice about logging before InitializeLog.
 # TF_CPP_MIN_LOG_LEVEL does not hide them (TF >= 2.16).
-_TF_NOISE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::)")
+_TF_NOISE = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
+)
 
 
 def tf_version() -> tuple[str, str] | None:
@@ -92,26 +96,35 @@ def configure_logging(verbose: bool, xla: bool = False, setup=None):
     if verbose or "tensorflow" in sys.modules:
         return setup() if setup else None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with hidden_stderr():
+        import tensorflow as tf
+
+        result = setup() if setup else None
+        if xla:
+            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
+    tf.get_logger().setLevel("ERROR")
+    return result
+
+
+@contextlib.contextmanager
+def hidden_stderr():
+    """Hide what TensorFlow's C++ code writes to stderr (file descriptor 2) meanwhile; any other
+    line (an import error) is shown afterwards. Yields a writer to the real stderr, for what
+    must be seen at once."""
     sys.stderr.flush()
     saved = os.dup(2)
-    result = None
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            result = setup() if setup else None
-            if xla:
-                tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
+            yield lambda message: os.write(saved, (message + "\n").encode())
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             for line in captured.read().decode("utf-8", "replace").splitlines():
-                if not _TF_NOISE.match(line):  # anything else (an import error) is shown
+                if not _TF_NOISE.match(line):
                     print(line, file=sys.stderr)
-    tf.get_logger().setLevel("ERROR")
-    return result
 
 
 def setup_devices(verbose: bool = False) -> str:
@@ -148,18 +161,13 @@ def load_model(
     # Imported here: TensorFlow loads after logging is configured.
     from gpt2_tf2.generation import language_model
 
-    language_model.check_dtype(dtype, backend)  # before any download
+    backend = language_model.check_dtype(dtype, backend)  # before any download
     setup_devices(verbose)
-    return language_model.load(
-        model_name,
-        models_dir,
-        download=not offline,
-        run_name=run_name,
-        checkpoint_dir=checkpoint_dir,
-        dtype=dtype,
-        backend=backend,
-        progress=say,
-    )
+    args = (model_name, models_dir, not offline, run_name, checkpoint_dir, dtype, backend)
+    if backend == "xla" or verbose:
+        return language_model.load(*args, progress=say)
+    with hidden_stderr() as tell:  # TFLite's "INFO: Created ... XNNPACK delegate" line
+        return language_model.load(*args, progress=tell)
 
 
 def say(message: str) -> None:

@@ -261,6 +261,8 @@ def sample(
 
     api.check_nsamples(nsamples)
     api.check_beam_args(**beams)
+    if api.check_dtype(dtype, backend) == "tflite" and num_beams > 1:
+        raise UserError("beam search runs on the xla backend only: drop --backend tflite")
     if destination_path is not None:
         if interactive or nsamples == 0:
             raise UserError("--destination_path needs a fixed --nsamples and no --interactive")

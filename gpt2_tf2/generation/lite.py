@@ -44,6 +44,10 @@ class LiteStep:
     def __init__(self, path: str, hparams: HParams, num_threads: int | None = None):
         self.hparams, self.path = hparams, path
         self.interpreter = make_interpreter(path, num_threads)
+        try:  # TFLite applies XNNPACK here, at the first allocation: within load(), not later
+            self.interpreter.allocate_tensors()
+        except RuntimeError as e:
+            raise self._damaged(e) from None
         signatures = self.interpreter.get_signature_list()
         if "serving_default" not in signatures:
             raise UserError(f"{path}: not a gpt2_tf2 decode step (it has no serving_default)")

@@ -140,6 +140,11 @@ class TrainConfig:
         _check(_is_number(self.grad_clip) and self.grad_clip >= 0, "--grad_clip must be >= 0")
         _check(_is_int(self.top_k, 0), f"--top_k must be an integer >= 0, got {self.top_k!r}")
         _check(
+            self.mixed_precision != "int8",
+            "int8 is for inference (sample and score --dtype int8, on the tflite backend); "
+            "training runs in float32, or --mixed_precision bf16 or fp16",
+        )
+        _check(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed_precision must be none, bf16 or fp16, got {self.mixed_precision!r}",
         )
