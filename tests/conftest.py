@@ -106,5 +106,6 @@ def cli_env(extra=None) -> dict:
     # One per TensorFlow version: another version's entries do not parse (and say so on stderr).
     version = metadata.version("tensorflow")
     env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}")
+    env["GPT2_TF2_TFLITE_CACHE"] = os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_tflite")
     env.update(extra or {})
     return env

@@ -1,0 +1,252 @@
+"""Sampling on TensorFlow Lite against XLA: tokens/s at batch 1 and 8, first call and peak memory
+at the 124M and 1558M shapes (random weights), for XLA float32, TFLite float32, TFLite int8 and
+the best peer at batch 1 (HF transformers TF + XLA: docs/benchmarks.md); how far int8 logits are
+from float32; the demo model's held-out loss in float32 and int8. Writes docs/tflite-speed.md.
+
+Every measurement is a fresh process; the implementations take turns in each round
+(interleaved: this machine drifts 10-20%), medians over rounds. The conversion (once per model,
+cached on disk by the command line) is timed in its own process; 'first call' is the first
+generate() of a process after the model is built or the .tflite file opened.
+
+    python bench/lite_speed.py [--sizes 124M,1558M] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+from _child import ROOT, run_json  # bench/ is sys.path[0] when run as a script
+
+OUT = os.path.join(ROOT, "docs", "tflite-speed.md")
+PROMPT = 16
+NEW = {"124M": 128, "1558M": 32}  # new tokens per call (1558M: fewer, it is slow everywhere)
+IMPLS = ("xla", "tflite-float32", "tflite-int8", "hf_tf_xla")
+NAMES = {
+    "xla": "gpt2_tf2, XLA float32",
+    "tflite-float32": "gpt2_tf2, TFLite float32",
+    "tflite-int8": "gpt2_tf2, TFLite int8",
+    "hf_tf_xla": "HF transformers TF, XLA (float32)",
+}
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def hparams(size: str):
+    from gpt2_tf2.core.hparams import PRESETS
+
+    return PRESETS[size]
+
+
+def convert(size: str, dtype: str, out: str) -> dict:
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.formats import lite
+
+    model = GPT2(hparams(size), seed=0)
+    began = time.perf_counter()
+    data = lite.convert(model.named_variables(), hparams(size), dtype)
+    seconds = time.perf_counter() - began
+    lite.write_file(out, data)
+    return {"convert_s": seconds, "mb": len(data) / 1e6, "peak_gb": peak_gb()}
+
+
+def language_model(impl: str, size: str, files: dict):
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.language_model import LanguageModel
+    from gpt2_tf2.generation.lite import LiteDecoder, LiteStep
+    from gpt2_tf2.tokenizer import Encoder
+
+    hp, encoder = hparams(size), Encoder({"<|endoftext|>": 0}, [])
+    if impl == "xla":
+        return LanguageModel(hp, encoder, GPT2(hp, seed=0))
+    step = LiteStep(files[impl.split("-")[1]], hp)
+    return LanguageModel(hp, encoder, None, lite=LiteDecoder(step))
+
+
+def sample(impl: str, size: str, files: dict, batches: list[int], repeats: int) -> list[dict]:
+    import numpy as np
+
+    new = NEW[size]
+    if impl == "hf_tf_xla":
+        import sample_speed
+
+        sample_speed.NEW = new
+        generate, _, _ = sample_speed.hf_tf(True)
+    else:
+        lm = language_model(impl, size, files)
+
+        def generate(ids):
+            rows = next(lm.generate_tokens(ids[0].tolist(), new, len(ids), len(ids), seed=0))
+            assert all(len(r) == new for r in rows)
+
+    rows = []
+    for batch in batches:
+        ids = np.random.default_rng(0).integers(0, 50000, (batch, PROMPT)).astype("int32")
+        t = time.perf_counter()
+        generate(ids)
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            generate(ids)
+            times.append(time.perf_counter() - t)
+        rows.append({"batch": batch, "tok_s": batch * new / statistics.median(times)})
+        rows[-1]["first_s"] = first
+    return [{**r, "peak_gb": peak_gb()} for r in rows]
+
+
+def quality(size: str, files: dict) -> dict:
+    """Max and mean |int8 - float32| over the logits of a 64-token random text."""
+    import numpy as np
+    import tensorflow as tf
+
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.lite import LiteStep
+
+    hp = hparams(size)
+    tokens = np.random.default_rng(1).integers(0, 50000, (1, 64)).astype("int32")
+    offsets, at = np.zeros([1], np.int32), list(range(64))
+    int8 = LiteStep(files["int8"], hp).prompt(tokens, offsets, at)[0]
+    if "float32" in files:
+        ref = LiteStep(files["float32"], hp).prompt(tokens, offsets, at)[0]
+    else:
+        ref = GPT2(hp, seed=0)(tf.constant(tokens))["logits"].numpy()
+    diff = np.abs(int8 - ref)
+    return {"max": float(diff.max()), "mean": float(diff.mean()), "std": float(ref.std())}
+
+
+def threads(files: dict) -> dict:
+    """ms per 124M int8 step at batch 1 (144 cache columns) on one thread and on two."""
+    import numpy as np
+
+    from gpt2_tf2.generation.lite import LiteStep
+
+    out = {}
+    for n in (1, 2):
+        step = LiteStep(files["int8"], hparams("124M"), num_threads=n)
+        offsets = np.zeros([1], np.int32)
+        _, columns = step.prompt(np.ones([1, PROMPT], np.int32), offsets, [PROMPT - 1])
+        step.start(columns, 144)
+        times = []
+        for pos in range(PROMPT, PROMPT + 32):
+            t = time.perf_counter()
+            step.next(np.ones([1], np.int32), pos, offsets)
+            times.append(time.perf_counter() - t)
+        out[str(n)] = 1000 * statistics.median(times)
+    return out
+
+
+def demo_loss() -> list[dict]:
+    """The demo model's mean loss on its held-out quotations, per backend and dtype."""
+    from gpt2_tf2.generation.language_model import load
+
+    demo = os.path.join(ROOT, "models", "demo")
+    texts = {}
+    for lang in ("en", "ru"):
+        with open(os.path.join(demo, "heldout", f"{lang}.txt"), encoding="utf-8") as f:
+            texts[lang] = f.read()
+    rows = []
+    for backend, dtype in (("xla", "float32"), ("tflite", "float32"), ("tflite", "int8")):
+        lm = load(demo, dtype=dtype, backend=backend)
+        for lang, text in texts.items():
+            total, count = lm.score_tokens(lm.encoder.encode(text))
+            rows.append({"backend": backend, "dtype": dtype, "lang": lang, "nll": total / count})
+    return rows
+
+
+def child(args) -> None:
+    files = json.loads(args.files or "{}")
+    if args.child == "convert":
+        rows = [convert(args.size, args.dtype, args.out)]
+    elif args.child == "quality":
+        rows = [quality(args.size, files)]
+    elif args.child == "threads":
+        rows = [threads(files)]
+    elif args.child == "demo":
+        rows = demo_loss()
+    else:
+        batches = [int(b) for b in args.batches.split(",")]
+        rows = sample(args.child, args.size, files, batches, args.repeats)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+
+
+def measure(script_args: list[str], env: dict | None = None) -> list[dict]:
+    rows, error = run_json(__file__, script_args, env)
+    if error:
+        print(f"failed: {script_args[:4]}: {error}", file=sys.stderr)
+        return [{"error": error}]
+    return rows
+
+
+def write(results: dict, args) -> None:
+    from lite_report import report  # the page's text, beside this script
+
+    with open(OUT, "w", encoding="utf-8") as f:
+        f.write(report(results, args, NAMES, NEW, PROMPT))
+    print(f"wrote {OUT}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child")
+    parser.add_argument("--size", default="124M")
+    parser.add_argument("--sizes", default="124M,1558M")
+    parser.add_argument("--dtype")
+    parser.add_argument("--out")
+    parser.add_argument("--files")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    results = {"convert": {}, "sample": {}, "quality": {}, "demo": [], "threads": {}}
+    with tempfile.TemporaryDirectory(prefix="gpt2_tf2-bench-lite-") as work:
+        env = {"GPT2_TF2_TFLITE_CACHE": work}
+        for size in args.sizes.split(","):
+            files = {}
+            for dtype in ("float32", "int8"):
+                path = os.path.join(work, f"{size}-{dtype}.tflite")
+                cmd = ["--child", "convert", "--size", size, "--dtype", dtype, "--out", path]
+                if dtype == "float32" and size == "1558M":
+                    results["convert"][f"{size}-{dtype}"] = [{"error": "past 2 GB"}]
+                    continue  # 6.2 GB: past a flatbuffer's 2 GB (formats.lite.check_size)
+                results["convert"][f"{size}-{dtype}"] = measure(cmd)
+                print(json.dumps({size: dtype, **results["convert"][f"{size}-{dtype}"][0]}))
+                if os.path.exists(path):
+                    files[dtype] = path
+            impls = [i for i in IMPLS if not i.startswith("tflite-") or i[7:] in files]
+            if size != "124M":
+                impls.remove("hf_tf_xla")  # its random 1558M model alone takes most of the run
+            batches = args.batches if size == "124M" else args.batches.split(",")[0]
+            for round_ in range(args.rounds):
+                for impl in impls:
+                    cmd = ["--child", impl, "--size", size, "--files", json.dumps(files)]
+                    cmd += ["--batches", batches, "--repeats", str(args.repeats)]
+                    rows = measure(cmd, env)
+                    results["sample"].setdefault(f"{size}|{impl}", []).append(rows)
+                    print(json.dumps({"size": size, "impl": impl, "round": round_, "rows": rows}))
+            if "int8" in files:
+                cmd = ["--child", "quality", "--size", size, "--files", json.dumps(files)]
+                results["quality"][size] = measure(cmd)[0]
+            if size == "124M" and "int8" in files:
+                results["threads"] = measure(["--child", "threads", "--files", json.dumps(files)])[
+                    0
+                ]
+        results["demo"] = measure(["--child", "demo"], env)
+    with open(os.path.join(ROOT, "docs", "tflite-speed.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    write(results, args)
+
+
+if __name__ == "__main__":
+    main()
