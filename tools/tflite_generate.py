@@ -29,7 +29,7 @@ def interpreter(path: str):
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=path)
+    return Interpreter(model_path=path, num_threads=os.cpu_count())  # TFLite's default: one
 
 
 class Step:

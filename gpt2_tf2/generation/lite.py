@@ -10,6 +10,7 @@ loop (one token): resizing costs a re-plan, not a conversion.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -22,9 +23,20 @@ from gpt2_tf2.generation.settings import History
 from gpt2_tf2.generation.strategies import choose_tokens
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def make_interpreter(path: str, num_threads: int | None = None):
     """A TFLite interpreter for the file at `path` (XNNPACK is its default CPU delegate):
-    LiteRT's (`ai_edge_litert`) if installed, else TensorFlow's own `tf.lite.Interpreter`."""
+    LiteRT's (`ai_edge_litert`) if installed, else TensorFlow's own `tf.lite.Interpreter`.
+    num_threads defaults to every core: TFLite's own default is one thread (measured at 124M,
+    int8, batch 1: 18.6 ms a step on one thread, 10.9 ms on two)."""
+    num_threads = num_threads or cpu_count()
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
