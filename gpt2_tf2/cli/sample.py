@@ -239,7 +239,8 @@ def sample(
         --dtype int8, else xla (the faster for float32 on CPUs).
       verbose: show TensorFlow's log messages.
     """
-    runner.configure_logging(verbose, xla=True)
+    from gpt2_tf2.generation import checks  # plain Python: bad flags answered before TF loads
+
     prompts = None
     if prompts_file is not None:
         if prompt is not None or prompt_file is not None or interactive:
@@ -256,12 +257,9 @@ def sample(
         early_stopping=early_stopping,
     )
 
-    # Here, after configure_logging: it imports TensorFlow.
-    from gpt2_tf2.generation import language_model as api
-
-    api.check_nsamples(nsamples)
-    api.check_beam_args(**beams)
-    if api.check_dtype(dtype, backend) == "tflite" and num_beams > 1:
+    checks.check_nsamples(nsamples)
+    checks.check_beam_args(**beams)
+    if checks.check_dtype(dtype, backend) == "tflite" and num_beams > 1:
         raise UserError("beam search runs on the xla backend only: drop --backend tflite")
     if destination_path is not None:
         if interactive or nsamples == 0:
@@ -275,6 +273,12 @@ def sample(
             "--num_beams searches, it does not sample: use --num_return_sequences for more "
             "beams, and drop --nsamples, --batch_size, --top_k and --top_p"
         )
+    checks.check_sampling_args(  # the flags alone; the prompt's length is checked below
+        10**9, 0, length, temperature, top_k, top_p, *repetition, slide=True
+    )
+
+    runner.configure_logging(verbose, xla=True)  # from here on, TensorFlow is imported
+    from gpt2_tf2.generation import language_model as api
 
     known = api.peek(model_name, models_dir, run_name, checkpoint_dir)
     if known is not None:  # flag and prompt-length errors before the weights are read
@@ -346,6 +350,7 @@ def interact(lm, settings: dict, nsamples: int, output: dict) -> None:
 
 
 sample.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
+sample.configures_logging = True  # after checking its flags, before TensorFlow loads
 sample.short = {"i": "interactive"}  # -i, as before --include_prefix also began with i
 sample.positional = ()  # a prompt is --prompt; a bare word is refused, not taken as a model
 

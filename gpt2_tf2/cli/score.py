@@ -47,12 +47,15 @@ def score(
         --dtype int8, else xla (the faster for float32 on CPUs).
       verbose: show TensorFlow's log messages.
     """
-    runner.configure_logging(verbose)
+    from gpt2_tf2.generation.checks import check_dtype  # plain Python, before TensorFlow
+
     if not files:
         raise UserError("name the text to score: score FILE... ('-' reads standard input)")
     if [str(f) for f in files].count("-") > 1:
         raise UserError("standard input ('-') can be read once only")
+    check_dtype(dtype, backend)
     texts = {str(f): runner.read_prompt_file(str(f)) for f in files}  # every file, before the model
+    runner.configure_logging(verbose)
     from gpt2_tf2.generation.language_model import perplexity
 
     lm = runner.load_model(
@@ -79,6 +82,7 @@ def score(
     return None
 
 
+score.configures_logging = True  # after checking its flags, before TensorFlow loads
 score.positional = ("files",)  # what the command takes by position (cli/flags.py)
 
 
