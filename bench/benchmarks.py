@@ -395,6 +395,10 @@ def beam_lines(beam: list[dict], env: dict) -> list[str]:
         "memory as measured here, and the all-reduce's cost on GPUs on paper: "
         "[distributed-speed.md](distributed-speed.md) (`bench/distribute_speed.py`).",
         "",
+        "Sampling on TensorFlow Lite, float32 and int8 weights (`--dtype int8`), against XLA and "
+        "the best peer at the 124M and 1558M shapes: tokens/s, first call, peak memory, and what "
+        "int8 costs in quality: [tflite-speed.md](tflite-speed.md) (`bench/lite_speed.py`).",
+        "",
     ]
 
 

@@ -206,9 +206,18 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the last run's rows of the sizes not measured"
+    )
+    parser.add_argument("--report", action="store_true", help="rewrite the page, measure nothing")
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if args.report:  # the page again from the saved results (after a change to its text)
+        with open(os.path.join(ROOT, "docs", "tflite-speed.json"), encoding="utf-8") as f:
+            results = json.load(f)
+        args.sizes = ",".join(results.get("sizes", args.sizes.split(",")))
+        return write(results, args)
     results = {"convert": {}, "sample": {}, "quality": {}, "demo": [], "threads": {}}
     with tempfile.TemporaryDirectory(prefix="gpt2_tf2-bench-lite-") as work:
         env = {"GPT2_TF2_TFLITE_CACHE": work}
@@ -243,7 +252,18 @@ def main() -> None:
                     0
                 ]
         results["demo"] = measure(["--child", "demo"], env)
-    with open(os.path.join(ROOT, "docs", "tflite-speed.json"), "w", encoding="utf-8") as f:
+    saved = os.path.join(ROOT, "docs", "tflite-speed.json")
+    sizes = args.sizes.split(",")
+    if args.keep and os.path.exists(saved):  # the other sizes' rows from the last run
+        with open(saved, encoding="utf-8") as f:
+            old = json.load(f)
+        for part in ("convert", "sample", "quality"):
+            for key, value in old[part].items():
+                if not any(key.startswith(size) for size in sizes):
+                    results[part][key] = value
+        args.sizes = ",".join(dict.fromkeys(old.get("sizes", []) + sizes))
+    results["sizes"] = args.sizes.split(",")
+    with open(saved, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     write(results, args)
 
