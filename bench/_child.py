@@ -1,5 +1,5 @@
 """What the bench scripts share: running one measurement in a fresh Python process of this
-environment and collecting the JSON objects it prints, one per line."""
+environment and collecting the JSON objects it prints, one per line; timing a call."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,3 +22,16 @@ def run_json(script: str, args: list[str], env: dict | None = None) -> tuple[lis
     if out.returncode == 0 and rows:
         return rows, ""
     return rows, (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
+
+
+def timed(call, arg, repeats: int) -> tuple[float, list[float]]:
+    """(seconds of the first `call(arg)`, seconds of each of `repeats` calls after it)."""
+    t = time.perf_counter()
+    call(arg)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call(arg)
+        times.append(time.perf_counter() - t)
+    return first, times

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-from _child import run_json  # bench/ is sys.path[0] when run as a script
+from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_torch", "hf_tf_xla")
@@ -101,14 +100,7 @@ def child(impl: str, beams: int, repeats: int) -> None:
     }[impl]
     generate, lib = build()
     ids = prompt_ids()
-    t = time.perf_counter()
-    generate(ids)
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        generate(ids)
-        times.append(time.perf_counter() - t)
+    first, times = timed(generate, ids, repeats)
     times.sort()
     row = {
         "impl": impl,

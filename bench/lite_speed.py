@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from _child import ROOT, run_json  # bench/ is sys.path[0] when run as a script
+from _child import ROOT, run_json, timed  # bench/ is sys.path[0] when run as a script
 
 OUT = os.path.join(ROOT, "docs", "tflite-speed.md")
 PROMPT = 16
@@ -48,13 +48,14 @@ def hparams(size: str):
 
 def convert(size: str, dtype: str, out: str) -> dict:
     from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.files import write_atomically
     from gpt2_tf2.formats import lite
 
     model = GPT2(hparams(size), seed=0)
     began = time.perf_counter()
     data = lite.convert(model.named_variables(), hparams(size), dtype)
     seconds = time.perf_counter() - began
-    lite.write_file(out, data)
+    write_atomically(out, data)
     return {"convert_s": seconds, "mb": len(data) / 1e6, "peak_gb": peak_gb()}
 
 
@@ -90,14 +91,7 @@ def sample(impl: str, size: str, files: dict, batches: list[int], repeats: int) 
     rows = []
     for batch in batches:
         ids = np.random.default_rng(0).integers(0, 50000, (batch, PROMPT)).astype("int32")
-        t = time.perf_counter()
-        generate(ids)
-        first = time.perf_counter() - t
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            generate(ids)
-            times.append(time.perf_counter() - t)
+        first, times = timed(generate, ids, repeats)
         rows.append({"batch": batch, "tok_s": batch * new / statistics.median(times)})
         rows[-1]["first_s"] = first
     return [{**r, "peak_gb": peak_gb()} for r in rows]

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 
-from _child import run_json  # bench/ is sys.path[0] when run as a script
+from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_tf_xla", "hf_torch", "keras_hub_xla", "keras_hub")
@@ -138,14 +138,7 @@ def child(impl: str, batches: list[int], repeats: int, settings: bool) -> None:
     built = time.perf_counter() - began
     for i, batch in enumerate(batches):
         ids = prompt_ids(batch)
-        t = time.perf_counter()
-        generate(ids)
-        first = time.perf_counter() - t
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            generate(ids)
-            times.append(time.perf_counter() - t)
+        first, times = timed(generate, ids, repeats)
         times.sort()
         row = {
             "impl": impl + ("+sampling" if settings else ""),

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core import lite_step
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import write_atomically
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
@@ -106,20 +107,6 @@ def _locked(path: str):
         os.close(fd)
 
 
-def write_file(path: str, data: bytes) -> None:
-    """`data` to `path` whole or not at all (a temporary file beside it, renamed into place)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def cached_step(model_dir, dtype: str, load_weights, progress=print) -> str:
     """The path of this model's converted step in `dtype`, converted now if not cached yet.
 
@@ -136,7 +123,7 @@ def cached_step(model_dir, dtype: str, load_weights, progress=print) -> str:
         with _locked(os.path.join(directory, ".lock")):
             if not os.path.isfile(path):  # another process may have converted it meanwhile
                 progress(f"converting {model_dir.path} to TensorFlow Lite ({dtype}), once")
-                write_file(path, convert(load_weights(), model_dir.hparams, dtype))
+                write_atomically(path, convert(load_weights(), model_dir.hparams, dtype))
     except OSError as e:
         raise UserError(
             f"{directory}: cannot write the converted model ({e.strerror}); "
