@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 
-from _child import run_json  # bench/ is sys.path[0] when run as a script
+from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
 
 IMPLS = ("ours", "ours_recompute", "hf_torch", "hf_tf", "hf_tf_xla", "keras_hub_xla")
 SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24)}  # n_embd, n_head, n_layer
@@ -139,14 +138,7 @@ def child(impl: str, size: str, batch: int, seq: int, steps: int) -> None:
     }[impl]
     step, version = build()
     ids = tokens(batch, seq)
-    began = time.perf_counter()
-    step(ids)
-    first = time.perf_counter() - began
-    times = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        step(ids)
-        times.append(time.perf_counter() - began)
+    first, times = timed(step, ids, steps)
     times.sort()
     row = {
         "impl": impl,

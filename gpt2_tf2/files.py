@@ -30,6 +30,13 @@ def write_atomically(path: str, text: str | bytes, tmp: str | None = None) -> No
             os.remove(tmp)
 
 
+def user_cache_dir(*parts: str) -> str:
+    """A directory under the user's cache ($XDG_CACHE_HOME, else ~/.cache): gpt2_tf2's compiled
+    and converted programs live there."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gpt2_tf2", *parts)
+
+
 def check_new_dir(out: str) -> None:
     """`out` may be written as a whole directory: it is new, or an empty directory."""
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

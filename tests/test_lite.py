@@ -120,9 +120,17 @@ def test_beam_search_says_it_needs_xla(lite):
         lite["float32"].generate("Hi", length=5, num_beams=2)
 
 
-def test_the_conversion_is_cached_and_redone_when_the_weights_change(model_copy, cache):
+def test_the_conversion_is_cached_and_redone_when_the_weights_change(
+    model_copy, cache, tmp_path, monkeypatch
+):
+    import tempfile
+
     from gpt2_tf2.generation.language_model import load
 
+    scratch = tmp_path / "scratch"  # where the conversion's temporary SavedModel goes
+    scratch.mkdir()
+    (scratch / "theirs").write_text("not ours")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     said = []
     load(str(model_copy), dtype="int8", progress=said.append)
     files = sorted(os.listdir(cache))
@@ -134,6 +142,7 @@ def test_the_conversion_is_cached_and_redone_when_the_weights_change(model_copy,
     load(str(model_copy), dtype="int8", progress=said.append)
     assert len(said) == 2
     assert not [f for f in os.listdir(cache) if ".tmp-" in f]
+    assert os.listdir(scratch) == ["theirs"]  # its own temporary directories removed, only those
 
 
 def test_exported_tflite_runs_without_gpt2_tf2(xla, tiny_model_dir, cache, tmp_path):

@@ -67,8 +67,9 @@ def xla_cache_dir() -> str | None:
         return None
     if "GPT2_TF2_XLA_CACHE" in os.environ:
         return os.environ["GPT2_TF2_XLA_CACHE"] or None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "gpt2_tf2", "xla", "-".join(found))
+    from gpt2_tf2.files import user_cache_dir
+
+    return user_cache_dir("xla", "-".join(found))
 
 
 def configure_xla_cache() -> None:

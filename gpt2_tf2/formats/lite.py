@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core import lite_step
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.files import write_atomically
+from gpt2_tf2.files import user_cache_dir, write_atomically
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
@@ -68,8 +68,7 @@ def cache_dir() -> str:
     (beside the XLA cache, `cli.runner.xla_cache_dir`)."""
     if os.environ.get("GPT2_TF2_TFLITE_CACHE"):
         return os.environ["GPT2_TF2_TFLITE_CACHE"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "gpt2_tf2", "tflite")
+    return user_cache_dir("tflite")
 
 
 def cache_key(model_dir, dtype: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, first_line
 from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import History
 from gpt2_tf2.generation.strategies import choose_tokens
@@ -46,8 +46,7 @@ def make_interpreter(path: str, num_threads: int | None = None):
         try:
             return Interpreter(model_path=path, num_threads=num_threads)
         except (ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{path}: not a TensorFlow Lite model ({first})") from None
+            raise UserError(f"{path}: not a TensorFlow Lite model ({first_line(e)})") from None
 
 
 class LiteStep:
@@ -103,10 +102,9 @@ class LiteStep:
         return self.interpreter.get_tensor(self._out["logits"])  # a copy: [batch, k, vocab]
 
     def _damaged(self, error) -> UserError:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return UserError(
-            f"{self.path}: TensorFlow Lite cannot run it ({first}); it does not hold this "
-            f"model's decode step: convert or export it again"
+            f"{self.path}: TensorFlow Lite cannot run it ({first_line(error)}); it does not hold "
+            f"this model's decode step: convert or export it again"
         )
 
     def prompt(self, tokens, offsets, logits_at) -> tuple[np.ndarray, list]:
