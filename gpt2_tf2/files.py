@@ -13,12 +13,12 @@ import tempfile
 from gpt2_tf2.errors import UserError
 
 
-def write_atomically(path: str, text: str | bytes, tmp: str | None = None) -> None:
+def write_atomically(path: str, text, tmp: str | None = None) -> None:
     """`text` (or bytes) to `path` through a temporary file (`tmp`, default `PATH.tmp-PID`),
     flushed to disk and renamed into place: a reader, or a kill, sees the old file or the new
     one. The temporary file is removed if anything fails."""
     tmp = tmp or f"{path}.tmp-{os.getpid()}"
-    binary = isinstance(text, bytes)
+    binary = not isinstance(text, str)  # bytes, bytearray or memoryview
     try:
         with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             f.write(text)

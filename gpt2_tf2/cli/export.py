@@ -106,7 +106,7 @@ def export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype):
     lite.check_size(opened.hparams, dtype)
 
     def weights():
-        return formats.load_model_dir(source)[1].named_variables()
+        return formats.read_weights(opened)
 
     step = lite.cached_step(opened, dtype, weights, runner.say)
     replace_into(out, lambda tmp: lite.write_export(step, opened, tmp))

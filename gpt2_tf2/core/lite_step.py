@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
@@ -27,15 +28,21 @@ from gpt2_tf2.core.model import MASK_VALUE, gelu, layer_norm
 DENSE = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
 
 
+def lite_layout(name: str, value) -> np.ndarray:
+    """A weight by its OpenAI name as the step stores it, float32: a conv1d weight [1, in, out]
+    becomes [out, in], the rest stays as it is."""
+    value = np.asarray(value, np.float32)
+    if name.endswith("/w") and value.ndim == 3:
+        value = np.ascontiguousarray(value[0].T)  # [in, out] -> [out, in]
+    return value
+
+
 def lite_weights(named: dict) -> dict:
     """Variables for `step` from `GPT2.named_variables()` (or arrays of the same names), which
-    it empties as it goes (so that at most one model and one copy of a weight are in memory):
-    every conv1d weight [1, in, out] becomes [out, in], the rest is copied as it is."""
+    it empties as it goes (so that at most one model and one copy of a weight are in memory)."""
     out = {}
     for name in sorted(named):
-        value = tf.cast(named.pop(name), tf.float32)
-        if name.endswith("/w") and value.shape.rank == 3:
-            value = tf.transpose(value[0])  # [in, out] -> [out, in]
+        value = lite_layout(name, named.pop(name))
         out[name] = tf.Variable(value, trainable=False, name=name.replace("/", "_"))
     return out
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 from gpt2_tf2.core import lite_step
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
+from gpt2_tf2.formats import lite_template
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
@@ -45,11 +46,30 @@ def check_size(hparams, dtype: str) -> None:
         )
 
 
-def convert(named: dict, hparams, dtype: str) -> bytes:
-    """The decode step of a model with these weights (`GPT2.named_variables()`, or arrays by the
-    same names) as .tflite bytes, in float32 or int8 (see the module doc)."""
+def convert(named, hparams, dtype: str) -> memoryview:
+    """The decode step of a model with these weights (`GPT2.named_variables()`, arrays by the
+    same names, or `model_dir.read_weights`; emptied as it goes) as .tflite bytes, in float32
+    or int8 (see the module doc). The converter sees a template whose blocks share stand-in
+    weights; the real ones are written in after (`lite_template`)."""
     check_size(hparams, dtype)
-    module = lite_step.step_module(lite_step.lite_weights(named), hparams)
+    weights, stand_in = lite_template.template(named, hparams)
+    template = _converted(_variables(weights), hparams, dtype)
+    return lite_template.fill(template, stand_in, named, hparams)
+
+
+def _variables(weights: dict) -> dict:
+    """tf.Variables for arrays by name; names holding the same array share one variable (the
+    template's blocks: one stand-in constant for the converter, read by every block)."""
+    made = {}
+    for array in weights.values():
+        if id(array) not in made:
+            made[id(array)] = tf.Variable(array, trainable=False)
+    return {name: made[id(array)] for name, array in weights.items()}
+
+
+def _converted(weights: dict, hparams, dtype: str) -> bytes:
+    """TFLite's converter on the step of these variables, through a temporary SavedModel."""
+    module = lite_step.step_module(weights, hparams)
     tmp = tempfile.mkdtemp(prefix="gpt2_tf2-tflite-")
     try:
         signature = module.decode_step.get_concrete_function()

@@ -69,6 +69,15 @@ def load_weights(model_dir: ModelDir, model: GPT2) -> None:
         openai.load_openai_checkpoint(model, model_dir.checkpoint)
 
 
+def read_weights(model_dir: ModelDir):
+    """The weights by OpenAI name, for work that takes them one at a time (a conversion): an
+    OpenAI-layout checkpoint is read a weight at a time (`openai.CheckpointWeights`); a run's
+    checkpoint is restored into a model first."""
+    if model_dir.format == "run":
+        return load_model_dir(model_dir.path)[1].named_variables()
+    return openai.CheckpointWeights(model_dir.checkpoint, model_dir.hparams)
+
+
 def load_model_dir(path: str, dtype=tf.float32) -> tuple[ModelDir, GPT2]:
     """(what the directory holds, the model with its weights) with weights and activations in
     `dtype` (layer norms, softmax and logits stay float32)."""

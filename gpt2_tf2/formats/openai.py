@@ -64,8 +64,28 @@ def named_checkpoint(directory: str) -> str | None:
     return prefix if prefix and os.path.exists(prefix + ".index") else None
 
 
-def load_openai_checkpoint(model, prefix: str) -> None:
-    """Assign every variable of `model` from the TF1 checkpoint at `prefix`, strictly."""
+def weight_shapes(hp: HParams) -> dict[str, list[int]]:
+    """Every variable's TF1 name and shape for these hparams, without building the model (the
+    shapes `name_table` of a model with these hparams holds; a test keeps the two equal)."""
+    e = hp.n_embd
+    shapes = {"model/wte": [hp.n_vocab, e], "model/wpe": [hp.n_ctx, e]}
+    block = {
+        "ln_1/g": [e], "ln_1/b": [e], "attn/c_attn/w": [1, e, 3 * e], "attn/c_attn/b": [3 * e],
+        "attn/c_proj/w": [1, e, e], "attn/c_proj/b": [e], "ln_2/g": [e], "ln_2/b": [e],
+        "mlp/c_fc/w": [1, e, 4 * e], "mlp/c_fc/b": [4 * e], "mlp/c_proj/w": [1, 4 * e, e],
+        "mlp/c_proj/b": [e],
+    }  # fmt: skip
+    for i in range(hp.n_layer):
+        shapes.update({f"model/h{i}/{name}": shape for name, shape in block.items()})
+    shapes.update({"model/ln_f/g": [e], "model/ln_f/b": [e]})
+    if not hp.tie_word_embeddings:
+        shapes["model/lm_head"] = [hp.n_vocab, e]
+    return shapes
+
+
+def open_checkpoint(prefix: str, shapes: dict[str, list[int]]):
+    """A reader of the TF1 checkpoint at `prefix`, checked to hold exactly the variables
+    `shapes` names, in those shapes."""
     try:
         reader = tf.train.load_checkpoint(prefix)
         stored = {
@@ -76,9 +96,8 @@ def load_openai_checkpoint(model, prefix: str) -> None:
             f"{prefix}: corrupt or unreadable checkpoint ({first_line(e)}); "
             f"download or export it again"
         ) from None
-    table = name_table(model)
-    missing = sorted(set(table) - set(stored))
-    extra = sorted(set(stored) - set(table))
+    missing = sorted(set(shapes) - set(stored))
+    extra = sorted(set(stored) - set(shapes))
     if missing:
         raise UserError(
             f"{prefix}: checkpoint lacks variable {missing[0]}"
@@ -91,27 +110,68 @@ def load_openai_checkpoint(model, prefix: str) -> None:
             f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}; "
             f"does hparams.json (n_layer) match these weights?"
         )
-    for name, var in table.items():
-        want = var.shape.as_list()
-        if list(stored[name]) != want:
+    for name, want in shapes.items():
+        if list(stored[name]) != list(want):
             raise UserError(
                 f"{prefix}: variable {name} has shape {list(stored[name])} but "
-                f"hparams.json implies {want}; hparams.json does not match the weights"
+                f"hparams.json implies {list(want)}; hparams.json does not match the weights"
             )
+    return reader
+
+
+def read_tensor(reader, prefix: str, name: str) -> np.ndarray:
+    """One variable from an `open_checkpoint` reader, checked to be finite floats."""
+    try:
+        value = reader.get_tensor(name)
+    except Exception as e:  # the reader raises OpError, IndexError or ValueError on damage
+        raise UserError(
+            f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
+            f"({first_line(e)}); download or export it again"
+        ) from None
+    if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+        raise UserError(
+            f"{prefix}: variable {name} holds non-finite or non-float values; "
+            f"the checkpoint is corrupt"
+        )
+    return value
+
+
+def load_openai_checkpoint(model, prefix: str) -> None:
+    """Assign every variable of `model` from the TF1 checkpoint at `prefix`, strictly."""
+    table = name_table(model)
+    reader = open_checkpoint(prefix, {name: var.shape.as_list() for name, var in table.items()})
     for name, var in table.items():
-        try:
-            value = reader.get_tensor(name)
-        except Exception as e:  # the reader raises OpError, IndexError or ValueError on damage
-            raise UserError(
-                f"{prefix}: corrupt or truncated checkpoint, cannot read {name} "
-                f"({first_line(e)}); download or export it again"
-            ) from None
-        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
-            raise UserError(
-                f"{prefix}: variable {name} holds non-finite or non-float values; "
-                f"the checkpoint is corrupt"
-            )
+        value = read_tensor(reader, prefix, name)
         var.assign(value.astype(var.dtype.as_numpy_dtype, copy=False))
+
+
+class CheckpointWeights:
+    """The weights of a TF1 checkpoint by name, each read when taken (`pop` forgets it): what
+    a conversion needs one weight at a time, without the whole model in memory."""
+
+    def __init__(self, prefix: str, hp: HParams):
+        self._prefix = prefix
+        self._reader = open_checkpoint(prefix, weight_shapes(hp))
+        self._names = set(weight_shapes(hp))
+
+    def __iter__(self):
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return read_tensor(self._reader, self._prefix, name)
+
+    def pop(self, name: str) -> np.ndarray:
+        value = self[name]
+        self._names.remove(name)
+        return value
 
 
 def _write_meta_graph(table: dict[str, tf.Variable], path: str) -> None:

@@ -653,7 +653,7 @@ def load_lite(directory: str, dtype: str, progress=None) -> LanguageModel:
     opened = formats.open_model_dir(directory)
 
     def weights():
-        return formats.load_model_dir(directory)[1].named_variables()
+        return formats.read_weights(opened)
 
     path = lite_format.cached_step(opened, dtype, weights, progress or (lambda message: None))
     decoder = lite.LiteDecoder(lite.LiteStep(path, opened.hparams))

@@ -1,0 +1,169 @@
+"""Converting a decode step in little memory: TFLite's converter runs on a template, and every
+block's weights are then written into its flatbuffer here.
+
+TFLiteConverter holds several copies of the weights it converts (1558M in int8: 16 GB at its
+peak, measured, beside the 6 GB model; killed for memory on a 24 GB machine). So the converter
+sees a template: the real embeddings and final layer norm, but the n_layer blocks all share one
+set of stand-in weights. The stand-ins are random, so that nothing in them is special to the
+converter: a zero bias or a unit gain would be folded away, and equal constants merged into one.
+In the converter's output each stand-in is then one tensor that n_layer operators read, in block
+order; `fill` gives each of those reads its own tensor holding that block's real weights,
+quantized as the converter quantizes (int8 per output channel, scale max|w| / 127, zero point 0:
+TFLite's dynamic-range scheme; tests check the result against the converter's own).
+
+The flatbuffer is read and written with TFLite's generated schema (`schema_py_generated`, the
+object API); buffers stay 16-byte aligned, as the converter writes them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import flatbuffers
+import numpy as np
+from tensorflow.lite.python import schema_py_generated as schema
+
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.lite_step import lite_layout
+
+ALIGNMENT = 16  # TFLite's schema: Buffer.data (force_align: 16)
+
+
+def is_block(name: str) -> bool:
+    return name.startswith("model/h") and name.split("/")[1][1:].isdigit()
+
+
+def suffix(name: str) -> str:
+    return name.split("/", 2)[2]  # model/h7/attn/c_attn/w -> attn/c_attn/w
+
+
+def template(named: dict, hp: HParams, seed: int = 0) -> tuple[dict, dict]:
+    """(weights for the converter, the stand-ins by block suffix) from weights by OpenAI name.
+
+    The converter's weights are every weight outside the blocks, taken (popped) from `named`,
+    and for every block the same stand-in arrays; `named` keeps the real block weights."""
+    rng = np.random.default_rng(seed)
+    stand_in, weights = {}, {}
+    for name in sorted(named):
+        if not is_block(name):
+            weights[name] = lite_layout(name, named.pop(name))
+        elif name.startswith("model/h0/"):
+            shape = lite_layout(name, named[name]).shape
+            stand_in[suffix(name)] = rng.normal(0.5, 0.1, shape).astype(np.float32)
+    for name in named:
+        weights[name] = stand_in[suffix(name)]
+    return weights, stand_in
+
+
+def fill(data: bytes, stand_in: dict, named: dict, hp: HParams) -> memoryview:
+    """The converted template `data` with block i's weights `named.pop("model/h{i}/...")` where
+    it read the stand-ins: a .tflite file of the real model."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    if len(model.subgraphs) != 1:
+        raise ConversionError(f"{len(model.subgraphs)} subgraphs")
+    graph = model.subgraphs[0]
+    for name, value in stand_in.items():
+        index = _find(model, graph, value, name)
+        uses = [(op, k) for op in graph.operators for k, t in enumerate(op.inputs) if t == index]
+        if len(uses) != hp.n_layer:
+            raise ConversionError(f"{name} is read {len(uses)} times, not once per block")
+        original = graph.tensors[index]
+        model.buffers[original.buffer].data = None  # the stand-in itself is dropped
+        for layer, (op, k) in enumerate(uses):
+            real = lite_layout(name, named.pop(f"model/h{layer}/{name}"))
+            tensor = copy.copy(original)
+            tensor.name = f"model/h{layer}/{name}".encode()
+            tensor.quantization, stored = _stored(real, original)
+            tensor.buffer = len(model.buffers)
+            model.buffers.append(schema.BufferT())
+            model.buffers[-1].data = stored.reshape(-1).view(np.uint8)
+            if layer == 0:
+                graph.tensors[index] = tensor
+            else:
+                op.inputs[k] = len(graph.tensors)
+                graph.tensors.append(tensor)
+    return _pack(model)
+
+
+class ConversionError(RuntimeError):
+    """The converter's output is not shaped as `fill` expects (a TensorFlow version that
+    converts differently): a bug to report, not a user's mistake."""
+
+    def __init__(self, what: str):
+        super().__init__(f"TensorFlow Lite's converter output is not as expected: {what}")
+
+
+def _find(model, graph, value: np.ndarray, name: str) -> int:
+    """The index of the one tensor holding the stand-in `value` (int8: as quantized)."""
+    found = []
+    for index, tensor in enumerate(graph.tensors):
+        data = model.buffers[tensor.buffer].data
+        if data is None or len(data) != value.size * (4 if tensor.type == 0 else 1):
+            continue
+        if tensor.type == schema.TensorType.FLOAT32:
+            if np.array_equal(data.view(np.float32), value.reshape(-1)):
+                found.append(index)
+        elif tensor.type == schema.TensorType.INT8 and tuple(tensor.shape) == value.shape:
+            q = tensor.quantization
+            scale = _broadcast(np.asarray(q.scale, np.float32), q.quantizedDimension, value)
+            error = np.abs(data.view(np.int8).reshape(value.shape) * scale - value)
+            if np.all(error <= 0.501 * scale):
+                found.append(index)
+    if len(found) != 1:
+        raise ConversionError(f"{len(found)} tensors hold the stand-in for {name}")
+    return found[0]
+
+
+def _broadcast(scale: np.ndarray, axis: int, value: np.ndarray) -> np.ndarray:
+    """Per-channel scales shaped to broadcast against `value` along `axis` (or one scale)."""
+    if scale.size == 1:
+        return scale.reshape([1] * value.ndim)
+    shape = [1] * value.ndim
+    shape[axis] = scale.size
+    return scale.reshape(shape)
+
+
+def _stored(real: np.ndarray, original) -> tuple:
+    """(quantization parameters, stored values) for `real` in the place of tensor `original`:
+    float32 as it is, or int8 as the converter quantized the stand-in (per channel along its
+    quantized dimension, or per tensor)."""
+    if original.type == schema.TensorType.FLOAT32:
+        return None, np.ascontiguousarray(real, np.float32)
+    if original.type != schema.TensorType.INT8:
+        raise ConversionError(f"a block weight of type {original.type}")
+    q = original.quantization
+    axis = q.quantizedDimension
+    if len(q.scale) == 1:
+        top = np.abs(real).max(keepdims=True)
+    else:
+        others = tuple(a for a in range(real.ndim) if a != axis)
+        top = np.abs(real).max(axis=others, keepdims=True)
+    scale = (top / np.float32(127)).astype(np.float32)
+    scale[scale == 0] = 1  # an all-zero channel: any scale stores it as zeros
+    stored = np.clip(np.round(real / scale), -127, 127).astype(np.int8)
+    params = schema.QuantizationParametersT()
+    params.scale = scale.reshape(-1)
+    params.zeroPoint = np.zeros(scale.size, np.int64)
+    params.quantizedDimension = axis
+    return params, stored
+
+
+class _AlignedBuffer(schema.BufferT):
+    """A buffer whose data starts on a 16-byte boundary, as TFLite's converter writes it."""
+
+    def Pack(self, builder):
+        if self.data is not None:
+            builder.Prep(ALIGNMENT, len(self.data))  # the data's first byte, once written
+        return super().Pack(builder)
+
+
+def _pack(model) -> memoryview:
+    size = 1 << 20
+    for i, buffer in enumerate(model.buffers):
+        aligned = _AlignedBuffer()
+        aligned.data, aligned.offset, aligned.size = buffer.data, buffer.offset, buffer.size
+        model.buffers[i] = aligned
+        size += 0 if buffer.data is None else len(buffer.data) + ALIGNMENT
+    builder = flatbuffers.Builder(size)  # room for it all: no doubling copies
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return memoryview(builder.Bytes)[builder.Head() :]  # the finished bytes, not a copy

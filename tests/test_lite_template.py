@@ -1,0 +1,111 @@
+"""The low-memory TFLite conversion (`formats/lite_template.py`: the converter on a template whose
+blocks share stand-in weights, the real weights written in after) against TFLite's converter run
+directly on the real weights, the reference: the same logits in float32 and int8, every block
+with its own tensors; the weights read one at a time from a checkpoint; a converter output that
+is not as expected is an error, not a wrong model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.lite_step import lite_layout
+from gpt2_tf2.core.model import GPT2
+from gpt2_tf2.formats import lite, lite_template, openai
+
+# Wide enough that the converter quantizes the blocks' matrices (it leaves tensors under 1024
+# numbers in float32), with a small vocabulary to stay fast.
+HP = HParams(n_vocab=300, n_ctx=32, n_embd=64, n_head=4, n_layer=3)
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+
+
+def random_weights(seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    shapes = openai.weight_shapes(HP)
+    weights = {}
+    for name, shape in shapes.items():
+        centre = 1.0 if name.endswith("/g") else 0.0
+        weights[name] = rng.normal(centre, 0.05, shape).astype(np.float32)
+    weights["model/h1/attn/c_attn/w"][0, :, 5] = 0  # an all-zero output channel
+    weights["model/h2/mlp/c_fc/b"][:] = 0  # a zero bias: the converter would fold it away
+    return weights
+
+
+def logits(data) -> np.ndarray:
+    interpreter = tf.lite.Interpreter(model_content=bytes(data))
+    runner = interpreter.get_signature_runner()
+    tokens = np.array([[1, 5, 7, 9, 200, 299]], np.int32)
+    feed = {"tokens": tokens, "pos": np.array(0, np.int32), "offsets": np.zeros([1], np.int32)}
+    feed["logits_at"] = np.arange(tokens.shape[1], dtype=np.int32)
+    for i in range(HP.n_layer):
+        for kind in ("key", "value"):
+            feed[f"past_{kind}_{i}"] = np.zeros([HP.n_head, 1, HP.head_dim], np.float32)
+    return runner(**feed)["logits"]
+
+
+def tensors(data):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    return model.subgraphs[0].tensors
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_the_template_gives_the_converters_own_model(dtype):
+    weights = random_weights()
+    direct = {name: lite_layout(name, value) for name, value in weights.items()}
+    reference = lite._converted(lite._variables(direct), HP, dtype)  # the converter, all real
+    ours = lite.convert(dict(weights), HP, dtype)
+    diff = np.abs(logits(ours) - logits(reference)).max()
+    print(f"{dtype}: max |template - converter| = {diff:.3g}")
+    assert diff <= 1e-6
+    names = {t.name.decode(): t for t in tensors(ours)}
+    for i in range(HP.n_layer):
+        for part in ("attn/c_attn/w", "attn/c_proj/w", "mlp/c_fc/w", "mlp/c_proj/w"):
+            tensor = names[f"model/h{i}/{part}"]  # every block has its own weights
+            assert tensor.type == (9 if dtype == "int8" else 0)  # int8 only when quantized
+    assert len(ours) < 1.05 * len(reference)  # no stand-in left behind
+
+
+def test_the_template_is_not_the_real_model():
+    """The check above can fail: the template alone (stand-ins in every block) is far off."""
+    weights = random_weights()
+    template, _ = lite_template.template(dict(weights), HP)
+    direct = {name: lite_layout(name, value) for name, value in weights.items()}
+    reference = lite._converted(lite._variables(direct), HP, "float32")
+    alone = lite._converted(lite._variables(template), HP, "float32")
+    assert np.abs(logits(alone) - logits(reference)).max() > 0.1
+
+
+def test_an_unexpected_converter_output_is_an_error():
+    weights = random_weights()
+    template, stand_in = lite_template.template(weights, HP)
+    data = lite._converted(lite._variables(template), HP, "float32")
+    stand_in["attn/c_attn/b"] = stand_in["attn/c_attn/b"] + 1  # not in the converted file
+    with pytest.raises(lite_template.ConversionError, match="0 tensors hold"):
+        lite_template.fill(data, stand_in, weights, HP)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_weight_shapes_are_the_models(tie):
+    hp = HParams(n_vocab=50, n_ctx=16, n_embd=8, n_head=2, n_layer=2, tie_word_embeddings=tie)
+    model = GPT2(hp, seed=0)
+    table = {name: var.shape.as_list() for name, var in openai.name_table(model).items()}
+    assert openai.weight_shapes(hp) == table
+
+
+def test_checkpoint_weights_are_read_one_at_a_time(tiny_model_dir):
+    from gpt2_tf2.formats import model_dir as formats
+
+    opened = formats.open_model_dir(tiny_model_dir)
+    model = formats.load_model_dir(tiny_model_dir)[1]
+    weights = formats.read_weights(opened)
+    assert isinstance(weights, openai.CheckpointWeights)
+    expected = {name: var.numpy() for name, var in model.named_variables().items()}
+    assert list(weights) == sorted(expected)
+    for name in sorted(expected):
+        assert np.array_equal(weights.pop(name), expected[name])
+        assert name not in weights
+    assert len(weights) == 0
