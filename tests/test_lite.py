@@ -208,3 +208,36 @@ def test_the_command_line_is_quiet_but_for_the_conversion(tiny_model_dir, tmp_pa
     again = run_cli(args, env=env)
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert again.stdout == first.stdout and "SAMPLE 1" in first.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_released_file_pages_leave_memory_and_read_back(tmp_path):
+    import mmap
+
+    from gpt2_tf2.generation.lite import release_file_pages
+
+    def resident_kb(path):  # this process's resident memory from mappings of `path`
+        total, inside = 0, False
+        with open("/proc/self/smaps", encoding="utf-8") as f:
+            for line in f:
+                if "-" in line.split(" ", 1)[0] and not line.startswith(("Rss", "Size")):
+                    inside = line.rstrip("\n").endswith(str(path))
+                elif inside and line.startswith("Rss:"):
+                    total += int(line.split()[1])
+        return total
+
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(mapped, np.uint8)
+    assert view.sum() == data.sum()  # every page read: resident
+    before = resident_kb(path)
+    assert release_file_pages(str(path)) == 8 << 20
+    after = resident_kb(path)
+    print(f"resident {before} kB -> {after} kB")
+    assert before >= 8 << 10 and after < before / 4
+    assert np.array_equal(view, data)  # read back from the page cache, unchanged
+    del view
+    mapped.close()

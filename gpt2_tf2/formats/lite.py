@@ -93,8 +93,8 @@ def cache_dir() -> str:
 
 def cache_key(model_dir, dtype: str) -> str:
     """A name for the converted step of this model directory's current weights: it changes when
-    a weight file, hparams.json, the dtype, TensorFlow or the step's code (`core.lite_step`)
-    do."""
+    a weight file, hparams.json, the dtype, TensorFlow or the code that writes the step
+    (`core.lite_step`, `formats.lite_template`) do."""
     prefix = model_dir.checkpoint
     folder = os.path.dirname(prefix)
     files = sorted(
@@ -106,8 +106,11 @@ def cache_key(model_dir, dtype: str) -> str:
     for name in files:
         st = os.stat(os.path.join(folder, name))
         stamp.append([name, st.st_size, st.st_mtime_ns])
-    with open(lite_step.__file__, "rb") as f:
-        code = hashlib.sha256(f.read()).hexdigest()
+    code = hashlib.sha256()
+    for module in (lite_step, lite_template):  # what the file holds is their work
+        with open(module.__file__, "rb") as f:
+            code.update(f.read())
+    code = code.hexdigest()
     identity = [os.path.realpath(prefix), stamp, dtype, tf.__version__, code]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     base = os.path.basename(os.path.realpath(folder)) or "model"

@@ -22,6 +22,8 @@ from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import History
 from gpt2_tf2.generation.strategies import choose_tokens
 
+MADV_DONTNEED = 4  # Linux's <sys/mman.h>
+
 
 def cpu_count() -> int:
     """The cores this process may run on (a container's or taskset's limit, not the host's)."""
@@ -29,6 +31,32 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def release_file_pages(path: str) -> int:
+    """Drop this process's resident pages of the file at `path`, which TFLite maps: once XNNPACK
+    has packed its own copy of the weights (at the first allocation), the file's weight pages
+    are not read again, yet they stay in the process's memory. Reading one again (a gather from
+    the embedding) faults it back in from the page cache, so nothing changes but the memory:
+    measured at 1558M in int8, resident 3.50 -> 2.03 GB, 83 ms a step before and after. Linux
+    (`/proc/self/maps`, madvise); elsewhere nothing is done. Returns the bytes released."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            maps = f.read().splitlines()
+        import ctypes
+
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    target, released = os.path.realpath(path), 0
+    for line in maps:  # start-end perms offset dev inode path
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if madvise(start, end - start, MADV_DONTNEED) == 0:
+                released += end - start
+    return released
 
 
 def make_interpreter(path: str, num_threads: int | None = None):
@@ -59,6 +87,7 @@ class LiteStep:
             self.interpreter.allocate_tensors()
         except RuntimeError as e:
             raise self._damaged(e) from None
+        release_file_pages(path)
         signatures = self.interpreter.get_signature_list()
         if "serving_default" not in signatures:
             raise UserError(f"{path}: not a gpt2_tf2 decode step (it has no serving_default)")
