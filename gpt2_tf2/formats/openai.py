@@ -5,8 +5,10 @@ A release directory holds `checkpoint`, `hparams.json`, `encoder.json`, `vocab.b
 `model/h0/attn/c_attn/w` (shape `[1, nx, 3nx]`) to float32 tensors. The downloader
 (`download.py`) fetches OpenAI's releases in this layout. `name_table` is the single
 source of truth for those names (a block's own, below `model/hN/`, come from `Block.params()`,
-which the block's maths reads too); loading is strict: every stored variable is used exactly once
-with the right shape. Saving writes the same layout, and never removes a file it did not write.
+which the block's maths reads too; `weight_shapes` spells the same names and shapes without
+building a model, for reading a checkpoint one weight at a time, and a test keeps the two equal);
+loading is strict: every stored variable is used exactly once with the right shape. Saving writes
+the same layout, and never removes a file it did not write.
 """
 
 from __future__ import annotations
