@@ -91,8 +91,9 @@ def conversion_lines(results) -> list[str]:
         if "error" in row:
             lines.append(f"| {size} | {dtype} | {row['error']} | - | - |")
             continue
+        parts = f" in {row['parts']} parts" if row.get("parts", 1) > 1 else ""
         lines.append(
-            f"| {size} | {dtype} | {row['convert_s']:.0f} | {row['mb']:.0f} | "
+            f"| {size} | {dtype} | {row['convert_s']:.0f} | {row['mb']:.0f}{parts} | "
             f"{row['peak_gb']:.1f} |"
         )
     return lines
@@ -164,6 +165,8 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
     if "convert_s" in conv:
         conv1558 = f"{conv['convert_s']:.0f} s and {conv['peak_gb']:.1f} GB at its peak"
     features = cpu_features()
+    m124 = {i: medians(results, "124M", i).get(1, (float("nan"),))[0] for i in names}
+    f32_ratio = f"{m124['tflite-float32'] / m124['xla']:.2f}x"
     return f"""# TensorFlow Lite and int8 weights: sampling speed, memory and quality
 
 `python bench/lite_speed.py` ({time.strftime("%Y-%m-%d")}, {platform.machine()},
@@ -202,24 +205,31 @@ weights is the cost: at 1558M the gain is {ratio1558}x; at 124M less, because th
 enough that other costs show. Besides the TFLite step (XNNPACK's dynamic-range kernels:
 activations quantized per step, int8 weights, int32 sums), a token costs the sampling (the same
 compiled code the XLA loop runs: temperature 1 over the whole vocabulary, 2-3 ms) and Python
-between the two (calling the compiled sampling, writing the new cache column: about 2 ms). This
+between the two (calling the compiled sampling, writing the new cache column: about 2 ms).
+TFLite float32 reads the same 4 bytes per weight as XLA float32 and pays those per-token costs
+besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it ran level with XLA
+({f32_ratio}), not the 1.2x the issue hoped for; XNNPACK's float32 kernels gain nothing on
+XLA's at the memory bound. This
 machine's cores have {features}; {thread_line}. The attention over the cache stays float32 and
 grows with the context. XLA float32 at 124M, batch 1, ran {xla124:.1f} tokens/s here
 (docs/benchmarks.md's machine: 72.5).
 
-Memory: the int8 file is mapped (1.65 GB at 1558M), and when the interpreter is created
-XNNPACK packs the weights into its own layout, reading every page of the file: for that moment
-both are resident, which is the peak. Once packed, the file's pages are released
+Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
+every page of the mapped file, so for that moment both copies are resident. A model of more
+than 512 MB of weights is therefore converted and opened in parts of its blocks
+(`formats/lite.cached_parts`: 1558M in int8 as 3 files), one interpreter each, and each part's
+file pages are released once XNNPACK has packed it, before the next part is opened
 (`generation/lite.release_file_pages`, madvise on Linux; a page read again, as an embedding row
-is, comes back from the page cache), so sampling runs at the resident size in the table. The
-peak itself would fall only if the file's weight pages were never read: XNNPACK's weight cache
-does that (the packed weights kept in a file of their own and mapped), but TensorFlow's Python
-interpreter does not expose it, and LiteRT 2.3's CompiledModel, which does
+is, comes back from the page cache). The peak is then the packed weights plus one part's file,
+and sampling holds one copy. Measured before parts, with the file released only after packing:
+3.51 GB peak, 2.34 GB while sampling. XNNPACK's weight cache (the packed weights in a mapped
+file of their own) would also avoid the double read, but TensorFlow's Python interpreter does
+not expose it, and LiteRT 2.3's CompiledModel, which does
 (`CpuOptions.xnnpack_weight_cache_path`), binds host memory only as flat vectors and writes its
 buffers whole, where the decode loop writes one cache column per step in place.
 
 Conversion reads the checkpoint one weight at a time and runs TFLite's converter on a template
-whose blocks share stand-in weights (formats/lite_template.py): 1558M in int8 took
-{conv1558} here. Run directly on all the weights, the converter alone peaked at 16 GB for 1558M
+whose blocks share stand-in weights (formats/lite_template.py): 1558M in int8, in its 3 parts,
+took {conv1558} here. Run directly on all the weights, the converter alone peaked at 16 GB for 1558M
 (and was killed for memory on this 24 GB machine with the model beside it).
 """

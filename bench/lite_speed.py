@@ -73,17 +73,24 @@ def write_model(size: str, out: str) -> dict:
 
 
 def convert(size: str, dtype: str, model_dir: str, out: str) -> dict:
-    """The command line's conversion: weights read one at a time from the checkpoint."""
-    from gpt2_tf2.files import write_atomically
+    """The command line's conversion for sampling: weights read one at a time from the
+    checkpoint, a large model in parts (`formats.lite.cached_parts`), into the cache `out`."""
     from gpt2_tf2.formats import lite
     from gpt2_tf2.formats import model_dir as formats
 
+    os.environ["GPT2_TF2_TFLITE_CACHE"] = out
     opened = formats.open_model_dir(model_dir)
     began = time.perf_counter()
-    data = lite.convert(formats.read_weights(opened), opened.hparams, dtype)
+    paths = lite.cached_parts(opened, dtype, lambda: formats.read_weights(opened), lambda m: None)
     seconds = time.perf_counter() - began
-    write_atomically(out, data)
-    return {"convert_s": seconds, "mb": len(data) / 1e6, "peak_gb": peak_gb()}
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    return {
+        "convert_s": seconds,
+        "mb": mb,
+        "peak_gb": peak_gb(),
+        "parts": len(paths),
+        "paths": paths,
+    }
 
 
 def language_model(impl: str, size: str, files: dict):
@@ -249,16 +256,17 @@ def main() -> None:
             files, model_dir = {}, os.path.join(work, f"{size}-model")
             measure(["--child", "write", "--size", size, "--out", model_dir])
             for dtype in ("float32", "int8"):
-                path = os.path.join(work, f"{size}-{dtype}.tflite")
+                path = os.path.join(work, f"{size}-{dtype}")
                 cmd = ["--child", "convert", "--size", size, "--dtype", dtype, "--out", path]
                 cmd += ["--model_dir", model_dir]
                 if dtype == "float32" and size == "1558M":
                     results["convert"][f"{size}-{dtype}"] = [{"error": "past 2 GB"}]
                     continue  # 6.2 GB: past a flatbuffer's 2 GB (formats.lite.check_size)
                 results["convert"][f"{size}-{dtype}"] = measure(cmd)
-                print(json.dumps({size: dtype, **results["convert"][f"{size}-{dtype}"][0]}))
-                if os.path.exists(path):
-                    files[dtype] = path
+                row = results["convert"][f"{size}-{dtype}"][0]
+                print(json.dumps({size: dtype, **row}))
+                if "paths" in row:
+                    files[dtype] = row.pop("paths")  # one file, or a large model's parts
             impls = [i for i in IMPLS if not i.startswith("tflite-") or i[7:] in files]
             if size != "124M":
                 impls.remove("hf_tf_xla")  # its random 1558M model alone takes most of the run

@@ -241,3 +241,28 @@ def test_released_file_pages_leave_memory_and_read_back(tmp_path):
     assert np.array_equal(view, data)  # read back from the page cache, unchanged
     del view
     mapped.close()
+
+
+def test_a_large_model_loads_in_parts_with_the_same_results(xla, tiny_model_dir, tmp_path):
+    """A model past formats.lite.PART_BYTES runs as several interpreters (one per part of its
+    blocks, each packed and released before the next): the same logits and tokens."""
+    from gpt2_tf2.formats import lite as lite_format
+    from gpt2_tf2.generation.language_model import load
+
+    old, cache = lite_format.PART_BYTES, os.environ.get("GPT2_TF2_TFLITE_CACHE")
+    os.environ["GPT2_TF2_TFLITE_CACHE"] = str(tmp_path)
+    lite_format.PART_BYTES = 1  # as many parts as blocks: two for the tiny model
+    try:
+        parts = load(tiny_model_dir, dtype="float32", backend="tflite")
+    finally:
+        lite_format.PART_BYTES = old
+        if cache is not None:
+            os.environ["GPT2_TF2_TFLITE_CACHE"] = cache
+    assert len(parts.lite.step.parts) == xla.hparams.n_layer == 2
+    assert len(os.listdir(tmp_path)) == 3  # two parts and the lock
+    tokens = np.random.default_rng(3).integers(0, 50000, (2, 12))
+    full = xla.model(tf.constant(tokens, tf.int32))["logits"].numpy()[:, 4:]
+    diff = np.max(np.abs(step_logits(parts, tokens, 5) - full))
+    assert diff < 1e-4, diff
+    kwargs = dict(length=12, nsamples=2, batch_size=2, top_k=1, seed=0)
+    assert parts.generate("Hello there", **kwargs) == xla.generate("Hello there", **kwargs)

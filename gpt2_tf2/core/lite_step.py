@@ -105,7 +105,7 @@ def block(x, w: dict, prefix: str, past_k, past_v, pos, first, hp: HParams):
     return x + tf.reshape(m, [b, n, e]), k, v
 
 
-def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list):
+def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list, layers=None, x=None):
     """The decode step: (logits [batch, len(logits_at), vocab], [new k, new v per layer]).
 
     tokens: int32 [batch, n] at columns pos .. pos + n - 1; offsets: int32 [batch], row b's
@@ -113,15 +113,23 @@ def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list):
     c stands at position c - offsets[b], as `GPT2.__call__`); logits_at: int32 [k], the
     positions of `tokens` whose logits are wanted; past: per layer keys then values,
     [batch * heads, T, head_dim] each, valid in columns offsets[b] .. pos - 1.
+
+    A part of the step: `layers` (first, end) runs only those blocks, from the hidden state `x`
+    [batch, n, embd] instead of tokens when first > 0, and returns the hidden state instead of
+    logits when end < n_layer (`part_layers`: a large model loads in parts).
     """
-    n = tf.shape(tokens)[1]
-    positions = tf.maximum(pos + tf.range(n)[None, :] - offsets[:, None], 0)  # [batch, n]
-    x = tf.gather(w["model/wte"], tokens) + tf.gather(w["model/wpe"], positions)  # [b, n, e]
+    first_layer, end = layers or (0, hp.n_layer)
+    if x is None:
+        n = tf.shape(tokens)[1]
+        positions = tf.maximum(pos + tf.range(n)[None, :] - offsets[:, None], 0)  # [batch, n]
+        x = tf.gather(w["model/wte"], tokens) + tf.gather(w["model/wpe"], positions)  # [b, n, e]
     first = tf.reshape(tf.repeat(offsets, hp.n_head), [-1, 1, 1])  # [batch * heads, 1, 1]
     new = []
-    for i in range(hp.n_layer):
-        x, k, v = block(x, w, f"model/h{i}", past[2 * i], past[2 * i + 1], pos, first, hp)
+    for j, i in enumerate(range(first_layer, end)):
+        x, k, v = block(x, w, f"model/h{i}", past[2 * j], past[2 * j + 1], pos, first, hp)
         new += [k, v]
+    if end < hp.n_layer:
+        return x, new
     x = layer_norm(x, w["model/ln_f/g"], w["model/ln_f/b"], hp.layer_norm_epsilon)
     x = tf.gather(x, logits_at, axis=1)  # [batch, k, embd]
     out = w.get("model/lm_head", w["model/wte"])  # [vocab, embd]: tied to wte in GPT-2
@@ -129,28 +137,46 @@ def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list):
     return tf.reshape(logits, [tf.shape(x)[0], -1, hp.n_vocab]), new
 
 
-def step_module(w: dict, hp: HParams, batch: int | None = None) -> tf.Module:
+def part_layers(hp: HParams, parts: int) -> list[tuple[int, int]]:
+    """The blocks of each of `parts` parts, as even as they split: [(first, end), ...]."""
+    parts = max(1, min(parts, hp.n_layer))
+    edges = [round(i * hp.n_layer / parts) for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> tf.Module:
     """A module holding the weights `w` (from `lite_weights`) whose `decode_step` is `step` as a
     tf.function with named inputs (tokens, pos, offsets, logits_at, past_key_i, past_value_i)
     and outputs (logits, key_i, value_i): what the converter takes, as a SavedModel signature
-    (`formats.lite`). Every length is dynamic (the caller resizes the inputs)."""
+    (`formats.lite`). Every length is dynamic (the caller resizes the inputs). A part
+    (`layers`) takes `x` [batch, n, embd] for tokens after the first blocks, and gives `x` for
+    logits before the last ones."""
+    first_layer, end = layers or (0, hp.n_layer)
     module = tf.Module()
     module.weights = w
-    shapes = {"tokens": [batch, None], "pos": [], "offsets": [batch], "logits_at": [None]}
+    shapes = {"pos": [], "offsets": [batch]}
+    if first_layer == 0:
+        shapes["tokens"] = [batch, None]
+    if end == hp.n_layer:
+        shapes["logits_at"] = [None]
     specs = {name: tf.TensorSpec(shape, tf.int32, name=name) for name, shape in shapes.items()}
-    for i in range(hp.n_layer):
+    if first_layer > 0:
+        specs["x"] = tf.TensorSpec([batch, None, hp.n_embd], tf.float32, name="x")
+    for i in range(first_layer, end):
         for kind in ("key", "value"):
             name = f"past_{kind}_{i}"  # [batch * heads, T, head_dim]
             specs[name] = tf.TensorSpec([None, None, hp.head_dim], tf.float32, name=name)
 
     @tf.function(input_signature=[specs], autograph=False)
     def decode_step(inputs):
-        past = [inputs[f"past_{kind}_{i}"] for i in range(hp.n_layer) for kind in ("key", "value")]
-        args = (inputs["tokens"], inputs["pos"], inputs["offsets"], inputs["logits_at"])
-        logits, new = step(module.weights, hp, *args, past)
-        out = {"logits": logits}
-        for i in range(hp.n_layer):
-            out[f"key_{i}"], out[f"value_{i}"] = new[2 * i], new[2 * i + 1]
+        past = [
+            inputs[f"past_{kind}_{i}"] for i in range(first_layer, end) for kind in ("key", "value")
+        ]
+        args = (inputs.get("tokens"), inputs["pos"], inputs["offsets"], inputs.get("logits_at"))
+        out_x, new = step(module.weights, hp, *args, past, (first_layer, end), inputs.get("x"))
+        out = {"logits" if end == hp.n_layer else "x": out_x}
+        for j, i in enumerate(range(first_layer, end)):
+            out[f"key_{i}"], out[f"value_{i}"] = new[2 * j], new[2 * j + 1]
         return out
 
     module.decode_step = decode_step

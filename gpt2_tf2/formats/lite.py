@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +29,9 @@ from gpt2_tf2.formats import lite_template
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
+# Sampling opens a model of more weights than this in parts (`cached_parts`): measured at 1558M
+# int8, one file peaked at 3.51 GB while XNNPACK packed it (the file and the packed copy).
+PART_BYTES = 512 * 2**20
 
 
 def check_dtype(dtype: str) -> str:
@@ -46,15 +50,16 @@ def check_size(hparams, dtype: str) -> None:
         )
 
 
-def convert(named, hparams, dtype: str) -> memoryview:
+def convert(named, hparams, dtype: str, layers=None) -> memoryview:
     """The decode step of a model with these weights (`GPT2.named_variables()`, arrays by the
     same names, or `model_dir.read_weights`; emptied as it goes) as .tflite bytes, in float32
     or int8 (see the module doc). The converter sees a template whose blocks share stand-in
-    weights; the real ones are written in after (`lite_template`)."""
+    weights; the real ones are written in after (`lite_template`). `layers` (first, end): only
+    that part of the step (`lite_step.part_layers`)."""
     check_size(hparams, dtype)
-    weights, stand_in = lite_template.template(named, hparams)
-    template = _converted(_variables(weights), hparams, dtype)
-    return lite_template.fill(template, stand_in, named, hparams)
+    weights, stand_in = lite_template.template(named, hparams, layers)
+    template = _converted(_variables(weights), hparams, dtype, layers)
+    return lite_template.fill(template, stand_in, named, hparams, layers)
 
 
 def _variables(weights: dict) -> dict:
@@ -67,9 +72,9 @@ def _variables(weights: dict) -> dict:
     return {name: made[id(array)] for name, array in weights.items()}
 
 
-def _converted(weights: dict, hparams, dtype: str) -> bytes:
+def _converted(weights: dict, hparams, dtype: str, layers=None) -> bytes:
     """TFLite's converter on the step of these variables, through a temporary SavedModel."""
-    module = lite_step.step_module(weights, hparams)
+    module = lite_step.step_module(weights, hparams, layers=layers)
     tmp = tempfile.mkdtemp(prefix="gpt2_tf2-tflite-")
     try:
         signature = module.decode_step.get_concrete_function()
@@ -91,7 +96,7 @@ def cache_dir() -> str:
     return user_cache_dir("tflite")
 
 
-def cache_key(model_dir, dtype: str) -> str:
+def cache_key(model_dir, dtype: str, layers=None) -> str:
     """A name for the converted step of this model directory's current weights: it changes when
     a weight file, hparams.json, the dtype, TensorFlow or the code that writes the step
     (`core.lite_step`, `formats.lite_template`) do."""
@@ -114,7 +119,8 @@ def cache_key(model_dir, dtype: str) -> str:
     identity = [os.path.realpath(prefix), stamp, dtype, tf.__version__, code]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     base = os.path.basename(os.path.realpath(folder)) or "model"
-    return f"{base}-{dtype}-{digest}.tflite"
+    part = "" if layers is None else f"-h{layers[0]}-{layers[1] - 1}"
+    return f"{base}-{dtype}-{digest}{part}.tflite"
 
 
 @contextlib.contextmanager
@@ -129,29 +135,45 @@ def _locked(path: str):
         os.close(fd)
 
 
-def cached_step(model_dir, dtype: str, load_weights, progress=print) -> str:
-    """The path of this model's converted step in `dtype`, converted now if not cached yet.
+def cached_step(model_dir, dtype: str, load_weights, progress=print, layers=None) -> str:
+    """The path of this model's converted step in `dtype` (or of its part running the blocks
+    `layers`), converted now if not cached yet.
 
     `load_weights()` gives the weights by name (called only to convert); `progress(message)`
-    is told about a conversion, which takes a while (about a minute at 124M)."""
+    is told about a conversion, which takes a while (about 20 seconds at 124M)."""
     check_dtype(dtype)
     check_size(model_dir.hparams, dtype)
     directory = cache_dir()
-    path = os.path.join(directory, cache_key(model_dir, dtype))
+    path = os.path.join(directory, cache_key(model_dir, dtype, layers))
     if os.path.isfile(path):
         return path
     try:
         os.makedirs(directory, exist_ok=True)
         with _locked(os.path.join(directory, ".lock")):
             if not os.path.isfile(path):  # another process may have converted it meanwhile
-                progress(f"converting {model_dir.path} to TensorFlow Lite ({dtype}), once")
-                write_atomically(path, convert(load_weights(), model_dir.hparams, dtype))
+                what = "" if layers is None else f", blocks {layers[0]}-{layers[1] - 1}"
+                progress(f"converting {model_dir.path} to TensorFlow Lite ({dtype}{what}), once")
+                data = convert(load_weights(), model_dir.hparams, dtype, layers)
+                write_atomically(path, data)
     except OSError as e:
         raise UserError(
             f"{directory}: cannot write the converted model ({e.strerror}); "
             f"set GPT2_TF2_TFLITE_CACHE to a writable directory"
         ) from None
     return path
+
+
+def cached_parts(model_dir, dtype: str, load_weights, progress=print) -> list[str]:
+    """The converted step for sampling, in parts of at most about PART_BYTES of weights each
+    (`lite_step.part_layers`; one part for most models): each part's interpreter packs its
+    weights and releases its file's pages before the next is opened, so a large model never
+    holds its file and XNNPACK's copy whole at once (`generation.lite.LiteStep`)."""
+    hp = model_dir.hparams
+    size = lite_step.parameter_count(hp) * (1 if dtype == "int8" else 4)
+    parts = lite_step.part_layers(hp, math.ceil(size / PART_BYTES))
+    if len(parts) == 1:
+        return [cached_step(model_dir, dtype, load_weights, progress)]
+    return [cached_step(model_dir, dtype, load_weights, progress, layers) for layers in parts]
 
 
 def write_export(step_path: str, model_dir, out: str) -> None:

@@ -37,27 +37,44 @@ def suffix(name: str) -> str:
     return name.split("/", 2)[2]  # model/h7/attn/c_attn/w -> attn/c_attn/w
 
 
-def template(named: dict, hp: HParams, seed: int = 0) -> tuple[dict, dict]:
-    """(weights for the converter, the stand-ins by block suffix) from weights by OpenAI name.
+def needed(name: str, hp: HParams, layers) -> bool:
+    """Whether the part of the step running blocks `layers` (first, end) reads weight `name`."""
+    first, end = layers
+    if is_block(name):
+        return first <= int(name.split("/")[1][1:]) < end
+    if name in ("model/wte", "model/wpe") and first == 0:
+        return True  # the embedding
+    return end == hp.n_layer and name != "model/wpe"  # the final norm and the output layer
+
+
+def template(named: dict, hp: HParams, layers=None, seed: int = 0) -> tuple[dict, dict]:
+    """(weights for the converter, the stand-ins by block suffix) from weights by OpenAI name,
+    for the blocks `layers` (first, end; default all) and what that part reads besides.
 
     The converter's weights are every weight outside the blocks, taken (popped) from `named`,
     and for every block the same stand-in arrays; `named` keeps the real block weights."""
+    layers = layers or (0, hp.n_layer)
     rng = np.random.default_rng(seed)
-    stand_in, weights = {}, {}
+    stand_in, weights, blocks = {}, {}, []
     for name in sorted(named):
+        if not needed(name, hp, layers):
+            continue
         if not is_block(name):
             weights[name] = lite_layout(name, named.pop(name))
-        elif name.startswith("model/h0/"):
+            continue
+        blocks.append(name)
+        if name.startswith(f"model/h{layers[0]}/"):
             shape = lite_layout(name, named[name]).shape
             stand_in[suffix(name)] = rng.normal(0.5, 0.1, shape).astype(np.float32)
-    for name in named:
+    for name in blocks:
         weights[name] = stand_in[suffix(name)]
     return weights, stand_in
 
 
-def fill(data: bytes, stand_in: dict, named: dict, hp: HParams) -> memoryview:
+def fill(data: bytes, stand_in: dict, named: dict, hp: HParams, layers=None) -> memoryview:
     """The converted template `data` with block i's weights `named.pop("model/h{i}/...")` where
-    it read the stand-ins: a .tflite file of the real model."""
+    it read the stand-ins: a .tflite file of the real model (of its blocks `layers`)."""
+    first, end = layers or (0, hp.n_layer)
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     if len(model.subgraphs) != 1:
         raise ConversionError(f"{len(model.subgraphs)} subgraphs")
@@ -65,11 +82,11 @@ def fill(data: bytes, stand_in: dict, named: dict, hp: HParams) -> memoryview:
     for name, value in stand_in.items():
         index = _find(model, graph, value, name)
         uses = [(op, k) for op in graph.operators for k, t in enumerate(op.inputs) if t == index]
-        if len(uses) != hp.n_layer:
+        if len(uses) != end - first:
             raise ConversionError(f"{name} is read {len(uses)} times, not once per block")
         original = graph.tensors[index]
         model.buffers[original.buffer].data = None  # the stand-in itself is dropped
-        for layer, (op, k) in enumerate(uses):
+        for layer, (op, k) in enumerate(uses, start=first):
             real = lite_layout(name, named.pop(f"model/h{layer}/{name}"))
             tensor = copy.copy(original)
             tensor.name = f"model/h{layer}/{name}".encode()
@@ -77,7 +94,7 @@ def fill(data: bytes, stand_in: dict, named: dict, hp: HParams) -> memoryview:
             tensor.buffer = len(model.buffers)
             model.buffers.append(schema.BufferT())
             model.buffers[-1].data = stored.reshape(-1).view(np.uint8)
-            if layer == 0:
+            if layer == first:
                 graph.tensors[index] = tensor
             else:
                 op.inputs[k] = len(graph.tensors)

@@ -655,6 +655,6 @@ def load_lite(directory: str, dtype: str, progress=None) -> LanguageModel:
     def weights():
         return formats.read_weights(opened)
 
-    path = lite_format.cached_step(opened, dtype, weights, progress or (lambda message: None))
-    decoder = lite.LiteDecoder(lite.LiteStep(path, opened.hparams))
+    paths = lite_format.cached_parts(opened, dtype, weights, progress or (lambda message: None))
+    decoder = lite.LiteDecoder(lite.LiteStep(paths, opened.hparams))
     return LanguageModel(opened.hparams, opened.encoder, None, directory, lite=decoder)

@@ -6,6 +6,11 @@ each step writes only its new column there, through NumPy views of those buffers
 copies the cache. The interpreter keeps its inputs between calls (TFLite never reuses a graph
 input's memory for intermediate results). Shapes change only between a prompt (n tokens) and the
 loop (one token): resizing costs a re-plan, not a conversion.
+
+A large model's step comes in parts of its blocks (`formats.lite.cached_parts`), one interpreter
+each, run in turn (each part's hidden state feeds the next): each part's file pages are released
+once XNNPACK has packed it, before the next part is opened, so the file and the packed copy are
+never both resident whole.
 """
 
 from __future__ import annotations
@@ -77,62 +82,98 @@ def make_interpreter(path: str, num_threads: int | None = None):
             raise UserError(f"{path}: not a TensorFlow Lite model ({first_line(e)})") from None
 
 
-class LiteStep:
-    """One decode step in an interpreter, the cache in its input buffers (see module doc)."""
+class _Part:
+    """One interpreter of a step: all of it, or the blocks `layers` of a large model's step."""
 
-    def __init__(self, path: str, hparams: HParams, num_threads: int | None = None):
-        self.hparams, self.path = hparams, path
+    def __init__(self, path: str, layers: tuple[int, int], step, num_threads: int | None):
+        self.path, self.layers = path, layers
         self.interpreter = make_interpreter(path, num_threads)
         try:  # TFLite applies XNNPACK here, at the first allocation: within load(), not later
             self.interpreter.allocate_tensors()
         except RuntimeError as e:
-            raise self._damaged(e) from None
-        release_file_pages(path)
-        signatures = self.interpreter.get_signature_list()
-        if "serving_default" not in signatures:
+            raise step.damaged(path, e) from None
+        release_file_pages(path)  # before the next part is packed: one copy of each at a time
+        if "serving_default" not in self.interpreter.get_signature_list():
             raise UserError(f"{path}: not a gpt2_tf2 decode step (it has no serving_default)")
         runner = self.interpreter.get_signature_runner()
-        self._in = {name: d["index"] for name, d in runner.get_input_details().items()}
-        self._out = {name: d["index"] for name, d in runner.get_output_details().items()}
-        names = [f"past_{kind}_{i}" for i in range(hparams.n_layer) for kind in ("key", "value")]
-        self._past = [self._in.get(name) for name in names]
-        self._new = [self._out.get(name[5:]) for name in names]  # key_i, value_i
-        if None in self._past or None in self._new or "logits" not in self._out:
-            raise UserError(f"{path}: its inputs do not match a {hparams.n_layer}-layer model")
+        self.inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
+        self.outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+
+    def set(self, name: str, value) -> None:
+        self.interpreter.set_tensor(self.inputs[name], value)
+
+
+class LiteStep:
+    """One decode step in one interpreter, or in several that each run some of the blocks (a
+    large model, `formats.lite.cached_parts`), the cache in their input buffers (module doc)."""
+
+    def __init__(self, paths, hparams: HParams, num_threads: int | None = None):
+        from gpt2_tf2.core.lite_step import part_layers
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        self.hparams, self.path = hparams, paths[0]
+        self.parts = [
+            _Part(path, layers, self, num_threads)
+            for path, layers in zip(paths, part_layers(hparams, len(paths)))
+        ]
+        self._past, self._new = [], []  # (part, tensor index) per layer: keys, then values
+        for part in self.parts:
+            for i in range(*part.layers):
+                for kind in ("key", "value"):
+                    self._past.append((part, part.inputs.get(f"past_{kind}_{i}")))
+                    self._new.append((part, part.outputs.get(f"{kind}_{i}")))
+        last = self.parts[-1]
+        if any(i is None for _, i in self._past + self._new) or "logits" not in last.outputs:
+            where = ", ".join(paths)
+            raise UserError(f"{where}: its inputs do not match a {hparams.n_layer}-layer model")
         self._shape = None
 
     def _resize(self, batch: int, n: int, cache_len: int, k: int) -> None:
         if self._shape == (batch, n, cache_len, k):
             return
-        it, hp = self.interpreter, self.hparams
-        it.resize_tensor_input(self._in["tokens"], [batch, n])
-        it.resize_tensor_input(self._in["offsets"], [batch])
-        it.resize_tensor_input(self._in["logits_at"], [k])
-        for index in self._past:
-            it.resize_tensor_input(index, [batch * hp.n_head, cache_len, hp.head_dim])
-        try:
-            it.allocate_tensors()
-        except RuntimeError as e:
-            raise self._damaged(e) from None
+        hp = self.hparams
+        for part in self.parts:
+            it = part.interpreter
+            if "tokens" in part.inputs:
+                it.resize_tensor_input(part.inputs["tokens"], [batch, n])
+            else:
+                it.resize_tensor_input(part.inputs["x"], [batch, n, hp.n_embd])
+            it.resize_tensor_input(part.inputs["offsets"], [batch])
+            if "logits_at" in part.inputs:
+                it.resize_tensor_input(part.inputs["logits_at"], [k])
+        for part, index in self._past:
+            part.interpreter.resize_tensor_input(index, [batch * hp.n_head, cache_len, hp.head_dim])
+        for part in self.parts:
+            try:
+                part.interpreter.allocate_tensors()
+            except RuntimeError as e:
+                raise self.damaged(part.path, e) from None
         self._shape = (batch, n, cache_len, k)
 
-    def _set(self, name: str, value) -> None:
-        self.interpreter.set_tensor(self._in[name], np.asarray(value, np.int32))
-
     def _invoke(self, tokens, pos: int, offsets, logits_at) -> np.ndarray:
-        self._set("tokens", tokens)
-        self._set("pos", pos)
-        self._set("offsets", offsets)
-        self._set("logits_at", logits_at)
-        try:
-            self.interpreter.invoke()
-        except RuntimeError as e:
-            raise self._damaged(e) from None
-        return self.interpreter.get_tensor(self._out["logits"])  # a copy: [batch, k, vocab]
+        x = None
+        for part in self.parts:
+            if x is None:
+                part.set("tokens", np.asarray(tokens, np.int32))
+            else:
+                part.set("x", x)
+            part.set("pos", np.asarray(pos, np.int32))
+            part.set("offsets", np.asarray(offsets, np.int32))
+            if "logits_at" in part.inputs:
+                part.set("logits_at", np.asarray(logits_at, np.int32))
+            try:
+                part.interpreter.invoke()
+            except RuntimeError as e:
+                raise self.damaged(part.path, e) from None
+            if "x" in part.outputs:
+                x = part.interpreter.get_tensor(part.outputs["x"])  # [batch, n, embd]
+        last = self.parts[-1]
+        return last.interpreter.get_tensor(last.outputs["logits"])  # a copy: [batch, k, vocab]
 
-    def _damaged(self, error) -> UserError:
+    @staticmethod
+    def damaged(path, error) -> UserError:
         return UserError(
-            f"{self.path}: TensorFlow Lite cannot run it ({first_line(error)}); it does not hold "
+            f"{path}: TensorFlow Lite cannot run it ({first_line(error)}); it does not hold "
             f"this model's decode step: convert or export it again"
         )
 
@@ -141,10 +182,10 @@ class LiteStep:
         the keys and values of the n columns per layer, [batch * heads, n, head_dim] each)."""
         batch, n = np.shape(tokens)
         self._resize(batch, n, 1, len(logits_at))  # one cache column, masked (pos 0)
-        for index in self._past:
-            self.interpreter.tensor(index)().fill(0)  # masked, but 0 * NaN would be NaN
+        for part, index in self._past:
+            part.interpreter.tensor(index)().fill(0)  # masked, but 0 * NaN would be NaN
         logits = self._invoke(tokens, 0, offsets, logits_at)
-        return logits, [self.interpreter.get_tensor(index) for index in self._new]
+        return logits, [part.interpreter.get_tensor(index) for part, index in self._new]
 
     def start(self, columns: list, cache_len: int) -> None:
         """Size the cache for one token at a time and fill its first columns with `columns`
@@ -153,8 +194,8 @@ class LiteStep:
         batch = columns[0].shape[0] // self.hparams.n_head
         self._resize(batch, 1, cache_len, 1)
         n = columns[0].shape[1]
-        for index, value in zip(self._past, columns):
-            past = self.interpreter.tensor(index)()  # a view of the input buffer
+        for (part, index), value in zip(self._past, columns):
+            past = part.interpreter.tensor(index)()  # a view of the input buffer
             past.fill(0)
             past[:, :n] = value
 
@@ -162,8 +203,9 @@ class LiteStep:
         """The logits [batch, vocab] after tokens [batch] at column `pos` (after `start`); their
         keys and values are written into the cache at that column."""
         logits = self._invoke(np.reshape(tokens, [-1, 1]), pos, offsets, [0])
-        for past, new in zip(self._past, self._new):
-            self.interpreter.tensor(past)()[:, pos : pos + 1] = self.interpreter.tensor(new)()
+        for (part, past), (_, new) in zip(self._past, self._new):
+            it = part.interpreter
+            it.tensor(past)()[:, pos : pos + 1] = it.tensor(new)()
         return logits[:, 0]
 
 
