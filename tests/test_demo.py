@@ -167,3 +167,28 @@ def test_build_tool_refuses_to_replace(tmp_path):
         "Debian's fortunes"
         in run_cli([os.path.join(REPO, "tools", "build_demo.py"), "--help"]).stdout
     )
+
+
+def decoding_examples() -> list[tuple[list[str], str]]:
+    """The README's demo decoding commands and the text each is shown to print (its next line:
+    '#', then the continuation up to <|endoftext|>, its lines stripped and joined by ' / ')."""
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    lines = text.splitlines()
+    found = []
+    for line, shown in zip(lines, lines[1:]):
+        if line.startswith("python -m gpt2_tf2.sample --model_name demo") and shown.startswith("#"):
+            found.append((shlex.split(line)[1:], shown[2:]))
+    return found
+
+
+def test_readme_decoding_examples_print_what_it_shows():
+    """Greedy, beam, and their cures on the demo: the README shows what they print (a new demo
+    model means new lines there)."""
+    examples = decoding_examples()
+    assert len(examples) == 4
+    for args, shown in examples:
+        done = run_cli(args, env=OFFLINE, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        sample = re.split(r"=+ SAMPLE \d+ =+\n", done.stdout)[1]
+        first, *rest = sample.split("<|endoftext|>")[0].rstrip("\n").split("\n")
+        assert " / ".join([first] + [line.strip() for line in rest]) == shown, (args, sample)
