@@ -1,12 +1,17 @@
 """TensorFlow Lite files: a model's decode step (`core.lite_step`) converted once, kept in a cache
 on disk, or exported beside its vocabulary for TFLite's other bindings.
 
-The conversion goes through a temporary SavedModel holding the weights as variables: a
-concrete function with the weights as constants is serialized as one GraphDef, which protobuf
-caps at 2 GB (774M in float32 is 3.1 GB). `dtype` int8 is TFLite's dynamic-range quantization
-(`tf.lite.Optimize.DEFAULT`): every weight matrix stored as int8 with a float scale per output
-channel, multiplied in int8 against activations quantized on the fly; layer norms, softmax and
-the logits' accumulation stay float32 (TFLite's post-training quantization guide).
+TFLite's converter runs on a template whose blocks share stand-in weights, and the real weights
+are written into its output after (`lite_template`: the converter alone needed 16 GB for
+1558M). The template goes through a temporary SavedModel holding its weights as variables (a
+concrete function with constants is one GraphDef, which protobuf caps at 2 GB). For sampling,
+a model past PART_BYTES of weights is converted in parts of its blocks (`cached_parts`), so
+that it is never packed by XNNPACK beside its whole mapped file.
+
+`dtype` int8 is TFLite's dynamic-range quantization (`tf.lite.Optimize.DEFAULT`): every weight
+matrix stored as int8 with a float scale per output channel, multiplied in int8 against
+activations quantized on the fly; layer norms, softmax and the logits' accumulation stay float32
+(TFLite's post-training quantization guide).
 """
 
 from __future__ import annotations
