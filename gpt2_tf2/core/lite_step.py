@@ -37,16 +37,6 @@ def lite_layout(name: str, value) -> np.ndarray:
     return value
 
 
-def lite_weights(named: dict) -> dict:
-    """Variables for `step` from `GPT2.named_variables()` (or arrays of the same names), which
-    it empties as it goes (so that at most one model and one copy of a weight are in memory)."""
-    out = {}
-    for name in sorted(named):
-        value = lite_layout(name, named.pop(name))
-        out[name] = tf.Variable(value, trainable=False, name=name.replace("/", "_"))
-    return out
-
-
 def parameter_count(hp: HParams) -> int:
     """How many numbers the step's weights hold (GPT-2's count, plus an untied output layer)."""
     e = hp.n_embd
@@ -145,12 +135,12 @@ def part_layers(hp: HParams, parts: int) -> list[tuple[int, int]]:
 
 
 def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> tf.Module:
-    """A module holding the weights `w` (from `lite_weights`) whose `decode_step` is `step` as a
-    tf.function with named inputs (tokens, pos, offsets, logits_at, past_key_i, past_value_i)
-    and outputs (logits, key_i, value_i): what the converter takes, as a SavedModel signature
-    (`formats.lite`). Every length is dynamic (the caller resizes the inputs). A part
-    (`layers`) takes `x` [batch, n, embd] for tokens after the first blocks, and gives `x` for
-    logits before the last ones."""
+    """A module holding the weights `w` (tf.Variables by name, in `lite_layout`) whose
+    `decode_step` is `step` as a tf.function with named inputs (tokens, pos, offsets,
+    logits_at, past_key_i, past_value_i) and outputs (logits, key_i, value_i): what the
+    converter takes, as a SavedModel signature (`formats.lite`). Every length is dynamic (the
+    caller resizes the inputs). A part (`layers`) takes `x` [batch, n, embd] for tokens after
+    the first blocks, and gives `x` for logits before the last ones."""
     first_layer, end = layers or (0, hp.n_layer)
     module = tf.Module()
     module.weights = w

@@ -45,9 +45,14 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
+def weight_bytes(hparams, dtype: str) -> int:
+    """What the step's weights take in a .tflite file in `dtype`."""
+    return lite_step.parameter_count(hparams) * (1 if dtype == "int8" else 4)
+
+
 def check_size(hparams, dtype: str) -> None:
     """One line, before any work, for a model whose weights do not fit a flatbuffer."""
-    size = lite_step.parameter_count(hparams) * (1 if dtype == "int8" else 4)
+    size = weight_bytes(hparams, dtype)
     if size >= FLATBUFFER_LIMIT:
         raise UserError(
             f"this model's weights take {size / 1e9:.1f} GB in {dtype}, past TensorFlow Lite's "
@@ -174,8 +179,7 @@ def cached_parts(model_dir, dtype: str, load_weights, progress=print) -> list[st
     weights and releases its file's pages before the next is opened, so a large model never
     holds its file and XNNPACK's copy whole at once (`generation.lite.LiteStep`)."""
     hp = model_dir.hparams
-    size = lite_step.parameter_count(hp) * (1 if dtype == "int8" else 4)
-    parts = lite_step.part_layers(hp, math.ceil(size / PART_BYTES))
+    parts = lite_step.part_layers(hp, math.ceil(weight_bytes(hp, dtype) / PART_BYTES))
     if len(parts) == 1:
         return [cached_step(model_dir, dtype, load_weights, progress)]
     return [cached_step(model_dir, dtype, load_weights, progress, layers) for layers in parts]

@@ -115,9 +115,10 @@ def _find(model, graph, value: np.ndarray, name: str) -> int:
     found = []
     for index, tensor in enumerate(graph.tensors):
         data = model.buffers[tensor.buffer].data
-        if data is None or len(data) != value.size * (4 if tensor.type == 0 else 1):
+        float32 = tensor.type == schema.TensorType.FLOAT32
+        if data is None or len(data) != value.size * (4 if float32 else 1):
             continue
-        if tensor.type == schema.TensorType.FLOAT32:
+        if float32:
             if np.array_equal(data.view(np.float32), value.reshape(-1)):
                 found.append(index)
         elif tensor.type == schema.TensorType.INT8 and tuple(tensor.shape) == value.shape:
