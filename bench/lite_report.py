@@ -22,9 +22,13 @@ def medians(results: dict, size: str, impl: str) -> dict:
             statistics.median(r["tok_s"] for r in rows),
             statistics.median(r["first_s"] for r in rows),
         )
-    if rounds:
-        out["peak"] = statistics.median(r[-1]["peak_gb"] for r in rounds)
-        out["resident"] = statistics.median(r[-1].get("resident_gb", math.nan) for r in rounds)
+    full = [r for r in rounds if len(r) == max(map(len, rounds))]  # every batch size in a process
+    if full:
+        out["peak"] = statistics.median(r[-1]["peak_gb"] for r in full)
+        out["resident"] = statistics.median(r[-1].get("resident_gb", math.nan) for r in full)
+    alone = [r[0] for r in rounds if len(r) == 1 and r[0]["batch"] == 1]  # `--batches 1` runs
+    if alone:
+        out["peak1"] = statistics.median(r["peak_gb"] for r in alone)
     return out
 
 
@@ -49,7 +53,33 @@ def speed_table(results, size, names, batches) -> tuple[list[str], dict]:
     return lines, found
 
 
-def ratio_lines(size: str, found: dict, batches) -> list[str]:
+def measured_line(results: dict, size: str, names: dict) -> str:
+    """When a size was measured, and how many interleaved rounds each implementation ran."""
+    when = results.get("measured", {}).get(size, [])
+    when = [when] if isinstance(when, str) else when
+    runs = f"runs started {' and '.join(when)}" if len(when) > 1 else f"a run started {when[0]}"
+    rounds = [
+        f"{name.removeprefix('gpt2_tf2, ')} {len(results['sample'][f'{size}|{impl}'])}"
+        for impl, name in names.items()
+        if f"{size}|{impl}" in results["sample"]
+    ]
+    return f"Measured in {runs if when else 'an earlier run'}; rounds: {', '.join(rounds)}."
+
+
+def size_batches(results: dict, size: str) -> list[int]:
+    """The batch sizes measured for `size` (a run with `--append --batches 1` adds rounds)."""
+    rounds = [r for key, v in results["sample"].items() if key.startswith(f"{size}|") for r in v]
+    return sorted({row["batch"] for r in rounds for row in r if "batch" in row})
+
+
+def round_ratios(results: dict, size: str, impl: str, batch: int) -> list[float]:
+    """impl's tokens/s over XLA's, round by round (the two ran one after the other in each)."""
+    pairs = zip(*(results["sample"].get(f"{size}|{i}", []) for i in (impl, "xla")))
+    rows = [[row for row in r if row.get("batch") == batch] for pair in pairs for r in pair]
+    return [a[0]["tok_s"] / b[0]["tok_s"] for a, b in zip(rows[::2], rows[1::2]) if a and b]
+
+
+def ratio_lines(results: dict, size: str, found: dict, batches) -> list[str]:
     lines = []
     xla = found.get("xla")
     if not xla:
@@ -63,15 +93,22 @@ def ratio_lines(size: str, found: dict, batches) -> list[str]:
                 target = ""
                 if b == 1:
                     want = TARGETS[size] if impl == "tflite-int8" else 1.2
-                    target = f" (target {want}x: {'met' if ratio >= want else 'missed'})"
+                    target = f" (target {want}x: {'met' if ratio >= want else 'missed'}"
+                    each = round_ratios(results, size, impl, b)
+                    target += f"; round by round {', '.join(f'{r:.1f}' for r in each)})"
                 lines.append(f"- {size}, batch {b}: {label} {ratio:.2f}x XLA float32{target}.")
     peer = found.get("hf_tf_xla")
-    if peer and "tflite-int8" in found:
-        ratio = found["tflite-int8"][1][0] / peer[1][0]
-        lines.append(f"- {size}, batch 1: TFLite int8 {ratio:.2f}x the best peer (HF TF, XLA).")
+    for b in batches:
+        if peer and b in peer and b in found.get("tflite-int8", {}):
+            ratio = found["tflite-int8"][b][0] / peer[b][0]
+            peer_name = "the best peer (HF TF, XLA)"
+            lines.append(f"- {size}, batch {b}: TFLite int8 {ratio:.2f}x {peer_name}.")
     if "tflite-int8" in found:
-        peak = found["tflite-int8"]["peak"]
+        both = peak = found["tflite-int8"]["peak"]
+        peak = found["tflite-int8"].get("peak1", peak)  # batch 1 alone, where a run measured it
         note = " (target under 3 GB: " + ("met" if peak < 3 else "missed") + ")"
+        if peak != both:
+            note = f" at batch 1 alone{note}; {both:.2f} GB with batch 8 after it"
         lines.append(
             f"- {size}: peak memory sampling with int8 {peak:.2f} GB"
             f"{note if size == '1558M' else ''}, resident while sampling "
@@ -138,16 +175,16 @@ def cpu_features() -> str:
 
 
 def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
-    batches = [int(b) for b in args.batches.split(",")]
     sections = []
     for size in args.sizes.split(","):
-        size_batches = batches if size == "124M" else batches[:1]
-        table, found = speed_table(results, size, names, size_batches)
+        batches = size_batches(results, size)
+        table, found = speed_table(results, size, names, batches)
         sections.append(
             f"### {size} ({prompt}-token prompt, {new[size]} new tokens)\n\n"
+            + f"{measured_line(results, size, names)}\n\n"
             + "\n".join(table)
             + "\n\n"
-            + "\n".join(ratio_lines(size, found, size_batches))
+            + "\n".join(ratio_lines(results, size, found, batches))
             + "\n"
         )
     threads = results.get("threads", {})
@@ -158,8 +195,23 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
             f"thread and {threads['2']:.1f} ms on two"
         )
     xla124 = medians(results, "124M", "xla").get(1, (float("nan"),))[0]
-    m1558 = {i: medians(results, "1558M", i).get(1, (float("nan"),))[0] for i in names}
-    ratio1558 = f"{m1558['tflite-int8'] / m1558['xla']:.1f}"
+    gains = ", ".join(
+        f"{int8[b][0] / xla[b][0]:.1f}x at {size}, batch {b}"
+        for size in ("124M", "1558M")
+        for int8, xla in [(medians(results, size, "tflite-int8"), medians(results, size, "xla"))]
+        for b in (1, 8)
+        if b in int8 and b in xla
+    )
+    peer_line = ""
+    m1558 = {i: medians(results, "1558M", i) for i in ("xla", "hf_tf_xla")}
+    if all(1 in m for m in m1558.values()):
+        speeds = [r[0]["tok_s"] for r in results["sample"]["1558M|xla"] if r[0]["batch"] == 1]
+        each = ", ".join(f"{r:.1f}" for r in round_ratios(results, "1558M", "hf_tf_xla", 1))
+        peer_line = f"""
+At 1558M, batch 1, the peer ran {m1558["hf_tf_xla"][1][0] / m1558["xla"][1][0]:.2f}x our XLA
+float32 (medians; in the rounds both ran, {each}; ours alone moved between {min(speeds):.2f} and
+{max(speeds):.2f} tokens/s over its rounds; at 124M the two were level): too few quiet rounds to
+call. Both read 4 bytes per weight; the peer decodes greedily, ours samples."""
     conv = results["convert"].get("1558M-int8", [{}])[0]
     conv1558 = "(not measured)"
     if "convert_s" in conv:
@@ -170,13 +222,19 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
     return f"""# TensorFlow Lite and int8 weights: sampling speed, memory and quality
 
 `python bench/lite_speed.py` ({time.strftime("%Y-%m-%d")}, {platform.machine()},
-{os.cpu_count()} CPU cores, no GPU; {args.rounds} interleaved rounds, medians; run in the peers'
+{os.cpu_count()} CPU cores, no GPU; interleaved rounds, medians; run in the peers'
 environment, bench/requirements-peers.txt). Random weights in the release shapes. gpt2_tf2
 samples at temperature 1 over the whole vocabulary (`generate_tokens` defaults), the same on
 every backend; the peer decodes greedily (its cheapest). Tokens/s is the median of
 {args.repeats} calls after the first. Peak memory is the process's
-peak resident set (the weights built or the .tflite file mapped, and the sampling); resident
-while sampling is its resident set after the last call.
+peak resident set (the weights built or the .tflite file mapped, and the sampling at both batch
+sizes, batch 8 last, in one process); resident
+while sampling is its resident set after the last call. Each size's rows come from one run,
+timed under its heading (`--sizes 1558M --keep` measures one size and keeps the other's rows;
+`--append` adds rounds): compare rows within a table, not across them. Machines of this kind
+have run the same 1558M step 3x slower from one session to the next (XLA float32, batch 1: 3.3
+tokens/s on one, 1.0 on another) and up to 2x slower from one round to the next, so each ratio
+below is of medians over interleaved rounds, and the batch-1 lines give it round by round too.
 
 ## Sampling
 
@@ -201,18 +259,19 @@ scores each quotation on its own, hence its lower numbers):
 ## Where the time goes, and what limits int8 here
 
 A float32 step reads 4 bytes per weight, an int8 step one, so int8 pays most where reading the
-weights is the cost: at 1558M the gain is {ratio1558}x; at 124M less, because the step is small
-enough that other costs show. Besides the TFLite step (XNNPACK's dynamic-range kernels:
-activations quantized per step, int8 weights, int32 sums), a token costs the sampling (the same
-compiled code the XLA loop runs: temperature 1 over the whole vocabulary, 2-3 ms) and Python
-between the two (calling the compiled sampling, writing the new cache column: about 2 ms).
+weights is the cost ({gains}): the smaller the model and the batch, the more
+of a step's time goes to costs that int8 does not shrink. Besides the TFLite step (XNNPACK's
+dynamic-range kernels: activations quantized per step, int8 weights, int32 sums), a token costs
+the sampling (the same compiled code the XLA loop runs: temperature 1 over the whole vocabulary,
+2-3 ms) and Python between the two (calling the compiled sampling, writing the new cache column:
+about 2 ms).
 TFLite float32 reads the same 4 bytes per weight as XLA float32 and pays those per-token costs
 besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it ran level with XLA
 ({f32_ratio}), not the 1.2x the issue hoped for; XNNPACK's float32 kernels gain nothing on
 XLA's at the memory bound. This
 machine's cores have {features}; {thread_line}. The attention over the cache stays float32 and
 grows with the context. XLA float32 at 124M, batch 1, ran {xla124:.1f} tokens/s here
-(docs/benchmarks.md's machine: 72.5).
+(docs/benchmarks.md's machine: 72.5).{peer_line}
 
 Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
 every page of the mapped file, so for that moment both copies are resident. A model of more

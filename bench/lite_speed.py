@@ -114,7 +114,9 @@ def sample(impl: str, size: str, files: dict, batches: list[int], repeats: int) 
         import sample_speed
 
         sample_speed.NEW = new
-        generate, _, _ = sample_speed.hf_tf(True)
+        hp = hparams(size)
+        config = {"n_embd": hp.n_embd, "n_layer": hp.n_layer, "n_head": hp.n_head}
+        generate, _, _ = sample_speed.hf_tf(True, config)
     else:
         lm = language_model(impl, size, files)
 
@@ -240,6 +242,12 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the last run's rows of the sizes not measured"
     )
+    parser.add_argument("--impls", default=",".join(IMPLS), help="which implementations to run")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's rounds to the saved ones (same machine, more rounds); implies --keep",
+    )
     parser.add_argument("--report", action="store_true", help="rewrite the page, measure nothing")
     args = parser.parse_args()
     if args.child:
@@ -256,6 +264,8 @@ def main() -> None:
             files, model_dir = {}, os.path.join(work, f"{size}-model")
             measure(["--child", "write", "--size", size, "--out", model_dir])
             for dtype in ("float32", "int8"):
+                if f"tflite-{dtype}" not in args.impls.split(","):
+                    continue
                 path = os.path.join(work, f"{size}-{dtype}")
                 cmd = ["--child", "convert", "--size", size, "--dtype", dtype, "--out", path]
                 cmd += ["--model_dir", model_dir]
@@ -267,10 +277,12 @@ def main() -> None:
                 print(json.dumps({size: dtype, **row}))
                 if "paths" in row:
                     files[dtype] = row.pop("paths")  # one file, or a large model's parts
-            impls = [i for i in IMPLS if not i.startswith("tflite-") or i[7:] in files]
-            if size != "124M":
-                impls.remove("hf_tf_xla")  # its random 1558M model alone takes most of the run
-            batches = args.batches if size == "124M" else args.batches.split(",")[0]
+            impls = [
+                i for i in args.impls.split(",") if not i.startswith("tflite-") or i[7:] in files
+            ]
+            batches = args.batches
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            results.setdefault("measured", {})[size] = [when]
             for round_ in range(args.rounds):
                 for impl in impls:
                     cmd = ["--child", impl, "--size", size, "--files", json.dumps(files)]
@@ -289,13 +301,22 @@ def main() -> None:
         results["demo"] = measure(["--child", "demo"], env)
     saved = os.path.join(ROOT, "docs", "tflite-speed.json")
     sizes = args.sizes.split(",")
-    if args.keep and os.path.exists(saved):  # the other sizes' rows from the last run
+    if (args.keep or args.append) and os.path.exists(
+        saved
+    ):  # the other sizes' rows from the last run
         with open(saved, encoding="utf-8") as f:
             old = json.load(f)
         for part in ("convert", "sample", "quality"):
             for key, value in old[part].items():
-                if not any(key.startswith(size) for size in sizes):
-                    results[part][key] = value
+                if args.append and part == "sample" and key in results[part]:
+                    results[part][key] = value + results[part][key]  # earlier rounds first
+                elif args.append or not any(key.startswith(size) for size in sizes):
+                    results[part].setdefault(key, value)
+        results["threads"] = results["threads"] or old.get("threads", {})  # a 124M measurement
+        for size, when in old.get("measured", {}).items():
+            when = [when] if isinstance(when, str) else when
+            if args.append or size not in sizes:
+                results["measured"][size] = when + results["measured"].get(size, [])
         args.sizes = ",".join(dict.fromkeys(old.get("sizes", []) + sizes))
     results["sizes"] = args.sizes.split(",")
     with open(saved, "w", encoding="utf-8") as f:

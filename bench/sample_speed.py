@@ -51,11 +51,12 @@ def ours(settings: dict | None):
     return generate, lambda: lm._decode.experimental_get_tracing_count(), tf
 
 
-def hf_tf(xla: bool):
+def hf_tf(xla: bool, config: dict | None = None):
+    """HF's TF GPT-2 (124M unless `config` gives other GPT2Config fields), random weights."""
     import tensorflow as tf
     from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    model = TFGPT2LMHeadModel(GPT2Config())
+    model = TFGPT2LMHeadModel(GPT2Config(**(config or {})))
     fn = tf.function(model.generate, jit_compile=True) if xla else model.generate
 
     def generate(ids):
