@@ -112,13 +112,18 @@ def heldout_loss(model_dir: str, work: str) -> dict:
     return out
 
 
-def samples(model_dir: str, prompts: dict[str, str], length: int, seed: int) -> dict[str, str]:
-    """A continuation of each prompt (top-k 40, as the original's default settings)."""
+SAMPLING = dict(top_k=40, temperature=0.7)  # the README's quickstart settings
+
+
+def samples(model_dir: str, prompts: dict[str, str], length: int, seed: int) -> dict[str, list]:
+    """Two continuations of each prompt, as the README's quickstart samples them."""
     from gpt2_tf2.api import load
 
     lm = load(model_dir)
     return {
-        prompt: lm.generate(prompt, length=length, top_k=40, seed=seed, stop_at_endoftext=True)[0]
+        prompt: lm.generate(
+            prompt, length=length, nsamples=2, seed=seed, stop_at_endoftext=True, **SAMPLING
+        )
         for prompt in prompts.values()
     }
 
@@ -306,7 +311,11 @@ def readme(info: dict) -> str:
         f"{loss['trained'][lang]['tokens']} |"
         for lang in ("en", "ru")
     )
-    shown = "\n\n".join(f"```\n{prompt}{text}\n```" for prompt, text in info["samples"].items())
+    shown = "\n\n".join(
+        f"```\n{prompt}{text}\n```"
+        for prompt, texts in info["samples"].items()
+        for text in ([texts] if isinstance(texts, str) else texts)
+    )
     return README.format(
         en=c["en"],
         ru=c["ru"],
@@ -331,7 +340,7 @@ English and Russian. It is here so that `git clone` plus one command shows the p
 offline, in seconds; its text is fortune-cookie-like, not GPT-2's. The real releases (124M and
 up) are downloaded by `python -m gpt2_tf2.download`.
 
-    python -m gpt2_tf2.sample --model_name demo --length 60 --nsamples 2
+    python -m gpt2_tf2.sample --model_name demo --length 60 --top_k 40 --temperature 0.7
 
 Rebuild it from scratch (about {total:.0f} minutes on {cpu} CPU cores) with
 
@@ -386,7 +395,9 @@ same shape freshly initialised by `init` (uniform guessing would be ln {s[vocab_
 
 ## Samples
 
-Top-k 40, 40 tokens, after the prompts "The meaning of life is" and "Жизнь — это":
+Two of 40 tokens at most after each of the prompts "The meaning of life is" and "Жизнь — это",
+top-k 40 at temperature 0.7 (the README's quickstart settings; at 1.0 a model this small picks
+misspelt words more often):
 
 {shown}
 """
