@@ -73,10 +73,14 @@ def size_batches(results: dict, size: str) -> list[int]:
 
 
 def round_ratios(results: dict, size: str, impl: str, batch: int) -> list[float]:
-    """impl's tokens/s over XLA's, round by round (the two ran one after the other in each)."""
-    pairs = zip(*(results["sample"].get(f"{size}|{i}", []) for i in (impl, "xla")))
-    rows = [[row for row in r if row.get("batch") == batch] for pair in pairs for r in pair]
-    return [a[0]["tok_s"] / b[0]["tok_s"] for a, b in zip(rows[::2], rows[1::2]) if a and b]
+    """impl's tokens/s over XLA's, round by round (the two ran one after the other in each):
+    rounds are matched by the run and round they came from."""
+    speeds = []
+    for i in (impl, "xla"):
+        rounds = results["sample"].get(f"{size}|{i}", [])
+        rows = [row for r in rounds for row in r if row.get("batch") == batch]
+        speeds.append({row.get("round", n): row["tok_s"] for n, row in enumerate(rows)})
+    return [speeds[0][k] / speeds[1][k] for k in speeds[0] if k in speeds[1]]
 
 
 def ratio_lines(results: dict, size: str, found: dict, batches) -> list[str]:

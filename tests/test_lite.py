@@ -5,6 +5,7 @@ tools/tflite_generate.py in a process without gpt2_tf2; bad input."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -241,6 +242,27 @@ def test_released_file_pages_leave_memory_and_read_back(tmp_path):
     assert np.array_equal(view, data)  # read back from the page cache, unchanged
     del view
     mapped.close()
+
+
+def test_each_part_of_a_large_float32_model_fits_a_file():
+    """1558M in float32 (6.2 GB) is past a .tflite file's 2 GB: export refuses it, and sampling
+    converts it in parts, each under the limit, the first and the last with a copy of wte each."""
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.lite_step import part_layers
+    from gpt2_tf2.formats import lite as lite_format
+
+    hp = PRESETS["1558M"]
+    whole = lite_format.weight_bytes(hp, "float32")
+    assert whole == 4 * hp.num_params() and lite_format.weight_bytes(hp, "int8") * 4 == whole
+    with pytest.raises(UserError, match="2 GB per file"):
+        lite_format.check_size(hp, "float32")
+    parts = part_layers(hp, math.ceil(whole / lite_format.PART_BYTES))
+    sizes = [lite_format.weight_bytes(hp, "float32", layers) for layers in parts]
+    assert parts == [(i, i + 4) for i in range(0, 48, 4)]  # 6.23 GB / 512 MiB: 12 parts
+    assert max(sizes) < lite_format.FLATBUFFER_LIMIT
+    for layers in parts:
+        lite_format.check_size(hp, "float32", layers)
+    assert sum(sizes) == whole + 4 * hp.n_vocab * hp.n_embd
 
 
 def test_a_large_model_loads_in_parts_with_the_same_results(xla, tiny_model_dir, tmp_path):

@@ -37,14 +37,6 @@ def lite_layout(name: str, value) -> np.ndarray:
     return value
 
 
-def parameter_count(hp: HParams) -> int:
-    """How many numbers the step's weights hold (GPT-2's count, plus an untied output layer)."""
-    e = hp.n_embd
-    per_block = 12 * e * e + 13 * e  # c_attn 3e^2 + 3e, c_proj e^2 + e, mlp 8e^2 + 5e, 2 norms 4e
-    head = 0 if hp.tie_word_embeddings else hp.n_vocab * e
-    return (hp.n_vocab + hp.n_ctx) * e + hp.n_layer * per_block + 2 * e + head
-
-
 def dense(x, w, b):
     """x [rows, in] times w [out, in] (transposed, as FULLY_CONNECTED stores it), plus b."""
     return tf.matmul(x, w, transpose_b=True) + b  # [rows, out]

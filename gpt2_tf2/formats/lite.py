@@ -30,7 +30,7 @@ import tensorflow as tf
 from gpt2_tf2.core import lite_step
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
-from gpt2_tf2.formats import lite_template
+from gpt2_tf2.formats import lite_template, openai
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
@@ -45,14 +45,19 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def weight_bytes(hparams, dtype: str) -> int:
-    """What the step's weights take in a .tflite file in `dtype`."""
-    return lite_step.parameter_count(hparams) * (1 if dtype == "int8" else 4)
+def weight_bytes(hparams, dtype: str, layers=None) -> int:
+    """What the step's weights, or those of its part running the blocks `layers` (first, end),
+    take in a .tflite file in `dtype` (a part computing logits holds its own copy of wte)."""
+    layers = layers or (0, hparams.n_layer)
+    shapes = openai.weight_shapes(hparams).items()
+    count = sum(math.prod(s) for name, s in shapes if lite_template.needed(name, hparams, layers))
+    return count * (1 if dtype == "int8" else 4)
 
 
-def check_size(hparams, dtype: str) -> None:
-    """One line, before any work, for a model whose weights do not fit a flatbuffer."""
-    size = weight_bytes(hparams, dtype)
+def check_size(hparams, dtype: str, layers=None) -> None:
+    """One line, before any work, for a file whose weights do not fit a flatbuffer: a whole
+    model's (`export`), or a part's (sampling: parts of PART_BYTES always fit)."""
+    size = weight_bytes(hparams, dtype, layers)
     if size >= FLATBUFFER_LIMIT:
         raise UserError(
             f"this model's weights take {size / 1e9:.1f} GB in {dtype}, past TensorFlow Lite's "
@@ -66,7 +71,7 @@ def convert(named, hparams, dtype: str, layers=None) -> memoryview:
     or int8 (see the module doc). The converter sees a template whose blocks share stand-in
     weights; the real ones are written in after (`lite_template`). `layers` (first, end): only
     that part of the step (`lite_step.part_layers`)."""
-    check_size(hparams, dtype)
+    check_size(hparams, dtype, layers)
     weights, stand_in = lite_template.template(named, hparams, layers)
     template = _converted(_variables(weights), hparams, dtype, layers)
     return lite_template.fill(template, stand_in, named, hparams, layers)
@@ -152,7 +157,7 @@ def cached_step(model_dir, dtype: str, load_weights, progress=print, layers=None
     `load_weights()` gives the weights by name (called only to convert); `progress(message)`
     is told about a conversion, which takes a while (about 20 seconds at 124M)."""
     check_dtype(dtype)
-    check_size(model_dir.hparams, dtype)
+    check_size(model_dir.hparams, dtype, layers)
     directory = cache_dir()
     path = os.path.join(directory, cache_key(model_dir, dtype, layers))
     if os.path.isfile(path):
