@@ -72,15 +72,22 @@ def size_batches(results: dict, size: str) -> list[int]:
     return sorted({row["batch"] for r in rounds for row in r if "batch" in row})
 
 
-def round_ratios(results: dict, size: str, impl: str, batch: int) -> list[float]:
-    """impl's tokens/s over XLA's, round by round (the two ran one after the other in each):
+def round_ratios(results: dict, size: str, impl: str, batch: int, other="xla") -> list[float]:
+    """impl's tokens/s over other's, round by round (the two ran one after the other in each):
     rounds are matched by the run and round they came from."""
     speeds = []
-    for i in (impl, "xla"):
+    for i in (impl, other):
         rounds = results["sample"].get(f"{size}|{i}", [])
         rows = [row for r in rounds for row in r if row.get("batch") == batch]
         speeds.append({row.get("round", n): row["tok_s"] for n, row in enumerate(rows)})
     return [speeds[0][k] / speeds[1][k] for k in speeds[0] if k in speeds[1]]
+
+
+def ratio(results: dict, size: str, impl: str, batch: int, other="xla") -> float:
+    """impl's speed over other's: the median of their round-by-round ratios (the machine's speed
+    drifts between rounds, so only rounds run together compare), NaN if never run together."""
+    each = round_ratios(results, size, impl, batch, other)
+    return statistics.median(each) if each else math.nan
 
 
 def ratio_lines(results: dict, size: str, found: dict, batches) -> list[str]:
@@ -93,20 +100,19 @@ def ratio_lines(results: dict, size: str, found: dict, batches) -> list[str]:
             continue
         for b in batches:
             if b in found[impl] and b in xla:
-                ratio = found[impl][b][0] / xla[b][0]
-                target = ""
+                times = ratio(results, size, impl, b)
+                each = ", ".join(f"{r:.2f}" for r in round_ratios(results, size, impl, b))
+                target = f" (round by round {each}"
                 if b == 1:
                     want = TARGETS[size] if impl == "tflite-int8" else 1.2
-                    target = f" (target {want}x: {'met' if ratio >= want else 'missed'}"
-                    each = round_ratios(results, size, impl, b)
-                    target += f"; round by round {', '.join(f'{r:.1f}' for r in each)})"
-                lines.append(f"- {size}, batch {b}: {label} {ratio:.2f}x XLA float32{target}.")
+                    target += f"; target {want}x: {'met' if times >= want else 'missed'}"
+                lines.append(f"- {size}, batch {b}: {label} {times:.2f}x XLA float32{target}).")
     peer = found.get("hf_tf_xla")
     for b in batches:
         if peer and b in peer and b in found.get("tflite-int8", {}):
-            ratio = found["tflite-int8"][b][0] / peer[b][0]
+            times = ratio(results, size, "tflite-int8", b, "hf_tf_xla")
             peer_name = "the best peer (HF TF, XLA)"
-            lines.append(f"- {size}, batch {b}: TFLite int8 {ratio:.2f}x {peer_name}.")
+            lines.append(f"- {size}, batch {b}: TFLite int8 {times:.2f}x {peer_name}.")
     if "tflite-int8" in found:
         both = peak = found["tflite-int8"]["peak"]
         peak = found["tflite-int8"].get("peak1", peak)  # batch 1 alone, where a run measured it
@@ -200,11 +206,9 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
         )
     xla124 = medians(results, "124M", "xla").get(1, (float("nan"),))[0]
     gains = ", ".join(
-        f"{int8[b][0] / xla[b][0]:.1f}x at {size}, batch {b}"
+        f"{ratio(results, size, 'tflite-int8', b):.1f}x at {size}, batch {b}"
         for size in ("124M", "1558M")
-        for int8, xla in [(medians(results, size, "tflite-int8"), medians(results, size, "xla"))]
         for b in (1, 8)
-        if b in int8 and b in xla
     )
     peer_line = ""
     m1558 = {i: medians(results, "1558M", i) for i in ("xla", "hf_tf_xla")}
@@ -212,8 +216,8 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
         speeds = [r[0]["tok_s"] for r in results["sample"]["1558M|xla"] if r[0]["batch"] == 1]
         each = ", ".join(f"{r:.1f}" for r in round_ratios(results, "1558M", "hf_tf_xla", 1))
         peer_line = f"""
-At 1558M, batch 1, the peer ran {m1558["hf_tf_xla"][1][0] / m1558["xla"][1][0]:.2f}x our XLA
-float32 (medians; in the rounds both ran, {each}; ours alone moved between {min(speeds):.2f} and
+At 1558M, batch 1, the peer ran {ratio(results, "1558M", "hf_tf_xla", 1):.2f}x our XLA
+float32 (round by round {each}; ours alone moved between {min(speeds):.2f} and
 {max(speeds):.2f} tokens/s over its rounds; at 124M the two were level): too few quiet rounds to
 call. Both read 4 bytes per weight; the peer decodes greedily, ours samples."""
     conv = results["convert"].get("1558M-int8", [{}])[0]
@@ -221,8 +225,7 @@ call. Both read 4 bytes per weight; the peer decodes greedily, ours samples."""
     if "convert_s" in conv:
         conv1558 = f"{conv['convert_s']:.0f} s and {conv['peak_gb']:.1f} GB at its peak"
     features = cpu_features()
-    m124 = {i: medians(results, "124M", i).get(1, (float("nan"),))[0] for i in names}
-    f32_ratio = f"{m124['tflite-float32'] / m124['xla']:.2f}x"
+    f32 = {size: ratio(results, size, "tflite-float32", 1) for size in ("124M", "1558M")}
     return f"""# TensorFlow Lite and int8 weights: sampling speed, memory and quality
 
 `python bench/lite_speed.py` ({time.strftime("%Y-%m-%d")}, {platform.machine()},
@@ -238,7 +241,9 @@ timed under its heading (`--sizes 1558M --keep` measures one size and keeps the 
 `--append` adds rounds): compare rows within a table, not across them. Machines of this kind
 have run the same 1558M step 3x slower from one session to the next (XLA float32, batch 1: 3.3
 tokens/s on one, 1.0 on another) and up to 2x slower from one round to the next, so each ratio
-below is of medians over interleaved rounds, and the batch-1 lines give it round by round too.
+below is the median of the ratios of the rounds both ran in (each round runs every
+implementation once, one after the other), given round by round too; the table's tokens/s are
+medians over all of an implementation's rounds.
 
 ## Sampling
 
@@ -270,12 +275,11 @@ the sampling (the same compiled code the XLA loop runs: temperature 1 over the w
 2-3 ms) and Python between the two (calling the compiled sampling, writing the new cache column:
 about 2 ms).
 TFLite float32 reads the same 4 bytes per weight as XLA float32 and pays those per-token costs
-besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it ran level with XLA
-({f32_ratio}), not the 1.2x the issue hoped for; XNNPACK's float32 kernels gain nothing on
-XLA's at the memory bound. This
-machine's cores have {features}; {thread_line}. The attention over the cache stays float32 and
-grows with the context. XLA float32 at 124M, batch 1, ran {xla124:.1f} tokens/s here
-(docs/benchmarks.md's machine: 72.5).{peer_line}
+besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it gains little on
+XLA, least where those costs weigh most: {f32["124M"]:.2f}x at 124M, {f32["1558M"]:.2f}x at 1558M
+(the issue hoped for 1.2x). This machine's cores have {features}; {thread_line}. The attention
+over the cache stays float32 and grows with the context. XLA float32 at 124M, batch 1, ran
+{xla124:.1f} tokens/s here (docs/benchmarks.md's machine: 72.5).{peer_line}
 
 Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
 every page of the mapped file, so for that moment both copies are resident. A model of more
