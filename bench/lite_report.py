@@ -204,6 +204,13 @@ def report(results: dict, args, names: dict, new: dict, prompt: int) -> str:
             f"one 124M int8 step at batch 1 (144 cache columns) took {threads['1']:.1f} ms on one "
             f"thread and {threads['2']:.1f} ms on two"
         )
+    if "float32" in threads:  # what a float32 token costs beside its step
+        step, xla, lite = (threads[k] for k in ("float32", "token_xla", "token_tflite-float32"))
+        thread_line += f""" (measured {threads["measured"]}). Measured then too: a
+TFLite float32 step alone took {step:.1f} ms, {xla / step:.2f}x faster than a whole XLA float32
+token ({xla:.1f} ms, its sampling inside its compiled loop), but a whole TFLite float32 token
+took {lite:.1f} ms: {lite - step:.1f} ms of it outside the step. With nothing outside the step it
+would gain {xla / step:.2f}x: the float32 step itself is not 1.2x faster than XLA's"""
     xla124 = medians(results, "124M", "xla").get(1, (float("nan"),))[0]
     gains = ", ".join(
         f"{ratio(results, size, 'tflite-int8', b):.1f}x at {size}, batch {b}"
@@ -279,7 +286,7 @@ besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it g
 XLA, least where those costs weigh most: {f32["124M"]:.2f}x at 124M, {f32["1558M"]:.2f}x at 1558M
 (the issue hoped for 1.2x). This machine's cores have {features}; {thread_line}. The attention
 over the cache stays float32 and grows with the context. XLA float32 at 124M, batch 1, ran
-{xla124:.1f} tokens/s here (docs/benchmarks.md's machine: 72.5).{peer_line}
+{xla124:.1f} tokens/s in the table's run (docs/benchmarks.md's machine: 72.5).{peer_line}
 
 Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
 every page of the mapped file, so for that moment both copies are resident. A model of more

@@ -153,24 +153,35 @@ def quality(size: str, files: dict) -> dict:
     return {"max": float(diff.max()), "mean": float(diff.mean()), "std": float(ref.std())}
 
 
-def threads(files: dict) -> dict:
-    """ms per 124M int8 step at batch 1 (144 cache columns) on one thread and on two."""
+def step_ms(path, num_threads: int) -> float:
+    """ms per 124M TFLite step at batch 1 (144 cache columns), the step alone."""
     import numpy as np
 
     from gpt2_tf2.generation.lite import LiteStep
 
-    out = {}
-    for n in (1, 2):
-        step = LiteStep(files["int8"], hparams("124M"), num_threads=n)
-        offsets = np.zeros([1], np.int32)
-        _, columns = step.prompt(np.ones([1, PROMPT], np.int32), offsets, [PROMPT - 1])
-        step.start(columns, 144)
-        times = []
-        for pos in range(PROMPT, PROMPT + 32):
-            t = time.perf_counter()
-            step.next(np.ones([1], np.int32), pos, offsets)
-            times.append(time.perf_counter() - t)
-        out[str(n)] = 1000 * statistics.median(times)
+    step = LiteStep(path, hparams("124M"), num_threads=num_threads)
+    offsets = np.zeros([1], np.int32)
+    _, columns = step.prompt(np.ones([1, PROMPT], np.int32), offsets, [PROMPT - 1])
+    step.start(columns, 144)
+    times = []
+    for pos in range(PROMPT, PROMPT + 32):
+        t = time.perf_counter()
+        step.next(np.ones([1], np.int32), pos, offsets)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def threads(files: dict) -> dict:
+    """At 124M, batch 1: ms per int8 step on one thread and on two ("1", "2"), per float32 step
+    on two; and ms per sampled token (128 new: step, sampling and what lies between) for XLA
+    float32 and TFLite float32, one after the other: what a token costs beside its step."""
+    out = {str(n): step_ms(files["int8"], n) for n in (1, 2)}
+    if "float32" in files:
+        out["float32"] = step_ms(files["float32"], 2)
+        for impl in ("xla", "tflite-float32"):
+            rows = sample(impl, "124M", files, [1], 3)
+            out[f"token_{impl}"] = 1000 / rows[0]["tok_s"]
+    out["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return out
 
 
