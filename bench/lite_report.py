@@ -22,7 +22,8 @@ def medians(results: dict, size: str, impl: str) -> dict:
             statistics.median(r["tok_s"] for r in rows),
             statistics.median(r["first_s"] for r in rows),
         )
-    full = [r for r in rounds if len(r) == max(map(len, rounds))]  # every batch size in a process
+    most = max(map(len, rounds), default=0)
+    full = [r for r in rounds if len(r) == most]  # every batch size in one process
     if full:
         out["peak"] = statistics.median(r[-1]["peak_gb"] for r in full)
         out["resident"] = statistics.median(r[-1].get("resident_gb", math.nan) for r in full)
@@ -56,7 +57,6 @@ def speed_table(results, size, names, batches) -> tuple[list[str], dict]:
 def measured_line(results: dict, size: str, names: dict) -> str:
     """When a size was measured, and how many interleaved rounds each implementation ran."""
     when = results.get("measured", {}).get(size, [])
-    when = [when] if isinstance(when, str) else when
     runs = f"runs started {' and '.join(when)}" if len(when) > 1 else f"a run started {when[0]}"
     rounds = [
         f"{name.removeprefix('gpt2_tf2, ')} {len(results['sample'][f'{size}|{impl}'])}"
@@ -79,7 +79,7 @@ def round_ratios(results: dict, size: str, impl: str, batch: int, other="xla") -
     for i in (impl, other):
         rounds = results["sample"].get(f"{size}|{i}", [])
         rows = [row for r in rounds for row in r if row.get("batch") == batch]
-        speeds.append({row.get("round", n): row["tok_s"] for n, row in enumerate(rows)})
+        speeds.append({row["round"]: row["tok_s"] for row in rows})
     return [speeds[0][k] / speeds[1][k] for k in speeds[0] if k in speeds[1]]
 
 
@@ -218,10 +218,10 @@ would gain {xla / step:.2f}x: the float32 step itself is not 1.2x faster than XL
         for b in (1, 8)
     )
     peer_line = ""
-    m1558 = {i: medians(results, "1558M", i) for i in ("xla", "hf_tf_xla")}
-    if all(1 in m for m in m1558.values()):
+    peer_rounds = round_ratios(results, "1558M", "hf_tf_xla", 1)
+    if peer_rounds:
         speeds = [r[0]["tok_s"] for r in results["sample"]["1558M|xla"] if r[0]["batch"] == 1]
-        each = ", ".join(f"{r:.1f}" for r in round_ratios(results, "1558M", "hf_tf_xla", 1))
+        each = ", ".join(f"{r:.1f}" for r in peer_rounds)
         peer_line = f"""
 At 1558M, batch 1, the peer ran {ratio(results, "1558M", "hf_tf_xla", 1):.2f}x our XLA
 float32 (round by round {each}; ours alone moved between {min(speeds):.2f} and

@@ -322,7 +322,6 @@ def main() -> None:
                     results[part].setdefault(key, value)
         results["threads"] = results["threads"] or old.get("threads", {})  # a 124M measurement
         for size, when in old.get("measured", {}).items():
-            when = [when] if isinstance(when, str) else when
             if args.append or size not in sizes:
                 results["measured"][size] = when + results["measured"].get(size, [])
         args.sizes = ",".join(dict.fromkeys(old.get("sizes", []) + sizes))

@@ -312,9 +312,7 @@ def readme(info: dict) -> str:
         for lang in ("en", "ru")
     )
     shown = "\n\n".join(
-        f"```\n{prompt}{text}\n```"
-        for prompt, texts in info["samples"].items()
-        for text in ([texts] if isinstance(texts, str) else texts)
+        f"```\n{prompt}{text}\n```" for prompt, texts in info["samples"].items() for text in texts
     )
     return README.format(
         en=c["en"],
