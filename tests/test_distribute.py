@@ -132,6 +132,18 @@ def test_mirrored_equals_one_device(work, one_device, mirrored):
     assert "2 replica(s) on /job:localhost/replica:0/task:0/device:CPU:0, " in mirrored.stderr
 
 
+def test_dropout_under_mirrored_resumes_exactly(work, tiny_model_dir, one_device):
+    """--dropout on two replicas: each draws its own masks, keyed by seed, step and replica, so
+    a run resumed from its checkpoint at N/2 ends where it ended; and not where the run
+    without dropout did."""
+    args = ["--strategy", "mirrored", "--num_cpu_devices", "2", "--dropout", "0.2"]
+    train(work, tiny_model_dir, "dropout", *args)
+    half = str(work / "ckpt" / "dropout" / f"ckpt-{N // 2}")
+    train(work, tiny_model_dir, "dropout_resumed", "--restore_from", half, *args)
+    assert max_diff(state(work, "dropout_resumed"), state(work, "dropout")) == 0
+    assert max_diff(state(work, "dropout"), one_device[0]) > 1e-4
+
+
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
 def test_two_replica_checkpoint_resumes(work, tiny_model_dir, one_device, mirrored, strategy):
     """Written by two replicas at N/2, resumed on one or on two: the uninterrupted run's end."""

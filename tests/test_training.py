@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.model import GPT2
+from gpt2_tf2.core.model import GPT2, Dropout
 from gpt2_tf2.training import runs
 from gpt2_tf2.training.config import TrainConfig
 from gpt2_tf2.training.optimizers import Adam
@@ -166,3 +166,39 @@ def test_fp16_loss_scale_skips_overflow_and_halves():
     assert not bool(out["applied"]) and float(trainer.loss_scale) == 2.0**99
     assert max_diff(before, [v.numpy() for v in model.variables]) == 0
     assert int(trainer.step) == 1 and int(trainer.optimizer.iterations) == 0
+
+
+def test_dropout_zeroes_and_scales_by_hand():
+    """Srivastava et al. 2014, inverted: each entry is 0 with probability p, else x / (1 - p)."""
+    x = tf.fill([8, 1000], 3.0)
+    drop = Dropout(0.25, tf.constant([5, 6], tf.int64))
+    y = drop(x, 0).numpy()
+    assert set(np.unique(y)) == {0.0, np.float32(3.0 / 0.75)}
+    assert abs(np.mean(y == 0) - 0.25) < 0.02
+    assert np.array_equal(drop(x, 0).numpy(), y)  # stateless: the same seed and site, the same mask
+    assert not np.array_equal(drop(x, 1).numpy(), y)  # each site its own mask
+    assert not np.array_equal(drop.layer(0)(x, 0).numpy(), y)  # and each block
+
+
+def test_dropout_trains_reproducibly_and_leaves_evaluation_alone():
+    """--dropout: the same seed gives the same losses (masks keyed by seed and step); a block
+    recomputed in the backward pass draws the masks it drew forward (same gradients); the
+    validation loss and the model's own calls draw none."""
+    w = tf.reshape(windows((4, 13)), [1, 4, 13])
+    plain_loss, plain = gradients(TrainConfig(seed=3), w)
+    loss, dropped = gradients(TrainConfig(seed=3, dropout=0.3), w)
+    assert max_diff(plain, dropped) > 1e-4 and abs(loss - plain_loss) > 1e-4
+    again_loss, again = gradients(TrainConfig(seed=3, dropout=0.3), w)
+    assert again_loss == loss and max_diff(dropped, again) == 0
+    _, other = gradients(TrainConfig(seed=4, dropout=0.3), w)
+    assert max_diff(dropped, other) > 1e-4
+    _, recomputed = gradients(TrainConfig(seed=3, dropout=0.3, memory_saving_gradients=True), w)
+    assert max_diff(dropped, recomputed) < 1e-6
+
+    trainer = Trainer(GPT2(HP, seed=1), TrainConfig(seed=3, dropout=0.3, learning_rate=1e-2))
+    reference = Trainer(GPT2(HP, seed=1), TrainConfig())
+    before = float(trainer.eval_loss(w[0]))
+    assert before == float(reference.eval_loss(w[0])) == float(trainer.eval_loss(w[0]))
+    for _ in range(15):
+        trainer.train_step(w)
+    assert float(trainer.eval_loss(w[0])) < before - 0.5  # it still learns

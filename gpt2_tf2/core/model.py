@@ -2,8 +2,9 @@
 
 Same maths and variable layout as the original (Radford et al. 2019; pre-LN transformer of
 Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1d weights of shape
-`[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`, no dropout.
-The one addition is a preallocated, fixed-shape key/value cache written in place at `pos`, so a
+`[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`. Two
+additions: dropout for training (`Dropout`; the original has none, its training code being
+unreleased), and a preallocated, fixed-shape key/value cache written in place at `pos`, so a
 whole generation compiles to one loop whose shapes never change. This file knows nothing of files,
 command lines or sampling; what only a compiler or device needs lives in `kernels.py`.
 """
@@ -120,6 +121,32 @@ def causal_attention(q, k, v, pos, first=None):
 CAUSAL_BLOCKS = 4  # query blocks for long sequences without a cache
 
 
+class Dropout:
+    """Dropout (Srivastava et al. 2014) for training, where GPT-2's released configuration puts
+    it (Hugging Face's `embd_pdrop`, `resid_pdrop`): on the embeddings and on each block's two
+    residual branches. Attention weights are not dropped (`attn_pdrop`): that mask would be as
+    large as every layer's attention matrix, drawn at every step. Stateless: the masks are a
+    function of `seed` (int64 [2]) and the site, so a step is reproducible and a block recomputed
+    in the backward pass (`recompute`) draws the masks it drew forward."""
+
+    def __init__(self, rate: float, seed):
+        self.rate, self.seed = rate, seed
+
+    def __call__(self, x, site: int):
+        seed = tf.random.experimental.stateless_fold_in(self.seed, site)
+        return tf.nn.experimental.stateless_dropout(x, self.rate, seed)
+
+    def layer(self, i: int) -> Dropout:
+        """The dropout of block i: its own masks."""
+        return Dropout(self.rate, tf.random.experimental.stateless_fold_in(self.seed, i + 1))
+
+
+def keep(x, site: int):
+    """No dropout: what `block` applies when it is not given a `Dropout`."""
+    del site
+    return x
+
+
 def dense(x, p, name: str, cpu_matvec: bool = False):
     """The conv1d named `name` in the tensors `p` (`attn/c_attn`, `mlp/c_fc`, ...)."""
     return conv1d(x, p[f"{name}/w"], p[f"{name}/b"], cpu_matvec)
@@ -163,12 +190,13 @@ def mlp(x, p, cpu_matvec: bool = False):
     return dense(gelu(dense(x, p, "mlp/c_fc", cpu_matvec)), p, "mlp/c_proj", cpu_matvec)
 
 
-def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec: bool = False, offsets=None):
-    """One transformer block (pre-LN) on the tensors `p`, named as in `Block.params()`."""
+def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec=False, offsets=None, drop=keep):
+    """One transformer block (pre-LN) on the tensors `p`, named as in `Block.params()`;
+    `drop` (a `Dropout`, when training) on the two residual branches."""
     x_ln = layer_norm(x, p["ln_1/g"], p["ln_1/b"], epsilon)
     a, cache = attention(x_ln, p, cache, pos, n_head, cpu_matvec, offsets)
-    x = x + a
-    return x + mlp(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p, cpu_matvec), cache
+    x = x + drop(a, 0)
+    return x + drop(mlp(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p, cpu_matvec), 1), cache
 
 
 class Block(tf.Module):
@@ -203,8 +231,9 @@ class Block(tf.Module):
             for attr in (("g", "b") if isinstance(layer, LayerNorm) else ("w", "b"))
         }
 
-    def __call__(self, x, cache=None, pos=0, offsets=None):
-        return block(x, self.params(), cache, pos, self.n_head, self.epsilon, offsets=offsets)
+    def __call__(self, x, cache=None, pos=0, offsets=None, drop=keep):
+        p = self.params()
+        return block(x, p, cache, pos, self.n_head, self.epsilon, offsets=offsets, drop=drop)
 
 
 def _initializer(seed, dtype):
@@ -321,6 +350,7 @@ class GPT2(tf.Module):
         recompute: bool = False,
         weights=None,
         offsets=None,
+        dropout: Dropout | None = None,
     ):
         """Logits for int32 `tokens` [batch, seq] standing at positions pos .. pos + seq - 1.
 
@@ -335,6 +365,7 @@ class GPT2(tf.Module):
         length; row b's first offsets[b] columns are padding, never attended to, and its token
         in column c stands at position c - offsets[b], so that each row computes what it
         would alone (`pos` counts columns then).
+        `dropout` (training, no cache): a `Dropout` on the embeddings and the residual branches.
         """
         # Read wte densely once per call: after a sparse read (gather), later dense reads of the
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
@@ -346,10 +377,15 @@ class GPT2(tf.Module):
         h = tf.cast(
             tf.gather(wte, tokens) + self._positions(tokens, pos, offsets), self.compute_dtype
         )
+        if dropout is not None:
+            h = dropout(h, 0)
         new_cache = []
         for i, layer in enumerate(self.h):
+            drop = keep if dropout is None else dropout.layer(i)
             if recompute and cache is None:
-                h = tf.recompute_grad(lambda x, layer=layer: layer(x, offsets=offsets)[0])(h)
+                h = tf.recompute_grad(lambda x, f=layer, d=drop: f(x, offsets=offsets, drop=d)[0])(
+                    h
+                )
             elif cache is not None and not tf.executing_eagerly():
                 # Decoding graphs call one traced function for all layers: tracing each layer
                 # separately took most of the 2 s that tracing a 124M decode loop cost.
@@ -362,7 +398,8 @@ class GPT2(tf.Module):
                 )
                 new_cache.append(layer_cache)
             else:
-                h, layer_cache = layer(h, None if cache is None else cache[i], pos, offsets)
+                layer_cache = None if cache is None else cache[i]
+                h, layer_cache = layer(h, layer_cache, pos, offsets, drop)
                 new_cache.append(layer_cache)
         h = self.ln_f(h)
         if logits_at is not None:

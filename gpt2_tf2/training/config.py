@@ -53,6 +53,12 @@ class TrainConfig:
     noise: float = flag(
         0.0, "probability of replacing each input token by a random one (regularisation)."
     )
+    dropout: float = flag(
+        0.0,
+        "probability of zeroing each activation of the embeddings and the residual branches "
+        "while training (regularisation for small datasets; Hugging Face's GPT-2 uses 0.1); "
+        "0 = none, as OpenAI's and nshepperd's code.",
+    )
     top_k: int = flag(40, "top-k for the samples printed during training (0 = off).")
     top_p: float = flag(0.0, "top-p for those samples (0 or 1 = off).")
     restore_from: str = flag(
@@ -137,6 +143,7 @@ class TrainConfig:
         _check(self.lr_schedule in LR_SCHEDULES, "--lr_schedule must be constant or cosine")
         _check(self.lr_schedule != "cosine" or self.steps, "--lr_schedule cosine needs --steps")
         _check(_is_number(self.noise) and 0 <= self.noise < 1, "--noise must be in [0, 1)")
+        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, "--dropout must be in [0, 1)")
         _check(_is_number(self.grad_clip) and self.grad_clip >= 0, "--grad_clip must be >= 0")
         _check(_is_int(self.top_k, 0), f"--top_k must be an integer >= 0, got {self.top_k!r}")
         _check(

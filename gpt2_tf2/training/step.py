@@ -16,11 +16,13 @@ import math
 
 import tensorflow as tf
 
+from gpt2_tf2.core.model import Dropout
 from gpt2_tf2.training.config import TrainConfig
 from gpt2_tf2.training.optimizers import make_optimizer
 
 COMPUTE_DTYPES = {"none": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}
 INITIAL_LOSS_SCALE = 2.0**15
+DROPOUT_STREAM = 7  # folded into a micro-batch's seed for its dropout masks (the noise splits it)
 GROWTH_INTERVAL = 2000  # double the loss scale after this many finite steps (as Keras and AMP do)
 
 
@@ -38,15 +40,16 @@ def learning_rate(step, cfg: TrainConfig):
     return lr
 
 
-def lm_loss(model, windows, recompute: bool = False, inputs=None, replicas: int = 1):
+def lm_loss(model, windows, recompute=False, inputs=None, replicas: int = 1, dropout=None):
     """Mean next-token cross-entropy (nats) of windows [batch, L + 1]: L predictions per row.
 
     `inputs` (default: the windows) is what the model reads, e.g. the windows with --noise.
     `replicas`: the windows are one replica's share of a global batch of `replicas` equal
     shares; the loss is then scaled by the global batch, so the replicas' sum is its mean.
+    `dropout`: a `Dropout` for the model (--dropout), or None.
     """
     inputs = windows if inputs is None else inputs
-    logits = model(inputs[:, :-1], recompute=recompute)["logits"]  # [batch, L, vocab]
+    logits = model(inputs[:, :-1], recompute=recompute, dropout=dropout)["logits"]  # [b, L, v]
     labels = windows[:, 1:]
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     loss = tf.reduce_mean(losses)
@@ -141,9 +144,15 @@ class Trainer(tf.Module):
         def micro(i):
             micro_seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(i, tf.int64))
             inputs = add_noise(windows[i], self.cfg.noise, n_vocab, micro_seed, replica, replicas)
+            dropout = self.dropout(micro_seed, replica)
             with tf.GradientTape() as tape:
                 loss = lm_loss(
-                    self.model, windows[i], self.cfg.memory_saving_gradients, inputs, replicas
+                    self.model,
+                    windows[i],
+                    self.cfg.memory_saving_gradients,
+                    inputs,
+                    replicas,
+                    dropout,
                 )
                 scaled = loss * self.loss_scale if self.scaling else loss
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, self.train_vars)]
@@ -167,6 +176,16 @@ class Trainer(tf.Module):
         )
         scale = 1.0 / tf.cast(n_micro, tf.float32)
         return total_loss * scale, [g * scale for g in total_grads]
+
+    def dropout(self, micro_seed, replica):
+        """The micro-batch's `Dropout` (None without --dropout). Its masks are keyed by seed,
+        step and micro-batch, like the noise, and by replica: each replica draws its own, so
+        a run is reproducible for a given number of replicas (unlike the noise, they are not
+        drawn for the global batch: that would be a mask for every activation of all of it)."""
+        if self.cfg.dropout <= 0:
+            return None
+        seed = tf.random.experimental.stateless_fold_in(micro_seed, DROPOUT_STREAM)
+        return Dropout(self.cfg.dropout, tf.random.experimental.stateless_fold_in(seed, replica))
 
     def _train_step(self, windows):
         """One update from windows [accumulate, batch, L + 1]: a function of the trainer's
