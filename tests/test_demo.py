@@ -201,3 +201,43 @@ def test_readme_decoding_examples_print_what_it_shows():
         sample = re.split(r"=+ SAMPLE \d+ =+\n", done.stdout)[1]
         first, *rest = sample.split("<|endoftext|>")[0].rstrip("\n").split("\n")
         assert " / ".join([first] + [line.strip() for line in rest]) == shown, (args, sample)
+
+
+@pytest.fixture
+def build_demo(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "tools"))
+    import build_demo
+
+    return build_demo
+
+
+def test_an_interrupted_build_resumes_its_finished_stages(tmp_path, build_demo):
+    """`build_demo --resume`: a stage recorded as finished is not run again (training resumes
+    from its checkpoint by itself); only the settings the build started with resume it, and
+    without --resume an existing work directory is refused, its files left alone."""
+    from gpt2_tf2.errors import UserError
+
+    work, settings, calls = str(tmp_path / "w"), {"steps": 10, "learning_rate": 0.001}, []
+    first = build_demo.Stages(work, settings, resume=False)
+    assert first.run("corpus", lambda: calls.append("corpus") or {"chars": 5}) == {"chars": 5}
+
+    def killed():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):  # interrupted in the next stage
+        first.run("train", killed)
+    with pytest.raises(UserError, match="pass --resume"):
+        build_demo.Stages(work, settings, resume=False)
+    with pytest.raises(UserError, match="started with --steps 10; resume with it"):
+        build_demo.Stages(work, {**settings, "steps": 20}, resume=True)
+    again = build_demo.Stages(work, settings, resume=True)
+    assert again.run("corpus", lambda: calls.append("corpus again")) == {"chars": 5}
+    assert again.run("train", lambda: calls.append("train")) is None
+    assert calls == ["corpus", "train"]
+
+
+def test_training_time_is_the_steps_time_of_every_session(tmp_path, build_demo):
+    """log.tsv's tokens/s per step: 2 steps at 4096 tokens/s and 1 at 2048, of 4096 tokens."""
+    lines = ["1\t8.3\t1e-05\t4096", "2\t8.2\t2e-05\t4096", "3\t8\t3e-05\t2048"]
+    (tmp_path / "log.tsv").write_text("\n".join(lines) + "\n")
+    assert build_demo.training_seconds(str(tmp_path), 4096) == 4

@@ -94,6 +94,11 @@ def step(*args: str) -> str:
     return done.stdout
 
 
+def command(*args: str) -> None:
+    """`step`, its output not kept."""
+    step(*args)
+
+
 def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,6 +145,56 @@ def samples(model_dir: str, prompts: dict[str, str], length: int, seed: int) -> 
     }
 
 
+class Stages:
+    """The build's stages, recorded in work/stages.json as each finishes (its result and its
+    seconds), so that `--resume` skips what an interrupted build finished; training itself
+    resumes from the run's newest checkpoint. The settings are recorded first: a build is only
+    resumed with the settings it was started with."""
+
+    def __init__(self, work: str, settings: dict, resume: bool):
+        self.path = os.path.join(work, "stages.json")
+        if os.path.exists(work) and not resume:
+            raise UserError(
+                f"{work}: exists; pass --resume to finish the build in it, or another --work"
+            )
+        self.done = {}
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.done = json.load(f)
+            if self.done["settings"] != settings:
+                changed = [k for k in settings if settings[k] != self.done["settings"].get(k)]
+                was = ", ".join(f"--{k} {self.done['settings'].get(k)}" for k in changed)
+                raise UserError(f"{work}: the build there was started with {was}; resume with it")
+        os.makedirs(work, exist_ok=True)
+        self.done["settings"] = settings
+        self._save()
+
+    def run(self, name: str, fn):
+        """fn()'s result, from the record if the stage finished before."""
+        if name not in self.done:
+            started = time.time()
+            result = fn()
+            self.done[name] = {"result": result, "seconds": round(time.time() - started)}
+            self._save()
+        return self.done[name]["result"]
+
+    def seconds(self, but: str) -> int:
+        """The recorded stages' seconds, all but the settings and stage `but`."""
+        return sum(v["seconds"] for k, v in self.done.items() if k not in ("settings", but))
+
+    def _save(self) -> None:
+        from gpt2_tf2.files import write_atomically
+
+        write_atomically(self.path, json.dumps(self.done, indent=2, ensure_ascii=False))
+
+
+def training_seconds(run: str, tokens_per_step: int) -> int:
+    """The training steps' time, from the run's log.tsv (tokens/s per step): on a resumed
+    build, that of every session, each step once."""
+    with open(os.path.join(run, "log.tsv"), encoding="utf-8") as f:
+        return round(sum(tokens_per_step / float(line.split("\t")[3]) for line in f))
+
+
 def build(
     out="models/demo",
     work="build/demo",
@@ -154,6 +209,7 @@ def build(
     dropout=0.0,
     heldout=0.02,
     seed=1234,
+    resume=False,
 ):
     """Build the demo model from Debian's fortunes, by the commands a user runs.
 
@@ -173,137 +229,105 @@ def build(
         how far the loss on the training text falls below the held-out loss).
       heldout: fraction of each language's quotations kept for the held-out loss.
       seed: corpus shuffle, initial weights and data order.
+      resume: finish an interrupted build in --work, with the settings it started with: the
+        stages it finished are kept and training goes on from its newest checkpoint.
     """
     out, work = str(out), str(work)
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"{out}: not empty; rebuild into a new directory (nothing is replaced)")
-    if os.path.exists(work):
-        raise UserError(f"{work}: exists; remove it or pass another --work")
-    started = time.time()
-    corpus_stats = corpus(work, heldout, seed)
-    vocab, init, model = (os.path.join(work, n) for n in ("vocab", "init", "model"))
+    settings = {k: v for k, v in locals().items() if k not in ("out", "work", "resume")}
+    stages = Stages(work, settings, resume)
     j = os.path.join
-    step(
-        "gpt2_tf2.vocab",
-        "train",
-        j(work, "corpus"),
-        "--vocab_size",
-        str(vocab_size),
-        "--out",
-        vocab,
-        "--heldout",
-        "0",
-    )
-    per_word = {  # the lines `vocab stats` prints, with the scratch paths left out
-        lang: step(
-            "gpt2_tf2.vocab", "stats", j(work, "heldout", f"{lang}.txt"), "--model_name", vocab
-        )
-        .strip()
-        .replace(j(work, "heldout") + os.sep, "heldout/")
-        .replace(vocab, "the demo vocabulary")
-        for lang in ("en", "ru")
-    }
-    shape = [
-        "--n_layer",
-        str(n_layer),
-        "--n_embd",
-        str(n_embd),
-        "--n_head",
-        str(n_head),
-        "--n_ctx",
-        str(n_ctx),
-    ]
-    step("gpt2_tf2.init", "--vocab", vocab, "--out", init, "--seed", str(seed), *shape)
-    step("gpt2_tf2.encode", j(work, "corpus"), j(work, "train.npz"), "--model_name", init)
-    step("gpt2_tf2.encode", j(work, "heldout"), j(work, "heldout.npz"), "--model_name", init)
+    vocab, init, model = (j(work, n) for n in ("vocab", "init", "model"))
+    corpus_stats = stages.run("corpus", lambda: corpus(work, heldout, seed))
+    per_word = stages.run("vocab", lambda: make_vocab(work, vocab, vocab_size))
+    shape = dict(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx)
+    stages.run("init", lambda: make_init(work, vocab, init, shape, seed))
     train_args = [
-        "--model_name",
-        init,
-        "--dataset",
-        j(work, "train.npz"),
-        "--val_dataset",
-        j(work, "heldout.npz"),
-        "--val_every",
-        "400",
-        "--val_batch_size",
-        "8",
-        "--val_batch_count",
-        "8",
-        "--run_name",
-        "demo",
-        "--checkpoint_dir",
-        j(work, "checkpoint"),
-        "--steps",
-        str(steps),
-        "--batch_size",
-        str(batch_size),
-        "--sequence_length",
-        str(n_ctx),
-        "--optimizer",
-        "adamw",
-        "--learning_rate",
-        str(learning_rate),
-        "--warmup_steps",
-        "100",
-        "--lr_schedule",
-        "cosine",
-        "--grad_clip",
-        "1.0",
-        "--weight_decay",
-        "0.1",
-        "--dropout",
-        str(dropout),
-        "--sample_every",
-        "0",
-        "--save_every",
-        "500",
-        "--seed",
-        str(seed),
-        "--offline",
+        *("--model_name", init, "--dataset", j(work, "train.npz")),
+        *("--val_dataset", j(work, "heldout.npz"), "--val_every", "400"),
+        *("--val_batch_size", "8", "--val_batch_count", "8"),
+        *("--run_name", "demo", "--checkpoint_dir", j(work, "checkpoint")),
+        *("--steps", str(steps), "--batch_size", str(batch_size), "--sequence_length", str(n_ctx)),
+        *("--optimizer", "adamw", "--learning_rate", str(learning_rate), "--warmup_steps", "100"),
+        *("--lr_schedule", "cosine", "--grad_clip", "1.0", "--weight_decay", "0.1"),
+        *("--dropout", str(dropout), "--sample_every", "0", "--save_every", "500"),
+        *("--seed", str(seed), "--offline"),
     ]
-    train_started = time.time()
-    step("gpt2_tf2.train", *train_args)
-    train_seconds = time.time() - train_started
-    step(
-        "gpt2_tf2.export",
-        "--run_name",
-        "demo",
-        "--checkpoint_dir",
-        j(work, "checkpoint"),
-        "--out",
-        model,
-        "--dtype",
-        "float16",
-    )
-    losses = {
-        "untrained": heldout_loss(init, work),
-        "trained": heldout_loss(model, work),
-        "trained_on_training_text": heldout_loss(model, work, "corpus", TRAINING_SLICE),
-    }
-    shown = samples(model, {"en": "The meaning of life is", "ru": "Жизнь — это"}, 40, seed)
+    stages.run("train", lambda: command("gpt2_tf2.train", *train_args))
+    export = ("--run_name", "demo", "--checkpoint_dir", j(work, "checkpoint"), "--out", model)
+    stages.run("export", lambda: command("gpt2_tf2.export", *export, "--dtype", "float16"))
+    measured = stages.run("measure", lambda: measure(work, init, model, seed))
+    train_seconds = training_seconds(j(work, "checkpoint", "demo"), batch_size * n_ctx)
     info = {
         "corpus": corpus_stats,
         "tokens_per_word": per_word,
-        "shape": dict(
-            vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ctx=n_ctx
-        ),
+        "shape": shape,
         "training": dict(
             steps=steps,
             batch_size=batch_size,
             sequence_length=n_ctx,
             learning_rate=learning_rate,
             dropout=dropout,
-            seconds=round(train_seconds),
+            seconds=train_seconds,
             command="python -m gpt2_tf2.train " + " ".join(train_args),
         ),
         "train_tokens": tokens_in(j(work, "train.npz")),
-        "heldout_loss": losses,
-        "samples": shown,
-        "total_seconds": round(time.time() - started),
+        "heldout_loss": measured["heldout_loss"],
+        "samples": measured["samples"],
+        "total_seconds": stages.seconds(but="train") + train_seconds,
         "cpu": os.cpu_count(),
     }
     assemble(model, work, out, info)
     print(f"wrote {out} in {info['total_seconds'] / 60:.0f} min")
+
+
+def make_vocab(work: str, vocab: str, vocab_size: int) -> dict:
+    """`vocab train` on the corpus; the lines `vocab stats` prints for each held-out text,
+    with the scratch paths left out."""
+    corpus_dir, heldout_dir = os.path.join(work, "corpus"), os.path.join(work, "heldout")
+    args = ("--vocab_size", str(vocab_size), "--out", vocab, "--heldout", "0")
+    step("gpt2_tf2.vocab", "train", corpus_dir, *args)
+    return {
+        lang: step(
+            "gpt2_tf2.vocab",
+            "stats",
+            os.path.join(heldout_dir, f"{lang}.txt"),
+            "--model_name",
+            vocab,
+        )
+        .strip()
+        .replace(heldout_dir + os.sep, "heldout/")
+        .replace(vocab, "the demo vocabulary")
+        for lang in ("en", "ru")
+    }
+
+
+def make_init(work: str, vocab: str, init: str, shape: dict, seed: int) -> None:
+    """`init` a model of `shape` on the vocabulary; `encode` the corpus and held-out text."""
+    args = [a for k in ("n_layer", "n_embd", "n_head", "n_ctx") for a in (f"--{k}", str(shape[k]))]
+    step("gpt2_tf2.init", "--vocab", vocab, "--out", init, "--seed", str(seed), *args)
+    for part, npz in (("corpus", "train.npz"), ("heldout", "heldout.npz")):
+        step(
+            "gpt2_tf2.encode",
+            os.path.join(work, part),
+            os.path.join(work, npz),
+            "--model_name",
+            init,
+        )
+
+
+def measure(work: str, init: str, model: str, seed: int) -> dict:
+    """Held-out loss of the untrained and the trained model, the trained model's loss on its
+    training text, and the README's samples."""
+    return {
+        "heldout_loss": {
+            "untrained": heldout_loss(init, work),
+            "trained": heldout_loss(model, work),
+            "trained_on_training_text": heldout_loss(model, work, "corpus", TRAINING_SLICE),
+        },
+        "samples": samples(model, {"en": "The meaning of life is", "ru": "Жизнь — это"}, 40, seed),
+    }
 
 
 def assemble(model: str, work: str, out: str, info: dict) -> None:
@@ -376,7 +400,8 @@ Rebuild it from scratch (about {total:.0f} minutes on {cpu} CPU cores) with
 
 which runs, and prints, the same commands a user runs for their own text: `vocab train`,
 `init`, `encode`, `train`, `export --dtype float16` (the weights are stored in float16 to stay
-small; every command loads them as float32).
+small; every command loads them as float32). Interrupted, the same command with `--resume`
+goes on where it stopped (training from its newest checkpoint, saved every 500 steps).
 
 ## Corpus and licences
 
