@@ -103,12 +103,9 @@ def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def heldout_loss(model_dir: str, work: str, part: str = "heldout", chars=None) -> dict:
-    """Mean loss (nats per token) on each language's text of `work/part` (its first `chars`
-    characters), <|endoftext|> between quotations."""
-    from gpt2_tf2.api import load
-
-    lm = load(model_dir)
+def heldout_loss(lm, work: str, part: str = "heldout", chars=None) -> dict:
+    """The loaded model `lm`'s mean loss (nats per token) on each language's text of
+    `work/part` (its first `chars` characters), <|endoftext|> between quotations."""
     out = {}
     for lang in ("en", "ru"):
         with open(os.path.join(work, part, f"{lang}.txt"), encoding="utf-8") as f:
@@ -132,11 +129,9 @@ def tokens_in(npz: str) -> int:
 SAMPLING = dict(top_k=40, temperature=0.7)  # the README's quickstart settings
 
 
-def samples(model_dir: str, prompts: dict[str, str], length: int, seed: int) -> dict[str, list]:
-    """Two continuations of each prompt, as the README's quickstart samples them."""
-    from gpt2_tf2.api import load
-
-    lm = load(model_dir)
+def samples(lm, prompts: dict[str, str], length: int, seed: int) -> dict[str, list]:
+    """Two continuations of each prompt by the loaded model `lm`, as the README's quickstart
+    samples them."""
     return {
         prompt: lm.generate(
             prompt, length=length, nsamples=2, seed=seed, stop_at_endoftext=True, **SAMPLING
@@ -319,14 +314,19 @@ def make_init(work: str, vocab: str, init: str, shape: dict, seed: int) -> None:
 
 def measure(work: str, init: str, model: str, seed: int) -> dict:
     """Held-out loss of the untrained and the trained model, the trained model's loss on its
-    training text, and the README's samples."""
+    training text, and the README's samples (each model loaded once)."""
+    from gpt2_tf2.api import load
+
+    untrained, trained = load(init), load(model)
     return {
         "heldout_loss": {
-            "untrained": heldout_loss(init, work),
-            "trained": heldout_loss(model, work),
-            "trained_on_training_text": heldout_loss(model, work, "corpus", TRAINING_SLICE),
+            "untrained": heldout_loss(untrained, work),
+            "trained": heldout_loss(trained, work),
+            "trained_on_training_text": heldout_loss(trained, work, "corpus", TRAINING_SLICE),
         },
-        "samples": samples(model, {"en": "The meaning of life is", "ru": "Жизнь — это"}, 40, seed),
+        "samples": samples(
+            trained, {"en": "The meaning of life is", "ru": "Жизнь — это"}, 40, seed
+        ),
     }
 
 
