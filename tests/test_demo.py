@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -302,3 +303,26 @@ def test_training_time_is_the_steps_time_of_every_session(tmp_path, build_demo):
     lines = ["1\t8.3\t1e-05\t4096", "2\t8.2\t2e-05\t4096", "3\t8\t3e-05\t2048"]
     (tmp_path / "log.tsv").write_text("\n".join(lines) + "\n")
     assert build_demo.training_seconds(str(tmp_path), 4096) == 4
+
+
+def test_a_build_step_shows_its_output_as_it_comes(tmp_path, monkeypatch, build_demo):
+    """A two-hour training step's validation losses are shown when they happen, not at its end
+    (the child's stdout is a pipe, which Python buffers unless told not to); the output is also
+    returned, and a failing step is one line."""
+    (tmp_path / "slow.py").write_text(
+        "import sys, time\nprint('first')\ntime.sleep(1.5)\nprint('second')\n"
+        "sys.exit(len(sys.argv) - 1)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # as in a user's shell
+    shown = []
+    monkeypatch.setattr(
+        build_demo, "print", lambda *a, **k: shown.append((time.monotonic(), *a)), raising=False
+    )
+    assert build_demo.step("slow") == "first\nsecond\n"
+    (first, text), (second, _) = [
+        (t, a[0]) for t, *a in shown if a[0].strip() in ("first", "second")
+    ]
+    assert text == "first\n" and second - first > 1.0, shown
+    with pytest.raises(build_demo.UserError, match="slow failed"):
+        build_demo.step("slow", "fail")

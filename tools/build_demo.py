@@ -83,15 +83,20 @@ def package_version(package: str) -> str:
 
 
 def step(*args: str) -> str:
-    """Run one gpt2_tf2 command as a user would; its output is shown and returned."""
+    """Run one gpt2_tf2 command as a user would; its output is shown as it comes (training's
+    validation losses and checkpoints during a two-hour run, not after it) and returned."""
     command = [sys.executable, "-m", *args]
     print("$ python -m " + " ".join(args), flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([_root(), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
-    print(done.stdout, end="", flush=True)
-    if done.returncode:
-        raise UserError(f"{' '.join(args[:1])} failed (exit {done.returncode})")
-    return done.stdout
+    env["PYTHONUNBUFFERED"] = "1"  # a pipe: without it the child holds its lines until it exits
+    lines = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    if child.returncode:
+        raise UserError(f"{' '.join(args[:1])} failed (exit {child.returncode})")
+    return "".join(lines)
 
 
 def command(*args: str) -> None:
