@@ -326,3 +326,21 @@ def test_a_build_step_shows_its_output_as_it_comes(tmp_path, monkeypatch, build_
     assert text == "first\n" and second - first > 1.0, shown
     with pytest.raises(build_demo.UserError, match="slow failed"):
         build_demo.step("slow", "fail")
+
+
+def test_readme_is_its_build_record_rendered(build_demo):
+    """The demo's README is build_demo.readme(build.json), byte for byte; the dropout experiment
+    it reports ("otherwise these settings") is told only beside a build of those settings."""
+    with open(os.path.join(DEMO, "build.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    with open(os.path.join(DEMO, "README.md"), encoding="utf-8") as f:
+        assert build_demo.readme(info) == f.read()
+    assert "--dropout 0.1" in build_demo.readme(info)
+    for part, key, value in (
+        ("training", "steps", 2000),
+        ("training", "dropout", 0.1),
+        ("shape", "n_layer", 6),
+    ):
+        other = json.loads(json.dumps(info))
+        other[part][key] = value
+        assert "Built again with `--dropout 0.1`" not in build_demo.readme(other), key
