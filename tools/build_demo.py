@@ -486,7 +486,7 @@ the quotations the model has learnt by heart rather than learnt to write like.
 
 Two of 40 tokens at most after each of the prompts "The meaning of life is" and "Жизнь — это",
 top-k 40 at temperature 0.7 (the README's quickstart settings; at 1.0 a model this small picks
-misspelt words more often):
+misspelt English words more often):
 
 {shown}
 """
