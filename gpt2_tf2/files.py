@@ -30,6 +30,36 @@ def write_atomically(path: str, text, tmp: str | None = None) -> None:
             os.remove(tmp)
 
 
+def check_run_name(run_name) -> str:
+    """A run name is one directory name below the checkpoint directory: no path separator, not
+    `.` or `..`, not absolute, so a run can never reach outside it (`../` once made the checkpoint
+    directory itself the run's, and `--overwrite` wiped every run in it)."""
+    name = run_name if isinstance(run_name, str) else None
+    separators = [s for s in (os.sep, os.altsep, "/", "\\") if s]
+    if (
+        not name
+        or name.strip() in ("", ".", "..")
+        or any(s in name for s in separators)
+        or "\0" in name
+        or os.path.isabs(name)
+    ):
+        raise UserError(
+            f"run_name must be one directory name below the checkpoint directory (no '/', not "
+            f"'.' or '..'), got {run_name!r}"
+        )
+    return name
+
+
+def human_size(nbytes: float) -> str:
+    """A size for a message: '40 bytes', '12.3 kB', '497.8 MB', '3.0 GB' (SI units)."""
+    if nbytes < 1000:
+        return f"{int(nbytes)} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if nbytes < scale * 1000 or unit == "GB":
+            return f"{nbytes / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
 def user_cache_dir(*parts: str) -> str:
     """A directory under the user's cache ($XDG_CACHE_HOME, else ~/.cache): gpt2_tf2's compiled
     and converted programs live there."""
@@ -39,7 +69,9 @@ def user_cache_dir(*parts: str) -> str:
 
 def check_new_dir(out: str) -> None:
     """`out` may be written as a whole directory: it is new, or an empty directory."""
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out}: exists and is a file, not a directory; choose a new directory")
+    if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
 
 

@@ -109,3 +109,30 @@ def cli_env(extra=None) -> dict:
     env["GPT2_TF2_TFLITE_CACHE"] = os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_tflite")
     env.update(extra or {})
     return env
+
+
+def run_main(main, argv):
+    """A command's entry point (`gpt2_tf2.<command>.main`) run in this process, as the console
+    script runs it: (exit status, stdout, stderr). For tests whose subject is the command's logic
+    (flags, checks, messages, files written), not the process: TensorFlow is imported once."""
+    import contextlib
+    import io
+
+    out, err, code = io.StringIO(), io.StringIO(), None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree_digest(root) -> dict[str, str]:
+    """{relative path: md5} of every file below `root` (directories by their files)."""
+    digests = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
+    return digests

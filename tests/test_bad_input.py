@@ -57,9 +57,12 @@ def test_encode(files, tiny_model_dir, args, fragment):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--seed", "abc"], "--seed must be an integer >= 0, got 'abc'"),
-        (["--seed", "99999999999999999999"], "--seed must be below 2**63"),
-        (["--run_name", ""], "--run_name must name a directory"),
+        (["--seed", "abc"], "--seed must be an integer from 0 to 2**63 - 1, got 'abc'"),
+        (
+            ["--seed", "99999999999999999999"],
+            "--seed must be an integer from 0 to 2**63 - 1, got 99999999999999999999",
+        ),
+        (["--run_name", ""], "--run_name must be one directory name under --checkpoint_dir"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
         (["--checkpoint_dir", "somefile"], "cannot create the run directory"),
         (["--sequence_lenght", "5"], "unknown flag --sequence_lenght; did you mean --seq"),

@@ -30,6 +30,8 @@ class Release(http.server.ThreadingHTTPServer):
         self.requests = []  # (path, Range header) of each GET
         self.heads = []  # path of each HEAD
         self.md5 = True  # send Content-MD5, as Azure blob storage does
+        self.head = True  # answer HEAD (else 405: nothing is known before the GET)
+        self.always = None  # a fault for every GET
 
     @property
     def url(self):
@@ -42,6 +44,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):
         self.server.heads.append(self.path)
+        if not self.server.head:
+            self.send_error(405)
+            return
         path = os.path.join(self.server.root, self.path.rsplit("/", 1)[-1])
         if not self.path.startswith("/124M/") or not os.path.exists(path):
             self.send_error(404)
@@ -58,7 +63,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         server.requests.append((self.path, self.headers.get("Range")))
         name = self.path.rsplit("/", 1)[-1]
         path = os.path.join(server.root, name)
-        fault = server.faults.pop(name, None)
+        fault = server.faults.pop(name, None) or server.always
         if fault == "404" or not self.path.startswith("/124M/") or not os.path.exists(path):
             self.send_error(404)
             return
@@ -72,6 +77,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        if fault == "chunked-cut":  # one chunk of half the body, then no last chunk: a cut
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if fault != "no-length":
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -165,6 +178,41 @@ def test_resume_after_cut(server, tiny_model_dir, tmp_path):
     assert (f"/124M/{DATA}", f"bytes={partial}-") in server.requests
     assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)
     assert not (tmp_path / "124M" / (DATA + ".part")).exists()
+
+
+def test_a_server_that_proves_nothing_is_said_to(server, tiny_model_dir, tmp_path, capsys):
+    """No HEAD, no Content-Length, no MD5, every body cut to half: HTTP cannot tell; each file
+    is said to be unchecked, and --verify fails (it passed silently)."""
+    server.head, server.md5, server.always = False, False, "no-length"
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("not checked: the server sent neither its size nor its MD5") == len(FILES)
+    with pytest.raises(UserError, match=f"{len(FILES)} of {len(FILES)} files could not be verif"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False, verify=True)
+    server.head, server.always = True, None  # sizes known, still no MD5: --verify cannot prove
+    with pytest.raises(UserError, match="could not be verified: the server sends no MD5"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False, verify=True)
+    assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)  # fetched again by size
+
+
+def test_a_chunked_body_without_its_last_chunk_is_a_cut(server, tiny_model_dir, tmp_path):
+    server.head, server.faults[DATA] = False, "chunked-cut"
+    with pytest.raises(UserError, match="connection lost.*resume"):
+        download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert not (tmp_path / "124M" / DATA).exists()
+    assert (tmp_path / "124M" / (DATA + ".part")).exists()
+    server.head = True
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)
+
+
+def test_a_part_is_not_resumed_without_an_md5_to_prove_it(server, tiny_model_dir, tmp_path):
+    server.md5 = False
+    (tmp_path / "124M").mkdir()
+    (tmp_path / "124M" / (DATA + ".part")).write_bytes(b"\xff" * 100)  # garbage, not a prefix
+    download_model("124M", str(tmp_path), url=server.url, progress=False)
+    assert same_as_release(str(tmp_path / "124M"), tiny_model_dir)
+    assert all(r is None for _, r in server.requests)  # no Range: fetched whole
 
 
 def test_short_file_is_not_kept(server, tmp_path):

@@ -132,7 +132,7 @@ def test_the_command_takes_its_flags_and_defaults_from_the_config():
         ({"optimizer": "lion"}, "--optimizer must be adam, adamw, sgd or adafactor"),
         ({"lr_schedule": "cosine"}, "--lr_schedule cosine needs --steps"),
         ({"top_p": 2}, r"--top_p must be in \[0, 1\]"),
-        ({"seed": -1}, "--seed must be an integer >= 0"),
+        ({"seed": -1}, "--seed must be an integer from 0 to 2\\*\\*63 - 1"),
     ],
 )
 def test_config_is_validated_in_one_place(changes, message):

@@ -43,7 +43,7 @@ def from_hf(hf_dir=None, out=None, verbose=False):
     scratch = tempfile.mkdtemp(prefix="gpt2_tf2-convert-")
     try:
         files = huggingface.write_vocabulary(scratch, vocab, merges, specials, eos)
-        openai.write_model_dir(model, hparams, files, out)
+        openai.write_model_dir(model, hparams, files, out, "convert from-hf")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(

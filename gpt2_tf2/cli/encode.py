@@ -16,6 +16,7 @@ def encode(
     combine=50000,
     encoding="utf-8",
     errors="strict",
+    overwrite=False,
     verbose=False,
 ):
     """Encode text into token chunks saved as .npz (nshepperd's format: arrays arr_0, arr_1, ...).
@@ -32,6 +33,7 @@ def encode(
       combine: join files into chunks of at least this many characters.
       encoding: the text files' encoding.
       errors: 'strict' (an undecodable byte is an error naming the file and offset) or 'replace'.
+      overwrite: replace out_npz if it exists; without it an existing file is refused.
       verbose: show TensorFlow's log messages.
     """
     runner.configure_logging(verbose)
@@ -48,6 +50,11 @@ def encode(
         raise UserError(f"{out_npz}: the output name must end in .npz")
     if os.path.isdir(out_npz):
         raise UserError(f"{out_npz}: is a directory; name the .npz file to write")
+    if os.path.exists(out_npz) and not overwrite:
+        raise UserError(
+            f"{out_npz}: exists; nothing was changed: name a new file, or add --overwrite to "
+            f"replace it"
+        )
     try:  # before the corpus is read: where it goes must be writable
         os.makedirs(os.path.dirname(os.path.abspath(out_npz)), exist_ok=True)
     except OSError as e:

@@ -69,10 +69,10 @@ def write(hparams, vocab_files, out, seed):
     # there (an export of a trained run) would be lost under untrained weights.
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"{out}: not empty; init writes a new model into a new or empty directory")
-    check_target(out)
+    check_target(out, "init")
     model = GPT2(hparams, seed=None)
     initialize(model, seed)
-    write_model_dir(model, hparams, vocab_files, out)
+    write_model_dir(model, hparams, vocab_files, out, "init")
 
 
 init.positional = ()  # what the command takes by position (cli/flags.py)

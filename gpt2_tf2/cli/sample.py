@@ -259,6 +259,7 @@ def sample(
     )
 
     checks.check_nsamples(nsamples)
+    checks.check_seed(seed, "--seed")
     checks.check_beam_args(**beams)
     if checks.check_dtype(dtype, backend) == "tflite" and num_beams > 1:
         raise UserError("beam search runs on the xla backend only: drop --backend tflite")
@@ -297,6 +298,8 @@ def sample(
             *repetition,
             slide=num_beams == 1,
         )
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+            checks.check_memory(hparams.num_params(), hparams, batch_size, hparams.n_ctx)
     lm = runner.load_model(
         model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype, backend
     )

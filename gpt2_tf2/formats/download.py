@@ -2,8 +2,12 @@
 
 Mirrors openai/gpt-2's `download_model.py`: the seven files of a release from
 `{base_url}/{model}/{file}`. Each file is written as `FILE.part`, resumed with an HTTP Range request
-when a partial one exists, checked against the size the server announced, and only then renamed
-to its final name, so a file under its final name is always complete.
+when a partial one exists and the server sends an MD5 to check the whole against, checked against
+the size and MD5 the server announced, and only then renamed to its final name. A body that ends
+early is never renamed: a cut connection or a chunked body without its last chunk (RFC 9112 7.1)
+is an error. What HTTP cannot tell is a body without a length that the server ends early: when a
+server sends neither a size nor an MD5, the file is kept and said to be unchecked, and `verify`
+fails.
 """
 
 from __future__ import annotations
@@ -110,13 +114,19 @@ def _md5(path: str) -> bytes:
 
 def fetch_file(
     url: str, dest: str, timeout: float = 60.0, progress: bool = True, remote: Remote = Remote()
-) -> None:
-    """Download `url` to `dest` via `dest.part`, resuming a partial download; the file gets its
-    final name only once its size (and MD5, when the server sent one) are the server's."""
+) -> bool:
+    """Download `url` to `dest` via `dest.part`, resuming a partial download when the server's
+    MD5 can prove the result; the file gets its final name only once its size (and MD5, when the
+    server sent one) are the server's. Returns whether anything was checked (size or MD5)."""
     from tqdm import tqdm
 
     part = dest + ".part"
     offset = os.path.getsize(part) if os.path.exists(part) else 0
+    if offset and remote.md5 is None:  # nothing could tell a wrong prefix: start over
+        print(f"{part}: the server sends no MD5 to check a resumed file by; fetching it whole",
+              file=sys.stderr)  # fmt: skip
+        os.remove(part)
+        offset = 0
     response = _open(url, offset, timeout)
     if response is None:
         offset = 0
@@ -126,7 +136,7 @@ def fetch_file(
         if offset and response.status != 206:  # the server ignored the Range: start over
             offset = 0
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else remote.size
+        total = offset + int(length) if length and length.isdigit() else remote.size
         mode = "ab" if offset else "wb"
         bar = tqdm(
             total=total,
@@ -170,6 +180,7 @@ def fetch_file(
         os.remove(part)  # a resumed part that was not a prefix of the server's file
         raise UserError(f"{url}: the file's MD5 is not the server's; run the command again")
     os.replace(part, dest)
+    return total is not None or remote.md5 is not None
 
 
 def download_model(
@@ -181,7 +192,9 @@ def download_model(
     verify: bool = False,
 ) -> str:
     """Download one release into `models_dir/NAME`. A file already there is kept when its size
-    is the server's (and, with `verify`, its MD5); else it is fetched again. Returns the dir."""
+    is the server's (and, with `verify`, its MD5); else it is fetched again. A file nothing could
+    check (the server sent neither size nor MD5; with `verify`, no MD5) is said so on stderr, and
+    with `verify` it is an error once all are fetched. Returns the directory."""
     release = canonical_name(str(model_name))
     if release is None:
         names = ", ".join(list(PRESETS) + list(ALIASES))
@@ -199,14 +212,27 @@ def download_model(
 
 
 def _fetch_all(model_dir, release, url, timeout, progress, verify) -> None:
+    unchecked = []
     for fname in FILES:
         dest, file_url = os.path.join(model_dir, fname), f"{base_url(url)}/{release}/{fname}"
         remote = Remote.of(file_url, timeout)
+        checked = remote.md5 is not None or (remote.size is not None and not verify)
         if os.path.exists(dest):
             wrong = remote.mismatch(dest, checksum=verify)
             if wrong is None:
+                if not checked:
+                    unchecked.append(dest)
                 continue
             print(f"{dest}: {wrong}; fetching it again", file=sys.stderr)
             if os.path.exists(dest + ".part"):
                 os.remove(dest + ".part")  # from scratch; `dest` is replaced once the new is whole
-        fetch_file(file_url, dest, timeout, progress, remote)
+        if not fetch_file(file_url, dest, timeout, progress, remote) or (verify and not checked):
+            unchecked.append(dest)
+    what = "no MD5" if verify else "neither its size nor its MD5"
+    for dest in unchecked:
+        print(f"{dest}: not checked: the server sent {what}", file=sys.stderr)
+    if verify and unchecked:
+        raise UserError(
+            f"{len(unchecked)} of {len(FILES)} files could not be verified: the server sends no "
+            f"MD5 for them (they are kept, unproven); verify against a server that does"
+        )

@@ -201,11 +201,12 @@ MARKER = ".gpt2_tf2.json"
 TMP_PREFIX = ".gpt2_tf2-tmp-"  # our temporary directories inside a model directory
 
 
-def check_target(out_dir: str) -> None:
+def check_target(out_dir: str, writer: str = "write_model_dir") -> None:
     """Refuse a target that holds anything this package did not write (one line saying what).
 
-    A new or empty directory is fine, and so is one written by `write_model_dir` before: its
-    marker lists the files it wrote, and nothing else may be there.
+    A new or empty directory is fine, and so is one the same `writer` wrote before (an earlier
+    export): its marker names the writer and lists the files it wrote, and nothing else may be
+    there. A model that `init` or `convert` wrote is no export's to replace.
     """
     if not os.path.exists(out_dir):
         return
@@ -222,14 +223,28 @@ def check_target(out_dir: str) -> None:
             f"{out_dir}: not empty and not a model directory written by gpt2_tf2 (it holds "
             f"{shown}); nothing was changed: choose a new or empty directory for --out"
         )
+    marker = _read_marker(out_dir)
+    if entries and marker.get("command") != writer:
+        by = marker.get("command")
+        by = f"gpt2_tf2 {by}" if isinstance(by, str) else "a gpt2_tf2 that did not record how"
+        raise UserError(
+            f"{out_dir}: holds a model written by {by}, not by an earlier {writer}; nothing was "
+            f"changed: choose a new or empty directory for --out"
+        )
+
+
+def _read_marker(out_dir: str) -> dict:
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def _written_by_us(out_dir: str) -> list[str]:
-    try:
-        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    files = _read_marker(out_dir).get("files")
+    files = files if isinstance(files, list) else []
     return [f for f in files if isinstance(f, str) and os.path.basename(f) == f]
 
 
@@ -243,7 +258,13 @@ def _remove_stale_temporaries(out_dir: str) -> None:
             os.remove(path)
 
 
-def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_dir: str) -> None:
+def write_model_dir(
+    model,
+    hparams: HParams,
+    vocab_files: dict[str, str],
+    out_dir: str,
+    writer: str = "write_model_dir",
+) -> None:
     """Write `model` as an OpenAI-layout model directory; never removes what it did not write.
 
     `out_dir` must be new, empty, or a model directory written here before (`check_target`).
@@ -257,9 +278,11 @@ def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_di
       vocab_files: the vocabulary's files by name ({"encoder.json": path, "vocab.bpe": path},
         `tokenizer.vocabulary_files(model_dir)`) to copy beside the weights.
       out_dir: the directory to write.
+      writer: what writes it (a command's name: `export`, `init`), recorded in the marker; only
+        the same writer may replace the directory's files later.
     """
     out_dir = os.path.abspath(out_dir)
-    check_target(out_dir)
+    check_target(out_dir, writer)
     created = not os.path.exists(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)  # with the usual permissions (0755 under umask 022)
@@ -269,7 +292,7 @@ def write_model_dir(model, hparams: HParams, vocab_files: dict[str, str], out_di
         raise UserError(f"{out_dir}: cannot create the directory ({e.strerror})") from None
     try:
         names = _write_files(model, hparams, vocab_files, tmp)
-        _write_marker(out_dir, names)  # first: a directory cut short is still known as ours
+        _write_marker(out_dir, names, writer)  # first: a directory cut short is still known as ours
         for name in sorted(names, key=lambda n: n == "checkpoint"):  # the index last
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as e:
@@ -304,9 +327,9 @@ def _write_files(model, hparams: HParams, vocab_files: dict[str, str], directory
     return sorted(os.listdir(directory))
 
 
-def _write_marker(out_dir: str, names: list[str]) -> None:
+def _write_marker(out_dir: str, names: list[str], writer: str) -> None:
     """The marker, written whole (a temporary file renamed into place)."""
     files = sorted(set(names) | set(_written_by_us(out_dir)))
-    text = json.dumps({"written_by": "gpt2_tf2", "files": files}, indent=2)
+    text = json.dumps({"written_by": "gpt2_tf2", "command": writer, "files": files}, indent=2)
     tmp = os.path.join(out_dir, f"{TMP_PREFIX}{MARKER}")  # what _remove_stale_temporaries knows
     write_atomically(os.path.join(out_dir, MARKER), text, tmp)

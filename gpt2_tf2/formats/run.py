@@ -13,11 +13,13 @@ import os
 import tensorflow as tf
 
 from gpt2_tf2.errors import UserError, first_line
+from gpt2_tf2.files import check_run_name
 from gpt2_tf2.formats.openai import named_checkpoint
 
 
 def run_dir(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
-    return os.path.join(str(checkpoint_dir), str(run_name))
+    """checkpoint_dir/run_name, once the run name is checked (`check_run_name`)."""
+    return os.path.join(str(checkpoint_dir), check_run_name(run_name))
 
 
 def latest(directory: str) -> str | None:

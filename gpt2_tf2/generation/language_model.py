@@ -27,8 +27,11 @@ from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this mod
     DTYPES,
     check_beam_args,
     check_dtype,
+    check_memory,
     check_nsamples,
     check_sampling_args,
+    check_seed,
+    check_token_ids,
 )
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
@@ -176,6 +179,12 @@ class LanguageModel:
         prompts = [list(p) for p in prompt_tokens] if many else [list(prompt_tokens or [])]
         if many and not prompts:
             raise UserError("the list of prompts is empty")
+        check_seed(seed)
+        if num_beams == 1 and num_return_sequences != 1:
+            raise UserError(
+                "num_return_sequences counts the beams returned: it needs num_beams > 1 "
+                "(nsamples gives more samples)"
+            )
         if num_beams != 1:
             self._check_beam_backend()
             if nsamples != 1 or batch_size != 1:
@@ -214,10 +223,13 @@ class LanguageModel:
         """(contexts, length, stop token, window stride) of a sampling call, or a UserError.
         options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
         n_ctx = self.hparams.n_ctx
+        for p in prompts:
+            check_token_ids(p, self.hparams.n_vocab)
         longest = max(len(p) for p in prompts)
         length = self.check_sampling_args(longest, length, *options, slide=True)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_memory(self.hparams.num_params(), self.hparams, batch_size, n_ctx)
         stride = n_ctx // 2 if stride is None else stride
         if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride < n_ctx:
             raise UserError(f"window_stride must be an integer in 1..{n_ctx - 1}, got {stride!r}")
@@ -342,6 +354,7 @@ class LanguageModel:
         seed gives the same tokens as `generate_tokens` (its sample number `sample_index` at
         batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step)."""
         options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
+        check_seed(seed)
         contexts, length, stop, stride = self._check(
             [list(prompt_tokens or [])], length, 1, options, stop_at_endoftext, window_stride
         )
@@ -517,6 +530,7 @@ class LanguageModel:
         tokens = list(tokens)
         if not tokens:
             raise UserError("nothing to score: the text encodes to zero tokens")
+        check_token_ids(tokens, self.hparams.n_vocab)
         eot = self.encoder.eot_token
         ids = tokens if eot is None else [eot] + tokens  # the leading <|endoftext|> is context only
         if len(ids) < 2:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from gpt2_tf2.errors import UserError, reason
-from gpt2_tf2.files import write_atomically
+from gpt2_tf2.files import human_size, write_atomically
 from gpt2_tf2.training import runs
 from gpt2_tf2.training.loop import Callback
 
@@ -29,6 +29,14 @@ class Checkpoint(Callback):
     def save(self, step: int) -> None:
         if self.manager.latest_checkpoint == os.path.join(self.directory, f"ckpt-{step}"):
             return
+        # The manager keeps the newest five: a save of non-finite weights could rotate the last
+        # good checkpoint away, so none is ever made.
+        bad = next((v.name for v in self.trainer.model.variables if not _finite(v)), None)
+        if bad is not None:
+            raise UserError(
+                f"{self.directory}: not saving ckpt-{step}: weight {bad} is NaN or infinite; "
+                f"the checkpoints there are as they were; lower --learning_rate, or check the data"
+            )
         try:
             self.manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as e:
@@ -37,8 +45,8 @@ class Checkpoint(Callback):
             runs.remove_stale_temporaries(self.directory)
             raise UserError(
                 f"{self.directory}: cannot save ckpt-{step} ({reason(e)}); about "
-                f"{_size_mb(self.trainer):.0f} MB needed; the previous checkpoint is intact: "
-                f"free space and run the same command to resume from it"
+                f"{human_size(_size_bytes(self.trainer))} needed; the previous checkpoint is "
+                f"intact: free space and run the same command to resume from it"
             ) from None
         if self.announce:
             tqdm.write(f"saved {self.directory}/ckpt-{step}")
@@ -51,9 +59,13 @@ class Checkpoint(Callback):
         self.save(loop.step)
 
 
-def _size_mb(trainer) -> float:
+def _finite(variable) -> bool:
+    return bool(tf.reduce_all(tf.math.is_finite(variable)))
+
+
+def _size_bytes(trainer) -> int:
     """About what one checkpoint takes: every variable of the trainer (model, optimizer)."""
-    return sum(v.shape.num_elements() * v.dtype.size for v in trainer.variables) / 1e6
+    return sum(v.shape.num_elements() * v.dtype.size for v in trainer.variables)
 
 
 def scalars(writer, step: int, **values) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.files import check_run_name
+from gpt2_tf2.generation.checks import check_seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")  # training/optimizers.py makes each
 MIXED_PRECISION = ("none", "bf16", "fp16")
@@ -160,16 +162,11 @@ class TrainConfig:
             f"--strategy must be one_device, mirrored or multi_worker, got {self.strategy!r}",
         )
         _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, "--top_p must be in [0, 1]")
+        check_seed(self.seed, "--seed")  # one rule for seeds, sampling's too
         _check(
-            self.seed is None or _is_int(self.seed, 0),
-            f"--seed must be an integer >= 0, got {self.seed!r}",
-        )
-        _check(
-            self.seed is None or self.seed < 2**63, f"--seed must be below 2**63, got {self.seed}"
-        )
-        _check(
-            isinstance(self.run_name, str) and self.run_name.strip() not in ("", ".", ".."),
-            f"--run_name must name a directory under --checkpoint_dir, got {self.run_name!r}",
+            _is_run_name(self.run_name),
+            f"--run_name must be one directory name under --checkpoint_dir (no '/', not '.' "
+            f"or '..'), got {self.run_name!r}",
         )
 
     def check_sequence_length(self, n_ctx: int) -> int:
@@ -206,6 +203,14 @@ def _check(cond, message):
 
 def _is_int(x, low=0):
     return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _is_run_name(x):
+    try:
+        check_run_name(x)
+    except UserError:
+        return False
+    return True
 
 
 def _is_number(x):

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.files import list_files, read_text
+from gpt2_tf2.files import human_size, list_files, read_text
 
 
 def load_dataset(
@@ -29,8 +29,10 @@ def load_dataset(
     encoding: str = "utf-8",
     errors: str = "strict",
     progress: bool = False,
+    n_vocab: int | None = None,
 ) -> list[np.ndarray]:
-    """Token chunks (int32 arrays) from text files and/or .npz files under `path`."""
+    """Token chunks (int32 arrays) from text files and/or .npz files under `path`; with
+    `n_vocab`, every id is checked to be a token of a model with that many (`check_ids`)."""
     from tqdm import tqdm
 
     files = list_files(path)
@@ -54,7 +56,7 @@ def load_dataset(
         for name in files:
             bar.set_postfix_str(os.path.basename(name)[-30:])
             if name.endswith(".npz"):
-                chunks += load_npz(name)
+                chunks += load_npz(name, n_vocab)
             else:
                 text = read_text(name, encoding, errors)
                 if text:
@@ -68,13 +70,17 @@ def load_dataset(
             bar.update(os.path.getsize(name))
     if pending:
         chunks.append(np.asarray(pending, np.int32))
+    if n_vocab is not None:  # the vocabulary's own ids: past n_vocab only if the model is smaller
+        for c in chunks:
+            check_ids(c, n_vocab, path)
     chunks = [c for c in chunks if c.size]
     if not chunks:
         raise UserError(f"{path}: no text found (all files are empty)")
     return chunks
 
 
-def load_npz(path: str) -> list[np.ndarray]:
+def load_npz(path: str, n_vocab: int | None = None) -> list[np.ndarray]:
+    """nshepperd's .npz chunks; with `n_vocab`, checked to hold only ids below it."""
     try:
         with np.load(path) as npz:
             arrays = [npz[name] for name in npz.files]
@@ -89,7 +95,22 @@ def load_npz(path: str) -> list[np.ndarray]:
     for a in arrays:
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
             raise UserError(f"{path}: expected 1-D integer token arrays, found {a.dtype} {a.shape}")
+        if n_vocab is not None:
+            check_ids(a, n_vocab, path)
     return [a.astype(np.int32, copy=False) for a in arrays]
+
+
+def check_ids(tokens: np.ndarray, n_vocab: int, where: str) -> None:
+    """Every id a token of the model's vocabulary (0..n_vocab-1). An id outside it (data encoded
+    with another vocabulary) would index past the embedding matrix: on the CPU's compiled step
+    that is no error but NaN weights, which the run would then save over its good checkpoints."""
+    bad = np.flatnonzero((tokens < 0) | (tokens >= n_vocab))
+    if bad.size:
+        raise UserError(
+            f"{where}: token id {int(tokens[bad[0]])} is outside the model's vocabulary of "
+            f"{n_vocab} (ids 0..{n_vocab - 1}); was it encoded with another vocabulary? Encode "
+            f"the text again with this model's (gpt2_tf2.encode --model_name)"
+        )
 
 
 def save_npz(chunks: list[np.ndarray], out: str) -> None:
@@ -103,7 +124,7 @@ def save_npz(chunks: list[np.ndarray], out: str) -> None:
         np.savez_compressed(tmp, *chunks)
         os.replace(tmp, out)
     except OSError as e:
-        needed = f"; up to {sum(c.nbytes for c in chunks) / 1e6:.1f} MB needed"
+        needed = f"; up to {human_size(sum(c.nbytes for c in chunks))} needed"
         full = e.errno == errno.ENOSPC
         raise UserError(
             f"{out}: cannot write ({e.strerror or e}){needed if full else ''}"

@@ -8,7 +8,23 @@ last step, also after a stop request) and `close(loop)` (always, also after an e
 
 from __future__ import annotations
 
+import math
 import time
+
+from gpt2_tf2.errors import UserError
+
+
+def check_finite(loss: float, out: dict, step: int) -> None:
+    """Stop the run, before any callback can save, at a non-finite loss whose update was applied
+    (an fp16 overflow that the loss scale skipped is no harm: `applied` is False then). The
+    weights are then NaN or infinite: saving them would rotate the good checkpoints away."""
+    if math.isfinite(loss) or not bool(out.get("applied", True)):
+        return
+    raise UserError(
+        f"step {step}: the loss is {loss}: the weights are no longer finite, so the run stopped "
+        f"without saving (its checkpoints are as they were); lower --learning_rate, or check "
+        f"the data"
+    )
 
 
 class Callback:
@@ -70,6 +86,7 @@ class Loop:
                 out = self.trainer.train_step(windows)
                 metrics = {"loss": float(out["loss"]), "lr": float(out["lr"])}
                 metrics["seconds"] = time.perf_counter() - began
+                check_finite(metrics["loss"], out, self.step)
                 agreed = "stop" in out and float(out["stop"]) > 0
                 if agreed and self.stop_reason is None:
                     self.stop_reason = "another worker was asked to stop"

@@ -127,35 +127,37 @@ class RunLock:
 
 
 # What a run directory holds that this package wrote, by name: only these are ever removed.
-# TensorFlow writes the `checkpoint` index as checkpoint.tmp<uuid4 hex>, then renames it
-# (file_io.atomic_write_string_to_file): a kill between the two leaves that file.
-TEMPORARY = re.compile(
-    r"ckpt-\d+_temp.*|run\.json\.tmp-\d+|log\.tsv\.tmp-\d+|checkpoint\.tmp[0-9a-f]{32}"
-)
-CHECKPOINT = re.compile(r"ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint|run\.json|log\.tsv|logs")
+# TensorFlow's sharded save writes `<prefix>_temp/part-...` (functional_saver.py: the directory
+# `ckpt-N_temp` and nothing else of that name); it writes the `checkpoint` index as
+# checkpoint.tmp<uuid4 hex>, then renames it (file_io.atomic_write_string_to_file): a kill
+# between the two leaves that file. Our own temporaries end in `.tmp-PID`.
+TEMPORARY_DIRS = re.compile(r"ckpt-\d+_temp")
+TEMPORARY = re.compile(r"run\.json\.tmp-\d+|log\.tsv\.tmp-\d+|checkpoint\.tmp[0-9a-f]{32}")
+CHECKPOINT = re.compile(r"ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint|run\.json|log\.tsv")
+CHECKPOINT_DIRS = re.compile(r"logs")
 
 
-def _remove(directory: str, names: re.Pattern) -> None:
+def _remove(directory: str, files: re.Pattern, dirs: re.Pattern) -> None:
+    """Remove the files whose names `files` matches whole and the directories `dirs` matches."""
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
-        if not names.fullmatch(name):
-            continue
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        if os.path.isdir(path) and not os.path.islink(path):
+            if dirs.fullmatch(name):
+                shutil.rmtree(path, ignore_errors=True)
+        elif files.fullmatch(name):
             os.remove(path)
 
 
 def remove_stale_temporaries(directory: str) -> None:
     """What a trainer killed while saving left behind: TensorFlow's `ckpt-N_temp/` shard
-    directories and our temporary files. Called under the run's lock."""
-    _remove(directory, TEMPORARY)
+    directories and our temporary files. Called under the run's lock, once a start is accepted."""
+    _remove(directory, TEMPORARY, TEMPORARY_DIRS)
 
 
 def discard(directory: str) -> None:
     """`--overwrite`: remove what a run wrote to be resumed (its checkpoints, their index,
     run.json, the logs), and nothing else."""
-    _remove(directory, CHECKPOINT)
+    _remove(directory, CHECKPOINT, CHECKPOINT_DIRS)
 
 
 def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
@@ -201,10 +203,10 @@ def export(
 ) -> str:
     """Write a run's newest weights as an OpenAI-layout model directory, atomically; stored in
     `dtype` (float16: half the disk; every reader loads it into float32 or its own dtype)."""
-    check_target(out)  # before the weights are read
+    check_target(out, "export")  # before the weights are read
     directory = locate_run(run_name, checkpoint_dir)
     opened, model = formats.load_model_dir(directory)
     if dtype != "float32":
         model = formats.cast_model(model, dtype)
-    write_model_dir(model, opened.hparams, opened.vocabulary_files, out)
+    write_model_dir(model, opened.hparams, opened.vocabulary_files, out, "export")
     return opened.checkpoint

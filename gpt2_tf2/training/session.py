@@ -64,14 +64,19 @@ def check_start(cfg: TrainConfig, directory: str, newest: str | None) -> None:
 
 def load_data(cfg: TrainConfig, base: formats.ModelDir, seq_len: int, progress: bool = True):
     """(training batches, validation batches or None) as the config asks."""
-    encoder = base.encoder
+    encoder, n_vocab = base.encoder, base.hparams.n_vocab
     chunks = data.load_dataset(
-        encoder, str(cfg.dataset), cfg.combine, str(cfg.encoding), progress=progress
+        encoder,
+        str(cfg.dataset),
+        cfg.combine,
+        str(cfg.encoding),
+        progress=progress,
+        n_vocab=n_vocab,
     )
     val_chunks = None
     if cfg.val_dataset is not None:
         val_chunks = data.load_dataset(
-            encoder, str(cfg.val_dataset), cfg.combine, str(cfg.encoding)
+            encoder, str(cfg.val_dataset), cfg.combine, str(cfg.encoding), n_vocab=n_vocab
         )
     elif cfg.val_every:
         chunks, val_chunks = data.split_validation(chunks, seq_len + 1)
@@ -108,8 +113,6 @@ def start(cfg: TrainConfig, strategy=None) -> Run:
 
 def _start(cfg: TrainConfig, directory: str, lock, strategy, worker_dir) -> Run:
     chief = worker_dir is None
-    if chief:
-        runs.remove_stale_temporaries(directory)
     newest = runs.latest(directory)
     check_start(cfg, directory, newest)
     resuming = cfg.restore_from == "latest" and newest is not None
@@ -125,8 +128,10 @@ def _start(cfg: TrainConfig, directory: str, lock, strategy, worker_dir) -> Run:
     batches, val_batches = load_data(cfg, base, seq_len, progress=chief)
 
     model, trainer = make_trainer(base.hparams, cfg, strategy)
-    if chief and cfg.overwrite and cfg.restore_from != "latest":
-        runs.discard(directory)  # asked for; the last moment before the run writes
+    if chief:  # the start is accepted: the last moment before the run writes
+        runs.remove_stale_temporaries(directory)
+        if cfg.overwrite and cfg.restore_from != "latest":
+            runs.discard(directory)  # asked for
     ckpt, manager = runs.make_manager(trainer, worker_dir or directory)
     source, weights_dir = runs.starting_point(cfg.restore_from, newest, base_dir)
     weights = base if weights_dir == base_dir else formats.open_model_dir(weights_dir)

@@ -1,0 +1,237 @@
+"""Nothing lost, round three: a run name cannot climb out of the checkpoint directory, data
+outside the vocabulary and non-finite weights never reach a checkpoint, clean-up removes only
+exact names a save leaves, and encode and export refuse to replace what is not theirs.
+
+The commands run in this process through their entry points (`conftest.run_main`): their logic
+is the subject, not the process. Each test reads the user's files' md5 sums before and after."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_main, tree_digest
+from gpt2_tf2.cli import encode as encode_cli
+from gpt2_tf2.cli import export as export_cli
+from gpt2_tf2.cli import init as init_cli
+from gpt2_tf2.cli import sample as sample_cli
+from gpt2_tf2.cli import train as train_cli
+from gpt2_tf2.errors import UserError
+
+TEXT = "one two three four five six seven eight nine ten. " * 40
+
+
+def train_argv(root, model, run, *extra, steps=4):
+    return [
+        "--dataset", root / "data.npz", "--model_name", model, "--run_name", run,
+        "--checkpoint_dir", root / "checkpoint", "--sample_dir", root / "samples",
+        "--steps", steps, "--batch_size", 2, "--sequence_length", 16, "--learning_rate", 3e-3,
+        "--seed", 3, "--sample_every", 0, "--save_every", 2, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """checkpoint/good: a run of 4 steps; beside it, in checkpoint/, files of the user's own
+    (run.json, log.tsv, logs/) that a run directory also holds."""
+    root = tmp_path_factory.mktemp("guards")
+    (root / "data.txt").write_text(TEXT, encoding="utf-8")
+    code, _, err = run_main(
+        encode_cli.main, [root / "data.txt", root / "data.npz", "--model_name", tiny_model_dir]
+    )
+    assert code == 0, err
+    code, _, err = run_main(train_cli.main, train_argv(root, tiny_model_dir, "good"))
+    assert code == 0, err
+    mine = root / "checkpoint"
+    (mine / "run.json").write_text('{"my": "notes"}')
+    (mine / "log.tsv").write_text("1\t2\n")
+    (mine / "logs").mkdir()
+    (mine / "logs" / "mine.txt").write_text("mine")
+    return root
+
+
+@pytest.mark.parametrize("name", ["../", "./", "x/..", "r1/../", "..", "/tmp/r", "a/b", "a\\b"])
+def test_a_run_name_is_one_directory_name(trained, tiny_model_dir, name):
+    """`--run_name ../ --restore_from fresh --overwrite` wiped the checkpoint directory."""
+    before = tree_digest(trained)
+    argv = train_argv(trained, tiny_model_dir, name, "--restore_from", "fresh", "--overwrite")
+    code, out, err = run_main(train_cli.main, argv)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--run_name must be one directory name under --checkpoint_dir" in err
+    for main, argv in [
+        (sample_cli.main, ["--run_name", name, "--checkpoint_dir", trained / "checkpoint"]),
+        (
+            export_cli.main,
+            ["--run_name", name, "--checkpoint_dir", trained / "checkpoint", "--out", "x"],
+        ),
+    ]:
+        code, out, err = run_main(main, argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "run_name must be one directory name" in err
+    assert tree_digest(trained) == before
+
+
+def test_a_run_name_check_in_the_library():
+    from gpt2_tf2.formats.run import run_dir
+
+    assert run_dir("r1", "ckpt") == os.path.join("ckpt", "r1")
+    for bad in ["", " ", ".", "..", "../", "x/..", "/abs", "a/b", 5, None]:
+        with pytest.raises(UserError, match="run_name must be one directory name"):
+            run_dir(bad, "ckpt")
+
+
+def test_data_outside_the_vocabulary_is_refused_before_anything_is_touched(trained, tiny_model_dir):
+    before = tree_digest(trained)
+    for bad_id in (-1, 50257, 99999):
+        path = trained / f"bad{bad_id}.npz"
+        np.savez_compressed(path, np.array([5] * 40 + [bad_id] + [6] * 40, np.int64))
+        argv = train_argv(trained, tiny_model_dir, "good", "--steps", 10)
+        argv[1] = path
+        code, _, err = run_main(train_cli.main, argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{path}: token id {bad_id} is outside the model's vocabulary of 50257" in err
+        os.remove(path)
+    assert tree_digest(trained) == before
+
+
+def test_non_finite_weights_never_reach_a_checkpoint(trained, tiny_model_dir, tmp_path):
+    """Resumed with a learning rate that blows the weights up, saving every step: the run stops
+    with one line and the run's checkpoints are the good ones they were."""
+    import shutil
+
+    shutil.copytree(trained / "checkpoint" / "good", tmp_path / "checkpoint" / "good")
+    shutil.copy(trained / "data.npz", tmp_path / "data.npz")
+    before = tree_digest(tmp_path / "checkpoint" / "good")
+    argv = train_argv(tmp_path, tiny_model_dir, "good", "--steps", 12, "--save_every", 1)
+    argv[argv.index("--learning_rate") + 1] = "1e38"
+    code, out, err = run_main(train_cli.main, argv)
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert "the loss is nan" in line or "is NaN or infinite" in line, err
+    after = tree_digest(tmp_path / "checkpoint" / "good")
+    good = {k: v for k, v in before.items() if k.startswith("ckpt-")}
+    assert {k: after.get(k) for k in good} == good  # the good checkpoints, unchanged
+    import tensorflow as tf
+
+    for prefix in {k.split(".")[0] for k in after if k.startswith("ckpt-")}:
+        reader = tf.train.load_checkpoint(str(tmp_path / "checkpoint" / "good" / prefix))
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if name.startswith("model/") and np.issubdtype(np.asarray(value).dtype, np.floating):
+                assert np.isfinite(value).all(), (prefix, name)
+
+
+def test_a_skipped_fp16_step_is_not_a_stop():
+    from gpt2_tf2.training.loop import check_finite
+
+    check_finite(float("nan"), {"applied": False}, 3)  # the loss scale dropped the update
+    check_finite(1.5, {"applied": True}, 3)
+    with pytest.raises(UserError, match="step 3: the loss is inf"):
+        check_finite(float("inf"), {"applied": True}, 3)
+
+
+def test_a_refused_start_removes_nothing(trained, tiny_model_dir):
+    """The start-up clean-up matched `ckpt-\\d+_temp.*` and ran before the refusal."""
+    run = trained / "checkpoint" / "good"
+    (run / "ckpt-1_temp-notes.txt").write_text("my notes")
+    (run / "ckpt-2_temp").write_text("a file of mine, not TensorFlow's shard directory")
+    try:
+        before = tree_digest(trained)
+        code, _, err = run_main(
+            train_cli.main,
+            train_argv(trained, tiny_model_dir, "good", "--restore_from", "fresh"),
+        )
+        assert code == 2 and "already holds this run's checkpoints" in err, err
+        assert tree_digest(trained) == before
+    finally:
+        os.remove(run / "ckpt-1_temp-notes.txt")
+        os.remove(run / "ckpt-2_temp")
+
+
+def test_encode_refuses_to_replace_a_dataset(trained, tiny_model_dir, tmp_path):
+    (tmp_path / "t.txt").write_text("ten tokens or so of new text", encoding="utf-8")
+    out = tmp_path / "mydata.npz"
+    out.write_bytes((trained / "data.npz").read_bytes())
+    before = tree_digest(tmp_path)
+    argv = [tmp_path / "t.txt", out, "--model_name", tiny_model_dir]
+    code, _, err = run_main(encode_cli.main, argv)
+    assert code == 2 and err.count("\n") == 1 and "--overwrite" in err, err
+    assert tree_digest(tmp_path) == before
+    code, out_text, err = run_main(encode_cli.main, [*argv, "--overwrite"])
+    assert code == 0, err
+    with np.load(out) as npz:
+        assert sum(npz[k].size for k in npz.files) < 20
+
+
+def test_export_does_not_replace_a_model_init_wrote(trained, vocab_files, tmp_path):
+    model = tmp_path / "mine"
+    code, _, err = run_main(
+        init_cli.main,
+        ["--out", model, "--vocab", os.path.dirname(vocab_files["encoder.json"]),
+         "--n_layer", 1, "--n_embd", 16, "--n_head", 2, "--n_ctx", 32],
+    )  # fmt: skip
+    assert code == 0, err
+    before = tree_digest(model)
+    argv = ["--run_name", "good", "--checkpoint_dir", trained / "checkpoint", "--out", model]
+    code, _, err = run_main(export_cli.main, argv)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "written by gpt2_tf2 init, not by an earlier export" in err
+    assert tree_digest(model) == before
+    exported = tmp_path / "exported"
+    for _ in range(2):  # an earlier export is still replaced
+        argv[-1] = exported
+        code, _, err = run_main(export_cli.main, argv)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--seed", "abc"], "--seed must be an integer from 0 to 2**63 - 1, got 'abc'"),
+        (["--seed", "99999999999999999999999"], "--seed must be an integer from 0 to 2**63 - 1"),
+        (["--seed", "-1"], "--seed must be an integer from 0 to 2**63 - 1, got -1"),
+        (["--seed", "1.5"], "--seed must be an integer from 0 to 2**63 - 1, got 1.5"),
+        (["--no_repeat_ngram_size", "10000000000"], "no_repeat_ngram_size must be an integer"),
+        (["--top_k", "1099511627776"], "top_k must be an integer from 0 (off) to 2147483647"),
+        (["--batch_size", "100000000", "--length", "4"], "batch_size 100000000 needs about"),
+    ],
+)
+def test_sample_flags_are_one_line(tiny_model_dir, args, fragment):
+    code, _, err = run_main(sample_cli.main, ["--model_name", tiny_model_dir, *args])
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    import gpt2_tf2
+
+    return gpt2_tf2.load(tiny_model_dir)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda lm: lm.generate("Hi", length=2, top_k=2**40), "top_k must be an integer from 0"),
+        (
+            lambda lm: lm.generate("Hi", length=2, no_repeat_ngram_size=2**31),
+            "no_repeat_ngram_size must be an integer from 0",
+        ),
+        (lambda lm: lm.generate("Hi", length=2, seed=2**70), "seed must be an integer from 0"),
+        (lambda lm: lm.generate("Hi", length=2, seed=-3), "seed must be an integer from 0"),
+        (lambda lm: list(lm.stream("Hi", length=2, seed="x")), "seed must be an integer from 0"),
+        (lambda lm: lm.score_tokens([1, 2, 99999]), "token id 99999 is not a token of the"),
+        (
+            lambda lm: lm.generate_tokens([1, 2, -1], length=2).__next__(),
+            "token id -1 is not a token",
+        ),
+        (
+            lambda lm: lm.generate("Hi", length=2, num_return_sequences=5),
+            "num_return_sequences counts the beams returned: it needs num_beams > 1",
+        ),
+        (lambda lm: lm.generate("Hi", length=2, batch_size=10**8), "batch_size 100000000 needs"),
+    ],
+)
+def test_the_library_says_what_is_wrong(lm, call, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(lm)
