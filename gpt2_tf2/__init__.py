@@ -10,6 +10,9 @@ __all__ = ["load", "__version__"]
 
 def __getattr__(name):
     if name == "load":
+        from gpt2_tf2 import quiet
+
+        quiet.import_tensorflow()  # its start-up log hidden, as on the command line
         from gpt2_tf2.generation.language_model import load
 
         return load

@@ -3,8 +3,12 @@
 The code lives in `generation.language_model` (and `formats.model_dir` for finding models).
 """
 
-from gpt2_tf2.formats.model_dir import cast_model, find_model_dir, resolve_model_dir
-from gpt2_tf2.generation.language_model import (
+from gpt2_tf2 import quiet
+
+quiet.import_tensorflow()  # its start-up log hidden, as on the command line (gpt2_tf2.quiet)
+
+from gpt2_tf2.formats.model_dir import cast_model, find_model_dir, resolve_model_dir  # noqa: E402
+from gpt2_tf2.generation.language_model import (  # noqa: E402
     DTYPES,
     LanguageModel,
     bucket,

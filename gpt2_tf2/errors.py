@@ -1,14 +1,18 @@
 """The one exception type for bad input; the command-line face prints it as a single line."""
 
+import re
+
 
 class UserError(Exception):
     """Something the user gave us is wrong; the message says what and what to do."""
 
 
 def first_line(e: Exception) -> str:
-    """The first line of an exception's message (TensorFlow's run on for pages), or its type."""
+    """The first line of an exception's message (TensorFlow's run on for pages), or its type;
+    without TensorFlow's `{{function_node ...}}` prefix and `[Op:...]` suffix."""
     text = getattr(e, "message", None) or str(e)
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]", "", text).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def reason(e: Exception) -> str:

@@ -4,13 +4,14 @@ is written, or a new directory whole (`replace_into`)."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import shutil
 import tempfile
 
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, reason
 
 
 def write_atomically(path: str, text, tmp: str | None = None) -> None:
@@ -75,9 +76,10 @@ def check_new_dir(out: str) -> None:
         raise UserError(f"{out}: exists and is not empty; choose a new or empty directory")
 
 
-def replace_into(out: str, write) -> None:
+def replace_into(out: str, write, needed: int | None = None) -> None:
     """`write(tmp)` fills a temporary directory beside `out`, which is then renamed into place
-    (an empty `out` is replaced, anything else refused): a failure leaves nothing half-written."""
+    (an empty `out` is replaced, anything else refused): a failure leaves nothing half-written.
+    `needed`: about how many bytes it writes, said when the disk is full."""
     check_new_dir(out)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
@@ -88,10 +90,21 @@ def replace_into(out: str, write) -> None:
         if os.path.isdir(out):
             os.rmdir(out)  # empty (rmdir refuses anything else): replaced by the finished one
         os.replace(tmp, out)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write ({e.strerror})") from None
+    except Exception as e:  # OSError, or TensorFlow's OpError (ResourceExhaustedError: disk full)
+        if not isinstance(e, OSError) and not type(e).__module__.startswith("tensorflow"):
+            raise
+        raise UserError(f"{out}: cannot write ({reason(e)}){_needed(e, needed)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _needed(e: Exception, needed: int | None) -> str:
+    """'; about N needed: free space ...' when `e` is a full disk and the size is known."""
+    full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+    if not full:
+        return ""
+    about = f"about {human_size(needed)} needed; " if needed else ""
+    return f"; {about}nothing was written: free space and run it again"
 
 
 def list_files(path: str) -> list[str]:

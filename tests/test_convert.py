@@ -223,6 +223,9 @@ def test_special_tokens_and_their_end_of_text_come_along(vocab_files, tmp_path):
     assert {k: vocab[k] for k in added} == added
     config = json.loads((tmp_path / "back" / "config.json").read_text())
     assert (config["eos_token_id"], config["pad_token_id"]) == (50259, 50257)
+    generation = json.loads((tmp_path / "back" / "generation_config.json").read_text())
+    # <s> begins a text, as the original config and tokenizer say (it was </s>'s id)
+    assert config["bos_token_id"] == generation["bos_token_id"] == added["<s>"]
 
 
 def damaged(state, key, value=None):

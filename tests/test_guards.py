@@ -235,3 +235,110 @@ def lm(tiny_model_dir):
 def test_the_library_says_what_is_wrong(lm, call, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(lm)
+
+
+@pytest.mark.parametrize(
+    "weight_map, message",
+    [
+        (["model.safetensors"], "expected a weight_map object"),
+        ({"wte": 3}, "weight_map names 3; shards are file names"),
+        ({"wte": "../x.safetensors"}, "weight_map names '../x.safetensors'; shards are file"),
+        ({"wte": "/etc/passwd"}, "weight_map names '/etc/passwd'"),
+        ({}, "expected a weight_map object"),
+    ],
+)
+def test_a_shard_index_is_checked_and_confined(tmp_path, weight_map, message):
+    import json
+
+    from gpt2_tf2.formats import huggingface
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "x.safetensors").write_bytes(b"outside the directory")
+    index = tmp_path / "hf" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        huggingface.read_weights(str(tmp_path / "hf"))
+
+
+def test_tensorflow_s_wrapping_is_not_shown():
+    import tensorflow as tf
+
+    from gpt2_tf2.errors import first_line
+
+    e = tf.errors.ResourceExhaustedError(
+        None,
+        None,
+        "{{function_node __wrapped__SaveV2_dtypes_148_device_/job:localhost/replica:0/task:0/"
+        "device:CPU:0}} /x/variables_temp/part-0.data; No space left on device [Op:SaveV2]",
+    )
+    assert first_line(e) == "/x/variables_temp/part-0.data; No space left on device"
+
+
+FULL = "{{function_node __wrapped__SaveV2}} /t/part-0; No space left on device [Op:SaveV2]"
+
+
+def test_a_full_disk_export_says_what_it_needs(trained, tiny_model_dir, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from gpt2_tf2.formats import openai
+    from gpt2_tf2.generation import savedmodel
+
+    def full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, FULL)
+
+    monkeypatch.setattr(savedmodel, "write_savedmodel", full)
+    monkeypatch.setattr(openai, "_write_files", full)
+    for argv in [
+        ["--format", "savedmodel", "--model_name", tiny_model_dir, "--out", tmp_path / "sm"],
+        ["--run_name", "good", "--checkpoint_dir", trained / "checkpoint", "--out", tmp_path / "m"],
+    ]:
+        code, _, err = run_main(export_cli.main, argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "No space left on device" in err and "function_node" not in err, err
+        assert "[Op:" not in err and " MB needed" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_to_hf_on_a_file_says_it_is_a_file(tiny_model_dir, tmp_path):
+    from gpt2_tf2.cli import convert as convert_cli
+
+    (tmp_path / "f").write_text("mine")
+    code, _, err = run_main(convert_cli.main, ["to-hf", tiny_model_dir, "--out", tmp_path / "f"])
+    assert code == 2 and "f: exists and is a file, not a directory" in err, err
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_convert_from_a_repository_id_offline_is_one_quick_line(tmp_path, monkeypatch):
+    """Offline, huggingface_hub printed five retry lines and took 34 s to say so."""
+    import socket
+    import time
+
+    from gpt2_tf2.cli import convert as convert_cli
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    began = time.monotonic()
+    code, _, err = run_main(convert_cli.main, ["from-hf", "someone/model", "--out", tmp_path / "o"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"someone/model: cannot download: 127.0.0.1:{port} cannot be reached" in err
+    assert time.monotonic() - began < 10 and not (tmp_path / "o").exists()
+
+
+def test_the_library_is_quiet_by_default(tiny_model_dir):
+    """A fresh interpreter (import-time behaviour is the subject): `gpt2_tf2.load` printed
+    TensorFlow's start-up lines (oneDNN, cuInit) that the command line hides; GPT2_TF2_VERBOSE=1
+    shows them."""
+    from conftest import run_cli
+
+    code = (
+        f"import gpt2_tf2; lm = gpt2_tf2.load({tiny_model_dir!r}); "
+        "print(len(lm.generate('Hi', length=3, seed=1)))"
+    )
+    quiet = run_cli(["-c", code])
+    assert quiet.returncode == 0 and quiet.stdout == "1\n", quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    loud = run_cli(["-c", code], env={"GPT2_TF2_VERBOSE": "1"})
+    assert loud.returncode == 0 and "I0000" in loud.stderr, loud.stderr

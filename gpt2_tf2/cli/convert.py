@@ -27,10 +27,10 @@ def from_hf(hf_dir=None, out=None, verbose=False):
       out: the model directory to write, new or empty (e.g. models/rugpt3small).
       verbose: show TensorFlow's log messages.
     """
-    runner.configure_logging(verbose)
     if hf_dir is None or out is None:
         raise UserError("convert from-hf needs HF_DIR and --out DIR")
-    hf_dir, out = locate(str(hf_dir)), str(out)
+    hf_dir, out = locate(str(hf_dir)), str(out)  # before TensorFlow loads: a download fails fast
+    runner.configure_logging(verbose)
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"{out}: not empty; convert into a new or empty directory")
     from gpt2_tf2.core.model import GPT2
@@ -69,6 +69,7 @@ def locate(hf_dir: str) -> str:
             f"(then this command downloads it), or: huggingface-cli download {hf_dir} "
             f"--local-dir DIR"
         ) from None
+    _check_hub_reachable(hf_dir)
     try:
         # The configuration, the tokenizer and one copy of the weights: safetensors where the
         # repository has them, else pytorch_model.bin (older uploads such as ruGPT-3's).
@@ -134,10 +135,33 @@ def write_new_dir(out: str, content: dict) -> None:
     from gpt2_tf2.files import replace_into
     from gpt2_tf2.formats import huggingface
 
-    replace_into(out, lambda tmp: huggingface.write_files(tmp, content))
+    needed = sum(len(v) if isinstance(v, (bytes, str)) else 0 for v in content.values())
+    replace_into(out, lambda tmp: huggingface.write_files(tmp, content), needed)
+
+
+def _check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
+    """Offline, huggingface_hub retries for half a minute, printing a line per retry: a quick
+    TCP connection to the hub ($HF_ENDPOINT, else huggingface.co) says at once whether it can
+    be reached. Skipped under HF_HUB_OFFLINE, where the hub reads its own cache."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(
+            f"{repo_id}: cannot download: {host}:{port} cannot be reached "
+            f"({getattr(e, 'strerror', None) or e}); connect to the network, or download the "
+            f"repository elsewhere and give its directory"
+        ) from None
 
 
 from_hf.positional = ("hf_dir",)  # what the command takes by position (cli/flags.py)
+from_hf.uses_tensorflow = False  # it loads TensorFlow itself, once the repository is found
 to_hf.positional = ("model_name",)
 SUBCOMMANDS = {"from-hf": from_hf, "to-hf": to_hf}
 

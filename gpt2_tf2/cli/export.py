@@ -81,7 +81,8 @@ def export_savedmodel(run_name, model_name, out, checkpoint_dir, models_dir):
     name = str(model_name) if model_name is not None else ""
     source = formats.locate(name, models_dir, False, run_name, checkpoint_dir)
     opened, model = formats.load_model_dir(source)
-    replace_into(out, lambda tmp: write_savedmodel(model, opened.encoder.eot_token, tmp))
+    needed = opened.hparams.num_params() * 4  # the variables, in float32
+    replace_into(out, lambda tmp: write_savedmodel(model, opened.encoder.eot_token, tmp), needed)
     print(f"exported {source} to {out} (SavedModel: signatures generate, score)")
     return None
 
@@ -109,7 +110,8 @@ def export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype):
         return formats.read_weights(opened)
 
     step = lite.cached_step(opened, dtype, weights, runner.say)
-    replace_into(out, lambda tmp: lite.write_export(step, opened, tmp))
+    needed = lite.weight_bytes(opened.hparams, dtype)
+    replace_into(out, lambda tmp: lite.write_export(step, opened, tmp), needed)
     print(f"exported {source} to {out} (TensorFlow Lite, {dtype}: model.tflite)")
     return None
 

@@ -104,7 +104,9 @@ def hparams_from_config(config: dict, source: str = "config.json") -> HParams:
         raise UserError(f"{source}: {e}") from None
 
 
-def config_from_hparams(hparams: HParams, eot: int | None, pad: int | None) -> dict:
+def config_from_hparams(
+    hparams: HParams, eot: int | None, pad: int | None, bos: int | None = None
+) -> dict:
     """transformers' GPT2Config for these hparams, as `GPT2Config.to_dict()` spells it."""
     config = {
         "architectures": ["GPT2LMHeadModel"],
@@ -128,7 +130,7 @@ def config_from_hparams(hparams: HParams, eot: int | None, pad: int | None) -> d
         "torch_dtype": "float32",
     }
     if eot is not None:
-        config.update(bos_token_id=eot, eos_token_id=eot)
+        config.update(bos_token_id=eot if bos is None else bos, eos_token_id=eot)
     if pad is not None:
         config["pad_token_id"] = pad
     return config
@@ -222,10 +224,7 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
     if os.path.isfile(single):
         return _read_safetensors([single])
     if os.path.isfile(index):
-        shards = sorted(set(read_json_object(index).get("weight_map", {}).values()))
-        if not shards:
-            raise UserError(f"{index}: no weight_map")
-        paths = [os.path.join(hf_dir, s) for s in shards]
+        paths = [os.path.join(hf_dir, s) for s in shard_names(index)]
         for path in paths:
             if not os.path.isfile(path):
                 raise UserError(f"{path}: missing (listed by {index})")
@@ -237,6 +236,23 @@ def read_weights(hf_dir: str) -> dict[str, np.ndarray]:
         f"{hf_dir}: no weights (model.safetensors, model.safetensors.index.json with its shards, "
         f"or pytorch_model.bin)"
     )
+
+
+def shard_names(index: str) -> list[str]:
+    """The shard files an index's `weight_map` (tensor name -> file name) names: plain file
+    names inside the directory, as transformers writes them; a path out of it is refused."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: expected a weight_map object of tensor name -> shard file")
+    shards = sorted(set(weight_map.values()), key=str)
+    for shard in shards:
+        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard:
+            raise UserError(
+                f"{index}: weight_map names {shard!r}; shards are file names in its directory"
+            )
+        if shard in (".", ".."):
+            raise UserError(f"{index}: weight_map names {shard!r}, not a file")
+    return shards
 
 
 def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
@@ -409,6 +425,9 @@ def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[s
         merges = f.read()
     eot = vocab.get(eos) if eos else None
     pad = vocab.get("<pad>")
+    # GPT-2 begins with its end-of-text token; a vocabulary with <s> (ruGPT-3's: <s> = 1,
+    # </s> = 2) begins with that, as its own config.json and tokenizer say.
+    bos = vocab.get("<s>") if "<s>" in specials else None
     tokens = {"bos_token": eos, "eos_token": eos, "unk_token": eos}
     if "<pad>" in vocab:
         tokens["pad_token"] = "<pad>"
@@ -420,12 +439,12 @@ def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[s
     special_map = dict(tokens, **({"additional_special_tokens": others} if others else {}))
     generation = {"_from_model_config": True}
     if eot is not None:
-        generation.update(bos_token_id=eot, eos_token_id=eot)
+        generation.update(bos_token_id=eot if bos is None else bos, eos_token_id=eot)
     if pad is not None:
         generation["pad_token_id"] = pad
     return {
         "model.safetensors": save(to_hf_tensors(tensors, hparams), metadata={"format": "pt"}),
-        "config.json": config_from_hparams(hparams, eot, pad),
+        "config.json": config_from_hparams(hparams, eot, pad, bos),
         "generation_config.json": generation,
         "vocab.json": vocab,
         "merges.txt": merges,

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, save_hparams
 from gpt2_tf2.errors import UserError, first_line, reason
-from gpt2_tf2.files import write_atomically
+from gpt2_tf2.files import human_size, write_atomically
 
 CKPT_NAME = "model.ckpt"
 # Keys TF may add that are bookkeeping, not model variables.
@@ -296,9 +296,10 @@ def write_model_dir(
         for name in sorted(names, key=lambda n: n == "checkpoint"):  # the index last
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as e:
+        needed = sum(v.shape.num_elements() * v.dtype.size for v in model.variables)
         raise UserError(
-            f"{out_dir}: cannot write the model ({reason(e)}); files already there were not "
-            f"replaced; free space or choose another --out"
+            f"{out_dir}: cannot write the model ({reason(e)}); about {human_size(needed)} "
+            f"needed; files already there were not replaced; free space or choose another --out"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
