@@ -106,6 +106,25 @@ def test_one_beam_is_greedy_on_a_real_model(tiny_model_dir):
     assert texts == [lm.encoder.decode(r) for r in four[:2]]
 
 
+def test_a_search_in_pieces_finds_the_same_beams(tiny_model_dir):
+    """With `progress` the compiled loop runs 16 steps at a time (a bar on a terminal): the
+    same beams and the steps reported as they are done."""
+    import gpt2_tf2
+
+    lm = gpt2_tf2.load(tiny_model_dir)
+    prompt = lm.encoder.encode("Beams in pieces")
+    for early_stopping in (False, True):
+        whole = lm.beam_search(prompt, 40, 4, 4, early_stopping=early_stopping)
+        seen = []
+        pieces = lm.beam_search(
+            prompt, 40, 4, 4, early_stopping=early_stopping, progress=lambda *a, s=seen: s.append(a)
+        )
+        assert pieces == whole
+        assert seen and all(total == 40 for _, total in seen)
+        done = [d for d, _ in seen]
+        assert done == sorted(done) and done[0] == 16 and done[-1] <= 40, seen
+
+
 class TwoTokenModel(MarkovModel):
     """Random log-probabilities over two tokens that depend on the position and the last token
     (so no two sequences tie): with 2^L beams, beam search keeps every sequence, so it must rank

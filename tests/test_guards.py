@@ -342,3 +342,23 @@ def test_the_library_is_quiet_by_default(tiny_model_dir):
     assert quiet.stderr == "", quiet.stderr
     loud = run_cli(["-c", code], env={"GPT2_TF2_VERBOSE": "1"})
     assert loud.returncode == 0 and "I0000" in loud.stderr, loud.stderr
+
+
+def test_beam_search_shows_progress_on_a_terminal(tiny_model_dir):
+    """It cannot stream: the README's --num_beams line printed nothing for over 300 s."""
+    import contextlib
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out, err = io.StringIO(), Terminal()
+    argv = ["--model_name", tiny_model_dir, "--prompt", "Beams", "--num_beams", "3"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with pytest.raises(SystemExit) as e:
+            sample_cli.main([*argv, "--length", "40"])
+    assert e.value.code == 0 and "SAMPLE 1" in out.getvalue()
+    assert "beam search" in err.getvalue() and "/40" in err.getvalue(), err.getvalue()
+    code, _, err = run_main(sample_cli.main, [*argv, "--length", "20"])  # not a terminal
+    assert code == 0 and err == "", err

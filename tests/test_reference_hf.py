@@ -261,3 +261,33 @@ def test_a_repository_with_only_a_pytorch_bin_downloads(hf, vocab_files, tmp_pat
     assert r.returncode == 0, r.stderr
     lm = gpt2_tf2.load(str(tmp_path / "ours"))
     assert logits_diff(lm, model, lm.encoder.encode(HELD_OUT[0])) <= 1e-4
+
+
+def test_special_tokens_in_text_are_read_as_transformers_reads_them(hf, vocab_files, tmp_path):
+    """One rule for prompts, scored texts and datasets: a special token's spelling is that
+    token, as transformers' tokenizer reads it (sample and the API read it as text before,
+    while encode read it as the token)."""
+    import gpt2_tf2
+    from gpt2_tf2.training.data import load_dataset
+
+    gpt2_model, gpt2_tok = gpt2_with_added_tokens(hf, vocab_files, tmp_path / "gpt2")
+    ru_model, ru_tok = rugpt3_like(hf, tmp_path / "ru_hf", tmp_path)
+    convert("from-hf", tmp_path / "gpt2", "--out", tmp_path / "gpt2_ours")
+    convert("from-hf", tmp_path / "ru_hf", "--out", tmp_path / "ru_ours")
+    cases = [
+        (tmp_path / "gpt2_ours", gpt2_tok, ["a<|endoftext|>b", "<|extra_3|> x <|endoftext|>"]),
+        (tmp_path / "ru_ours", ru_tok, ["<s>Мороз и солнце</s>", "день</s><pad> чудесный<mask>"]),
+    ]
+    for directory, tok, texts in cases:
+        lm = gpt2_tf2.load(str(directory))
+        for text in texts:
+            theirs = tok(text)["input_ids"]
+            assert lm.encode(text) == theirs, text
+            assert len(theirs) < len(lm.encoder.encode(text))  # the specials were read as such
+            total, count = lm.score_tokens(theirs)
+            assert lm.score(text) == pytest.approx(total / count, abs=1e-6)
+            greedy = next(lm.generate_tokens(theirs, length=4, temperature=0))[0]
+            assert lm.generate(text, length=4, temperature=0) == [lm.encoder.decode(greedy)]
+            (tmp_path / "d.txt").write_text(text, encoding="utf-8")
+            (chunk,) = load_dataset(lm.encoder, str(tmp_path / "d.txt"))
+            assert chunk.tolist() == theirs

@@ -59,7 +59,7 @@ def attention(
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise UserError(f"--layer must be an integer, got {layer!r}")
     lm = runner.load_model(model_name, models_dir, offline, run_name, checkpoint_dir, verbose)
-    tokens = lm.encoder.encode(text)
+    tokens = lm.encode(text)
     if not tokens:
         raise UserError("the text is empty")
     if len(tokens) > lm.hparams.n_ctx:

@@ -7,6 +7,7 @@ One command for what openai/gpt-2 split into `generate_unconditional_samples.py`
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from gpt2_tf2.cli import runner
@@ -29,8 +30,16 @@ def print_samples(
     if streamable(settings, output):
         return stream_samples(lm, prompt, settings, nsamples, counter, output)
     written = []
-    tokens = lm.encoder.encode(prompt) if prompt else []
-    for rows in lm.generate_tokens(tokens, nsamples=nsamples, **settings):
+    tokens = lm.encode(prompt) if prompt else []
+    batches = lm.generate_tokens(
+        tokens, nsamples=nsamples, **settings
+    )  # lazily: nsamples 0 is forever
+    if settings.get("num_beams", 1) != 1:  # one batch of beams, found before it is printed
+        with beam_bar() as progress:
+            batches = list(
+                lm.generate_tokens(tokens, nsamples=nsamples, beam_progress=progress, **settings)
+            )
+    for rows in batches:
         for row in rows:
             counter += 1
             text = texts.finish(
@@ -45,6 +54,24 @@ def print_samples(
         texts.write(output["destination_path"], written, output["sample_delim"])
         print(f"wrote {len(written)} samples to {output['destination_path']}")
     return counter
+
+
+@contextlib.contextmanager
+def beam_bar():
+    """Beam search cannot stream: on a terminal, a bar of its steps on stderr meanwhile (the
+    search stops early once no open beam can win, so the bar may end short of its length)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=None, unit="step", desc="beam search", leave=False) as bar:
+
+        def progress(done: int, length: int) -> None:
+            bar.total = length
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def streamable(settings: dict, output: dict) -> bool:
@@ -285,9 +312,9 @@ def sample(
     known = api.peek(model_name, models_dir, run_name, checkpoint_dir)
     if known is not None:  # flag and prompt-length errors before the weights are read
         hparams, encoder = known
-        prompt_len = len(encoder.encode(prompt)) if prompt else (1 if interactive else 0)
+        prompt_len = len(api.encode_text(encoder, prompt)) if prompt else (1 if interactive else 0)
         if prompts:
-            prompt_len = max(len(encoder.encode(p)) for p in prompts)
+            prompt_len = max(len(api.encode_text(encoder, p)) for p in prompts)
         api.check_sampling_args(
             hparams.n_ctx,
             prompt_len,

@@ -62,7 +62,7 @@ def score(
     lm = runner.load_model(
         model_name, models_dir, offline, run_name, checkpoint_dir, verbose, dtype, backend
     )
-    encoded = {name: lm.encoder.encode(text) for name, text in texts.items()}
+    encoded = {name: lm.encode(text) for name, text in texts.items()}
     for name, tokens in encoded.items():
         if not tokens:
             raise UserError(f"{name}: no text to score")

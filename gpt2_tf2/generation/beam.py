@@ -72,7 +72,8 @@ def beam_search(
     early_stopping: bool,
     processors=PROCESSORS,
 ):
-    """Beam search after `loop.prefill` of the K-times-repeated prompts.
+    """Beam search after `loop.prefill` of the K-times-repeated prompts: `start`, `advance` to
+    the end, `result`.
 
     Args:
       model: as for `loop.prefill`; logits [B * K, V], cache: what prefill returned for `context`
@@ -87,12 +88,51 @@ def beam_search(
       (int32 [B, K, slots] hypotheses best first, continuation only, padded with the stop token
       (or 0); [B, K] their scores).
     """
+    state = start(logits, cache, context, prompt_len, settings, slots, num_beams)
+    options = (n_head, length_penalty, early_stopping)
+    state = advance(model, state, prompt_len, length, settings, length, options, processors)
+    return result(state, prompt_len, slots)
+
+
+def start(logits, cache, context, prompt_len, settings, slots: int, num_beams: int) -> BeamState:
+    """The state before the first step: K equal beams of each prompt, of which one counts."""
     k = num_beams
-    width = shape_list(context)[1] + slots
     batch = shape_list(context)[0] // k
-    vocab = shape_list(logits)[-1]
+    columns = tf.range(shape_list(context)[1] + slots)
+    pad = tf.maximum(settings.stop_token, 0)
+    begin = tf.reshape(context, [batch, k, -1])  # [B, K, P]
+    begin = tf.pad(begin, [[0, 0], [0, 0], [0, slots]])  # [B, K, W]
+    begin = tf.where(columns < prompt_len, begin, pad)
+    first_only = tf.where(tf.range(k) == 0, 0.0, NONE)  # the beams start equal: one counts
+    return BeamState(
+        tf.constant(0),
+        logits,
+        cache,
+        begin,
+        tf.tile(first_only[None, :], [batch, 1]),
+        begin,
+        tf.fill([batch, k], NONE),
+        tf.zeros([batch, k], tf.bool),
+        tf.ones([batch, 1], tf.bool),
+        tf.constant(False),
+    )
+
+
+def result(state: BeamState, prompt_len, slots: int):
+    """(int32 [B, K, slots] hypotheses best first, continuation only; [B, K] their scores)."""
+    batch, k = shape_list(state.finished)[:2]
+    out = tf.slice(state.finished, tf.stack([0, 0, prompt_len]), [batch, k, slots])
+    return out, state.finished_scores
+
+
+def advance(model, state, prompt_len, length, settings, until, options, processors=PROCESSORS):
+    """Steps of the search until `state.step` reaches `until` (int32 scalar; `length`: to the
+    end) or the search is over: one compiled loop, or several in turn with the same result
+    (a progress bar between them). options: (n_head, length_penalty, early_stopping)."""
+    n_head, length_penalty, early_stopping = options
+    batch, k, width = shape_list(state.running)
+    vocab = shape_list(state.logits)[-1]
     stop = settings.stop_token
-    pad = tf.maximum(stop, 0)
     penalty = tf.cast(length_penalty, tf.float32)
     max_length = prompt_len + length
     first_k = tf.range(2 * k) < k  # [2K]: only the best K continuations may finish
@@ -100,7 +140,8 @@ def beam_search(
 
     def cond(s):
         open_rows = ~(tf.reduce_all(s.is_finished) & early_stopping)
-        return (s.step < length) & tf.reduce_any(s.improvable) & open_rows & ~s.all_ended
+        going = (s.step < length) & tf.reduce_any(s.improvable) & open_rows & ~s.all_ended
+        return going & (s.step < until)
 
     def body(s):
         cur = prompt_len + s.step  # the column this step writes
@@ -164,22 +205,5 @@ def beam_search(
             ),
         )
 
-    start = tf.reshape(context, [batch, k, -1])  # [B, K, P]
-    start = tf.pad(start, [[0, 0], [0, 0], [0, slots]])  # [B, K, W]
-    start = tf.where(columns < prompt_len, start, pad)
-    first_only = tf.where(tf.range(k) == 0, 0.0, NONE)  # the beams start equal: one counts
-    state = BeamState(
-        tf.constant(0),
-        logits,
-        cache,
-        start,
-        tf.tile(first_only[None, :], [batch, 1]),
-        start,
-        tf.fill([batch, k], NONE),
-        tf.zeros([batch, k], tf.bool),
-        tf.ones([batch, 1], tf.bool),
-        tf.constant(False),
-    )
     (state,) = tf.while_loop(cond, body, (state,))
-    out = tf.slice(state.finished, tf.stack([0, 0, prompt_len]), [batch, k, slots])
-    return out, state.finished_scores
+    return state

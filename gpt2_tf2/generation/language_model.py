@@ -37,6 +37,7 @@ from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
 MAX_LIST_BATCH = 16  # rows at once for a list of prompts, unless batch_size says otherwise
+BEAM_CHUNK = 16  # steps of a beam search between progress reports
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
 
 
@@ -88,7 +89,7 @@ class LanguageModel:
             self._continue, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._beam = tf.function(
-            self._beam_loop, jit_compile=xla, autograph=False, reduce_retracing=False
+            self._beam_advance, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._advance = tf.function(
             self._advance_loop, jit_compile=xla, autograph=False, reduce_retracing=False
@@ -111,30 +112,20 @@ class LanguageModel:
         model = functools.partial(self.model, weights=weights, offsets=offsets)
         return loop.advance(model, state, prompt_len, length, settings, until)
 
-    def _beam_loop(self, logits, cache, context, prompt_len, length, settings, slots, options):
+    def _beam_advance(self, state, prompt_len, length, settings, until, options):
         weights = self.model.read_weights(self._cpu_matvec)
         model = functools.partial(self.model, weights=weights)
-        num_beams, length_penalty, early_stopping = options
-        return beam.beam_search(
-            model,
-            logits,
-            cache,
-            context,
-            prompt_len,
-            length,
-            settings,
-            slots,
-            num_beams,
-            self.hparams.n_head,
-            length_penalty,
-            early_stopping,
-        )
+        return beam.advance(model, state, prompt_len, length, settings, until, options)
 
     # ---- generation -------------------------------------------------------------------------
 
     def _check_beam_backend(self) -> None:
         if self.lite is not None:
             raise UserError("beam search runs on the xla backend only: drop --backend tflite")
+
+    def encode(self, text: str) -> list[int]:
+        """Text as the model reads it in prompts and scored texts (`encode_text`)."""
+        return encode_text(self.encoder, text)
 
     def check_sampling_args(self, prompt_len: int, length: int | None, *settings, slide=False):
         """`check_sampling_args` (below) for this model's context: (temperature, top_k, top_p,
@@ -159,6 +150,7 @@ class LanguageModel:
         length_penalty=1.0,
         early_stopping=False,
         window_stride=None,
+        beam_progress=None,
     ):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever.
 
@@ -174,7 +166,7 @@ class LanguageModel:
         repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
         and the output so far, with every decoding strategy. num_beams > 1: beam search instead
         of sampling (`beam_search`), one batch of the num_return_sequences best beams per
-        prompt."""
+        prompt; `beam_progress` is its `progress`."""
         many = is_prompt_list(prompt_tokens)
         prompts = [list(p) for p in prompt_tokens] if many else [list(prompt_tokens or [])]
         if many and not prompts:
@@ -197,7 +189,12 @@ class LanguageModel:
             beam_args = (num_beams, num_return_sequences, length_penalty, early_stopping)
             for prompt in prompts:
                 yield self.beam_search(
-                    prompt, length, *beam_args, repetition_penalty, no_repeat_ngram_size
+                    prompt,
+                    length,
+                    *beam_args,
+                    repetition_penalty,
+                    no_repeat_ngram_size,
+                    progress=beam_progress,
                 )
             return
         check_nsamples(nsamples)
@@ -372,7 +369,7 @@ class LanguageModel:
         import codecs
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors=self.encoder.errors)
-        tokens = self.encoder.encode(prompt) if prompt else []
+        tokens = self.encode(prompt) if prompt else []
         for piece in self.stream_tokens(tokens, **settings):
             text = decoder.decode(self.encoder.decode_bytes(piece))
             if text:
@@ -392,13 +389,16 @@ class LanguageModel:
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         stop_token=None,
+        progress=None,
     ) -> list[list[int]]:
         """The num_return_sequences best of num_beams beams after the prompt, best first
         (continuations only). A hypothesis ends at `stop_token` (default: the vocabulary's
         end-of-text; not included in the result) or after `length` tokens, and is scored by
         its summed log-probability / length ** length_penalty (> 0 favours longer ones).
         early_stopping: stop once num_beams hypotheses have ended, instead of when no open
-        beam can beat them. As transformers' beam search, step by step.
+        beam can beat them. As transformers' beam search, step by step. `progress`: called
+        with (steps done, length) every BEAM_CHUNK steps (the same beams: the search runs in
+        pieces), as beam search cannot stream.
         """
         self._check_beam_backend()
         prompt_tokens = list(prompt_tokens or [])
@@ -423,10 +423,19 @@ class LanguageModel:
             repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size,
         )
-        options = (num_beams, float(length_penalty), bool(early_stopping))
-        out, _ = self._beam(
-            logits, cache, context_t, prompt_len, tf.constant(length), settings, slots, options
-        )
+        state = beam.start(logits, cache, context_t, prompt_len, settings, slots, num_beams)
+        options = (self.hparams.n_head, float(length_penalty), bool(early_stopping))
+        length_t = tf.constant(length)
+        chunk = length if progress is None else BEAM_CHUNK
+        for until in range(min(chunk, length), length + chunk, chunk):
+            until = min(until, length)
+            state = self._beam(state, prompt_len, length_t, settings, tf.constant(until), options)
+            done = int(state.step)
+            if progress is not None:
+                progress(done, length)
+            if done < until or until == length:  # the search ended early, or reached length
+                break
+        out, _ = beam.result(state, prompt_len, slots)
         return [_cut(row[:length], stop) for row in out.numpy()[0, :num_return_sequences]]
 
     def generate(
@@ -473,7 +482,7 @@ class LanguageModel:
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not prompts or not all(p is None or isinstance(p, str) for p in prompts):
             raise UserError("prompt must be a string, None, or a non-empty list of strings")
-        encoded = [self.encoder.encode(p) if p else [] for p in prompts]
+        encoded = [self.encode(p) if p else [] for p in prompts]
         if batch_size is None:  # beam search runs the prompts one by one (batch_size 1)
             alone = len(prompts) == 1 or num_beams != 1
             batch_size = 1 if alone else min(len(prompts) * nsamples, MAX_LIST_BATCH)
@@ -563,8 +572,16 @@ class LanguageModel:
             raise UserError(
                 f"score() takes a string or a list of strings, got {type(text).__name__}"
             )
-        total, count = self.score_tokens(self.encoder.encode(text))
+        total, count = self.score_tokens(self.encode(text))
         return total / count
+
+
+def encode_text(encoder, text: str) -> list[int]:
+    """One rule for special tokens in text, in prompts, scored texts, attention maps and datasets
+    alike: a special token's spelling (`<|endoftext|>`; a Hugging Face vocabulary's `<s>`,
+    `</s>`, `<pad>`) is that token, as transformers' tokenizers read it. (The encoder's own
+    `encode(text)` keeps the original API's default: plain text, as tiktoken's.)"""
+    return encoder.encode(text, allowed_special="all")
 
 
 def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_dir="checkpoint"):
