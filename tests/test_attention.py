@@ -48,6 +48,7 @@ def test_maps_are_causal_distributions(tiny_model_dir):
     assert len({maps[0, h].round(4).tobytes() for h in range(lm.hparams.n_head)}) > 1
 
 
+@pytest.mark.e2e
 def test_page_is_self_contained(page):
     html = page.read_text(encoding="utf-8")
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
@@ -55,6 +56,7 @@ def test_page_is_self_contained(page):
     assert 'name="generator" content="gpt2_tf2.attention"' in html
 
 
+@pytest.mark.e2e
 def test_writes_only_its_own_files(page, tiny_model_dir, tmp_path):
     args = ["-m", "gpt2_tf2.attention", "--prompt", "Hello", "--model_name", tiny_model_dir]
     mine = tmp_path / "notes.html"
@@ -72,6 +74,7 @@ def test_writes_only_its_own_files(page, tiny_model_dir, tmp_path):
     assert run_cli(["-m", "gpt2_tf2.attention", "--model_name", tiny_model_dir]).returncode == 2
 
 
+@pytest.mark.e2e
 def test_heat_map_png(tiny_model_dir, tmp_path):
     out = tmp_path / "heat.png"
     done = run_cli(
@@ -106,6 +109,7 @@ def browser():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+@pytest.mark.e2e
 def test_page_in_a_headless_browser(page):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, write_random_model
+from conftest import REPO, run_cli, run_in_process, write_random_model
 from gpt2_tf2.errors import UserError
 
 
@@ -36,7 +36,9 @@ def files(tmp_path_factory, tiny_model_dir):
 
 
 def encode(files, tiny_model_dir, *args):
-    return run_cli(["-m", "gpt2_tf2.encode", *args, "--model_name", tiny_model_dir], cwd=files)
+    return run_in_process(
+        ["-m", "gpt2_tf2.encode", *args, "--model_name", tiny_model_dir], cwd=files
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,7 +75,8 @@ def test_train(files, tiny_model_dir, args, fragment):
     base = ["--model_name", tiny_model_dir, "--dataset", "x.txt", "--steps", "1"]
     if "--checkpoint_dir" not in args:
         base += ["--checkpoint_dir", str(files / "ckpt")]
-    assert_clean_error(run_cli(["-m", "gpt2_tf2.train", *base, *args], cwd=files), fragment)
+    r = run_in_process(["-m", "gpt2_tf2.train", *base, *args], cwd=files)
+    assert_clean_error(r, fragment)
     assert not (files / "ckpt").exists()  # a start that fails leaves no run directory
 
 
@@ -85,17 +88,18 @@ def test_train(files, tiny_model_dir, args, fragment):
     ],
 )
 def test_download(tmp_path, args, fragment):
-    r = run_cli(["-m", "gpt2_tf2.download", *args, "--models_dir", str(tmp_path)])
+    r = run_in_process(["-m", "gpt2_tf2.download", *args, "--models_dir", str(tmp_path)])
     assert_clean_error(r, fragment)
 
 
 def test_sample_refuses_a_positional_prompt_and_unknown_flags(tiny_model_dir):
-    r = run_cli(["-m", "gpt2_tf2.sample", "Hello world", "--model_name", tiny_model_dir])
+    r = run_in_process(["-m", "gpt2_tf2.sample", "Hello world", "--model_name", tiny_model_dir])
     assert_clean_error(r, "got 'Hello world'")
-    r = run_cli(["-m", "gpt2_tf2.sample", "--lenght", "5", "--model_name", tiny_model_dir])
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--lenght", "5", "--model_name", tiny_model_dir])
     assert_clean_error(r, "unknown flag --lenght; did you mean --length?")
 
 
+@pytest.mark.e2e
 def test_help_is_a_flag_list(tiny_model_dir):
     commands = ["sample", "score", "encode", "train", "export", "download", "init"]
     for command in commands + ["vocab train", "vocab stats"]:
@@ -119,6 +123,7 @@ def test_help_is_a_flag_list(tiny_model_dir):
         assert "| fire" in r.stderr  # the import log is there to be read
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_index_naming_a_missing_file(model_copy):
     (model_copy / "checkpoint").write_text('model_checkpoint_path: "gone.ckpt"\n')
     for name in os.listdir(model_copy):
@@ -133,13 +138,13 @@ def test_a_release_lacking_only_its_meta_graph_loads_offline(tiny_model_dir, tmp
     shutil.copytree(tiny_model_dir, tmp_path / "124M")
     os.remove(tmp_path / "124M" / "model.ckpt.meta")
     args = ["--models_dir", str(tmp_path), "--offline", "--length", "2", "--seed", "1"]
-    r = run_cli(["-m", "gpt2_tf2.sample", *args])
+    r = run_in_process(["-m", "gpt2_tf2.sample", *args])
     assert r.returncode == 0, r.stderr
 
 
 def test_score_shows_progress_on_long_texts(tiny_model_dir, tmp_path):
     (tmp_path / "long.txt").write_text("Hello world, again and again. " * 60, encoding="utf-8")
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.score", str(tmp_path / "long.txt"), "--model_name", tiny_model_dir]
     )
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,6 @@
-"""Every command-line path end to end, in a subprocess, as a user runs it."""
+"""Every command-line path, as a user runs it: through the entry point in this process where the
+command's logic is the subject (`run_in_process`), in a subprocess where the process is (what
+reaches stderr as TensorFlow loads, the tools/ scripts, the on-disk XLA cache between runs)."""
 
 import json
 import os
@@ -7,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 HEADER = re.compile(r"={40} SAMPLE (\d+) ={40}\n")
 
@@ -20,8 +22,9 @@ def models_root(tiny_model_dir, tmp_path_factory):
     return str(root)
 
 
-def sample(models_root, *args, input=None):
-    return run_cli(["-m", "gpt2_tf2.sample", "--models_dir", models_root, *args], input=input)
+def sample(models_root, *args, input=None, process=False):
+    run = run_cli if process else run_in_process
+    return run(["-m", "gpt2_tf2.sample", "--models_dir", models_root, *args], input=input)
 
 
 def bodies(stdout):
@@ -41,8 +44,11 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.e2e
 def test_unconditional(models_root):
-    r = sample(models_root, "--nsamples", "3", "--batch_size", "2", "--length", "5", "--seed", "7")
+    """A process: what reaches stderr while TensorFlow loads is the subject."""
+    args = ("--nsamples", "3", "--batch_size", "2", "--length", "5", "--seed", "7")
+    r = sample(models_root, *args, process=True)
     assert r.returncode == 0, r.stderr
     assert [int(n) for n in HEADER.findall(r.stdout)] == [1, 2, 3]
     assert r.stderr == ""  # TensorFlow's start-up lines are hidden
@@ -78,7 +84,7 @@ def test_prompt_file_and_stdin(models_root, tmp_path):
 
 
 def test_model_name_as_path(tiny_model_dir):
-    r = run_cli(["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"])
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"])
     assert r.returncode == 0, r.stderr
     assert len(HEADER.findall(r.stdout)) == 1
 
@@ -114,6 +120,7 @@ def test_stop_at_endoftext_flag(models_root):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.e2e
 def test_drop_in_tools(models_root):
     r = run_cli(
         [
@@ -183,14 +190,14 @@ def test_console_command_lists_commands():
 
 def test_score(models_root, tmp_path):
     (tmp_path / "t.txt").write_text("Hello world. " * 40, encoding="utf-8")
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.score", str(tmp_path / "t.txt"), "--models_dir", models_root, "--json"]
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["tokens"] == 121 and result["nll"] > 0
     assert abs(result["perplexity"] - 2.718281828 ** result["nll"]) < 1e-6 * result["perplexity"]
-    text = run_cli(
+    text = run_in_process(
         ["-m", "gpt2_tf2", "score", str(tmp_path / "t.txt"), "--models_dir", models_root]
     )
     assert "tokens: 121" in text.stdout and "perplexity:" in text.stdout
@@ -256,8 +263,9 @@ def test_bad_model_dirs(models_root, tmp_path):
     assert_clean_error(damaged("vocab", no_vocab), "vocab.bpe: not found")
 
 
+@pytest.mark.e2e
 def test_verbose_shows_tensorflow_logs(models_root):
-    r = sample(models_root, "--length", "2", "--verbose")
+    r = sample(models_root, "--length", "2", "--verbose", process=True)
     assert r.returncode == 0
 
 
@@ -315,6 +323,7 @@ def test_short_interactive_flag(models_root):
     assert "Model prompt >>> " in r.stdout and len(HEADER.findall(r.stdout)) == 1
 
 
+@pytest.mark.e2e
 def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
     """--dtype bfloat16 samples; compiled decode loops are kept in GPT2_TF2_XLA_CACHE and a
     second run with the same shapes reads them back (same output, nothing new written). Before

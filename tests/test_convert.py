@@ -18,6 +18,8 @@ import pytest
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
+
 safetensors_numpy = pytest.importorskip("safetensors.numpy")  # requirements-test.txt
 
 SHAPE = dict(n_embd=32, n_head=4, n_layer=2, n_positions=96)

@@ -186,6 +186,7 @@ def quickstart() -> list[str]:
     return [b.split("```")[0].strip() for b in section.split("```sh\n")[1:]]
 
 
+@pytest.mark.e2e
 def test_quickstart_samples_the_demo_offline():
     first, second = quickstart()
     install, _, command = first.rpartition(" && .venv/bin/python ")
@@ -224,6 +225,7 @@ def test_docker_smoke_command_runs_here(tmp_path):
     assert "SAMPLE 1" in done.stdout
 
 
+@pytest.mark.e2e
 def test_build_tool_refuses_to_replace(tmp_path):
     done = run_cli(
         [os.path.join(REPO, "tools", "build_demo.py"), "--out", DEMO, "--work", str(tmp_path / "w")]
@@ -248,6 +250,7 @@ def decoding_examples() -> list[tuple[list[str], str]]:
     return found
 
 
+@pytest.mark.e2e
 def test_readme_decoding_examples_print_what_it_shows():
     """Greedy, beam, and their cures on the demo: the README shows what they print (a new demo
     model means new lines there)."""

@@ -122,6 +122,7 @@ def mirrored(work, tiny_model_dir):
     return r
 
 
+@pytest.mark.e2e
 def test_mirrored_equals_one_device(work, one_device, mirrored):
     weights, logged = one_device
     diff = max_diff(state(work, "two"), weights)
@@ -132,6 +133,7 @@ def test_mirrored_equals_one_device(work, one_device, mirrored):
     assert "2 replica(s) on /job:localhost/replica:0/task:0/device:CPU:0, " in mirrored.stderr
 
 
+@pytest.mark.e2e
 def test_dropout_under_mirrored_resumes_exactly(work, tiny_model_dir, one_device):
     """--dropout on two replicas: each draws its own masks, keyed by seed, step and replica, so
     a run resumed from its checkpoint at N/2 ends where it ended; and not where the run
@@ -144,6 +146,7 @@ def test_dropout_under_mirrored_resumes_exactly(work, tiny_model_dir, one_device
     assert max_diff(state(work, "dropout"), one_device[0]) > 1e-4
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
 def test_two_replica_checkpoint_resumes(work, tiny_model_dir, one_device, mirrored, strategy):
     """Written by two replicas at N/2, resumed on one or on two: the uninterrupted run's end."""
@@ -156,6 +159,7 @@ def test_two_replica_checkpoint_resumes(work, tiny_model_dir, one_device, mirror
     assert diff <= MAX_DIFF, f"max abs difference {diff}"
 
 
+@pytest.mark.e2e
 def test_fp16_under_mirrored(work, tiny_model_dir, one_device):
     """Mixed precision with dynamic loss scaling under a strategy: it trains as float32 does."""
     mixed = ("--strategy", "mirrored", "--num_cpu_devices", "2", "--mixed_precision", "fp16")
@@ -206,6 +210,7 @@ def worker_dirs(work):
     return [name for name in os.listdir(work / "tmp") if name.startswith("gpt2_tf2-worker-")]
 
 
+@pytest.mark.e2e
 def test_multi_worker_equals_one_device(work, tiny_model_dir, one_device):
     """Also with validation and samples on (the chief's alone; they change no weight)."""
     chief_only = ["--val_every", "3", "--val_batch_count", "2", "--sample_every", "3"]
@@ -238,6 +243,7 @@ def newest_step(work, run):
     return None if path is None else int(path.rsplit("-", 1)[1])
 
 
+@pytest.mark.e2e
 def test_stop_resume_and_kill_multi_worker(work, tiny_model_dir):
     """SIGTERM on worker 1 stops both after one step and saves; both resume from there; kill -9
     on worker 1 ends the chief with one line, and the newest checkpoint loads."""
@@ -267,6 +273,7 @@ def test_stop_resume_and_kill_multi_worker(work, tiny_model_dir):
     assert state(work, "stop")["step/.ATTRIBUTES/VARIABLE_VALUE"] == newest_step(work, "stop")
 
 
+@pytest.mark.e2e
 def test_a_worker_that_fails_to_start_ends_the_others_with_one_line(work, tiny_model_dir):
     """The chief stops on bad input (a dataset that is not there); the other worker, waiting
     for it, ends with one line pointing at the chief's output, not with TensorFlow's pages."""
@@ -308,6 +315,7 @@ def logged_steps(work, run):
         ),
     ],
 )
+@pytest.mark.e2e
 def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected):
     args = train_args(work, tiny_model_dir, "bad") + extra
     r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp"), **env})

@@ -70,6 +70,7 @@ def test_models_are_mounted_not_baked_in(name):
     assert {"models/*", "!models/demo", "checkpoint", ".venv"} <= set(ignore)
 
 
+@pytest.mark.e2e
 def test_entrypoint_command_as_in_the_image(tiny_model_dir, tmp_path):
     """`docker run IMAGE sample ...` runs the `gpt2_tf2` console script with
     GPT2_TF2_SHOW_DEVICE=1 from /workspace: the same here, from the installed package."""

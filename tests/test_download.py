@@ -243,6 +243,7 @@ def test_unknown_release(tmp_path):
         download_model("42M", str(tmp_path), url="http://127.0.0.1:9", progress=False)
 
 
+@pytest.mark.e2e
 def test_cli_download_and_sample(server, tmp_path):
     r = run_cli(
         ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", server.url]
@@ -255,6 +256,7 @@ def test_cli_download_and_sample(server, tmp_path):
     assert "SAMPLE 1" in r.stdout
 
 
+@pytest.mark.e2e
 def test_tools_download_model(server, tmp_path):
     r = run_cli(
         [
@@ -270,6 +272,7 @@ def test_tools_download_model(server, tmp_path):
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
 
 
+@pytest.mark.e2e
 def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
     r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
@@ -277,6 +280,7 @@ def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
     assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
 
 
+@pytest.mark.e2e
 def test_cli_http_error_is_one_line(server, tmp_path):
     server.faults["checkpoint"] = "404"
     r = run_cli(
@@ -305,6 +309,7 @@ def test_full_disk(server, tmp_path, monkeypatch):
     assert not any(f in FILES for f in (os.listdir(release) if release.exists() else []))
 
 
+@pytest.mark.e2e
 def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch):
     """An offline first attempt leaves an empty models/124M; the next run must download into it."""
     (tmp_path / "124M").mkdir()
@@ -315,6 +320,7 @@ def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch)
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
 
 
+@pytest.mark.e2e
 def test_a_release_lacking_its_meta_graph_fetches_just_that(server, tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "124M")
     os.remove(tmp_path / "124M" / "model.ckpt.meta")

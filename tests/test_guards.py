@@ -327,6 +327,7 @@ def test_convert_from_a_repository_id_offline_is_one_quick_line(tmp_path, monkey
     assert time.monotonic() - began < 10 and not (tmp_path / "o").exists()
 
 
+@pytest.mark.e2e
 def test_the_library_is_quiet_by_default(tiny_model_dir):
     """A fresh interpreter (import-time behaviour is the subject): `gpt2_tf2.load` printed
     TensorFlow's start-up lines (oneDNN, cuInit) that the command line hides; GPT2_TF2_VERBOSE=1

@@ -146,6 +146,7 @@ def test_the_conversion_is_cached_and_redone_when_the_weights_change(
     assert os.listdir(scratch) == ["theirs"]  # its own temporary directories removed, only those
 
 
+@pytest.mark.e2e
 def test_exported_tflite_runs_without_gpt2_tf2(xla, tiny_model_dir, cache, tmp_path):
     out = tmp_path / "exported"
     r = run_cli(
@@ -172,6 +173,7 @@ def test_exported_tflite_runs_without_gpt2_tf2(xla, tiny_model_dir, cache, tmp_p
     assert r.stdout.strip() == ",".join(map(str, greedy))
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
     sample = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"]
     cases = [
@@ -197,6 +199,7 @@ def test_a_damaged_tflite_file_is_one_line(tmp_path):
         LiteStep(str(bad), HParams())
 
 
+@pytest.mark.e2e
 def test_the_command_line_is_quiet_but_for_the_conversion(tiny_model_dir, tmp_path):
     env = {"GPT2_TF2_TFLITE_CACHE": str(tmp_path / "cache")}
     args = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--dtype", "int8"]

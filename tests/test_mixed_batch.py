@@ -178,6 +178,7 @@ def test_no_repeat_ngram_ignores_ngrams_through_the_padding():
 # ---- the command line ----------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, tmp_path, lm):
     path = tmp_path / "prompts.txt"
     path.write_text("Hi\n\nOnce upon a time\n", encoding="utf-8")
@@ -200,6 +201,7 @@ def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, t
         assert r.stdout == expected
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -217,6 +219,7 @@ def test_prompts_file_conflicts_are_one_line(tiny_model_dir, tmp_path, extra, me
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_an_empty_prompts_file_is_one_line(tiny_model_dir, tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("\n  \n", encoding="utf-8")
@@ -224,6 +227,7 @@ def test_an_empty_prompts_file_is_one_line(tiny_model_dir, tmp_path):
     assert r.returncode != 0 and "no prompts" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_score_takes_several_files(tiny_model_dir, tmp_path, lm):
     import json
 

@@ -65,6 +65,7 @@ def test_a_killed_export_leaves_no_temporary_after_the_next(tmp_path, vocab_file
     assert set(os.listdir(tmp_path / "m")) == RELEASE_FILES | {MARKER}
 
 
+@pytest.mark.e2e
 def test_export_cli_keeps_what_is_at_out(tmp_path, tiny_model_dir):
     """`export --out DIR` deleted DIR whole; `--out .` and the run's own directory too."""
     ckpt = tmp_path / "ckpt" / "r"
@@ -89,6 +90,7 @@ def test_export_cli_keeps_what_is_at_out(tmp_path, tiny_model_dir):
     assert (tmp_path / "d" / "notes").read_text() == "x" and ckpt.is_dir()
 
 
+@pytest.mark.e2e
 def test_run_lock_names_the_holder_and_dies_with_it(tmp_path):
     directory = str(tmp_path / "run")
     holder = subprocess.Popen(
@@ -186,7 +188,9 @@ def test_a_full_disk_during_an_encode_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez_compressed", full)
-    with pytest.raises(UserError, match=r"o.npz: cannot write \(No space left on device\); up to"):
+    with pytest.raises(
+        UserError, match=r"o.npz: cannot write \(No space left on device\); up to 40 bytes needed"
+    ):
         data.save_npz([np.arange(10, dtype=np.int32)], str(tmp_path / "o.npz"))
     assert os.listdir(tmp_path) == []
 

@@ -74,6 +74,7 @@ def test_sampling_never_repeats_an_ngram(tiny_model_dir):
     assert any(repeats(prompt + row) for row in plain)  # without the ban, it repeats
 
 
+@pytest.mark.e2e
 def test_sample_flags(tiny_model_dir):
     args = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "8"]
     done = run_cli(

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
+
 SERVE = r"""
 import json, sys
 import tensorflow as tf

@@ -60,6 +60,7 @@ def test_pieces_are_whole_characters(lm, monkeypatch):
     assert pieces == ["ё", "ж", " ", "🙂"]
 
 
+@pytest.mark.e2e
 def test_cli_prints_what_generate_returns(lm, tiny_model_dir):
     done = run_cli(
         [

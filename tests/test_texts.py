@@ -45,6 +45,7 @@ def test_generate_with_gpt_2_simple_names(tiny_model_dir, tmp_path, capsys):
         lm.generate("Hello", prefix="Hi", **settings)
 
 
+@pytest.mark.e2e
 def test_sample_writes_a_new_file_only(tiny_model_dir, tmp_path):
     out = tmp_path / "out.txt"
     args = [

@@ -15,6 +15,8 @@ import tensorflow as tf
 from conftest import REPO, run_cli, write_random_model
 from gpt2_tf2.formats.download import FILES
 
+pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
+
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 240  # steps of the resume tests
 

@@ -138,6 +138,7 @@ def test_sentencepiece_tokenizes_as_sentencepiece(sp_dir):
     assert ours.decode([eot]) == "<|endoftext|>"
 
 
+@pytest.mark.e2e
 def test_fewer_tokens_per_russian_word_than_gpt2(bpe_dir, vocab_files, tmp_path):
     out, held = bpe_dir
     gpt2_dir = tmp_path / "models" / "124M"
@@ -166,6 +167,7 @@ def test_fewer_tokens_per_russian_word_than_gpt2(bpe_dir, vocab_files, tmp_path)
     assert f"{ours:.2f} with {out}, {gpt2:.2f} with GPT-2's" in done.stdout
 
 
+@pytest.mark.e2e
 def test_vocab_train_command(tmp_path, vocab_files):
     src = corpus(tmp_path)
     models = tmp_path / "models" / "124M"
@@ -220,6 +222,7 @@ def one_error_line(done, *words):
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line(tmp_path):
     src = corpus(tmp_path)
     (tmp_path / "empty").mkdir()

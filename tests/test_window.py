@@ -48,6 +48,7 @@ def test_stream_and_processors_past_the_context(lm):
     assert len(lm.encoder.encode(text)) >= 120  # (a re-encoding may merge a few tokens)
 
 
+@pytest.mark.e2e
 def test_cli_length_past_the_context(tiny_model_dir):
     done = run_cli(
         [
