@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 
 TEXT = "The quick brown fox jumps over the lazy dog. Быстрая рыжая лиса."
 
@@ -18,7 +18,7 @@ TEXT = "The quick brown fox jumps over the lazy dog. Быстрая рыжая �
 @pytest.fixture(scope="module")
 def page(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("attention") / "view.html"
-    done = run_cli(
+    done = run_in_process(
         [
             "-m",
             "gpt2_tf2.attention",
@@ -48,7 +48,6 @@ def test_maps_are_causal_distributions(tiny_model_dir):
     assert len({maps[0, h].round(4).tobytes() for h in range(lm.hparams.n_head)}) > 1
 
 
-@pytest.mark.e2e
 def test_page_is_self_contained(page):
     html = page.read_text(encoding="utf-8")
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
@@ -56,28 +55,28 @@ def test_page_is_self_contained(page):
     assert 'name="generator" content="gpt2_tf2.attention"' in html
 
 
-@pytest.mark.e2e
 def test_writes_only_its_own_files(page, tiny_model_dir, tmp_path):
     args = ["-m", "gpt2_tf2.attention", "--prompt", "Hello", "--model_name", tiny_model_dir]
     mine = tmp_path / "notes.html"
     mine.write_text("my notes")
-    done = run_cli([*args, "--out", str(mine)])
+    done = run_in_process([*args, "--out", str(mine)])
     assert done.returncode == 2 and "not written by gpt2_tf2.attention" in done.stderr
     assert mine.read_text() == "my notes"
     copy = tmp_path / "again.html"
     shutil.copy(page, copy)
-    done = run_cli([*args, "--out", str(copy)])  # a page written here before: replaced
+    done = run_in_process([*args, "--out", str(copy)])  # a page written here before: replaced
     assert done.returncode == 0, done.stderr
     assert "Hello" in copy.read_text(encoding="utf-8")
-    bad = run_cli([*args, "--out", str(tmp_path / "x.html"), "--layer", "7"])
+    bad = run_in_process([*args, "--out", str(tmp_path / "x.html"), "--layer", "7"])
     assert bad.returncode == 2 and "--layer must be in 0..1" in bad.stderr
-    assert run_cli(["-m", "gpt2_tf2.attention", "--model_name", tiny_model_dir]).returncode == 2
+    assert (
+        run_in_process(["-m", "gpt2_tf2.attention", "--model_name", tiny_model_dir]).returncode == 2
+    )
 
 
-@pytest.mark.e2e
 def test_heat_map_png(tiny_model_dir, tmp_path):
     out = tmp_path / "heat.png"
-    done = run_cli(
+    done = run_in_process(
         [
             "-m",
             "gpt2_tf2.attention",

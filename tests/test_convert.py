@@ -16,9 +16,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import run_cli
-
-pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
+from conftest import run_cli, run_in_process
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")  # requirements-test.txt
 
@@ -82,7 +80,7 @@ def write_hf(path, vocab_files, state=None, config=None, tokenizer="files", extr
 
 
 def convert(*args):
-    return run_cli(["-m", "gpt2_tf2.convert", *map(str, args)])
+    return run_in_process(["-m", "gpt2_tf2.convert", *map(str, args)])
 
 
 @pytest.mark.parametrize("tokenizer", ["files", "json"])
@@ -125,7 +123,7 @@ def test_a_converted_model_samples_and_matches_a_numpy_forward(vocab_files, tmp_
     ours = lm.model(np.array([ids], np.int32))["logits"].numpy()[0]
     diff = float(np.max(np.abs(ours - numpy_gpt2(state, ids, n_head=4))))
     assert diff <= 1e-4, diff
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.sample", "--model_name", str(tmp_path / "ours"), "--prompt", "Hi"]
         + ["--length", "5", "--seed", "1"]
     )
@@ -376,9 +374,11 @@ def fake_hub(root, home):
         server.shutdown()
 
 
+@pytest.mark.e2e
 def test_a_repository_id_is_downloaded_with_huggingface_hub(vocab_files, tmp_path):
     """`from-hf someone/name` fetches the configuration, tokenizer and safetensors weights (not
-    a second copy as pytorch_model.bin) through huggingface_hub, here from a local server."""
+    a second copy as pytorch_model.bin) through huggingface_hub, here from a local server. A
+    process: huggingface_hub reads HF_ENDPOINT and HF_HOME when it is imported."""
     pytest.importorskip("huggingface_hub")  # comes with tokenizers (requirements-test.txt)
     import gpt2_tf2
 

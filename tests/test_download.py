@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats.download import FILES, download_model
 
@@ -243,13 +243,12 @@ def test_unknown_release(tmp_path):
         download_model("42M", str(tmp_path), url="http://127.0.0.1:9", progress=False)
 
 
-@pytest.mark.e2e
 def test_cli_download_and_sample(server, tmp_path):
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", server.url]
     )
     assert r.returncode == 0, r.stderr
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3", "--offline"]
     )
     assert r.returncode == 0, r.stderr
@@ -272,18 +271,16 @@ def test_tools_download_model(server, tmp_path):
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
 
 
-@pytest.mark.e2e
 def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
-    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
     assert r.returncode == 0, r.stderr
     assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
 
 
-@pytest.mark.e2e
 def test_cli_http_error_is_one_line(server, tmp_path):
     server.faults["checkpoint"] = "404"
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", server.url]
     )
     assert r.returncode == 2
@@ -309,23 +306,23 @@ def test_full_disk(server, tmp_path, monkeypatch):
     assert not any(f in FILES for f in (os.listdir(release) if release.exists() else []))
 
 
-@pytest.mark.e2e
 def test_sample_completes_an_interrupted_download(server, tmp_path, monkeypatch):
     """An offline first attempt leaves an empty models/124M; the next run must download into it."""
     (tmp_path / "124M").mkdir()
     monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
-    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
     assert r.returncode == 0, r.stderr
     assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
     assert sorted(os.listdir(tmp_path / "124M")) == sorted(FILES)
 
 
-@pytest.mark.e2e
-def test_a_release_lacking_its_meta_graph_fetches_just_that(server, tiny_model_dir, tmp_path):
+def test_a_release_lacking_its_meta_graph_fetches_just_that(
+    server, tiny_model_dir, tmp_path, monkeypatch
+):
     shutil.copytree(tiny_model_dir, tmp_path / "124M")
     os.remove(tmp_path / "124M" / "model.ckpt.meta")
-    env = {"GPT2_TF2_BASE_URL": server.url}
-    r = run_cli(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "2"], env=env)
+    monkeypatch.setenv("GPT2_TF2_BASE_URL", server.url)
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "2"])
     assert r.returncode == 0, r.stderr
     assert "lacks model.ckpt.meta: fetching" in r.stderr and "downloading it" not in r.stderr
     assert [p for p, _ in server.requests] == ["/124M/model.ckpt.meta"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli, write_random_model
+from conftest import run_cli, run_in_process, write_random_model
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
 from gpt2_tf2.generation.settings import History, Settings
@@ -178,7 +178,6 @@ def test_no_repeat_ngram_ignores_ngrams_through_the_padding():
 # ---- the command line ----------------------------------------------------------------------
 
 
-@pytest.mark.e2e
 def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, tmp_path, lm):
     path = tmp_path / "prompts.txt"
     path.write_text("Hi\n\nOnce upon a time\n", encoding="utf-8")
@@ -191,7 +190,7 @@ def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, t
             path.read_text(encoding="utf-8"),
         ),
     ):
-        r = run_cli(args + extra, input=stdin)
+        r = run_in_process(args + extra, input=stdin)
         assert r.returncode == 0, r.stderr
         expected = ""
         for i, prompt in enumerate(["Hi", "Once upon a time"]):
@@ -219,15 +218,15 @@ def test_prompts_file_conflicts_are_one_line(tiny_model_dir, tmp_path, extra, me
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.e2e
 def test_an_empty_prompts_file_is_one_line(tiny_model_dir, tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("\n  \n", encoding="utf-8")
-    r = run_cli(["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--prompts_file", path])
+    r = run_in_process(
+        ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--prompts_file", path]
+    )
     assert r.returncode != 0 and "no prompts" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.e2e
 def test_score_takes_several_files(tiny_model_dir, tmp_path, lm):
     import json
 
@@ -235,11 +234,13 @@ def test_score_takes_several_files(tiny_model_dir, tmp_path, lm):
     for name, text in texts.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
     files = [str(tmp_path / n) for n in texts]
-    r = run_cli(["-m", "gpt2_tf2.score", *files, "--model_name", tiny_model_dir, "--json"])
+    r = run_in_process(["-m", "gpt2_tf2.score", *files, "--model_name", tiny_model_dir, "--json"])
     assert r.returncode == 0, r.stderr
     results = [json.loads(line) for line in r.stdout.splitlines()]
     assert [x["file"] for x in results] == files
     for x, text in zip(results, texts.values()):
         assert abs(x["nll"] - lm.score(text)) < 1e-5
-    r = run_cli(["-m", "gpt2_tf2.score", "-", "-", "--model_name", tiny_model_dir], input="x")
+    r = run_in_process(
+        ["-m", "gpt2_tf2.score", "-", "-", "--model_name", tiny_model_dir], input="x"
+    )
     assert r.returncode != 0 and "once" in r.stderr

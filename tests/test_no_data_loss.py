@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, run_cli, write_random_model
+from conftest import REPO, run_in_process, write_random_model
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats.openai import MARKER, check_target
 from gpt2_tf2.training import runs
@@ -65,7 +65,6 @@ def test_a_killed_export_leaves_no_temporary_after_the_next(tmp_path, vocab_file
     assert set(os.listdir(tmp_path / "m")) == RELEASE_FILES | {MARKER}
 
 
-@pytest.mark.e2e
 def test_export_cli_keeps_what_is_at_out(tmp_path, tiny_model_dir):
     """`export --out DIR` deleted DIR whole; `--out .` and the run's own directory too."""
     ckpt = tmp_path / "ckpt" / "r"
@@ -73,7 +72,7 @@ def test_export_cli_keeps_what_is_at_out(tmp_path, tiny_model_dir):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes").write_text("x")
     for out in (tmp_path / "d", tmp_path / "ckpt"):
-        r = run_cli(
+        r = run_in_process(
             [
                 "-m",
                 "gpt2_tf2.export",

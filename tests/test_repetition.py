@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli
+from conftest import run_in_process
 from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
 from gpt2_tf2.generation.settings import History, Settings
 
@@ -74,10 +74,9 @@ def test_sampling_never_repeats_an_ngram(tiny_model_dir):
     assert any(repeats(prompt + row) for row in plain)  # without the ban, it repeats
 
 
-@pytest.mark.e2e
 def test_sample_flags(tiny_model_dir):
     args = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "8"]
-    done = run_cli(
+    done = run_in_process(
         [
             *args,
             "--temperature",
@@ -100,9 +99,9 @@ def test_sample_flags(tiny_model_dir):
             "no_repeat_ngram_size must be an integer from 0 (off) to",
         ),
     ):
-        bad = run_cli([*args, flag, value])
+        bad = run_in_process([*args, flag, value])
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
-    assert "--no_repeat_ngram_size" in run_cli([*args, "--help"]).stdout
+    assert "--no_repeat_ngram_size" in run_in_process([*args, "--help"]).stdout
 
 
 def test_penalty_off_changes_nothing(tiny_model_dir):

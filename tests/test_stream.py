@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 from gpt2_tf2.cli.sample import HEADER
 
 
@@ -60,9 +60,8 @@ def test_pieces_are_whole_characters(lm, monkeypatch):
     assert pieces == ["ё", "ж", " ", "🙂"]
 
 
-@pytest.mark.e2e
 def test_cli_prints_what_generate_returns(lm, tiny_model_dir):
-    done = run_cli(
+    done = run_in_process(
         [
             "-m",
             "gpt2_tf2.sample",

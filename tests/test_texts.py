@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation import texts
 
@@ -45,7 +45,6 @@ def test_generate_with_gpt_2_simple_names(tiny_model_dir, tmp_path, capsys):
         lm.generate("Hello", prefix="Hi", **settings)
 
 
-@pytest.mark.e2e
 def test_sample_writes_a_new_file_only(tiny_model_dir, tmp_path):
     out = tmp_path / "out.txt"
     args = [
@@ -62,12 +61,12 @@ def test_sample_writes_a_new_file_only(tiny_model_dir, tmp_path):
         "--prompt",
         "Hi",
     ]
-    done = run_cli([*args, "--destination_path", str(out), "--include_prefix"])
+    done = run_in_process([*args, "--destination_path", str(out), "--include_prefix"])
     assert done.returncode == 0, done.stderr
     written = out.read_text(encoding="utf-8").split("=" * 20 + "\n")
     assert len(written) == 3 and written[-1] == "" and all(w.startswith("Hi") for w in written[:2])
-    printed = run_cli([*args, "--include_prefix"]).stdout
+    printed = run_in_process([*args, "--include_prefix"]).stdout
     assert written[0].rstrip("\n") in printed
-    again = run_cli([*args, "--destination_path", str(out)])
+    again = run_in_process([*args, "--destination_path", str(out)])
     assert again.returncode == 2 and "exists" in again.stderr
     assert out.read_text(encoding="utf-8").count("Hi") == 2

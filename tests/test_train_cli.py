@@ -1,4 +1,6 @@
-"""encode, train and export end to end in subprocesses: exact resume three ways, signals, export."""
+"""encode, train and export end to end: exact resume three ways, signals, export. Runs that a
+signal, kill -9 or a second trainer interrupts, and the tools/ scripts, are processes (e2e); the
+rest run through the commands' entry points in this process."""
 
 import json
 import os
@@ -12,10 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli, write_random_model
+from conftest import REPO, run_cli, run_in_process, write_random_model
 from gpt2_tf2.formats.download import FILES
-
-pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 240  # steps of the resume tests
@@ -25,7 +25,7 @@ N = 240  # steps of the resume tests
 def work(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     (root / "data.txt").write_text(TEXT, encoding="utf-8")
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.encode",
@@ -120,7 +120,7 @@ def wait_for(predicate, proc, timeout=120):
 
 @pytest.fixture(scope="module")
 def straight(work, tiny_model_dir):
-    r = run_cli(train_args(work, tiny_model_dir, "straight", "--save_every", "0"), cwd=work)
+    r = run_in_process(train_args(work, tiny_model_dir, "straight", "--save_every", "0"), cwd=work)
     assert r.returncode == 0, r.stderr
     return final_state(work, "straight"), logged_steps(work, "straight")
 
@@ -137,16 +137,17 @@ def assert_same_run(work, run, straight):
 
 
 def test_resume_after_normal_stop(work, tiny_model_dir, straight):
-    r = run_cli(
+    r = run_in_process(
         train_args(work, tiny_model_dir, "halves", "--save_every", "0", steps=N // 2), cwd=work
     )
     assert r.returncode == 0, r.stderr
-    r = run_cli(train_args(work, tiny_model_dir, "halves", "--save_every", "0"), cwd=work)
+    r = run_in_process(train_args(work, tiny_model_dir, "halves", "--save_every", "0"), cwd=work)
     assert r.returncode == 0, r.stderr
     assert f"at step {N // 2}" in r.stderr
     assert_same_run(work, "halves", straight)
 
 
+@pytest.mark.e2e
 def test_resume_after_sigterm(work, tiny_model_dir, straight):
     proc = popen(train_args(work, tiny_model_dir, "term", "--save_every", "0"), cwd=work)
     assert wait_for(lambda: len(logged_steps(work, "term")) >= 20, proc)
@@ -160,6 +161,7 @@ def test_resume_after_sigterm(work, tiny_model_dir, straight):
     assert_same_run(work, "term", straight)
 
 
+@pytest.mark.e2e
 def test_resume_after_kill_9(work, tiny_model_dir, straight):
     """kill -9 at an arbitrary moment of a run saving every step: the newest complete checkpoint
     loads and the resumed run equals the uninterrupted one."""
@@ -174,6 +176,7 @@ def test_resume_after_kill_9(work, tiny_model_dir, straight):
     assert_same_run(work, "killed", straight)
 
 
+@pytest.mark.e2e
 def test_kills_at_random_moments(work, tiny_model_dir, straight):
     """Fault test: kill -9 at random moments of a run that saves every step (so many land in a
     save), several times over. After each kill the newest checkpoint loads; the run resumed to
@@ -202,6 +205,7 @@ def test_kills_at_random_moments(work, tiny_model_dir, straight):
     assert leftovers == []
 
 
+@pytest.mark.e2e
 def test_sigint_saves(work, tiny_model_dir):
     proc = popen(
         train_args(work, tiny_model_dir, "int", "--save_every", "0", steps=10**6), cwd=work
@@ -214,7 +218,7 @@ def test_sigint_saves(work, tiny_model_dir):
 
 
 def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.train",
@@ -270,7 +274,7 @@ def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
     # The run is read directly ...
     def greedy(*model):
         args = ["-m", "gpt2_tf2.sample", *model, "--prompt", "one two three", "--temperature", "0"]
-        r = run_cli(args + ["--length", "12"])
+        r = run_in_process(args + ["--length", "12"])
         assert r.returncode == 0, r.stderr
         return r.stdout
 
@@ -278,19 +282,20 @@ def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
     assert from_run.splitlines()[1] == " four five six seven eight nine ten. one two three four"
     # ... and exported in OpenAI's layout, read back by the strict loader and the sampler.
     out = work / "exported"
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.export", "--run_name", "mem", "--checkpoint_dir", str(work / "ckpt")]
         + ["--out", str(out)]
     )
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == sorted([*FILES, ".gpt2_tf2.json"])
     assert greedy("--model_name", str(out)) == from_run
-    score = run_cli(
+    score = run_in_process(
         ["-m", "gpt2_tf2.score", str(work / "data.txt"), "--model_name", str(out), "--json"]
     )
     assert json.loads(score.stdout)["nll"] < 1.0
 
 
+@pytest.mark.e2e
 def test_tools_scripts(work, tiny_model_dir):
     r = run_cli(
         [
@@ -346,7 +351,7 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
     (tmp_path / "short.txt").write_text("too short", encoding="utf-8")
 
     def train(*args):
-        return run_cli(
+        return run_in_process(
             [
                 "-m",
                 "gpt2_tf2.train",
@@ -380,7 +385,7 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
     assert ok.returncode == 0, ok.stderr
     other = tmp_path / "other"
     write_random_model(other, vocab_files, n_layer=3)
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.train",
@@ -400,7 +405,7 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
         cwd=tmp_path,
     )
     assert_clean_error(r, "other hparams")
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.encode",
@@ -412,7 +417,7 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
     )
     assert_clean_error(r, "no text")
     assert not (tmp_path / "e.npz").exists()
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.export",
@@ -441,11 +446,13 @@ def test_restore_from_path_and_fresh(work, tiny_model_dir):
         "--sample_every",
         "0",
     ]
-    r = run_cli(["-m", "gpt2_tf2.train", *common, "--run_name", "src", "--steps", "3"], cwd=work)
+    r = run_in_process(
+        ["-m", "gpt2_tf2.train", *common, "--run_name", "src", "--steps", "3"], cwd=work
+    )
     assert r.returncode == 0, r.stderr
     source = tf.train.latest_checkpoint(str(work / "ckpt" / "src"))
     # A path to another run's checkpoint: continue from its step into a new run.
-    r = run_cli(
+    r = run_in_process(
         [
             "-m",
             "gpt2_tf2.train",
@@ -465,22 +472,23 @@ def test_restore_from_path_and_fresh(work, tiny_model_dir):
     # fresh on a run that has checkpoints: refused, nothing touched (it used to delete them).
     fresh = ["-m", "gpt2_tf2.train", *common, "--run_name", "src", "--steps", "1"]
     kept = sorted(os.listdir(work / "ckpt" / "src"))
-    r = run_cli([*fresh, "--restore_from", "fresh"], cwd=work)
+    r = run_in_process([*fresh, "--restore_from", "fresh"], cwd=work)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "already holds this run's checkpoints (newest: ckpt-3)" in r.stderr
     assert "--overwrite" in r.stderr and sorted(os.listdir(work / "ckpt" / "src")) == kept
     # Asked for: the base model again, from step 0; the old checkpoints and log are gone.
-    r = run_cli([*fresh, "--restore_from", "fresh", "--overwrite"], cwd=work)
+    r = run_in_process([*fresh, "--restore_from", "fresh", "--overwrite"], cwd=work)
     assert r.returncode == 0, r.stderr
     assert "starting from" in r.stderr
     assert tf.train.latest_checkpoint(str(work / "ckpt" / "src")).endswith("ckpt-1")
     assert not list((work / "ckpt" / "src").glob("ckpt-3*"))
     assert sorted(logged_steps(work, "src")) == [1]
     # At the step limit already: said, and non-zero.
-    r = run_cli(fresh, cwd=work)
+    r = run_in_process(fresh, cwd=work)
     assert r.returncode == 2 and "already at step 1" in r.stderr, r.stderr
 
 
+@pytest.mark.e2e
 def test_two_trainers_on_one_run(work, tiny_model_dir):
     """The second gets one line naming the first's PID; the first is not disturbed."""
     args = train_args(work, tiny_model_dir, "locked", "--save_every", "0", steps=100000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,8 @@ def test_stream_and_processors_past_the_context(lm):
     assert len(lm.encoder.encode(text)) >= 120  # (a re-encoding may merge a few tokens)
 
 
-@pytest.mark.e2e
 def test_cli_length_past_the_context(tiny_model_dir):
-    done = run_cli(
+    done = run_in_process(
         [
             "-m",
             "gpt2_tf2.sample",
