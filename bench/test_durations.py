@@ -15,7 +15,7 @@ import re
 import sys
 
 LINE = re.compile(r"^([0-9.]+)s (?:call|setup|teardown)\s+(tests/[^:]+)::")
-SUMMARY = re.compile(r"=+ .* in ([0-9.]+)s")
+SUMMARY = re.compile(r"\d+ passed.* in ([0-9.]+)s")
 
 
 def read(path: str) -> tuple[dict[str, float], float | None]:

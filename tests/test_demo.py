@@ -52,6 +52,7 @@ def test_small_enough_for_git():
     assert size <= 15e6, size
 
 
+@pytest.mark.e2e
 def test_far_better_than_untrained(demo):
     """Held-out quotations (never trained on) in both languages: the trained model's loss is
     far below the same shape freshly initialised, which is about uniform guessing."""
@@ -109,6 +110,7 @@ def written(demo):
 KNOWN_SHARE = {1.0: {"en": 0.7, "ru": 0.55}, 0.7: {"en": 0.78, "ru": 0.64}}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("temperature", sorted(KNOWN_SHARE))
 def test_writes_words_of_both_languages(written, temperature):
     """Most words it writes are words of its language (seen in the held-out quotations, which

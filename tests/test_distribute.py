@@ -2,7 +2,9 @@
 devices and two worker processes on 127.0.0.1 with the multi-worker strategy give the weights of
 one device with the same global batch; checkpoints move between replica counts; a stop request
 on one worker stops every worker after the same step; a killed worker leaves the newest
-checkpoint loadable. Each run is the `train` command in a subprocess, as a user runs it."""
+checkpoint loadable. Each run is the `train` command in a subprocess, as a user runs it, and must
+be: the logical devices a strategy spreads over are fixed before TensorFlow's first operation, once
+per process (these are the e2e tier's)."""
 
 import json
 import os

@@ -54,6 +54,7 @@ def vocab(request, tmp_path_factory):
     return tmp
 
 
+@pytest.mark.e2e
 def test_init_trains_and_every_command_works(vocab):
     tmp = vocab
     model = tmp / "model"
@@ -173,6 +174,7 @@ def test_init_trains_and_every_command_works(vocab):
     assert scored[exported] < scored[model] - 1.5
 
 
+@pytest.mark.e2e
 def test_float16_export_loads_as_float32(tmp_path, tiny_model_dir):
     """`export --dtype float16` (how the demo model stays small): half the bytes, the same model
     to within float16's rounding."""

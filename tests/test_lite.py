@@ -96,6 +96,7 @@ def test_int8_greedy_follows_the_xla_loop(xla, lite):
     assert got == xla.generate("Hello there, my friend", length=20, temperature=0)
 
 
+@pytest.mark.e2e
 def test_mixed_lengths_window_stream_and_batches(xla, lite):
     lm = lite["float32"]
     prompts = ["Hi", "A much longer prompt than the first one"]

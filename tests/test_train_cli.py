@@ -136,6 +136,7 @@ def assert_same_run(work, run, straight):
     assert max(abs(resumed[s] - losses[s]) for s in losses) <= 1e-6
 
 
+@pytest.mark.e2e
 def test_resume_after_normal_stop(work, tiny_model_dir, straight):
     r = run_in_process(
         train_args(work, tiny_model_dir, "halves", "--save_every", "0", steps=N // 2), cwd=work
@@ -217,6 +218,7 @@ def test_sigint_saves(work, tiny_model_dir):
     assert tf.train.latest_checkpoint(str(work / "ckpt" / "int")) is not None
 
 
+@pytest.mark.e2e
 def test_fine_tune_memorises_then_exports(work, tiny_model_dir):
     r = run_in_process(
         [
@@ -433,6 +435,7 @@ def test_bad_inputs(work, tiny_model_dir, vocab_files, tmp_path):
     shutil.rmtree(tmp_path / "ckpt")
 
 
+@pytest.mark.e2e
 def test_restore_from_path_and_fresh(work, tiny_model_dir):
     common = [
         "--dataset",

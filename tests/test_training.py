@@ -60,6 +60,7 @@ def test_adam_matches_tf1_adam_optimizer():
     assert float(np.max(np.abs(ours.numpy() - start))) > 1e-2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "adafactor"])
 def test_each_optimizer_lowers_the_loss(name):
     trainer = Trainer(
@@ -98,6 +99,7 @@ def train(trainer, start, stop, accumulate=2):
     return losses
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("optimizer", ["adam", "adafactor"])
 def test_exact_resume_in_process(tmp_path, optimizer):
     """Straight to N vs. N/2, save, a new process-like restore, N: the same weights and losses."""
@@ -180,6 +182,7 @@ def test_dropout_zeroes_and_scales_by_hand():
     assert not np.array_equal(drop.layer(0)(x, 0).numpy(), y)  # and each block
 
 
+@pytest.mark.e2e
 def test_dropout_trains_reproducibly_and_leaves_evaluation_alone():
     """--dropout: the same seed gives the same losses (masks keyed by seed and step); a block
     recomputed in the backward pass draws the masks it drew forward (same gradients); the

@@ -102,6 +102,7 @@ def run_in_process(tiny_model_dir, corpus, tmp_path, steps, run_name):
     return {v.name: v.numpy() for v in run.trainer.model.variables}
 
 
+@pytest.mark.e2e
 def test_a_run_in_process_resumes_exactly(tiny_model_dir, tmp_path):
     """Two steps, then the same run to four, equals four in one go: checkpoints at the end of
     each loop, resumed from the run's newest."""
