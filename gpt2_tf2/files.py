@@ -53,12 +53,10 @@ def check_run_name(run_name) -> str:
 
 def human_size(nbytes: float) -> str:
     """A size for a message: '40 bytes', '12.3 kB', '497.8 MB', '3.0 GB' (SI units)."""
-    if nbytes < 1000:
+    if nbytes < 1e3:
         return f"{int(nbytes)} bytes"
-    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
-        if nbytes < scale * 1000 or unit == "GB":
-            return f"{nbytes / scale:.1f} {unit}"
-    raise AssertionError("unreachable")
+    unit, scale = ("kB", 1e3) if nbytes < 1e6 else ("MB", 1e6) if nbytes < 1e9 else ("GB", 1e9)
+    return f"{nbytes / scale:.1f} {unit}"
 
 
 def user_cache_dir(*parts: str) -> str:

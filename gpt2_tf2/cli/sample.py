@@ -31,14 +31,13 @@ def print_samples(
         return stream_samples(lm, prompt, settings, nsamples, counter, output)
     written = []
     tokens = lm.encode(prompt) if prompt else []
-    batches = lm.generate_tokens(
-        tokens, nsamples=nsamples, **settings
-    )  # lazily: nsamples 0 is forever
     if settings.get("num_beams", 1) != 1:  # one batch of beams, found before it is printed
         with beam_bar() as progress:
             batches = list(
                 lm.generate_tokens(tokens, nsamples=nsamples, beam_progress=progress, **settings)
             )
+    else:  # lazily: nsamples 0 is forever
+        batches = lm.generate_tokens(tokens, nsamples=nsamples, **settings)
     for rows in batches:
         for row in rows:
             counter += 1

@@ -426,14 +426,14 @@ class LanguageModel:
         state = beam.start(logits, cache, context_t, prompt_len, settings, slots, num_beams)
         options = (self.hparams.n_head, float(length_penalty), bool(early_stopping))
         length_t = tf.constant(length)
-        chunk = length if progress is None else BEAM_CHUNK
-        for until in range(min(chunk, length), length + chunk, chunk):
-            until = min(until, length)
+        chunk, until = (length if progress is None else BEAM_CHUNK), 0
+        while until < length:
+            until = min(until + chunk, length)
             state = self._beam(state, prompt_len, length_t, settings, tf.constant(until), options)
             done = int(state.step)
             if progress is not None:
                 progress(done, length)
-            if done < until or until == length:  # the search ended early, or reached length
+            if done < until:  # the search ended before this piece did
                 break
         out, _ = beam.result(state, prompt_len, slots)
         return [_cut(row[:length], stop) for row in out.numpy()[0, :num_return_sequences]]
