@@ -100,6 +100,16 @@ def tiny_model_dir(vocab_files, tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """The tiny model loaded once per worker, for tests that only read it: its compiled decode
+    loops (one per batch size and bucket) are traced and compiled once for all of them. A test
+    that changes its weights, or counts its traces, loads its own."""
+    import gpt2_tf2
+
+    return gpt2_tf2.load(tiny_model_dir)
+
+
 @pytest.fixture()
 def model_copy(tiny_model_dir, tmp_path):
     """A private copy of the tiny model to damage."""

@@ -11,9 +11,9 @@ from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    return gpt2_tf2.load(tiny_model_dir)
+@pytest.fixture()
+def lm(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 def test_load_by_name_and_alias(tiny_model_dir, tmp_path):
@@ -54,8 +54,9 @@ def test_unconditional_and_greedy(lm):
     assert out == tokens[1:]
 
 
-def test_stop_at_endoftext(lm):
+def test_stop_at_endoftext(tiny_model_dir):
     """Make <|endoftext|> the most likely token everywhere; samples must then end at once."""
+    lm = gpt2_tf2.load(tiny_model_dir)  # its own: the weights are changed
     saved = {v.name: v.numpy() for v in lm.model.variables}
     try:
         direction = np.zeros(lm.hparams.n_embd, np.float32)
@@ -72,9 +73,10 @@ def test_stop_at_endoftext(lm):
             v.assign(saved[v.name])
 
 
-def test_no_retracing_within_a_bucket(lm):
+def test_no_retracing_within_a_bucket(tiny_model_dir):
     """Other prompts, prompt lengths, lengths and settings in the same size bucket and batch size
     reuse one trace (and one XLA compilation); a new bucket or batch size costs one more."""
+    lm = gpt2_tf2.load(tiny_model_dir)  # its own: its traces are counted
     before = lm._decode.experimental_get_tracing_count()
     for prompt, length, kw in [
         ("a", 3, {}),

@@ -157,10 +157,8 @@ def test_write_model_dir_below_a_file(tmp_path, vocab_files):
         write_random_model(tmp_path / "file.txt" / "x", vocab_files)
 
 
-def test_the_model_takes_numpy_arrays_and_lists(tiny_model_dir):
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+def test_the_model_takes_numpy_arrays_and_lists(tiny_lm):
+    lm = tiny_lm
     want = lm.model(np.array([[464, 2068]], np.int32))["logits"].numpy()
     for tokens in (np.array([[464, 2068]]), [[464, 2068]]):  # int64, as NumPy makes them
         assert np.array_equal(lm.model(tokens)["logits"].numpy(), want)

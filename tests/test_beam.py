@@ -93,10 +93,8 @@ def test_hypotheses_end_at_the_stop_token_with_the_length_penalty():
     np.testing.assert_allclose(scores, want, rtol=1e-5)
 
 
-def test_one_beam_is_greedy_on_a_real_model(tiny_model_dir):
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+def test_one_beam_is_greedy_on_a_real_model(tiny_lm):
+    lm = tiny_lm
     prompt = lm.encoder.encode("Beams and greedy")
     greedy = next(lm.generate_tokens(prompt, length=15, temperature=0))[0]
     assert lm.beam_search(prompt, length=15, num_beams=1) == [greedy]
@@ -106,12 +104,10 @@ def test_one_beam_is_greedy_on_a_real_model(tiny_model_dir):
     assert texts == [lm.encoder.decode(r) for r in four[:2]]
 
 
-def test_a_search_in_pieces_finds_the_same_beams(tiny_model_dir):
+def test_a_search_in_pieces_finds_the_same_beams(tiny_lm):
     """With `progress` the compiled loop runs 16 steps at a time (a bar on a terminal): the
     same beams and the steps reported as they are done."""
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+    lm = tiny_lm
     prompt = lm.encoder.encode("Beams in pieces")
     for early_stopping in (False, True):
         whole = lm.beam_search(prompt, 40, 4, 4, early_stopping=early_stopping)

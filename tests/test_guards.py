@@ -202,11 +202,9 @@ def test_sample_flags_are_one_line(tiny_model_dir, args, fragment):
     assert fragment in err, err
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    import gpt2_tf2
-
-    return gpt2_tf2.load(tiny_model_dir)
+@pytest.fixture()
+def lm(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 @pytest.mark.parametrize(

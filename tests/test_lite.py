@@ -34,11 +34,9 @@ def cache(tmp_path_factory):
         os.environ["GPT2_TF2_TFLITE_CACHE"] = old
 
 
-@pytest.fixture(scope="module")
-def xla(tiny_model_dir):
-    import gpt2_tf2
-
-    return gpt2_tf2.load(tiny_model_dir)
+@pytest.fixture()
+def xla(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 @pytest.fixture(scope="module")

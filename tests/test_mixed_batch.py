@@ -15,11 +15,9 @@ from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
 from gpt2_tf2.generation.settings import History, Settings
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    import gpt2_tf2
-
-    return gpt2_tf2.load(tiny_model_dir)  # n_ctx 64
+@pytest.fixture()
+def lm(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 PROMPTS = ["Hi", "A much longer prompt than the first one, by far", "Once upon a time"]

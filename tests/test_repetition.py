@@ -53,10 +53,8 @@ def test_no_repeat_ngram_by_hand(xla):
     assert got == [2.0, -INF, -INF, 3.0, -2.0, 1.0]
 
 
-def test_sampling_never_repeats_an_ngram(tiny_model_dir):
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+def test_sampling_never_repeats_an_ngram(tiny_lm):
+    lm = tiny_lm
     prompt = lm.encoder.encode("the the the the the")
     rows = next(
         lm.generate_tokens(prompt, length=40, batch_size=3, top_k=3, seed=1, no_repeat_ngram_size=2)
@@ -104,10 +102,8 @@ def test_sample_flags(tiny_model_dir):
     assert "--no_repeat_ngram_size" in run_in_process([*args, "--help"]).stdout
 
 
-def test_penalty_off_changes_nothing(tiny_model_dir):
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+def test_penalty_off_changes_nothing(tiny_lm):
+    lm = tiny_lm
     prompt = lm.encoder.encode("Hello world")
     a = next(lm.generate_tokens(prompt, length=20, top_k=5, seed=3))
     b = next(lm.generate_tokens(prompt, length=20, top_k=5, seed=3, repetition_penalty=1.0))

@@ -9,11 +9,9 @@ from conftest import run_in_process
 from gpt2_tf2.cli.sample import HEADER
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    import gpt2_tf2
-
-    return gpt2_tf2.load(tiny_model_dir)
+@pytest.fixture()
+def lm(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 @pytest.mark.parametrize(

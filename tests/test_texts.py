@@ -20,10 +20,8 @@ def test_finish_by_hand():
     assert texts.joined(["one", "two"], "--\n") == "one\n--\ntwo\n--\n"
 
 
-def test_generate_with_gpt_2_simple_names(tiny_model_dir, tmp_path, capsys):
-    import gpt2_tf2
-
-    lm = gpt2_tf2.load(tiny_model_dir)
+def test_generate_with_gpt_2_simple_names(tiny_lm, tmp_path, capsys):
+    lm = tiny_lm
     settings = dict(length=12, nsamples=3, batch_size=3, top_k=5, seed=4)
     plain = lm.generate("Hello", **settings)
     assert lm.generate(prefix="Hello", **settings) == plain

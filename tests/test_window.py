@@ -8,11 +8,9 @@ import pytest
 from conftest import run_in_process
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    import gpt2_tf2
-
-    return gpt2_tf2.load(tiny_model_dir)  # n_ctx 64
+@pytest.fixture()
+def lm(tiny_lm):
+    return tiny_lm  # shared: read only
 
 
 def test_first_window_is_a_plain_generation(lm):
