@@ -40,7 +40,7 @@ def ours(beams: int):
     lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
 
     def generate(ids):
-        (row,) = lm.beam_search(ids[0].tolist(), NEW, num_beams=beams, stop_token=-1)
+        (row,) = lm.beam_search(ids[0].tolist(), length=NEW, num_beams=beams, stop_token=-1)
         assert len(row) == NEW
 
     return generate, tf

@@ -50,7 +50,7 @@ def variants(lm, prompt):
 
     def stream():
         n = 0
-        for piece in lm.stream_tokens(prompt, NEW, **sample):
+        for piece in lm.stream_tokens(prompt, length=NEW, **sample):
             n += len(piece)
         return n
 
@@ -60,7 +60,10 @@ def variants(lm, prompt):
         "+ repetition_penalty 1.3": (tokens(length=NEW, repetition_penalty=1.3, **sample), NEW),
         "+ no_repeat_ngram_size 3": (tokens(length=NEW, no_repeat_ngram_size=3, **sample), NEW),
         "streaming (16 tokens a piece)": (stream, NEW),
-        "beam search, 4 beams": (lambda: len(lm.beam_search(prompt, NEW, 4)[0]), NEW),
+        "beam search, 4 beams": (
+            lambda: len(lm.beam_search(prompt, length=NEW, num_beams=4)[0]),
+            NEW,
+        ),
         f"sliding window, {3 * n_ctx} tokens": (tokens(length=3 * n_ctx, **sample), 3 * n_ctx),
     }
 

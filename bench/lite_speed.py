@@ -121,7 +121,11 @@ def sample(impl: str, size: str, files: dict, batches: list[int], repeats: int) 
         lm = language_model(impl, size, files)
 
         def generate(ids):
-            rows = next(lm.generate_tokens(ids[0].tolist(), new, len(ids), len(ids), seed=0))
+            rows = next(
+                lm.generate_tokens(
+                    ids[0].tolist(), length=new, nsamples=len(ids), batch_size=len(ids), seed=0
+                )
+            )
             assert all(len(r) == new for r in rows)
 
     rows = []

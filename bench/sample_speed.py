@@ -45,7 +45,11 @@ def ours(settings: dict | None):
     kw = settings or {"temperature": 0.0}
 
     def generate(ids):
-        rows = next(lm.generate_tokens(ids[0].tolist(), NEW, len(ids), len(ids), seed=0, **kw))
+        rows = next(
+            lm.generate_tokens(
+                ids[0].tolist(), length=NEW, nsamples=len(ids), batch_size=len(ids), seed=0, **kw
+            )
+        )
         assert len(rows) == len(ids) and all(len(r) == NEW for r in rows)
 
     return generate, lambda: lm._decode.experimental_get_tracing_count(), tf

@@ -5,10 +5,14 @@ start-up logging before TensorFlow is first imported.
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "__version__"]
+__all__ = ["GenerationConfig", "load", "__version__"]
 
 
 def __getattr__(name):
+    if name == "GenerationConfig":  # plain Python: no TensorFlow needed to build one
+        from gpt2_tf2.generation.config import GenerationConfig
+
+        return GenerationConfig
     if name == "load":
         from gpt2_tf2 import quiet
 

@@ -8,12 +8,12 @@ from gpt2_tf2 import quiet
 quiet.import_tensorflow()  # its start-up log hidden, as on the command line (gpt2_tf2.quiet)
 
 from gpt2_tf2.formats.model_dir import cast_model, find_model_dir, resolve_model_dir  # noqa: E402
+from gpt2_tf2.generation.config import GenerationConfig  # noqa: E402
 from gpt2_tf2.generation.language_model import (  # noqa: E402
     DTYPES,
     LanguageModel,
     bucket,
     check_dtype,
-    check_sampling_args,
     load,
     peek,
     perplexity,
@@ -25,7 +25,7 @@ __all__ = [
     "bucket",
     "cast_model",
     "check_dtype",
-    "check_sampling_args",
+    "GenerationConfig",
     "find_model_dir",
     "load",
     "peek",

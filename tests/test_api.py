@@ -103,8 +103,10 @@ def test_compiled_generation_equals_eager_reference(lm, batch):
     prompt = lm.encoder.encode("The reference loop recomputes everything")
     for temperature, top_k, top_p in [(0.0, 0, 1.0), (0.9, 7, 0.8), (1.0, 0, 0.95)]:
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": 3}
-        got = next(lm.generate_tokens(prompt, 12, batch, batch, **settings))
-        key = Settings.make(temperature, top_k, top_p, (3, 0))
+        got = next(
+            lm.generate_tokens(prompt, length=12, nsamples=batch, batch_size=batch, **settings)
+        )
+        key = Settings.make(temperature=temperature, top_k=top_k, top_p=top_p, key=(3, 0))
         seq = tf.constant([prompt] * batch, tf.int32)
         want = []
         for step in range(12):
@@ -122,7 +124,7 @@ def test_unconditional_full_context(lm, xla):
     full pass."""
     model = LanguageModel(lm.hparams, lm.encoder, lm.model, xla=xla)
     n_ctx = lm.hparams.n_ctx
-    (row,) = next(model.generate_tokens(None, None, 1, 1, temperature=0.0))
+    (row,) = next(model.generate_tokens(None, temperature=0.0))
     assert len(row) == n_ctx
     logits = lm.model(tf.constant([[lm.encoder.eot_token] + row[:-1]]))["logits"][0]
     assert row == tf.argmax(logits, axis=-1, output_type=tf.int32).numpy().tolist()
@@ -210,7 +212,9 @@ def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
     assert got.dtype == np.float32
     ratio = np.max(np.abs(got - want)) / np.max(np.abs(want))
     assert ratio <= LOW_PRECISION_TOLERANCE[dtype], ratio
-    rows = next(low.generate_tokens(tokens.numpy()[0].tolist(), 8, 2, 2, seed=1))  # XLA path
+    rows = next(
+        low.generate_tokens(tokens.numpy()[0].tolist(), length=8, nsamples=2, batch_size=2, seed=1)
+    )  # XLA path
     assert [len(r) for r in rows] == [8, 8]
     assert (
         abs(low.score("Scored in half precision.") - lm.score("Scored in half precision.")) < 0.05

@@ -110,10 +110,17 @@ def test_a_search_in_pieces_finds_the_same_beams(tiny_lm):
     lm = tiny_lm
     prompt = lm.encoder.encode("Beams in pieces")
     for early_stopping in (False, True):
-        whole = lm.beam_search(prompt, 40, 4, 4, early_stopping=early_stopping)
+        whole = lm.beam_search(
+            prompt, length=40, num_beams=4, num_return_sequences=4, early_stopping=early_stopping
+        )
         seen = []
         pieces = lm.beam_search(
-            prompt, 40, 4, 4, early_stopping=early_stopping, progress=lambda *a, s=seen: s.append(a)
+            prompt,
+            length=40,
+            num_beams=4,
+            num_return_sequences=4,
+            early_stopping=early_stopping,
+            progress=lambda *a, s=seen: s.append(a),
         )
         assert pieces == whole
         assert seen and all(total == 40 for _, total in seen)

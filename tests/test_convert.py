@@ -150,7 +150,7 @@ def test_an_untied_output_layer_converts_and_goes_back(vocab_files, tmp_path):
     assert diff <= 1e-4, diff
     # The compiled decoding loop reads the weights once (read_weights): greedy there equals
     # the argmax of full forward passes.
-    (greedy,) = lm.generate_tokens(ids, 4, temperature=0)
+    (greedy,) = lm.generate_tokens(ids, length=4, temperature=0)
     full = list(ids)
     for _ in range(4):
         logits = lm.model(np.array([full], np.int32))["logits"].numpy()[0, -1]

@@ -84,7 +84,9 @@ def test_generate_and_score_equal_the_package(exported, tiny_model_dir):
     for row, p in zip(got_greedy, (prompt, other)):
         assert row == next(lm.generate_tokens(p, length=20, temperature=0))[0]
     assert got_sampled == next(
-        lm.generate_tokens(prompt, 20, 2, 2, temperature=1, top_k=40, top_p=0.9, seed=7)
+        lm.generate_tokens(
+            prompt, length=20, nsamples=2, batch_size=2, temperature=1, top_k=40, top_p=0.9, seed=7
+        )
     )
     ours = lm._token_nll(np.array([text], np.int32)).numpy()
     assert float(np.max(np.abs(np.array(nll) - ours))) <= 1e-5
@@ -98,7 +100,9 @@ def test_the_end_of_text_token_ends_a_row(exported, tiny_model_dir):
     prompt = lm.encoder.encode("Hello")
     call = dict(tokens=[prompt], length=40, temperature=1.5, top_k=0, top_p=1, seed=3)
     (row,) = serve(exported, [call])[0]
-    ours = next(lm.generate_tokens(prompt, 40, temperature=1.5, seed=3, stop_at_endoftext=True))
+    ours = next(
+        lm.generate_tokens(prompt, length=40, temperature=1.5, seed=3, stop_at_endoftext=True)
+    )
     eot = lm.encoder.eot_token
     cut = row[: row.index(eot)] if eot in row else row
     assert cut == ours[0]

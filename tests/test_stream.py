@@ -52,7 +52,7 @@ def test_pieces_are_whole_characters(lm, monkeypatch):
     data = "ёж 🙂".encode()
     chunks = [[byte_token[b]] for b in data]  # one byte per piece
 
-    monkeypatch.setattr(lm, "stream_tokens", lambda tokens, **settings: iter(chunks))
+    monkeypatch.setattr(lm, "stream_tokens", lambda tokens, config=None, **settings: iter(chunks))
     pieces = list(lm.stream("x"))
     assert "".join(pieces) == "ёж 🙂"
     assert pieces == ["ё", "ж", " ", "🙂"]

@@ -97,3 +97,36 @@ def check_argv(fn, argv: list[str], switches: set[str]) -> None:
             f"unexpected argument {extra!r}; takes {len(allowed)}: "
             f"{' '.join(n.upper() for n in allowed)}"
         )
+
+
+def command_signature(summary: str, fields) -> tuple[inspect.Signature, str]:
+    """A command's signature and docstring (`Args:` as `help_text` reads it) from
+    (name, default, help) triples: the flags of a command whose settings are config fields
+    (`TrainConfig`, `GenerationConfig`), so that names, defaults and help live in one place."""
+    params, helps = [], []
+    for name, default, text in fields:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(name, kind, default=default))
+        first = f"  {name}: "
+        helps.append(textwrap.fill(text, 98, initial_indent=first, subsequent_indent="    "))
+    return inspect.Signature(params), f"{summary}\n\nArgs:\n" + "\n".join(helps) + "\n"
+
+
+def config_fields(config_class, defaults: dict | None = None):
+    """(name, default, help) of a config dataclass's fields (each with metadata["help"]);
+    `defaults` replaces some of the defaults (the command line's own)."""
+    import dataclasses
+
+    defaults = defaults or {}
+    return [
+        (f.name, defaults.get(f.name, f.default), f.metadata["help"])
+        for f in dataclasses.fields(config_class)
+    ]
+
+
+def as_flags(error: UserError, names) -> UserError:
+    """A library's error about a setting, in the command line's words: a message that begins
+    with one of `names` begins with that flag (`seed must be ...` -> `--seed must be ...`)."""
+    message = str(error)
+    first = message.split(" ", 1)[0]
+    return UserError("--" + message) if first in names else error

@@ -9,13 +9,10 @@ their defaults and their help are `training.config.TrainConfig`'s fields.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import signal
 import sys
-import textwrap
 
-from gpt2_tf2.cli import runner
+from gpt2_tf2.cli import flags, runner
 from gpt2_tf2.training.config import TrainConfig
 from gpt2_tf2.training.loop import Callback
 
@@ -41,11 +38,11 @@ class StopOnSignal(Callback):
 
 
 def train(*args, **kwargs):
-    flags = train.__signature__.bind(*args, **kwargs)  # fire passes flags by position
-    flags.apply_defaults()
-    flags = dict(flags.arguments)
-    verbose = flags.pop("verbose")
-    cfg = TrainConfig(**flags)
+    bound = train.__signature__.bind(*args, **kwargs)  # fire passes flags by position
+    bound.apply_defaults()
+    values = dict(bound.arguments)
+    verbose = values.pop("verbose")
+    cfg = TrainConfig(**values)
     cfg.validate()
 
     def devices():  # before TensorFlow's first operation
@@ -70,30 +67,11 @@ def train(*args, **kwargs):
     return None
 
 
-def _signature_and_help():
-    """train()'s flags, defaults and `Args:` help, from TrainConfig's fields (one set of them)."""
-    fields = dataclasses.fields(TrainConfig)
-    params = [
-        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
-        for f in fields
-    ]
-    params.append(
-        inspect.Parameter("verbose", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)
-    )
-    helps = [(f.name, f.metadata["help"]) for f in fields]
-    helps.append(("verbose", "show TensorFlow's log messages."))
-    args = "\n".join(
-        textwrap.fill(text, 98, initial_indent=f"  {name}: ", subsequent_indent="    ")
-        for name, text in helps
-    )
-    doc = (
-        "Fine-tune GPT-2 on a dataset; resumes the run's newest checkpoint by default.\n\n"
-        f"Args:\n{args}\n"
-    )
-    return inspect.Signature(params), doc
-
-
-train.__signature__, train.__doc__ = _signature_and_help()
+VERBOSE = ("verbose", False, "show TensorFlow's log messages.")
+train.__signature__, train.__doc__ = flags.command_signature(
+    "Fine-tune GPT-2 on a dataset; resumes the run's newest checkpoint by default.",
+    [*flags.config_fields(TrainConfig), VERBOSE],
+)
 train.uses_xla = True  # runner.run hides XLA's first-compilation log lines too
 train.configures_logging = True  # devices and strategy come before TensorFlow's first operation
 train.positional = ()

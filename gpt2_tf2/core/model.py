@@ -17,7 +17,7 @@ import math
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.kernels import add_bias, in_xla, shape_list, update_slice
+from gpt2_tf2.core.kernels import add_bias, in_xla, shape_list, update_rows, update_slice
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
 
@@ -83,12 +83,21 @@ def merge_heads(x):
     return tf.reshape(x, [b, t, h * d])  # [batch, seq, embd]
 
 
+def per_row(pos) -> bool:
+    """Whether `pos` gives each row its own position (an int32 [batch] tensor), not one for all
+    (a Python int or a scalar tensor)."""
+    return getattr(pos, "shape", None) is not None and pos.shape.rank == 1
+
+
 def write_cache(cache, x, pos):
     """Write `x` [batch * heads, n, head_dim] into `cache` [batch * heads, T, head_dim].
 
     The new entries land at positions pos .. pos + n - 1 and the cache keeps its shape, so a
     generation is one loop whose shapes never change (in place under XLA: `kernels.update_slice`).
+    pos [batch * heads]: each row at its own position (`kernels.update_rows`).
     """
+    if per_row(pos):
+        return update_rows(cache, x, pos)
     return update_slice(cache, x, pos)
 
 
@@ -96,12 +105,17 @@ def attention_probs(q, k, pos, first=None):
     """softmax(q k^T / sqrt(d)) under the causal mask, float32 [..., n, T]: how much query i (at
     column pos + i) attends to key j <= pos + i. q: [..., n, head_dim]; k: [..., T, head_dim].
     `first` (int32, q's leading dims then [1, 1]): each row's first real column; the left padding
-    of a mixed-length batch before it is masked too."""
+    of a mixed-length batch before it is masked too. `pos`: an int32 scalar, or one position per
+    row of q's single leading dim (the slots of a decode engine, `GPT2.__call__`)."""
     w = tf.matmul(q, k, transpose_b=True)  # [..., n, T]
     # Scores, mask and softmax in float32: -1e10 would overflow float16.
     w = tf.cast(w, tf.float32) * (1 / math.sqrt(shape_list(k)[-1]))
     columns = tf.range(shape_list(k)[-2])
-    visible = columns[None, :] <= (pos + tf.range(shape_list(q)[-2]))[:, None]  # [n, T]
+    queries = tf.range(shape_list(q)[-2])
+    if per_row(pos):  # each row at its own position: [rows, n, T]
+        visible = columns <= pos[:, None, None] + queries[None, :, None]
+    else:
+        visible = columns[None, :] <= (pos + queries)[:, None]  # [n, T]
     if first is not None:
         visible = visible & (columns >= first)  # [..., n, T]
     w = tf.where(visible, w, MASK_VALUE)
@@ -165,6 +179,8 @@ def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False, offsets=N
         # layer at every step (measured at 124M, batch 1: 1 ms of a 16 ms step at 144 slots).
         b, h, _, d = shape_list(q)
         q, k, v = (tf.reshape(x, [b * h, n, d]) for x in (q, k, v))  # [batch * heads, n, head_dim]
+        if per_row(pos):  # a position per row: per row and head
+            pos = tf.repeat(pos, h)
         cache = tuple(write_cache(c, x, pos) for c, x in zip(cache, (k, v)))
         if first is not None:
             first = tf.reshape(tf.repeat(offsets, h), [b * h, 1, 1])  # [batch * heads, 1, 1]
@@ -305,6 +321,8 @@ class GPT2(tf.Module):
     def _positions(self, tokens, pos, offsets):
         """Position embeddings of tokens [batch, seq] in columns pos .. pos + seq - 1:
         [1, seq, embd], or [batch, seq, embd] with `offsets` (padding columns get position 0)."""
+        if per_row(pos):  # a position per row (the slots of a decode engine)
+            return tf.gather(self.wpe, pos[:, None] + tf.range(shape_list(tokens)[1]))
         columns = pos + tf.range(shape_list(tokens)[1])  # [seq]
         if offsets is None:
             return tf.gather(self.wpe, columns)[None]  # [1, seq, embd]

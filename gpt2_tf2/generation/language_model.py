@@ -25,18 +25,14 @@ from gpt2_tf2.generation import beam, loop, texts
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
-    check_beam_args,
     check_dtype,
     check_memory,
-    check_nsamples,
-    check_sampling_args,
-    check_seed,
     check_token_ids,
 )
+from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
-MAX_LIST_BATCH = 16  # rows at once for a list of prompts, unless batch_size says otherwise
 BEAM_CHUNK = 16  # steps of a beam search between progress reports
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
 
@@ -72,6 +68,7 @@ class LanguageModel:
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
         self.lite = lite
         self.backend = "xla" if lite is None else "tflite"
+        self._engine_programs = None  # the decode engine's compiled functions (engine.programs)
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
         # Decoding is traced (and the loop XLA-compiled) once per (batch size, prompt bucket,
@@ -121,37 +118,15 @@ class LanguageModel:
 
     def _check_beam_backend(self) -> None:
         if self.lite is not None:
-            raise UserError("beam search runs on the xla backend only: drop --backend tflite")
+            raise UserError(
+                "beam search runs on the xla backend only; this model was loaded for tflite"
+            )
 
     def encode(self, text: str) -> list[int]:
         """Text as the model reads it in prompts and scored texts (`encode_text`)."""
         return encode_text(self.encoder, text)
 
-    def check_sampling_args(self, prompt_len: int, length: int | None, *settings, slide=False):
-        """`check_sampling_args` (below) for this model's context: (temperature, top_k, top_p,
-        repetition_penalty, no_repeat_ngram_size) checked; returns the resolved length."""
-        return check_sampling_args(self.hparams.n_ctx, prompt_len, length, *settings, slide=slide)
-
-    def generate_tokens(
-        self,
-        prompt_tokens=None,
-        length=None,
-        nsamples=1,
-        batch_size=1,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_at_endoftext=False,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        num_beams=1,
-        num_return_sequences=1,
-        length_penalty=1.0,
-        early_stopping=False,
-        window_stride=None,
-        beam_progress=None,
-    ):
+    def generate_tokens(self, prompt_tokens=None, config=None, *, beam_progress=None, **settings):
         """Yield batches of generated token lists (continuations only). nsamples=0: forever.
 
         prompt_tokens: one prompt (a list of ids; None or []: unconditional), or a list of
@@ -160,98 +135,65 @@ class LanguageModel:
         masked, so that each row is what that prompt gives alone (at the same row of a batch:
         the draws are keyed by seed, batch and row).
 
-        A length past the context (prompt + length > n_ctx) continues in a sliding window:
-        the last n_ctx - window_stride tokens (default stride n_ctx // 2) are the next prompt.
-
-        repetition_penalty (CTRL's; 1 = off) and no_repeat_ngram_size (0 = off) read the prompt
-        and the output so far, with every decoding strategy. num_beams > 1: beam search instead
-        of sampling (`beam_search`), one batch of the num_return_sequences best beams per
-        prompt; `beam_progress` is its `progress`."""
+        config: a `GenerationConfig` (default: its defaults); keywords replace its fields
+        (`generate_tokens(p, length=20, top_k=40)`). A length past the context (prompt + length
+        > n_ctx) continues in a sliding window: the last n_ctx - window_stride tokens are the
+        next prompt. num_beams > 1: beam search instead of sampling (`beam_search`), one batch
+        of the num_return_sequences best beams per prompt; `beam_progress` is its `progress`."""
+        config = GenerationConfig.of(config, **settings)
         many = is_prompt_list(prompt_tokens)
         prompts = [list(p) for p in prompt_tokens] if many else [list(prompt_tokens or [])]
         if many and not prompts:
             raise UserError("the list of prompts is empty")
-        check_seed(seed)
-        if num_beams == 1 and num_return_sequences != 1:
-            raise UserError(
-                "num_return_sequences counts the beams returned: it needs num_beams > 1 "
-                "(nsamples gives more samples)"
-            )
-        if num_beams != 1:
-            self._check_beam_backend()
-            if nsamples != 1 or batch_size != 1:
-                raise UserError(
-                    "beam search is deterministic: nsamples and batch_size stay 1; "
-                    "num_return_sequences gives more beams"
-                )
-            if top_k or top_p != 1.0:
-                raise UserError("beam search does not sample: drop top_k and top_p")
-            beam_args = (num_beams, num_return_sequences, length_penalty, early_stopping)
+        if config.beams:
+            config.validate()
             for prompt in prompts:
-                yield self.beam_search(
-                    prompt,
-                    length,
-                    *beam_args,
-                    repetition_penalty,
-                    no_repeat_ngram_size,
-                    progress=beam_progress,
-                )
+                yield self.beam_search(prompt, config, progress=beam_progress)
             return
-        check_nsamples(nsamples)
-        if many and not nsamples:
+        if many and not config.nsamples:
             raise UserError("nsamples=0 (until interrupted) takes one prompt, not a list")
-        options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
-        contexts, length, stop, stride = self._check(
-            prompts, length, batch_size, options, stop_at_endoftext, window_stride
-        )
-        if seed is None:
-            seed = secrets.randbits(31)
+        contexts, config, stop = self._check(prompts, config)
+        seed = secrets.randbits(31) if config.seed is None else config.seed
+        batch_size = config.batch_size or 1
         # One prompt: every batch starts from it, so its first window is run once for all.
-        first = None if many else self._first_window(contexts * batch_size, length, options, stop)
-        for batch_index, (rows, real) in enumerate(batches(contexts, nsamples, batch_size)):
+        first = None if many else self._first_window(contexts * batch_size, config, stop)
+        for batch_index, (rows, real) in enumerate(batches(contexts, config.nsamples, batch_size)):
             out = [[] for _ in rows]
-            key = (seed, batch_index)
-            for piece in self._sample(rows, length, options, stop, key, stride, first=first):
+            for piece in self._sample(rows, config, stop, (seed, batch_index), first=first):
                 for row, new in zip(out, piece):
                     row += new
             yield [_cut(row, stop) for row in out[:real]]
 
-    def _check(self, prompts, length, batch_size, options, stop_at_endoftext, stride):
-        """(contexts, length, stop token, window stride) of a sampling call, or a UserError.
-        options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
+    def _check(self, prompts, config: GenerationConfig):
+        """(contexts, the config validated for this model and resolved, stop token) of a
+        sampling call, or a UserError."""
         n_ctx = self.hparams.n_ctx
         for p in prompts:
             check_token_ids(p, self.hparams.n_vocab)
-        longest = max(len(p) for p in prompts)
-        length = self.check_sampling_args(longest, length, *options, slide=True)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_memory(self.hparams.num_params(), self.hparams, batch_size, n_ctx)
-        stride = n_ctx // 2 if stride is None else stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride < n_ctx:
-            raise UserError(f"window_stride must be an integer in 1..{n_ctx - 1}, got {stride!r}")
+        config = config.validate(n_ctx, max(len(p) for p in prompts))
+        check_memory(self.hparams.num_params(), self.hparams, config.batch_size or 1, n_ctx)
         eot = self.encoder.eot_token
         if not all(prompts) and eot is None:
             raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
         contexts = [p or [eot] for p in prompts]  # unconditional samples start from <|endoftext|>
-        stop = eot if stop_at_endoftext and eot is not None else -1
-        return contexts, length, stop, stride
+        stop = eot if config.stop_at_endoftext and eot is not None else -1
+        return contexts, config, stop
 
-    def _first_window(self, contexts, length, options, stop):
+    def _first_window(self, contexts, config, stop):
         """The prompts (one per row) run once: what the first window continues from."""
-        n = min(length, self.hparams.n_ctx - max(len(c) for c in contexts))
-        return self._setup(contexts, n, options, stop)
+        n = min(config.length, self.hparams.n_ctx - max(len(c) for c in contexts))
+        return self._setup(contexts, n, config, stop)
 
-    def _sample(self, contexts, length, options, stop, key, stride, chunk=None, first=None):
+    def _sample(self, contexts, config, stop, key, chunk=None, first=None):
         """The new tokens after `contexts` (one prompt per row), in pieces ([batch][k] ids; a
         piece per `chunk` tokens, else per window). Past the context the window slides: the
         last n_ctx - stride tokens of each row become its prompt in the next window, their cache
         recomputed, and up to `stride` more tokens follow; the first window is a plain
         generation (`first`, the prompts already run by `_first_window`, if given)."""
-        n_ctx = self.hparams.n_ctx
+        n_ctx, length, stride = self.hparams.n_ctx, config.length, config.window_stride
         rows = [list(c) for c in contexts]
         made, segment = 0, 0
-        run = first if first is not None else self._first_window(contexts, length, options, stop)
+        run = first if first is not None else self._first_window(contexts, config, stop)
         while made < length:
             n = run.length
             seed, batch_index = key  # a window's draws get their own key; the first, the plain one
@@ -267,7 +209,7 @@ class LanguageModel:
             if made < length:
                 windows = [row[-(n_ctx - stride) :] for row in rows]
                 n = min(length - made, n_ctx - max(len(w) for w in windows))
-                run = self._setup(windows, n, options, stop)
+                run = self._setup(windows, n, config, stop)
 
     def _run(self, run, settings, chunk=None):
         """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
@@ -302,9 +244,9 @@ class LanguageModel:
                 return
             done = step
 
-    def _setup(self, contexts, length, options, stop):
-        """The prompts (one per row) run once, and what the loop needs after them.
-        options: (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)."""
+    def _setup(self, contexts, length, config, stop):
+        """The prompts (one per row) run once, and what the loop needs after them: `length`
+        tokens with `config`'s settings."""
         n_ctx = self.hparams.n_ctx
         size = max(len(c) for c in contexts)
         width = bucket(size, n_ctx)
@@ -321,12 +263,9 @@ class LanguageModel:
         # loop does not modify its input, so batches may share one prefill (`_first_window`).
         cache_len = min(width + slots, n_ctx)
         logits, cache = self._prefill(context_t, prompt_len, cache_len, offsets)
-        temperature, top_k, top_p, penalty, ngram = options
 
         def make_settings(seed, batch_index):
-            return Settings.make(
-                temperature, top_k, top_p, (int(seed), batch_index), stop, penalty, ngram
-            )
+            return Settings.make(config, key=(int(seed), batch_index), stop_token=stop)
 
         return Run(
             length, stop, slots, context_t, prompt_len, offsets, logits, cache, make_settings
@@ -335,34 +274,30 @@ class LanguageModel:
     def stream_tokens(
         self,
         prompt_tokens=None,
-        length=None,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=None,
-        stop_at_endoftext=False,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        window_stride=None,
+        config=None,
+        *,
         chunk: int = STREAM_CHUNK,
         sample_index: int = 0,
+        **settings,
     ):
         """One sample's tokens as they are made, `chunk` at a time (lists of ids). The same
         seed gives the same tokens as `generate_tokens` (its sample number `sample_index` at
-        batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step)."""
-        options = (temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size)
-        check_seed(seed)
-        contexts, length, stop, stride = self._check(
-            [list(prompt_tokens or [])], length, 1, options, stop_at_endoftext, window_stride
-        )
-        key = (secrets.randbits(31) if seed is None else seed, sample_index)
-        for (piece,) in self._sample(contexts, length, options, stop, key, stride, chunk):
+        batch_size 1): the loop runs in pieces, its draws keyed by (seed, sample, step).
+        config and keywords as for `generate_tokens`; one sample, no beams."""
+        config = GenerationConfig.of(config, **settings)
+        if config.beams:
+            raise UserError("beam search cannot stream: its best beams are known at the end")
+        if config.nsamples != 1 or (config.batch_size or 1) != 1:
+            raise UserError("a stream is one sample: nsamples and batch_size stay 1")
+        contexts, config, stop = self._check([list(prompt_tokens or [])], config)
+        key = (secrets.randbits(31) if config.seed is None else config.seed, sample_index)
+        for (piece,) in self._sample(contexts, config, stop, key, chunk):
             if stop in piece:
                 yield piece[: piece.index(stop)]
                 return
             yield piece
 
-    def stream(self, prompt: str | None = None, **settings):
+    def stream(self, prompt: str | None = None, config=None, **settings):
         """A sample's text as it is made, in pieces of whole characters (a token may end inside
         a UTF-8 character: its bytes wait for the next). Settings as for `stream_tokens`;
         `"".join(lm.stream(p, seed=s))` equals `lm.generate(p, seed=s)[0]`."""
@@ -370,7 +305,7 @@ class LanguageModel:
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors=self.encoder.errors)
         tokens = self.encode(prompt) if prompt else []
-        for piece in self.stream_tokens(tokens, **settings):
+        for piece in self.stream_tokens(tokens, config, **settings):
             text = decoder.decode(self.encoder.decode_bytes(piece))
             if text:
                 yield text
@@ -379,17 +314,7 @@ class LanguageModel:
             yield tail
 
     def beam_search(
-        self,
-        prompt_tokens=None,
-        length=None,
-        num_beams=4,
-        num_return_sequences=1,
-        length_penalty=1.0,
-        early_stopping=False,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        stop_token=None,
-        progress=None,
+        self, prompt_tokens=None, config=None, *, stop_token=None, progress=None, **settings
     ) -> list[list[int]]:
         """The num_return_sequences best of num_beams beams after the prompt, best first
         (continuations only). A hypothesis ends at `stop_token` (default: the vocabulary's
@@ -398,14 +323,17 @@ class LanguageModel:
         early_stopping: stop once num_beams hypotheses have ended, instead of when no open
         beam can beat them. As transformers' beam search, step by step. `progress`: called
         with (steps done, length) every BEAM_CHUNK steps (the same beams: the search runs in
-        pieces), as beam search cannot stream.
+        pieces), as beam search cannot stream. config and keywords as for `generate_tokens`;
+        without a config, num_beams defaults to 4 here.
         """
+        if config is None:
+            settings.setdefault("num_beams", 4)
+        config = GenerationConfig.of(config, **settings)
         self._check_beam_backend()
         prompt_tokens = list(prompt_tokens or [])
-        length = self.check_sampling_args(
-            len(prompt_tokens), length, 0, 0, 1.0, repetition_penalty, no_repeat_ngram_size
-        )
-        check_beam_args(num_beams, num_return_sequences, length_penalty, early_stopping)
+        check_token_ids(prompt_tokens, self.hparams.n_vocab)
+        config = config.validate(self.hparams.n_ctx, len(prompt_tokens))
+        length, num_beams = config.length, config.num_beams
         eot = self.encoder.eot_token
         if not prompt_tokens and eot is None:
             raise UserError("beam search without a prompt needs <|endoftext|> in the vocabulary")
@@ -418,13 +346,9 @@ class LanguageModel:
         prompt_len = tf.constant(len(context))
         cache_len = min(len(padded) + slots, n_ctx)
         logits, cache = self._prefill(context_t, prompt_len, cache_len, None)
-        settings = Settings.make(
-            stop_token=stop,
-            repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-        )
+        settings = Settings.make(config, stop_token=stop)
         state = beam.start(logits, cache, context_t, prompt_len, settings, slots, num_beams)
-        options = (self.hparams.n_head, float(length_penalty), bool(early_stopping))
+        options = (self.hparams.n_head, float(config.length_penalty), config.early_stopping)
         length_t = tf.constant(length)
         chunk, until = (length if progress is None else BEAM_CHUNK), 0
         while until < length:
@@ -436,44 +360,35 @@ class LanguageModel:
             if done < until:  # the search ended before this piece did
                 break
         out, _ = beam.result(state, prompt_len, slots)
-        return [_cut(row[:length], stop) for row in out.numpy()[0, :num_return_sequences]]
+        best = out.numpy()[0, : config.num_return_sequences]
+        return [_cut(row[:length], stop) for row in best]
 
     def generate(
         self,
         prompt: str | list[str] | None = None,
-        length: int | None = None,
-        nsamples: int = 1,
-        batch_size: int | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_at_endoftext: bool = False,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        num_beams: int = 1,
-        num_return_sequences: int = 1,
-        length_penalty: float = 1.0,
-        early_stopping: bool = False,
-        window_stride: int | None = None,
+        config: GenerationConfig | None = None,
+        *,
         prefix: str | None = None,
         truncate: str | None = None,
         include_prefix: bool = False,
         sample_delim: str = texts.SAMPLE_DELIM,
         destination_path: str | None = None,
         return_as_list: bool = True,
+        **settings,
     ) -> list[str] | None:
         """Sample continuations of `prompt` (None or "": unconditional); nsamples strings, or
         with num_beams > 1 the num_return_sequences best beams. A list of prompts (of any
         lengths) gives that many for each prompt, prompt by prompt, each as that prompt alone
         would; batch_size (default 1 for one prompt, the whole list up to MAX_LIST_BATCH rows
-        for a list) is how many rows run at once. Settings as for
-        `generate_tokens`; then, with gpt-2-simple's names: `prefix` is another name for the
-        prompt, `truncate` cuts each text before that string, `include_prefix` puts the prompt
-        in front, `destination_path` writes the texts to a new file (each followed by a newline
-        and `sample_delim`), and `return_as_list=False` prints them that way (returns None)."""
-        if not nsamples:
-            raise UserError("generate() needs nsamples >= 1 (the CLI runs forever with 0)")
+        for a list) is how many rows run at once. config and keywords as for
+        `generate_tokens` (`GenerationConfig` lists them); then, with gpt-2-simple's names:
+        `prefix` is another name for the prompt, `truncate` cuts each text before that string,
+        `include_prefix` puts the prompt in front, `destination_path` writes the texts to a new
+        file (each followed by a newline and `sample_delim`), and `return_as_list=False` prints
+        them that way (returns None)."""
+        config = GenerationConfig.of(config, **settings)
+        if not config.nsamples:
+            raise UserError("generate() needs nsamples >= 1 (a stream of samples: stream())")
         if prefix is not None and prompt is not None:
             raise UserError("give prompt or prefix (gpt-2-simple's name for it), not both")
         prompt = prompt if prefix is None else prefix
@@ -483,26 +398,11 @@ class LanguageModel:
         if not prompts or not all(p is None or isinstance(p, str) for p in prompts):
             raise UserError("prompt must be a string, None, or a non-empty list of strings")
         encoded = [self.encode(p) if p else [] for p in prompts]
-        if batch_size is None:  # beam search runs the prompts one by one (batch_size 1)
-            alone = len(prompts) == 1 or num_beams != 1
-            batch_size = 1 if alone else min(len(prompts) * nsamples, MAX_LIST_BATCH)
+        if config.batch_size is None and len(prompts) > 1 and not config.beams:
+            rows = min(len(prompts) * config.nsamples, MAX_LIST_BATCH)
+            config = GenerationConfig.of(config, batch_size=rows)
         batches = self.generate_tokens(
-            encoded if isinstance(prompt, (list, tuple)) else encoded[0],
-            length,
-            nsamples,
-            batch_size,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop_at_endoftext=stop_at_endoftext,
-            repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            num_beams=num_beams,
-            num_return_sequences=num_return_sequences,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
-            window_stride=window_stride,
+            encoded if isinstance(prompt, (list, tuple)) else encoded[0], config
         )
         rows = [row for batch in batches for row in batch]
         per_prompt = len(rows) // len(prompts)  # nsamples, or num_return_sequences beams

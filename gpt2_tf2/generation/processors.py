@@ -33,6 +33,20 @@ NEG_INF = float("-inf")
 CANDIDATES = 256
 
 
+def per_row(value, dtype):
+    """A setting as a tensor that broadcasts against [batch, n] logits: a scalar (one value for
+    the batch) as it is; a [batch] vector (each row its own, as a decode engine's slots have)
+    as [batch, 1]."""
+    x = tf.convert_to_tensor(value, dtype)
+    return x[:, None] if x.shape.rank == 1 else x
+
+
+def any_row(condition):
+    """Whether any row needs a branch: the condition itself for a batch-wide setting (so that
+    path keeps its graph op for op), else any of the rows'."""
+    return condition if condition.shape.rank == 0 else tf.reduce_any(condition)
+
+
 def seen_tokens(tokens, valid, vocab: int):
     """bool [batch, vocab]: which ids occur in `tokens` [batch, T] where `valid` [batch, T]."""
     batch, width = shape_list(tokens)
@@ -46,13 +60,13 @@ def repetition_penalty(logits, settings, history):
     """CTRL's penalty (Keskar et al. 2019, eq. 2, as transformers applies it): the logit of a
     token already in the prompt or output is divided by the penalty if positive, multiplied by
     it if negative. 1 = off; > 1 discourages repeats."""
-    penalty = tf.cast(settings.repetition_penalty, logits.dtype)
+    penalty = per_row(tf.cast(settings.repetition_penalty, logits.dtype), logits.dtype)
 
-    def apply():
+    def apply():  # a row whose penalty is 1 is left as it is by the same formula
         seen = seen_tokens(history.tokens, history.valid(), shape_list(logits)[-1])
         return tf.where(seen, tf.where(logits < 0, logits * penalty, logits / penalty), logits)
 
-    return tf.cond(penalty != 1.0, apply, lambda: logits)
+    return tf.cond(any_row(penalty != 1.0), apply, lambda: logits)
 
 
 def no_repeat_ngram(logits, settings, history):
@@ -62,6 +76,8 @@ def no_repeat_ngram(logits, settings, history):
     NoRepeatNGramLogitsProcessor)."""
     n = tf.convert_to_tensor(settings.no_repeat_ngram_size, tf.int32)
     tokens, length = history.tokens, history.length
+    if n.shape.rank == 1 or tf.convert_to_tensor(length).shape.rank == 1:
+        return _no_repeat_ngram_rows(logits, n, history)
     width = shape_list(tokens)[1]
     starts = tf.range(width)  # t: an earlier n-gram tokens[t : t + n]
 
@@ -82,6 +98,35 @@ def no_repeat_ngram(logits, settings, history):
     return tf.cond((n > 0) & (length >= n), apply, lambda: logits)
 
 
+def _no_repeat_ngram_rows(logits, n, history):
+    """`no_repeat_ngram` where each row has its own n-gram size or its own length so far (the
+    slots of a decode engine): the same bans, row by row."""
+    tokens = history.tokens
+    batch, width = shape_list(tokens)
+    n = tf.broadcast_to(n, [batch])
+    length = tf.broadcast_to(tf.convert_to_tensor(history.length, tf.int32), [batch])
+    starts = tf.range(width)[None, :]  # [1, T]: an earlier n-gram tokens[t : t + n]
+    on = (n > 0) & (length >= n)  # [batch]
+
+    def at(columns):  # tokens[b, columns[b, i]], clipped to the row (masked where it matters)
+        columns = tf.broadcast_to(columns, [batch, shape_list(columns)[1]])
+        return tf.gather(tokens, tf.clip_by_value(columns, 0, width - 1), batch_dims=1)
+
+    def apply():
+        def body(j, match):
+            last = at((length - n + 1 + j)[:, None])  # [batch, 1]: the current prefix's j-th
+            compared = j < n[:, None] - 1  # rows whose prefix is shorter are done
+            return j + 1, match & (~compared | (at(starts + j) == last))
+
+        complete = history.valid() & (starts + n[:, None] - 1 < length[:, None]) & on[:, None]
+        most = tf.reduce_max(n) - 1
+        _, match = tf.while_loop(lambda j, m: j < most, body, (tf.constant(0), complete))
+        banned = seen_tokens(at(starts + n[:, None] - 1), match, shape_list(logits)[-1])
+        return tf.where(banned, tf.cast(NEG_INF, logits.dtype), logits)
+
+    return tf.cond(tf.reduce_any(on), apply, lambda: logits)
+
+
 PROCESSORS = (repetition_penalty, no_repeat_ngram)  # for every strategy, in this order
 
 
@@ -97,15 +142,20 @@ def mask_below(logits, threshold):
 
 
 def warp_temperature(logits, settings, history=None):
-    """Divide by the temperature (> 0; greedy decoding skips the warpers)."""
+    """Divide by the temperature (> 0; greedy decoding skips the warpers; a greedy row among
+    sampled ones, temperature 0, is divided by 1: its token is the argmax anyway)."""
     del history
-    return logits / tf.cast(settings.temperature, logits.dtype)
+    t = per_row(tf.cast(settings.temperature, logits.dtype), logits.dtype)
+    if t.shape.rank == 2:
+        t = tf.where(t > 0, t, tf.ones_like(t))
+    return logits / t
 
 
 def truncation(logits, settings):
-    """(top_k clipped to the vocabulary, top_p) as tensors, and whether either is on."""
-    k = tf.minimum(tf.convert_to_tensor(settings.top_k, tf.int32), shape_list(logits)[-1])
-    p = tf.convert_to_tensor(settings.top_p, logits.dtype)
+    """(top_k clipped to the vocabulary, top_p) as tensors, and whether either is on (scalars,
+    or [batch, 1] where each row has its own: `per_row`)."""
+    k = tf.minimum(per_row(settings.top_k, tf.int32), shape_list(logits)[-1])
+    p = per_row(tf.cast(settings.top_p, logits.dtype), logits.dtype)
     return k, p, (k > 0) | (p < 1.0)
 
 
@@ -120,6 +170,8 @@ def thresholds(logits, ranked, k, p):
     """
     n = ranked.shape[-1] or tf.shape(ranked)[-1]
     none = tf.fill(tf.shape(logits[:, :1]), tf.cast(NEG_INF, logits.dtype))  # [batch, 1]
+    if k.shape.rank == 2 or p.shape.rank == 2:
+        return _row_thresholds(logits, ranked, k, p, n, none)
     kth = tf.cond(k > 0, lambda: kth_largest(ranked, k), lambda: none)
     # Probabilities after top-k, normalised over the whole row, not only the ranked part.
     lse = tf.reduce_logsumexp(mask_below(logits, kth), axis=-1, keepdims=True)
@@ -129,6 +181,20 @@ def thresholds(logits, ranked, k, p):
     nucleus = tf.cond(p < 1.0, lambda: tf.reduce_min(kept, axis=-1, keepdims=True), lambda: none)
     exact = (k <= n) & ((p >= 1.0) | tf.reduce_all(tf.reduce_sum(probs, axis=-1) >= p))
     return tf.maximum(kth, nucleus), exact
+
+
+def _row_thresholds(logits, ranked, k, p, n, none):
+    """`thresholds` where rows have their own top_k and top_p ([batch, 1]): the same rules row
+    by row. A row with neither on is never exact: it draws from its whole vocabulary."""
+    kth = tf.where(k > 0, kth_largest(ranked, tf.maximum(k, 1)), none)
+    lse = tf.reduce_logsumexp(mask_below(logits, kth), axis=-1, keepdims=True)
+    probs = tf.exp(mask_below(ranked, kth) - lse)  # [batch, n]
+    mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+    kept = tf.where(mass_before < p, ranked, tf.cast(float("inf"), ranked.dtype))
+    nucleus = tf.where(p < 1.0, tf.reduce_min(kept, axis=-1, keepdims=True), none)
+    within = (p >= 1.0) | (tf.reduce_sum(probs, axis=-1, keepdims=True) >= p)
+    exact = (k <= n) & within & ((k > 0) | (p < 1.0))  # [batch, 1]
+    return tf.maximum(kth, nucleus), tf.reduce_all(exact)
 
 
 class Truncated(NamedTuple):

@@ -30,7 +30,7 @@ def _shr(x, n):
     return tf.bitwise.right_shift(x, tf.constant(n, tf.int64))
 
 
-def gumbel_noise(token_ids, seed, step):
+def gumbel_noise(token_ids, seed, step, rows=None):
     """Gumbel(0, 1) noise for each (row, token id): a pure function of (seed, step, row, id).
 
     A counter-based generator in plain integer ops, so that eager, graph and XLA execution on any
@@ -40,13 +40,25 @@ def gumbel_noise(token_ids, seed, step):
 
     Args:
       token_ids: int [batch, n], the tokens of each row to draw noise for.
-      seed: int64 [2]; step: int scalar.
+      seed: int64 [2] (one key for the batch), or [batch, 2] (each row its own key: rows of a
+        decode engine that joined at different times).
+      step: int scalar, or [batch] (each row's own step).
+      rows: int [batch], each row's number in its key's batch (default: its index here), so
+        that a row draws the same noise wherever it runs.
     """
     seed = tf.cast(seed, tf.int64)
+    step = tf.cast(step, tf.int64)
+    if seed.shape.rank == 2:  # [batch, 1] keys, one per row
+        seed = (seed[:, 0:1], seed[:, 1:2])
+    if step.shape.rank == 1:
+        step = step[:, None]
     key = _hash32(_and(seed[0], _MASK32))
     key = _hash32(_xor(key, _and(seed[1], _MASK32)))
-    key = _hash32(_xor(key, _and(tf.cast(step, tf.int64), _MASK32)))
-    row = tf.range(tf.shape(token_ids, out_type=tf.int64)[0])[:, None]  # [batch, 1]
+    key = _hash32(_xor(key, _and(step, _MASK32)))
+    if rows is None:
+        row = tf.range(tf.shape(token_ids, out_type=tf.int64)[0])[:, None]  # [batch, 1]
+    else:
+        row = tf.cast(rows, tf.int64)[:, None]
     index = row * 2**20 + tf.cast(token_ids, tf.int64)  # vocabularies up to 2**20 tokens
     bits = _hash32(_xor(_hash32(_xor(_and(index, _MASK32), key)), key))
     u = (tf.cast(_shr(bits, 8), tf.float32) + 0.5) / 2.0**24  # uniform in (0, 1)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from gpt2_tf2.generation import loop
+from gpt2_tf2.generation.config import TENSORS
 from gpt2_tf2.generation.settings import Settings
 
 SIGNATURES = ("generate", "score")
+SIGNATURE_SETTINGS = ("temperature", "top_k", "top_p")  # GenerationConfig's, as they were first
 
 
 class Serving(tf.Module):
@@ -35,9 +37,7 @@ class Serving(tf.Module):
         input_signature=[
             tf.TensorSpec([None, None], tf.int32, name="tokens"),
             tf.TensorSpec([], tf.int32, name="length"),
-            tf.TensorSpec([], tf.float32, name="temperature"),
-            tf.TensorSpec([], tf.int32, name="top_k"),
-            tf.TensorSpec([], tf.float32, name="top_p"),
+            *(tf.TensorSpec([], TENSORS[name], name=name) for name in SIGNATURE_SETTINGS),
             tf.TensorSpec([], tf.int64, name="seed"),
         ],
         autograph=False,
@@ -47,14 +47,12 @@ class Serving(tf.Module):
         tf.debugging.assert_less_equal(
             prompt + length, self.n_ctx, message="prompt + length exceeds the model's context"
         )
-        settings = Settings(
-            temperature,
-            top_k,
-            top_p,
-            tf.stack([seed, tf.constant(0, tf.int64)]),  # as generate_tokens' first batch
-            tf.constant(self.stop),
-            tf.constant(1.0),
-            tf.constant(0),
+        # The settings the signature takes; the others keep GenerationConfig's defaults.
+        settings = Settings.make(stop_token=self.stop)._replace(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=tf.stack([seed, tf.constant(0, tf.int64)]),  # as generate_tokens' first batch
         )
         # Every slot of the context: shapes inside the loop are then fixed by n_ctx alone.
         slots = self.n_ctx

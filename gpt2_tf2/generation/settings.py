@@ -1,7 +1,8 @@
 """Decoding settings: one structure of tensors that travels into the compiled loop.
 
 Every field is a tensor, so a new temperature, seed or stop token never retraces or recompiles;
-a new field (a repetition penalty) is one more line here and one more processor.
+a new setting (a repetition penalty) is a field of `config.GenerationConfig` with a tensor dtype,
+one line here, and one more processor.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from gpt2_tf2.generation.config import TENSORS, GenerationConfig
+
 
 class Settings(NamedTuple):
+    """The loop's tensors: `config.TENSORS` (the `GenerationConfig` fields that travel as
+    tensors, with their dtypes), the sampler's key and the stop token."""
+
     temperature: tf.Tensor  # float32 scalar; 0 = greedy
     top_k: tf.Tensor  # int32 scalar; 0 = off
     top_p: tf.Tensor  # float32 scalar in (0, 1]; 1 = off
@@ -21,25 +27,22 @@ class Settings(NamedTuple):
     no_repeat_ngram_size: tf.Tensor  # int32 scalar; 0 = off
 
     @classmethod
-    def make(
-        cls,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        seed=(0, 0),
-        stop_token=-1,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-    ) -> Settings:
+    def make(cls, config=None, key=(0, 0), stop_token=-1, **settings) -> Settings:
+        """The tensors of `config` (a `GenerationConfig`; keywords replace its fields), with the
+        sampler's key (seed, batch index) and the stop token (-1: none)."""
+        config = GenerationConfig.of(config, **settings)
+        values = {
+            name: tf.constant(getattr(config, name), dtype) for name, dtype in TENSORS.items()
+        }
         return cls(
-            tf.constant(float(temperature)),
-            tf.constant(int(top_k)),
-            tf.constant(float(top_p)),
-            tf.constant(seed, tf.int64),
-            tf.constant(int(stop_token)),
-            tf.constant(float(repetition_penalty)),
-            tf.constant(int(no_repeat_ngram_size)),
+            seed=tf.constant(key, tf.int64), stop_token=tf.constant(int(stop_token)), **values
         )
+
+    @classmethod
+    def rows(cls, settings: list[Settings]) -> Settings:
+        """Rows' own settings as one: each field stacked ([batch], the key [batch, 2]), as the
+        processors and strategies take them (`processors.per_row`)."""
+        return cls(*(tf.stack(fields) for fields in zip(*settings)))
 
 
 class History(NamedTuple):
@@ -47,11 +50,14 @@ class History(NamedTuple):
     (a mixed-length batch is left-padded: row b's prompt begins at column start[b])."""
 
     tokens: tf.Tensor  # int32 [batch, T]
-    length: tf.Tensor  # int32 scalar
+    length: tf.Tensor  # int32 scalar, or [batch]: each row's own (a decode engine's slots)
     start: tf.Tensor | int = 0  # int32 [batch] (or 0 for every row)
 
     def valid(self):
         """bool [batch, T]: the columns that hold the row's tokens so far."""
         columns = tf.range(tf.shape(self.tokens)[1])[None, :]  # [1, T]
         start = tf.reshape(tf.convert_to_tensor(self.start, tf.int32), [-1, 1])  # [batch or 1, 1]
-        return tf.broadcast_to((columns < self.length) & (columns >= start), tf.shape(self.tokens))
+        length = tf.convert_to_tensor(self.length, tf.int32)
+        if length.shape.rank == 1:
+            length = length[:, None]
+        return tf.broadcast_to((columns < length) & (columns >= start), tf.shape(self.tokens))

@@ -14,6 +14,7 @@ from gpt2_tf2.core.kernels import select_column, shape_list
 from gpt2_tf2.generation.processors import (
     CANDIDATES,
     NEG_INF,
+    any_row,
     full_threshold,
     mask_below,
     truncate,
@@ -29,19 +30,20 @@ def greedy(logits, settings=None, step=0):
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
-def sample(logits, settings, step=0, candidates: int = CANDIDATES):
+def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
     """A random draw from softmax(warped logits): temperature, top-k, top-p.
 
     The draw is the Gumbel-max trick, argmax(filtered logits + Gumbel noise), which samples
     exactly from softmax(filtered logits) (Gumbel 1954; Maddison et al. 2014) and, unlike
     tf.random.categorical, compiles under XLA. When the filters' survivors lie among the top
     `candidates` logits, noise is drawn for those only; the token drawn is the same either way.
+    `step` and `rows`: as `random.gumbel_noise` takes them.
     """
     scaled = warp_temperature(logits, settings)
     vocab_ids = tf.broadcast_to(tf.range(shape_list(logits)[1]), tf.shape(logits))
 
     def over_all(threshold):
-        noisy = mask_below(scaled, threshold) + gumbel_noise(vocab_ids, settings.seed, step)
+        noisy = mask_below(scaled, threshold) + gumbel_noise(vocab_ids, settings.seed, step, rows)
         return tf.argmax(noisy, axis=-1, output_type=tf.int32)
 
     def truncated():
@@ -52,7 +54,7 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES):
         among = kept.exact & ((n == shape_list(logits)[1]) | ~ties)
 
         def among_candidates():
-            noise = gumbel_noise(kept.indices, settings.seed, step)
+            noise = gumbel_noise(kept.indices, settings.seed, step, rows)
             noisy = mask_below(kept.values, kept.threshold) + noise
             best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
             return select_column(kept.indices, best)
@@ -63,22 +65,34 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES):
         return tf.cond(among, among_candidates, fallback)
 
     no_threshold = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
-    return tf.cond(truncation(scaled, settings)[2], truncated, lambda: over_all(no_threshold))
+    on = any_row(truncation(scaled, settings)[2])
+    return tf.cond(on, truncated, lambda: over_all(no_threshold))
 
 
-def choose_tokens(logits, settings, step=0, candidates: int = CANDIDATES):
+def choose_tokens(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
     """One token per row: greedy (argmax) where temperature == 0, else `sample`.
 
     Args:
       logits: [batch, vocab], after `processors.apply_processors`.
-      settings: a `Settings` (temperature, top_k, top_p, seed).
-      step: int scalar, the decoding step (the noise is a function of seed, step, row, token).
+      settings: a `Settings` (temperature, top_k, top_p, seed): scalars for the batch, or [batch]
+        (seed [batch, 2]) where each row has its own (a decode engine's slots).
+      step: int scalar, the decoding step (the noise is a function of seed, step, row, token),
+        or [batch], each row's own; rows: as `random.gumbel_noise` takes them.
     Returns:
       int32 [batch].
     """
     logits = tf.cast(logits, tf.float32)
-    return tf.cond(
-        tf.convert_to_tensor(settings.temperature, tf.float32) > 0,
-        lambda: sample(logits, settings, step, candidates),
-        lambda: greedy(logits),
+    temperature = tf.convert_to_tensor(settings.temperature, tf.float32)
+    if temperature.shape.rank == 0:
+        return tf.cond(
+            temperature > 0,
+            lambda: sample(logits, settings, step, candidates, rows),
+            lambda: greedy(logits),
+        )
+    most_likely = greedy(logits)
+    drawn = tf.cond(
+        tf.reduce_any(temperature > 0),
+        lambda: sample(logits, settings, step, candidates, rows),
+        lambda: most_likely,
     )
+    return tf.where(temperature > 0, drawn, most_likely)

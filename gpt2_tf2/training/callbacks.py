@@ -174,7 +174,13 @@ class Sample(Callback):
     def write(self, path: str, seed: int) -> None:
         rows = next(
             self.lm.generate_tokens(
-                None, self.length, self.num, self.num, top_k=self.top_k, top_p=self.top_p, seed=seed
+                None,
+                length=self.length,
+                nsamples=self.num,
+                batch_size=self.num,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                seed=seed,
             )
         )
         decode = self.lm.encoder.decode

@@ -1,0 +1,255 @@
+"""A decode engine: a fixed number of slots over one key/value cache, rows joining and leaving
+a running batch between steps (continuous batching, as vLLM's scheduler and llama.cpp's server
+slots do it).
+
+Each slot is one sequence at its own position: its prompt is run alone (`prefill`) and its
+cache rows copied into the slot; then every `step` advances every busy slot by one token in one
+compiled loop over fixed shapes [slots, ...], each row with its own settings (temperature,
+top-k, top-p, penalties, n-gram size, key, stop token, length), so that nothing recompiles when
+a row joins. A row's tokens depend on its own prompt, settings, key and step only: it draws
+the same tokens whenever it joins and whoever else runs (tests/test_engine.py checks it against
+the row run alone). Processors and strategies are the ones every loop shares
+(`processors`, `strategies`), given per-row settings.
+
+    engine = Engine(lm, slots=4)
+    slot = engine.add(prompt_ids, GenerationConfig(length=20, top_k=40, seed=1))
+    while engine.busy():
+        for slot, tokens in engine.step(8).items(): ...  # new tokens per slot, as they come
+        for slot in engine.finished(): engine.remove(slot)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.checks import check_token_ids
+from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.processors import apply_processors
+from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.strategies import choose_tokens
+
+
+class Slots(NamedTuple):
+    """The engine's state, one row per slot."""
+
+    logits: tf.Tensor  # [slots, vocab]: the next token's logits
+    cache: list  # the model's key/value cache, [slots * heads, cache_len, head_dim] per tensor
+    history: tf.Tensor  # int32 [slots, cache_len]: prompt, then output
+    pos: tf.Tensor  # int32 [slots]: tokens so far = the column of the next one
+    step: tf.Tensor  # int32 [slots]: tokens generated so far (the sampler's step)
+    limit: tf.Tensor  # int32 [slots]: tokens the row may generate
+    done: tf.Tensor  # bool [slots]: finished, or free
+    rows: tf.Tensor  # int32 [slots]: the row's number in its key's batch
+    settings: Settings  # each field [slots] (the key [slots, 2])
+
+
+class Engine:
+    """`slots` sequences decoded together on `lm`'s model (a `LanguageModel` on the xla
+    backend); `cache_len` (default the model's context) bounds prompt + length of each."""
+
+    def __init__(self, lm, slots: int, cache_len: int | None = None):
+        if lm.lite is not None:
+            raise UserError("the decode engine runs on the xla backend; load the model for xla")
+        n_ctx = lm.hparams.n_ctx
+        self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
+        if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
+            raise UserError(f"an engine needs slots >= 1 and cache_len in 1..{n_ctx}")
+        model, hp = lm.model, lm.hparams
+        one = Settings.make()
+        self.state = Slots(
+            logits=tf.zeros([self.slots, hp.n_vocab]),
+            cache=model.init_cache(self.slots, self.cache_len),
+            history=tf.zeros([self.slots, self.cache_len], tf.int32),
+            pos=tf.zeros([self.slots], tf.int32),
+            step=tf.zeros([self.slots], tf.int32),
+            limit=tf.zeros([self.slots], tf.int32),
+            done=tf.ones([self.slots], tf.bool),
+            rows=tf.zeros([self.slots], tf.int32),
+            settings=Settings.rows([one] * self.slots),
+        )
+        self._free = list(range(self.slots))
+        self._read = {}  # slot -> tokens of its history already returned
+        self._advance, self._insert = programs(lm)
+
+    # ---- rows joining and leaving ---------------------------------------------------------
+
+    def add(self, prompt_tokens, config: GenerationConfig | None = None, key=None, row: int = 0):
+        """Start a sequence in a free slot (a UserError if none is free); returns the slot.
+
+        config: its sampling settings, length (default: up to the cache) and stop_at_endoftext;
+        key: the sampler's (seed, batch) key, default (config.seed or 0, 0); row: the row's
+        number in that key's batch (`random.gumbel_noise`)."""
+        if not self._free:
+            raise UserError(f"all {self.slots} slots are busy; remove a finished one first")
+        config = GenerationConfig.of(config)
+        if config.beams:
+            raise UserError("the decode engine samples or decodes greedily; beams search apart")
+        tokens = list(prompt_tokens or [])
+        lm = self.lm
+        check_token_ids(tokens, lm.hparams.n_vocab)
+        eot = lm.encoder.eot_token
+        if not tokens:
+            if eot is None:
+                raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
+            tokens = [eot]
+        config = config.validate(self.cache_len, len(tokens))
+        length = config.length
+        if len(tokens) + length > self.cache_len:
+            raise UserError(
+                f"prompt ({len(tokens)} tokens) + length ({length}) exceeds the engine's "
+                f"{self.cache_len} positions"
+            )
+        stop = eot if config.stop_at_endoftext and eot is not None else -1
+        if key is None:
+            key = (config.seed or 0, 0)
+        settings = Settings.make(config, key=key, stop_token=stop)
+        slot = self._free.pop(0)
+        logits, cache = self._prefill(tokens)
+        history = tf.constant(tokens + [0] * (self.cache_len - len(tokens)), tf.int32)
+        sizes = (len(tokens), length, int(row))  # tensors: a new value never retraces
+        row_state = (logits[0], cache, history, *(tf.constant(x, tf.int32) for x in sizes))
+        self.state = self._insert(self.state, tf.constant(slot), row_state, settings)
+        self._read[slot] = len(tokens)
+        return slot
+
+    def _prefill(self, tokens):
+        from gpt2_tf2.generation.language_model import bucket
+
+        width = bucket(len(tokens), self.cache_len)
+        context = tf.constant([tokens + [0] * (width - len(tokens))], tf.int32)
+        return self.lm._prefill(context, tf.constant(len(tokens)), self.cache_len, None)
+
+    def remove(self, slot: int) -> None:
+        """Free `slot` (finished or cancelled); its row stops at once, the others go on."""
+        if slot in self._free or not 0 <= slot < self.slots:
+            raise UserError(f"slot {slot} is not busy")
+        self.state = self.state._replace(
+            done=tf.tensor_scatter_nd_update(self.state.done, [[slot]], [True])
+        )
+        self._free.append(slot)
+        self._free.sort()
+        del self._read[slot]
+
+    # ---- decoding -------------------------------------------------------------------------
+
+    def busy(self) -> list[int]:
+        """The slots holding a sequence (finished or not, until removed)."""
+        return sorted(self._read)
+
+    def finished(self) -> list[int]:
+        """The busy slots whose sequence has ended (its length, or its stop token)."""
+        done = self.state.done.numpy()
+        return [s for s in self.busy() if done[s]]
+
+    def step(self, n: int = 1) -> dict[int, list[int]]:
+        """Advance every unfinished slot by up to `n` tokens; {slot: its new tokens} for each
+        busy slot (a stop token is not returned)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise UserError(f"step takes a positive number of tokens, got {n!r}")
+        if any(not d for d in self.state.done.numpy()):
+            self.state = self._advance(self.state, tf.constant(n))
+        history, pos = self.state.history.numpy(), self.state.pos.numpy()
+        stops = self.state.settings.stop_token.numpy()
+        out = {}
+        for slot in self.busy():
+            new = history[slot, self._read[slot] : pos[slot]].tolist()
+            self._read[slot] = int(pos[slot])
+            if stops[slot] >= 0 and stops[slot] in new:
+                new = new[: new.index(stops[slot])]
+            out[slot] = new
+        return out
+
+
+def programs(lm):
+    """The engine's compiled functions for `lm`, made once and kept on it: engines of any size
+    on one model share them (one trace and compilation per shape, not per engine)."""
+    if lm._engine_programs is None:
+        lm._engine_programs = (
+            tf.function(functools.partial(advance, lm), jit_compile=True, autograph=False),
+            tf.function(
+                functools.partial(insert, lm.hparams.n_head), jit_compile=True, autograph=False
+            ),
+        )
+    return lm._engine_programs
+
+
+def insert(n_head: int, state: Slots, slot, row_state, settings) -> Slots:
+    """`state` with `slot` holding a new row: its logits after the prompt, cache rows, history,
+    position, length, row number and settings (`Engine.add`)."""
+    logits, cache, history, pos, limit, row = row_state
+    h = n_head
+
+    def put(field, value):
+        return tf.tensor_scatter_nd_update(field, [[slot]], value[None])
+
+    new_cache = [
+        tuple(
+            tf.tensor_scatter_nd_update(c, (slot * h + tf.range(h))[:, None], new)
+            for c, new in zip(layer, new_layer)
+        )
+        for layer, new_layer in zip(state.cache, cache)
+    ]
+    return Slots(
+        logits=put(state.logits, logits),
+        cache=new_cache,
+        history=put(state.history, history),
+        pos=put(state.pos, pos),
+        step=put(state.step, tf.constant(0)),
+        limit=put(state.limit, limit),
+        done=put(state.done, tf.constant(False)),
+        rows=put(state.rows, row),
+        settings=Settings(*(put(f, v) for f, v in zip(state.settings, settings))),
+    )
+
+
+def advance(lm, state: Slots, n) -> Slots:
+    """Up to `n` more tokens for every unfinished row (`Engine.step`), in one loop."""
+    weights = lm.model.read_weights(lm._cpu_matvec)
+    model = functools.partial(lm.model, weights=weights)
+    cache_len = state.history.shape[1]
+    columns = tf.range(cache_len)
+    last = cache_len - 1
+
+    def cond(i, state):
+        return (i < n) & ~tf.reduce_all(state.done)
+
+    def body(i, state):
+        s = state.settings
+        logits = apply_processors(state.logits, s, History(state.history, state.pos))
+        chosen = choose_tokens(logits, s, state.step, rows=state.rows)
+        active = ~state.done
+        token = tf.where(active, chosen, tf.maximum(s.stop_token, 0))
+        at = tf.minimum(state.pos, last)  # a finished row's position may be past the end
+        write = active[:, None] & (columns[None, :] == at[:, None])
+        history = tf.where(write, token[:, None], state.history)
+        step = state.step + tf.cast(active, tf.int32)
+        done = state.done | (token == s.stop_token) | (step >= state.limit)
+
+        def forward():
+            out = model(token[:, None], state.cache, at, logits_at=0)
+            return out["logits"][:, -1], out["cache"]
+
+        logits, cache = tf.cond(tf.reduce_all(done), lambda: (state.logits, state.cache), forward)
+        pos = state.pos + tf.cast(active, tf.int32)
+        new = state._replace(
+            logits=logits, cache=cache, history=history, pos=pos, step=step, done=done
+        )
+        return i + 1, new
+
+    _, state = tf.while_loop(cond, body, (tf.constant(0), state))
+    return state
+
+
+def run_alone(lm, prompt_tokens, config: GenerationConfig, slots: int, **add) -> list[int]:
+    """What one sequence gives alone in an engine of `slots` slots: the reference a row that
+    joins a running batch must equal (tests, and a check anyone can run)."""
+    engine = Engine(lm, slots)
+    slot = engine.add(prompt_tokens, config, **add)
+    out = []
+    while slot not in engine.finished():
+        out += engine.step(16)[slot]
+    return out

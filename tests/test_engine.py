@@ -1,0 +1,102 @@
+"""The decode engine: rows that join a running batch between steps and leave it produce exactly
+the tokens each gives alone (greedy and sampled, with their own settings, seeds, prompt lengths
+and lengths); cancelling one changes no other row's tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.engine import Engine, run_alone
+
+SLOTS = 3
+REQUESTS = [  # (prompt, config): lengths, settings and seeds of their own
+    ("Hello there", GenerationConfig(length=12, temperature=0)),
+    (
+        "A much longer prompt than the others, by a fair margin",
+        GenerationConfig(length=20, top_k=40, seed=5),
+    ),
+    (
+        "Once",
+        GenerationConfig(length=9, top_p=0.9, temperature=0.8, seed=6, repetition_penalty=1.3),
+    ),
+    ("Greedy but no repeats", GenerationConfig(length=16, temperature=0, no_repeat_ngram_size=2)),
+    ("", GenerationConfig(length=7, seed=9)),  # unconditional
+    ("Short one", GenerationConfig(length=25, top_k=3, seed=1, no_repeat_ngram_size=3)),
+]
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_lm):
+    return [run_alone(tiny_lm, tiny_lm.encode(p), c, SLOTS) for p, c in REQUESTS]
+
+
+@pytest.mark.parametrize("schedule_seed", [0, 1])
+def test_rows_joining_at_random_steps_equal_each_alone(tiny_lm, alone, schedule_seed):
+    rng = np.random.default_rng(schedule_seed)
+    engine = Engine(tiny_lm, SLOTS)
+    waiting = list(range(len(REQUESTS)))
+    rng.shuffle(waiting)
+    slot_of, out, joined_at, clock = {}, {}, {}, 0
+    while waiting or engine.busy():
+        # Join a waiting request now and then, while a slot is free: at random steps.
+        if waiting and len(engine.busy()) < SLOTS and rng.random() < 0.6:
+            i = waiting.pop()
+            prompt, config = REQUESTS[i]
+            slot_of[engine.add(tiny_lm.encode(prompt), config)] = i
+            out[i], joined_at[i] = [], clock
+            continue
+        for slot, tokens in engine.step(int(rng.integers(1, 4))).items():
+            out[slot_of[slot]] += tokens
+        clock += 1
+        for slot in engine.finished():
+            engine.remove(slot)
+    assert out == dict(enumerate(alone))
+    assert len(set(joined_at.values())) > 2  # they did join at different steps
+
+
+def test_cancelling_a_row_changes_no_other(tiny_lm, alone):
+    engine = Engine(tiny_lm, SLOTS)
+    slots = [engine.add(tiny_lm.encode(p), c) for p, c in REQUESTS[:3]]
+    out = {s: [] for s in slots}
+    for s, tokens in engine.step(3).items():
+        out[s] += tokens
+    engine.remove(slots[1])  # cancelled after 3 tokens
+    assert out[slots[1]] == alone[1][:3]
+    late = engine.add(tiny_lm.encode(REQUESTS[5][0]), REQUESTS[5][1])  # takes the freed slot
+    assert late == slots[1]
+    out[late] = []
+    while len(engine.finished()) < len(engine.busy()):
+        for s, tokens in engine.step(5).items():
+            out[s] += tokens
+    assert [out[slots[0]], out[slots[2]], out[late]] == [alone[0], alone[2], alone[5]]
+
+
+def test_stop_token_and_bad_requests(tiny_lm):
+    engine = Engine(tiny_lm, 1)
+    with pytest.raises(UserError, match="exceeds the engine's 64 positions"):
+        engine.add(list(range(60)), GenerationConfig(length=10))
+    with pytest.raises(UserError, match="token id 99999 is not a token"):
+        engine.add([99999], GenerationConfig(length=2))
+    with pytest.raises(UserError, match="beams search apart"):
+        engine.add([1], GenerationConfig(num_beams=2, length=2))
+    slot = engine.add([464], GenerationConfig(length=30, temperature=0, stop_at_endoftext=True))
+    with pytest.raises(UserError, match="all 1 slots are busy"):
+        engine.add([464], GenerationConfig(length=2))
+    tokens = []
+    while slot not in engine.finished():
+        tokens += engine.step(7)[slot]
+    assert 50256 not in tokens and 0 < len(tokens) <= 30
+    engine.remove(slot)
+    with pytest.raises(UserError, match="slot 0 is not busy"):
+        engine.remove(slot)
+
+
+def test_greedy_alone_is_the_compiled_loops_greedy(tiny_lm):
+    """One slot: the engine's greedy tokens are the fixed-batch loop's (`generate_tokens`)."""
+    prompt = tiny_lm.encode("Hello there")
+    config = GenerationConfig(length=20, temperature=0, repetition_penalty=1.2)
+    (want,) = next(tiny_lm.generate_tokens(prompt, config))
+    assert run_alone(tiny_lm, prompt, config, slots=1) == want
