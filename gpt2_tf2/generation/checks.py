@@ -30,7 +30,7 @@ def check_dtype(dtype: str, backend: str | None = None) -> str:
     if backend == "tflite" and dtype not in LITE_DTYPES:
         raise UserError(f"the tflite backend runs float32 or int8, not {dtype}")
     if backend == "xla" and dtype == "int8":
-        raise UserError("int8 weights run on the tflite backend: drop --backend xla")
+        raise UserError("int8 weights run on the tflite backend, not xla")
     return backend
 
 
