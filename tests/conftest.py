@@ -161,19 +161,24 @@ def run_in_process(args, input=None, cwd=None):
     """`run_cli`'s arguments (["-m", "gpt2_tf2.sample", ...]) run through the command's entry
     point in this process (`run_main`), with `input` as stdin: a CompletedProcess as run_cli's.
     For tests of a command's logic; a test of the process itself keeps run_cli."""
-    import importlib
     import io
+    import runpy
+    import warnings
     from unittest import mock
 
     assert args[0] == "-m" and args[1].startswith("gpt2_tf2"), args
-    name = args[1].split(".", 1)[1] if "." in args[1] else None
-    module = importlib.import_module(f"gpt2_tf2.cli.{name}" if name else "gpt2_tf2.cli")
+
+    def as_python_m(argv):  # the `-m` module itself, as `python -m` runs it (sys.argv and all)
+        with mock.patch.object(sys, "argv", [args[1], *argv]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules"
+            runpy.run_module(args[1], run_name="__main__", alter_sys=False)
+
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode("utf-8")), encoding="utf-8")
     before = os.getcwd()
     try:
         os.chdir(cwd or before)
         with mock.patch("sys.stdin", stdin):
-            code, out, err = run_main(module.main, args[2:])
+            code, out, err = run_main(as_python_m, args[2:])
     finally:
         os.chdir(before)
     return subprocess.CompletedProcess(args, code, out, err)

@@ -347,3 +347,21 @@ def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
         assert third.stdout == first.stdout and sorted(os.listdir(cache)) == stored
     off = run_cli(["-m", "gpt2_tf2.sample", *args], env={"GPT2_TF2_XLA_CACHE": ""})
     assert off.returncode == 0, off.stderr
+
+
+def test_the_xla_cache_lives_in_the_users_cache_unless_told(monkeypatch, tmp_path):
+    """GPT2_TF2_XLA_CACHE names the directory ('' turns the cache off); without it, compiled
+    programs go under $XDG_CACHE_HOME (else ~/.cache), one directory per TensorFlow version."""
+    from gpt2_tf2.cli.runner import tf_version, xla_cache_dir
+
+    monkeypatch.delenv("GPT2_TF2_XLA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    dist, version = tf_version()
+    assert xla_cache_dir() == str(tmp_path / "gpt2_tf2" / "xla" / f"{dist}-{version}")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert xla_cache_dir().startswith(str(tmp_path / "home" / ".cache" / "gpt2_tf2" / "xla"))
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", "")
+    assert xla_cache_dir() is None
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "mine"))
+    assert xla_cache_dir() == str(tmp_path / "mine")
