@@ -114,6 +114,7 @@ def write_table(args, head: str, results) -> None:
     for metric, base_values in results["base"].items():
         pairs = ", ".join(f"{b:.1f}/{h:.1f}" for b, h in zip(base_values, results["head"][metric]))
         lines.append(f"- {metric}: {pairs}")
+    os.makedirs(os.path.dirname(os.path.join(ROOT, args.out)), exist_ok=True)
     with open(os.path.join(ROOT, args.out), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
