@@ -88,14 +88,11 @@ class Engine:
         config = GenerationConfig.of(config)
         if config.beams:
             raise UserError("the decode engine samples or decodes greedily; beams search apart")
+        from gpt2_tf2.generation.language_model import contexts_and_stop
+
         tokens = list(prompt_tokens or [])
-        lm = self.lm
-        check_token_ids(tokens, lm.hparams.n_vocab)
-        eot = lm.encoder.eot_token
-        if not tokens:
-            if eot is None:
-                raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
-            tokens = [eot]
+        check_token_ids(tokens, self.lm.hparams.n_vocab)
+        (tokens,), stop = contexts_and_stop(self.lm.encoder, [tokens], config.stop_at_endoftext)
         config = config.validate(self.cache_len, len(tokens))
         length = config.length
         if len(tokens) + length > self.cache_len:
@@ -103,7 +100,6 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + length ({length}) exceeds the engine's "
                 f"{self.cache_len} positions"
             )
-        stop = eot if config.stop_at_endoftext and eot is not None else -1
         if key is None:
             key = (config.seed or 0, 0)
         settings = Settings.make(config, key=key, stop_token=stop)

@@ -172,11 +172,7 @@ class LanguageModel:
             check_token_ids(p, self.hparams.n_vocab)
         config = config.validate(n_ctx, max(len(p) for p in prompts))
         check_memory(self.hparams.num_params(), self.hparams, config.batch_size or 1, n_ctx)
-        eot = self.encoder.eot_token
-        if not all(prompts) and eot is None:
-            raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
-        contexts = [p or [eot] for p in prompts]  # unconditional samples start from <|endoftext|>
-        stop = eot if config.stop_at_endoftext and eot is not None else -1
+        contexts, stop = contexts_and_stop(self.encoder, prompts, config.stop_at_endoftext)
         return contexts, config, stop
 
     def _first_window(self, contexts, config, stop):
@@ -474,6 +470,17 @@ class LanguageModel:
             )
         total, count = self.score_tokens(self.encode(text))
         return total / count
+
+
+def contexts_and_stop(encoder, prompts, stop_at_endoftext: bool):
+    """(what each prompt's decoding starts from, the stop token): an empty prompt starts from
+    <|endoftext|> (unconditional), and with stop_at_endoftext that token ends a row (-1:
+    none). The fixed-batch loop and the decode engine alike."""
+    eot = encoder.eot_token
+    if not all(prompts) and eot is None:
+        raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
+    contexts = [p or [eot] for p in prompts]
+    return contexts, (eot if stop_at_endoftext and eot is not None else -1)
 
 
 def encode_text(encoder, text: str) -> list[int]:
