@@ -352,12 +352,18 @@ def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
 def test_the_xla_cache_lives_in_the_users_cache_unless_told(monkeypatch, tmp_path):
     """GPT2_TF2_XLA_CACHE names the directory ('' turns the cache off); without it, compiled
     programs go under $XDG_CACHE_HOME (else ~/.cache), one directory per TensorFlow version."""
-    from gpt2_tf2.cli.runner import tf_version, xla_cache_dir
+    from gpt2_tf2.cli import runner
+    from gpt2_tf2.cli.runner import xla_cache_dir
 
+    # The installed TensorFlow decides whether the cache is on (off before 2.21, whose cache
+    # entries 2.17 cannot read back): pin it, so that both sides are tested on either line.
+    monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow", "2.17.1"))
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "mine"))
+    assert xla_cache_dir() is None
+    monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow-cpu", "2.21.0"))
     monkeypatch.delenv("GPT2_TF2_XLA_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    dist, version = tf_version()
-    assert xla_cache_dir() == str(tmp_path / "gpt2_tf2" / "xla" / f"{dist}-{version}")
+    assert xla_cache_dir() == str(tmp_path / "gpt2_tf2" / "xla" / "tensorflow-cpu-2.21.0")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert xla_cache_dir().startswith(str(tmp_path / "home" / ".cache" / "gpt2_tf2" / "xla"))
