@@ -267,6 +267,7 @@ def test_each_part_of_a_large_float32_model_fits_a_file():
     assert sum(sizes) == whole + 4 * hp.n_vocab * hp.n_embd
 
 
+@pytest.mark.large
 def test_a_large_model_loads_in_parts_with_the_same_results(xla, tiny_model_dir, tmp_path):
     """A model past formats.lite.PART_BYTES runs as several interpreters (one per part of its
     blocks, each packed and released before the next): the same logits and tokens."""

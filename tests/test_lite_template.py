@@ -6,6 +6,8 @@ is not as expected is an error, not a wrong model."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,6 +35,20 @@ def random_weights(seed=0) -> dict:
     return weights
 
 
+@functools.cache
+def reference(dtype: str) -> bytes:
+    """The converter run on the real weights (~4 s): once per dtype for the tests below."""
+    direct = {name: lite_layout(name, value) for name, value in random_weights().items()}
+    return lite._converted(lite._variables(direct), HP, dtype)
+
+
+@functools.cache
+def template_alone() -> tuple[bytes, dict]:
+    """The template converted as it is (stand-ins in every block), and its stand-ins."""
+    template, stand_in = lite_template.template(random_weights(), HP)
+    return lite._converted(lite._variables(template), HP, "float32"), stand_in
+
+
 def logits(data) -> np.ndarray:
     interpreter = tf.lite.Interpreter(model_content=bytes(data))
     runner = interpreter.get_signature_runner()
@@ -54,11 +70,8 @@ def tensors(data):
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_the_template_gives_the_converters_own_model(dtype):
-    weights = random_weights()
-    direct = {name: lite_layout(name, value) for name, value in weights.items()}
-    reference = lite._converted(lite._variables(direct), HP, dtype)  # the converter, all real
-    ours = lite.convert(dict(weights), HP, dtype)
-    diff = np.abs(logits(ours) - logits(reference)).max()
+    ours = lite.convert(random_weights(), HP, dtype)
+    diff = np.abs(logits(ours) - logits(reference(dtype))).max()
     print(f"{dtype}: max |template - converter| = {diff:.3g}")
     assert diff <= 1e-6
     names = {t.name.decode(): t for t in tensors(ours)}
@@ -66,26 +79,20 @@ def test_the_template_gives_the_converters_own_model(dtype):
         for part in ("attn/c_attn/w", "attn/c_proj/w", "mlp/c_fc/w", "mlp/c_proj/w"):
             tensor = names[f"model/h{i}/{part}"]  # every block has its own weights
             assert tensor.type == (9 if dtype == "int8" else 0)  # int8 only when quantized
-    assert len(ours) < 1.05 * len(reference)  # no stand-in left behind
+    assert len(ours) < 1.05 * len(reference(dtype))  # no stand-in left behind
 
 
 def test_the_template_is_not_the_real_model():
     """The check above can fail: the template alone (stand-ins in every block) is far off."""
-    weights = random_weights()
-    template, _ = lite_template.template(dict(weights), HP)
-    direct = {name: lite_layout(name, value) for name, value in weights.items()}
-    reference = lite._converted(lite._variables(direct), HP, "float32")
-    alone = lite._converted(lite._variables(template), HP, "float32")
-    assert np.abs(logits(alone) - logits(reference)).max() > 0.1
+    alone, _ = template_alone()
+    assert np.abs(logits(alone) - logits(reference("float32"))).max() > 0.1
 
 
 def test_an_unexpected_converter_output_is_an_error():
-    weights = random_weights()
-    template, stand_in = lite_template.template(weights, HP)
-    data = lite._converted(lite._variables(template), HP, "float32")
-    stand_in["attn/c_attn/b"] = stand_in["attn/c_attn/b"] + 1  # not in the converted file
+    data, stand_in = template_alone()
+    stand_in = dict(stand_in, **{"attn/c_attn/b": stand_in["attn/c_attn/b"] + 1})  # a copy
     with pytest.raises(lite_template.ConversionError, match="0 tensors hold"):
-        lite_template.fill(data, stand_in, weights, HP)
+        lite_template.fill(data, stand_in, random_weights(), HP)
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -59,11 +59,11 @@ def test_the_blocked_attention_path_masks_the_padding_too(vocab_files, tmp_path)
         assert np.max(np.abs(logits[offset:] - alone)) < 1e-4
 
 
-SETTINGS = [
+SETTINGS = [  # greedy and sampled (with a penalty) in the default tier; the others `large`
     dict(temperature=0),
-    dict(temperature=0, repetition_penalty=1.5),
-    dict(temperature=0, no_repeat_ngram_size=2),
-    dict(top_k=40, seed=5),
+    pytest.param(dict(temperature=0, repetition_penalty=1.5), marks=pytest.mark.large),
+    pytest.param(dict(temperature=0, no_repeat_ngram_size=2), marks=pytest.mark.large),
+    pytest.param(dict(top_k=40, seed=5), marks=pytest.mark.large),
     dict(top_p=0.9, temperature=0.8, seed=6, repetition_penalty=1.3),
 ]
 
@@ -92,6 +92,7 @@ def test_stop_at_endoftext_and_unconditional_rows_mix_in(lm):
         assert batch[i] == next(lm.generate_tokens(row, nsamples=3, batch_size=3, **settings))[i]
 
 
+@pytest.mark.large  # the window itself: test_window, in the default tier
 def test_a_mixed_batch_goes_on_past_the_context(lm):
     rows = [lm.encoder.encode(p) for p in PROMPTS]
     (batch,) = lm.generate_tokens(rows, length=150, batch_size=3, temperature=0)

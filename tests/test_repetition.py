@@ -4,6 +4,8 @@ tests/test_reference.py)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,9 +18,13 @@ INF = float("inf")
 LOGITS = tf.constant([[2.0, -1.0, 0.5, 3.0, -2.0, 1.0]])
 
 
+@functools.cache  # one function per processor and mode: the settings are tensors, no retrace
+def compiled(processor, xla):
+    return tf.function(processor, jit_compile=xla, autograph=False)
+
+
 def run(processor, history, length, xla=False, **settings):
-    fn = tf.function(processor, jit_compile=xla, autograph=False)
-    out = fn(
+    out = compiled(processor, xla)(
         LOGITS, Settings.make(**settings), History(tf.constant([history]), tf.constant(length))
     )
     return out.numpy()[0].tolist()

@@ -51,8 +51,13 @@ def test_rows_with_their_own_settings_equal_each_row_alone(xla, candidates):
     processed, chosen = tf.function(together, jit_compile=xla, autograph=False)(logits)
     for i, (config, key, row, step, length) in enumerate(ROWS):
         one = Settings.make(GenerationConfig(**config), key=key)  # scalars: the batch path
-        want, token = alone(
-            logits[i : i + 1], tokens[i : i + 1], one, length, step, tf.constant([row])
+        want, token = alone(  # tensors, not ints: an int argument would retrace per row
+            logits[i : i + 1],
+            tokens[i : i + 1],
+            one,
+            tf.constant(length),
+            tf.constant(step),
+            tf.constant([row]),
         )
         np.testing.assert_array_equal(processed[i].numpy(), want.numpy())
         assert int(token) == int(chosen[i]), i

@@ -172,10 +172,11 @@ def test_decode_seed_determinism():
 def test_xla_draws_equal_eager_draws():
     """The compiled path draws the same tokens as the eager reference for the same key."""
     logits = tf.constant(np.random.default_rng(0).normal(size=(6, 300)), tf.float32)
+    compiled_choice = tf.function(choose_tokens, jit_compile=True)  # one trace: tensors below
     for settings in [(1.0, 0, 1.0), (0.8, 40, 0.9), (1.3, 0, 0.5), (1.0, 290, 0.999)]:
         s = settings_of(*settings, [11, 12])
         eager = choose_tokens(logits, s).numpy()
-        compiled = tf.function(choose_tokens, jit_compile=True)(logits, s).numpy()
+        compiled = compiled_choice(logits, tf.nest.map_structure(tf.constant, s)).numpy()
         assert eager.tolist() == compiled.tolist(), settings
 
 

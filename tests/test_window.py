@@ -24,7 +24,7 @@ def test_first_window_is_a_plain_generation(lm):
     assert len({tuple(r[room:]) for r in long}) == 3  # rows go on differently
 
 
-@pytest.mark.parametrize("stride", [8, 32, 63])
+@pytest.mark.parametrize("stride", [pytest.param(8, marks=pytest.mark.large), 32, 63])
 def test_after_a_slide_the_window_is_the_prompt(lm, stride):
     """Greedy, so each window's continuation is a plain greedy generation after the last
     64 - stride tokens."""
@@ -40,10 +40,12 @@ def test_after_a_slide_the_window_is_the_prompt(lm, stride):
 
 
 def test_stream_and_processors_past_the_context(lm):
-    settings = dict(length=130, top_p=0.9, seed=5, repetition_penalty=1.2, window_stride=20)
+    settings = dict(length=103, top_p=0.9, seed=5, repetition_penalty=1.2, window_stride=20)
     text = lm.generate("Hi", **settings)[0]
     assert "".join(lm.stream("Hi", **settings)) == text
-    assert len(lm.encoder.encode(text)) >= 120  # (a re-encoding may merge a few tokens)
+    # Three windows of the same shapes (63, 20, 20 tokens: no fourth, shorter one to compile).
+    # A re-encoding may merge a few tokens.
+    assert len(lm.encoder.encode(text)) >= settings["length"] - 10 > lm.hparams.n_ctx
 
 
 def test_cli_length_past_the_context(tiny_model_dir):
