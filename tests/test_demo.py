@@ -207,8 +207,8 @@ def test_quickstart_samples_the_demo_offline():
 def test_docker_smoke_command_runs_here(tmp_path):
     """The CPU image's smoke line, run the way the image runs it: the `gpt2_tf2` console
     script from /workspace, the demo model where the Dockerfile copies it."""
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    line = next(x for x in readme.splitlines() if x.startswith("docker run --rm gpt2_tf2:cpu"))
+    guide = open(os.path.join(REPO, "docs", "docker.md"), encoding="utf-8").read()
+    line = next(x for x in guide.splitlines() if x.startswith("docker run --rm gpt2_tf2:cpu"))
     args = shlex.split(line)[4:]
     image_path = "/opt/gpt2_tf2/models/demo"
     assert args[:3] == ["sample", "--model_name", image_path]
@@ -241,9 +241,9 @@ def test_build_tool_refuses_to_replace(tmp_path):
 
 
 def decoding_examples() -> list[tuple[list[str], str]]:
-    """The README's demo decoding commands and the text each is shown to print (its next line:
-    '#', then the continuation up to <|endoftext|>, its lines stripped and joined by ' / ')."""
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    """The sampling guide's demo decoding commands and the text each is shown to print (the
+    next line: '#', then the continuation up to <|endoftext|>, lines stripped, joined by ' / ')."""
+    text = open(os.path.join(REPO, "docs", "sampling.md"), encoding="utf-8").read()
     lines = text.splitlines()
     found = []
     for line, shown in zip(lines, lines[1:]):
@@ -254,7 +254,7 @@ def decoding_examples() -> list[tuple[list[str], str]]:
 
 @pytest.mark.e2e
 def test_readme_decoding_examples_print_what_it_shows():
-    """Greedy, beam, and their cures on the demo: the README shows what they print (a new demo
+    """Greedy, beam, and their cures on the demo: docs/sampling.md shows what they print (a new demo
     model means new lines there)."""
     examples = decoding_examples()
     assert len(examples) == 4

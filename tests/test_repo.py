@@ -1,6 +1,7 @@
 """The repository's promises: CI runs the README's test command verbatim."""
 
 import os
+import re
 
 from conftest import REPO
 
@@ -24,3 +25,34 @@ def test_quickstart_has_two_commands():
     blocks = quickstart.split("```sh\n")[1:]
     assert len(blocks) == 2
     assert all(len(b.split("```")[0].strip().splitlines()) == 1 for b in blocks)
+
+
+def markdown_files():
+    tops = ["README.md", "tests/README.md", "models/demo/README.md"]
+    docs = sorted(f"docs/{n}" for n in os.listdir(os.path.join(REPO, "docs")) if n.endswith(".md"))
+    return tops + docs
+
+
+def test_relative_links_lead_somewhere():
+    """Every relative link in the README and the guides names a file of the repository (the
+    README is a landing page: its links are the way in)."""
+    broken = []
+    for name in markdown_files():
+        path = os.path.join(REPO, name)
+        text = open(path, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not os.path.exists(os.path.normpath(os.path.join(os.path.dirname(path), target))):
+                broken.append(f"{name}: {target}")
+    assert broken == []
+
+
+def test_the_readme_is_a_landing_page():
+    """What a newcomer reads in five minutes; the usage guides live in docs/."""
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 120
+    linked = set(re.findall(r"\]\(docs/([^)#]+)\)", text))
+    guides = {n for n in os.listdir(os.path.join(REPO, "docs")) if n.endswith(".md")}
+    for guide in ("sampling.md", "fine-tuning.md", "vocabulary.md", "huggingface.md"):
+        assert guide in linked and guide in guides

@@ -145,14 +145,13 @@ print(json.dumps(out))
 
 
 def readme_rest_bodies():
-    """The request bodies of the README's `curl ... :predict -d '...'` lines."""
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    serving = text.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    """The request bodies of the serving guide's `curl ... :predict -d '...'` lines."""
+    serving = open(os.path.join(REPO, "docs", "tf-serving.md"), encoding="utf-8").read()
     return [json.loads(part.split("'", 1)[0]) for part in serving.split(":predict -d '")[1:]]
 
 
 def test_the_readme_rest_calls_fit_the_signatures(exported):
-    """The README's TensorFlow Serving requests, converted as Serving converts JSON inputs,
+    """The guide's TensorFlow Serving requests, converted as Serving converts JSON inputs,
     run; and the graph holds only TensorFlow's core kernels (no XLA or custom op), which
     the tensorflow/serving image has."""
     bodies = readme_rest_bodies()

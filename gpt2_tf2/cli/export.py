@@ -37,7 +37,7 @@ def export(
         With --format tflite: float32 or int8 (weights in 8 bits, a quarter of the size).
       format: openai (the model directory every command reads), savedmodel: a TensorFlow
         SavedModel with 'generate' and 'score' serving signatures, for TensorFlow Serving or
-        tf.saved_model.load without this package (README, "Serving"), or tflite: model.tflite
+        tf.saved_model.load without this package (docs/tf-serving.md), or tflite: model.tflite
         (one decode step with its key/value cache as inputs and outputs), hparams.json and the
         vocabulary, for TensorFlow Lite's bindings (docs/tflite.md).
       model_name: with --format savedmodel or tflite, a model directory (or release name under

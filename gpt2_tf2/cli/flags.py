@@ -1,5 +1,5 @@
 """What the command line tells about flags before fire runs a command: `--help` (the flag list
-the README's tables show, from the signature and the `Args:` docstring) and one line for an
+the guides' tables show, from the signature and the `Args:` docstring) and one line for an
 unknown flag (with the closest real one) or a positional argument the command does not take."""
 
 from __future__ import annotations

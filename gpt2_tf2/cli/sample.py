@@ -70,11 +70,11 @@ class SampleFlags:
     dtype: str = flag(
         "float32",
         "float32 (the released weights as they are), float16 or bfloat16: weights and "
-        "activations in 16 bits, half the memory (README, 'Speed, compilation and memory'); "
-        "meant for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits stay "
-        "float32. int8: weights in 8 bits on the tflite backend, a quarter of the memory and "
-        "on a CPU about twice float32's speed, logits within about 0.1 of float32's "
-        "(docs/tflite.md).",
+        "activations in 16 bits, half the memory (docs/sampling.md, 'Speed, compilation and "
+        "memory'); meant for GPUs, slower than float32 on CPUs. Layer norms, softmax and "
+        "logits stay float32. int8: weights in 8 bits on the tflite backend, a quarter of the "
+        "memory and on a CPU about twice float32's speed, logits within about 0.1 of "
+        "float32's (docs/tflite.md).",
     )
     backend: str | None = flag(
         None,

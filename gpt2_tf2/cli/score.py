@@ -37,11 +37,11 @@ def score(
       checkpoint_dir: where run directories live.
       offline: never download; a release missing from models_dir is an error.
       dtype: float32 (the released weights as they are), float16 or bfloat16: weights and
-        activations in 16 bits, half the memory (README, "Speed, compilation and memory"); meant
-        for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits stay float32.
-        int8: weights in 8 bits on the tflite backend, a quarter of the memory and on a CPU
-        about twice float32's speed, logits within about 0.1 of float32's (README, "TensorFlow
-        Lite").
+        activations in 16 bits, half the memory (docs/sampling.md, "Speed, compilation and
+        memory"); meant for GPUs, slower than float32 on CPUs. Layer norms, softmax and logits
+        stay float32. int8: weights in 8 bits on the tflite backend, a quarter of the memory and
+        on a CPU about twice float32's speed, logits within about 0.1 of float32's
+        (docs/sampling.md, "TensorFlow Lite").
       backend: xla (TensorFlow's compiled loops) or tflite (TensorFlow Lite with XNNPACK; the
         model is converted once, about a minute at 124M, and cached). Default: tflite for
         --dtype int8, else xla (as fast at batch 1 on a CPU, and it runs beam search; for

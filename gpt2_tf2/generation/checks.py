@@ -19,8 +19,8 @@ LITE_DTYPES = ("float32", "int8")
 
 def check_dtype(dtype: str, backend: str | None = None) -> str:
     """The backend for this dtype and backend (None: int8 takes tflite, the rest xla, which
-    runs every decoding strategy and was as fast at batch 1: README, "TensorFlow Lite"), or a
-    UserError."""
+    runs every decoding strategy and was as fast at batch 1: docs/sampling.md, "TensorFlow
+    Lite"), or a UserError."""
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if backend is None:
