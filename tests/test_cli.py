@@ -336,15 +336,14 @@ def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
     first = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
     assert first.returncode == 0 and first.stderr == "", first.stderr
     assert len(bodies(first.stdout)) == 1
+    stored = sorted(os.listdir(cache)) if cache.exists() else []
     again = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
     assert again.stdout == first.stdout and again.stderr == "", again.stderr
     if tuple(int(p) for p in tf.__version__.split(".")[:2]) < (2, 21):
         assert not cache.exists()
     else:
-        stored = sorted(os.listdir(cache))
         assert stored, "nothing was cached"
-        third = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
-        assert third.stdout == first.stdout and sorted(os.listdir(cache)) == stored
+        assert sorted(os.listdir(cache)) == stored  # read back, not compiled and written again
     off = run_cli(["-m", "gpt2_tf2.sample", *args], env={"GPT2_TF2_XLA_CACHE": ""})
     assert off.returncode == 0, off.stderr
 

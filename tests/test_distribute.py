@@ -2,9 +2,10 @@
 devices and two worker processes on 127.0.0.1 with the multi-worker strategy give the weights of
 one device with the same global batch; checkpoints move between replica counts; a stop request
 on one worker stops every worker after the same step; a killed worker leaves the newest
-checkpoint loadable. Each run is the `train` command in a subprocess, as a user runs it, and must
-be: the logical devices a strategy spreads over are fixed before TensorFlow's first operation, once
-per process (these are the e2e tier's)."""
+checkpoint loadable. Each run under a strategy is the `train` command in a subprocess, as a user
+runs it, and must be: the logical devices a strategy spreads over are fixed before TensorFlow's
+first operation, once per process (these are the e2e tier's). The one-device reference run and
+the checks of bad input that come before any device is split run in the test process."""
 
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import cli_env, run_cli
+from conftest import cli_env, run_cli, run_in_process
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 6  # steps; checkpoints every N // 2
@@ -104,7 +105,9 @@ def max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def one_device(work, tiny_model_dir):
-    train(work, tiny_model_dir, "one")
+    """The reference: one device needs no split of the CPU, so it runs in the test process."""
+    r = run_in_process(train_args(work, tiny_model_dir, "one"), cwd=work)
+    assert r.returncode == 0, r.stderr
     return state(work, "one"), losses(work, "one")
 
 
@@ -318,9 +321,16 @@ def logged_steps(work, run):
     ],
 )
 @pytest.mark.e2e
-def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected):
+def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected, monkeypatch):
     args = train_args(work, tiny_model_dir, "bad") + extra
-    r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp"), **env})
+    if "--num_cpu_devices" in extra and extra[extra.index("--num_cpu_devices") + 1] != "0":
+        # Its check comes after the CPU is split, which only a new process can do.
+        r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp"), **env})
+    else:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        r = run_in_process(args, cwd=work)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.split('error: ', 1)[1].strip()}"]
     assert expected in r.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_in_process
 from gpt2_tf2.errors import UserError
 
 INT8_TOLERANCE = 0.05  # max abs logit difference on the tiny model (measured: 0.005)
@@ -172,8 +172,8 @@ def test_exported_tflite_runs_without_gpt2_tf2(xla, tiny_model_dir, cache, tmp_p
     assert r.stdout.strip() == ",".join(map(str, greedy))
 
 
-@pytest.mark.e2e
 def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
+    """The commands' checks, in-process (the `cache` fixture names the conversion cache)."""
     sample = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"]
     cases = [
         (sample + ["--backend", "tflite", "--dtype", "float16"], "float32 or int8"),
@@ -183,7 +183,7 @@ def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
         (["-m", "gpt2_tf2.train", "--dataset", "x.npz", "--mixed_precision", "int8"], "inference"),
     ]
     for args, message in cases:
-        r = run_cli(args, env={"GPT2_TF2_TFLITE_CACHE": cache}, cwd=str(tmp_path))
+        r = run_in_process(args, cwd=str(tmp_path))
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli, run_in_process, write_random_model
+from conftest import run_in_process, write_random_model
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
 from gpt2_tf2.generation.settings import History, Settings
@@ -199,7 +199,6 @@ def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, t
         assert r.stdout == expected
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -210,7 +209,7 @@ def test_sample_prompts_file_shows_each_prompt_and_its_samples(tiny_model_dir, t
 def test_prompts_file_conflicts_are_one_line(tiny_model_dir, tmp_path, extra, message):
     path = tmp_path / "p.txt"
     path.write_text("a\n", encoding="utf-8")
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--prompts_file", str(path)]
         + extra
     )

@@ -2,7 +2,9 @@
 (`to-hf`): logits, tokenization and greedy continuations equal transformers' own, for GPT-2's
 vocabulary with added tokens and for a ruGPT-3-like model (its own byte-level BPE trained here,
 ruGPT-3's five special tokens first, </s> ending a text, a 2048-token context), before and
-after fine-tuning here. Reference tier: `pytest -m reference` (requirements-reference.txt)."""
+after fine-tuning here. Reference tier: `pytest -m reference` (requirements-reference.txt). The
+commands run through their entry points in the test process (their logic is the subject), but
+for the download from a Hub, whose endpoint huggingface_hub reads from the environment once."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 pytestmark = pytest.mark.reference
 
@@ -36,7 +38,7 @@ def hf():
 
 
 def convert(*args):
-    r = run_cli(["-m", "gpt2_tf2.convert", *map(str, args)])
+    r = run_in_process(["-m", "gpt2_tf2.convert", *map(str, args)])
     assert r.returncode == 0, r.stderr
     return r
 
@@ -157,14 +159,14 @@ def test_rugpt3_like_converts_fine_tunes_and_goes_back(hf, tmp_path):
 
     text = tmp_path / "song.txt"
     text.write_text("\n".join(RU_TRAIN[:200]), encoding="utf-8")
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.train", "--model_name", str(tmp_path / "ru"), "--dataset", str(text)]
         + ["--run_name", "song", "--checkpoint_dir", str(tmp_path / "ckpt"), "--steps", "3"]
         + ["--sequence_length", "64", "--batch_size", "2", "--sample_every", "0"],
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    r = run_cli(
+    r = run_in_process(
         ["-m", "gpt2_tf2.export", "--run_name", "song", "--checkpoint_dir", str(tmp_path / "ckpt")]
         + ["--out", str(tmp_path / "tuned")]
     )

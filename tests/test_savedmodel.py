@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_in_process
 
 pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
 
@@ -119,8 +119,8 @@ def test_export_savedmodel_errors_are_one_line(tiny_model_dir, tmp_path):
         (base + ["--out", str(tmp_path / "x")], "one of --run_name, --model_name"),
         (["-m", "gpt2_tf2.export", "--format", "onnx", "--out", "x"], "--format must be"),
     ]
-    for args, message in cases:
-        r = run_cli(args)
+    for args, message in cases:  # the command's checks: in-process
+        r = run_in_process(args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert os.listdir(tmp_path / "full") == ["mine.txt"]
 

@@ -18,7 +18,9 @@ from conftest import REPO, run_cli, run_in_process, write_random_model
 from gpt2_tf2.formats.download import FILES
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
-N = 240  # steps of the resume tests
+# Steps of the resume tests: enough that a run killed after 20-30 logged steps still has most of
+# its steps to go, and that four random kills leave some; every step costs the tier time.
+N = 100
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +203,14 @@ def test_kills_at_random_moments(work, tiny_model_dir, straight):
         newest = tf.train.latest_checkpoint(str(run_dir))
         if newest is not None:  # what a kill leaves is always loadable
             tf.train.load_checkpoint(newest).get_variable_to_shape_map()
+        if proc.returncode == 0:  # a fast machine: this trial ran to the end before the kill
+            break
     # The kill is what a process is needed for; the resume runs in-process, as `straight` did.
-    r = run_in_process(train_args(work, tiny_model_dir, "faults", "--save_every", "0"), cwd=work)
-    assert r.returncode == 0, r.stderr
+    if proc.returncode != 0:
+        r = run_in_process(
+            train_args(work, tiny_model_dir, "faults", "--save_every", "0"), cwd=work
+        )
+        assert r.returncode == 0, r.stderr
     assert_same_run(work, "faults", straight)
     leftovers = [p.name for p in run_dir.iterdir() if "_temp" in p.name or ".tmp" in p.name]
     assert leftovers == []

@@ -127,7 +127,11 @@ def test_exact_resume_in_process(tmp_path, optimizer):
     )
 
     # The test can fail: resuming without the optimizer state does not continue the same run.
-    lost = Trainer(GPT2(HP, seed=None), cfg)
+    # `second` again, its optimizer as a new trainer's (every slot and count zero), only the
+    # model restored: its traced step is reused (a third trainer would trace its own).
+    lost = second
+    for v in lost.optimizer.variables:
+        v.assign(tf.zeros_like(v))
     runs.restore(tf.train.Checkpoint(model=lost.model), manager.latest_checkpoint, strict=False)
     lost.step.assign(5)
     train(lost, 5, 10)

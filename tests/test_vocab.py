@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.tokenizer import load_encoder, vocabulary_files
 from gpt2_tf2.tokenizer import train as training
@@ -222,20 +222,21 @@ def one_error_line(done, *words):
         assert word in lines[0], lines[0]
 
 
-@pytest.mark.e2e
 def test_bad_input_is_one_line(tmp_path):
+    """The commands' checks, through their entry points in this process (their logic is the
+    subject; what a process prints before TensorFlow loads is test_bad_input's)."""
     src = corpus(tmp_path)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("")
     vocab = ["-m", "gpt2_tf2.vocab", "train"]
     one_error_line(
-        run_cli(
+        run_in_process(
             [*vocab, str(tmp_path / "empty"), "--vocab_size", "500", "--out", str(tmp_path / "v")]
         ),
         "no text",
     )
     one_error_line(
-        run_cli(
+        run_in_process(
             [
                 *vocab,
                 str(tmp_path / "nothing*.txt"),
@@ -248,12 +249,12 @@ def test_bad_input_is_one_line(tmp_path):
         "no such file",
     )
     one_error_line(
-        run_cli([*vocab, str(src), "--vocab_size", "100", "--out", str(tmp_path / "v")]),
+        run_in_process([*vocab, str(src), "--vocab_size", "100", "--out", str(tmp_path / "v")]),
         "byte alphabet",
         "257",
     )
     one_error_line(
-        run_cli(
+        run_in_process(
             [
                 *vocab,
                 str(src),
@@ -267,9 +268,9 @@ def test_bad_input_is_one_line(tmp_path):
         ),
         "at least 260",
     )
-    one_error_line(run_cli([*vocab, str(src), "--out", str(tmp_path / "v")]), "--vocab_size")
+    one_error_line(run_in_process([*vocab, str(src), "--out", str(tmp_path / "v")]), "--vocab_size")
     one_error_line(
-        run_cli(
+        run_in_process(
             [
                 *vocab,
                 str(src),
@@ -286,15 +287,18 @@ def test_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "v").exists()
     # A vocabulary directory with a file missing, as init and every command would read it.
     half = tmp_path / "half"
-    assert run_cli([*vocab, str(src), "--vocab_size", "500", "--out", str(half)]).returncode == 0
+    assert (
+        run_in_process([*vocab, str(src), "--vocab_size", "500", "--out", str(half)]).returncode
+        == 0
+    )
     (half / "vocab.bpe").unlink()
     one_error_line(
-        run_cli(["-m", "gpt2_tf2.init", "--vocab", str(half), "--out", str(tmp_path / "m")]),
+        run_in_process(["-m", "gpt2_tf2.init", "--vocab", str(half), "--out", str(tmp_path / "m")]),
         "vocab.bpe",
         "not found",
     )
     one_error_line(
-        run_cli(
+        run_in_process(
             [
                 "-m",
                 "gpt2_tf2.init",
