@@ -118,6 +118,28 @@ def model_copy(tiny_model_dir, tmp_path):
     return dest
 
 
+def built_once(tmp_path_factory, name, build):
+    """A directory that `build(directory)` fills once per test run, shared by pytest-xdist's
+    workers (xdist's recipe for a session fixture run once: the first worker builds under a
+    lock, the others wait and read what it wrote). For expensive results that tests only read,
+    e.g. an uninterrupted training run that resumed runs are compared with."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    directory = root / f"built_once-{name}"
+    with open(root / f"built_once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (directory / ".done").exists():
+            if directory.exists():
+                shutil.rmtree(directory)  # a build that failed half-way, in this test run
+            directory.mkdir()
+            build(directory)
+            (directory / ".done").write_text("")
+    return directory
+
+
 def run_cli(args, input=None, cwd=None, timeout=300, env=None):
     """Run a command-line entry point as a user would; returns the CompletedProcess."""
     return subprocess.run(
