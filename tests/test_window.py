@@ -24,7 +24,10 @@ def test_first_window_is_a_plain_generation(lm):
     assert len({tuple(r[room:]) for r in long}) == 3  # rows go on differently
 
 
-@pytest.mark.parametrize("stride", [pytest.param(8, marks=pytest.mark.large), 32, 63])
+@pytest.mark.parametrize(
+    "stride",
+    [pytest.param(8, marks=pytest.mark.large), 32, pytest.param(63, marks=pytest.mark.large)],
+)
 def test_after_a_slide_the_window_is_the_prompt(lm, stride):
     """Greedy, so each window's continuation is a plain greedy generation after the last
     64 - stride tokens."""
