@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, run_in_process
+from conftest import REPO, built_once, run_in_process
 
-pytestmark = pytest.mark.e2e  # commands run as processes (tests/README.md, "Tiers")
+pytestmark = pytest.mark.e2e  # fresh interpreters load the export (tests/README.md, "Tiers")
 
 SERVE = r"""
 import json, sys
@@ -43,13 +43,15 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sm") / "gpt2"
-    r = run_cli(
-        ["-m", "gpt2_tf2.export", "--format", "savedmodel", "--model_name", tiny_model_dir]
-        + ["--out", str(out)]
-    )
-    assert r.returncode == 0, r.stderr
-    return str(out)
+    """The export, once for both workers; the command in-process (the fresh interpreter that
+    loads what it wrote is the subject, `serve`)."""
+
+    def build(directory):
+        args = ["-m", "gpt2_tf2.export", "--format", "savedmodel", "--model_name", tiny_model_dir]
+        r = run_in_process(args + ["--out", str(directory / "gpt2")])
+        assert r.returncode == 0, r.stderr
+
+    return str(built_once(tmp_path_factory, "savedmodel", build) / "gpt2")
 
 
 def serve(path, calls, script=SERVE):
