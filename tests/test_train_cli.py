@@ -75,9 +75,11 @@ def train_args(work, model, run, *extra, steps=N):
     ]
 
 
-def popen(args, cwd):
+def popen(args, cwd, tmpdir=None):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = REPO
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.Popen(
         [sys.executable, *args],
         cwd=cwd,
@@ -178,11 +180,16 @@ def test_resume_after_sigterm(work, tiny_model_dir, straight):
 @pytest.mark.e2e
 def test_resume_after_kill_9(work, tiny_model_dir, straight):
     """kill -9 at an arbitrary moment of a run saving every step: the newest complete checkpoint
-    loads and the resumed run equals the uninterrupted one."""
-    proc = popen(train_args(work, tiny_model_dir, "killed", "--save_every", "1"), cwd=work)
+    loads and the resumed run equals the uninterrupted one; nothing is left in TMPDIR (no
+    exit handler ran to remove a temporary file: none may be there while it trains)."""
+    tmpdir = work / "tmp_killed"
+    tmpdir.mkdir()
+    args = train_args(work, tiny_model_dir, "killed", "--save_every", "1")
+    proc = popen(args, cwd=work, tmpdir=tmpdir)
     assert wait_for(lambda: len(logged_steps(work, "killed")) >= 30, proc)
     proc.kill()
     proc.communicate()
+    assert os.listdir(tmpdir) == []
     assert tf.train.latest_checkpoint(str(work / "ckpt" / "killed")) is not None
     # The kill is what a process is needed for; the resume runs in-process, as `straight` did.
     r = run_in_process(train_args(work, tiny_model_dir, "killed", "--save_every", "0"), cwd=work)

@@ -101,8 +101,8 @@ def configure_logging(verbose: bool, xla: bool = False, setup=None):
         import tensorflow as tf
 
         result = setup() if setup else None
-        if xla:
-            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
+        if xla:  # autograph=False: autograph writes its conversion to a file in TMPDIR
+            tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.constant(1.0))
     tf.get_logger().setLevel("ERROR")
     return result
 

@@ -92,7 +92,9 @@ class LanguageModel:
             self._advance_loop, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._token_nll = tf.function(
-            self._token_nll_eager, input_signature=[tf.TensorSpec([None, None], tf.int32)]
+            self._token_nll_eager,
+            input_signature=[tf.TensorSpec([None, None], tf.int32)],
+            autograph=False,
         )
         if lite is not None:  # the same calls, on the interpreter
             self._prefill, self._token_nll = lite.prefill, lite.token_nll

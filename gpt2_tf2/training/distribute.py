@@ -132,7 +132,7 @@ def chief_values(strategy, values: list[int]) -> list[int]:
     if strategy is None:
         return list(values)
 
-    @tf.function
+    @tf.function(autograph=False)
     def gather(v):
         def first(v):
             ctx = tf.distribute.get_replica_context()

@@ -132,6 +132,7 @@ class Trainer(tf.Module):
         self.eval_loss = tf.function(
             lambda w: lm_loss(self.model, w),
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
+            autograph=False,
         )
 
     def gradients(self, windows):
