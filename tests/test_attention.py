@@ -5,7 +5,9 @@ changes the drawing, hovering a token shows only its lines, and nothing is logge
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -95,7 +97,9 @@ def test_heat_map_png(tiny_model_dir, tmp_path):
     assert b"gpt2_tf2.attention" in out.read_bytes()[:4096]
 
 
-def browser():
+def browser(tmp):
+    """Chromium under selenium, its temporary files (a profile's singleton socket directory,
+    which it leaves behind on exit) in `tmp`, not in the machine's temporary directory."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -105,15 +109,21 @@ def browser():
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    return webdriver.Chrome(options=options, service=Service(driver))
+    service = Service(driver, env={**os.environ, "TMPDIR": str(tmp)})
+    return webdriver.Chrome(options=options, service=service)
+
+
+def chromium_leftovers() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("org.chromium.")}
 
 
 @pytest.mark.e2e
-def test_page_in_a_headless_browser(page):
+def test_page_in_a_headless_browser(page, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    driver = browser()
+    before = chromium_leftovers()
+    driver = browser(tmp_path)
     try:
         driver.get(page.as_uri())
         tokens = driver.execute_script(
@@ -148,3 +158,4 @@ def test_page_in_a_headless_browser(page):
         assert errors == []
     finally:
         driver.quit()
+    assert chromium_leftovers() == before  # nothing left in the machine's temporary directory
