@@ -54,7 +54,8 @@ def loop_speed(lm, prompts, repeats: int) -> float:
     return len(prompts) * NEW / statistics.median(times[1:])
 
 
-def engine_speed(lm, prompts, repeats: int) -> float:
+def engine_speed(lm, prompts, repeats: int, together: bool) -> float:
+    """Rows started together (`add_many`: one prefill for all) or one by one (`add` each)."""
     from gpt2_tf2.generation.config import GenerationConfig
     from gpt2_tf2.generation.engine import Engine
 
@@ -63,8 +64,11 @@ def engine_speed(lm, prompts, repeats: int) -> float:
     for _ in range(repeats + 1):
         engine = Engine(lm, len(prompts), cache_len=256)
         start = time.perf_counter()
-        for p in prompts:
-            engine.add(p, config)
+        if together:
+            engine.add_many([(p, config) for p in prompts])
+        else:
+            for p in prompts:
+                engine.add(p, config)
         while len(engine.finished()) < len(prompts):
             engine.step(NEW)
         times.append(time.perf_counter() - start)
@@ -85,8 +89,12 @@ def main() -> None:
     for batch in (1, 8):
         prompts = rng.integers(0, 50000, (batch, PROMPT)).tolist()
         loop = loop_speed(lm, prompts, args.repeats)
-        engine = engine_speed(lm, prompts, args.repeats)
-        rows.append(f"| {batch} | {loop:.1f} | {engine:.1f} | {engine / loop:.2f} |")
+        each = engine_speed(lm, prompts, args.repeats, together=False)
+        together = engine_speed(lm, prompts, args.repeats, together=True)
+        rows.append(
+            f"| {batch} | {loop:.1f} | {each:.1f} | {each / loop:.2f} | {together:.1f} "
+            f"| {together / loop:.2f} |"
+        )
         print(rows[-1], flush=True)
     text = "\n".join(
         [
@@ -95,11 +103,14 @@ def main() -> None:
             f"Written by `bench/engine_speed.py --repeats {args.repeats}`: {os.cpu_count()} "
             f"cores, memory at {bandwidth:.1f} GB/s (a NumPy sum of 1 GiB, in the same run). "
             f"Random weights, {PROMPT}-token prompts, {NEW} new tokens each; tokens per second, "
-            "the median of the repeats after a first call that compiles. The engine's rows "
-            "join together here (one `add` per row, then steps); its cache holds 256 positions.",
+            "the median of the repeats after a first call that compiles, prompts included. The "
+            "engine's rows start at once, one `add` each (each prompt its own pass over the "
+            "weights) or all in one `add_many` (one pass), then steps; its cache holds 256 "
+            "positions.",
             "",
-            "| slots = batch | loop tok/s | engine tok/s | engine / loop |",
-            "|---:|---:|---:|---:|",
+            "| slots = batch | loop tok/s | engine, add each: tok/s | / loop "
+            "| engine, add_many: tok/s | / loop |",
+            "|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
         ]

@@ -74,6 +74,37 @@ def test_cancelling_a_row_changes_no_other(tiny_lm, alone):
     assert [out[slots[0]], out[slots[2]], out[late]] == [alone[0], alone[2], alone[5]]
 
 
+def test_rows_started_together_equal_each_alone(tiny_lm, alone):
+    """add_many: the prompts of rows that start together run as one batch, right-padded to the
+    longest; each row's tokens are still those it gives alone. A second group takes the slots
+    the first freed."""
+    engine = Engine(tiny_lm, SLOTS)
+    out = []
+    for group in (REQUESTS[:SLOTS], REQUESTS[SLOTS:]):
+        slots = engine.add_many([(tiny_lm.encode(p), c) for p, c in group])
+        assert slots == list(range(SLOTS))
+        got = {s: [] for s in slots}
+        while len(engine.finished()) < len(slots):
+            for s, tokens in engine.step(4).items():
+                got[s] += tokens
+        out += [got[s] for s in slots]
+        for s in slots:
+            engine.remove(s)
+    assert out == alone
+    assert len({len(tiny_lm.encode(p)) for p, _ in REQUESTS[:SLOTS]}) == SLOTS  # padded rows
+
+
+def test_a_group_that_cannot_start_starts_none(tiny_lm):
+    engine = Engine(tiny_lm, 2)
+    good = ([464], GenerationConfig(length=3))
+    with pytest.raises(UserError, match="3 sequences to start but 2 of 2 slots free"):
+        engine.add_many([good] * 3)
+    with pytest.raises(UserError, match="token id 99999 is not a token"):
+        engine.add_many([good, ([99999], GenerationConfig(length=3))])
+    assert engine.busy() == [] and engine.add_many([]) == []
+    assert engine.add_many([good, good]) == [0, 1]
+
+
 def test_stop_token_and_bad_requests(tiny_lm):
     engine = Engine(tiny_lm, 1)
     with pytest.raises(UserError, match="exceeds the engine's 64 positions"):

@@ -2,8 +2,9 @@
 a running batch between steps (continuous batching, as vLLM's scheduler and llama.cpp's server
 slots do it).
 
-Each slot is one sequence at its own position: its prompt is run alone (`prefill`) and its
-cache rows copied into the slot; then every `step` advances every busy slot by one token in one
+Each slot is one sequence at its own position: its prompt is run (with those of the rows that
+join at the same time, as one batch: `add_many`) and its cache rows copied into the slot; then
+every `step` advances every busy slot by one token in one
 compiled loop over fixed shapes [slots, ...], each row with its own settings (temperature,
 top-k, top-p, penalties, n-gram size, key, stop token, length), so that nothing recompiles when
 a row joins. A row's tokens depend on its own prompt, settings, key and step only: it draws
@@ -47,6 +48,16 @@ class Slots(NamedTuple):
     settings: Settings  # each field [slots] (the key [slots, 2])
 
 
+class Request(NamedTuple):
+    """A sequence to start (`Engine.add_many`): its prompt, settings, the sampler's (seed,
+    batch) key (default (config.seed or 0, 0)) and the row's number in that key's batch."""
+
+    prompt_tokens: list
+    config: GenerationConfig | None = None
+    key: tuple | None = None
+    row: int = 0
+
+
 class Engine:
     """`slots` sequences decoded together on `lm`'s model (a `LanguageModel` on the xla
     backend); `cache_len` (default the model's context) bounds prompt + length of each."""
@@ -83,14 +94,49 @@ class Engine:
         config: its sampling settings, length (default: up to the cache) and stop_at_endoftext;
         key: the sampler's (seed, batch) key, default (config.seed or 0, 0); row: the row's
         number in that key's batch (`random.gumbel_noise`)."""
-        if not self._free:
+        return self.add_many([Request(prompt_tokens, config, key, row)])[0]
+
+    def add_many(self, requests) -> list[int]:
+        """Start several sequences at once (`Request`s, or tuples of their fields), each in a
+        free slot; returns their slots, in order. Their prompts run as one batch, so k rows
+        cost about one prompt's pass over the weights instead of k (what a server does with the
+        requests that queued during a step, as vLLM's scheduler batches its prefills). Each
+        row's tokens are those it gives when added alone. Fewer free slots than requests: a
+        UserError, and none is started."""
+        requests = [Request(*r) for r in requests]
+        if requests and not self._free:
             raise UserError(f"all {self.slots} slots are busy; remove a finished one first")
-        config = GenerationConfig.of(config)
+        if len(requests) > len(self._free):
+            raise UserError(
+                f"{len(requests)} sequences to start but {len(self._free)} of {self.slots} "
+                f"slots free; start fewer, or remove finished ones first"
+            )
+        if not requests:
+            return []
+        rows = [self._checked(r) for r in requests]  # every request checked before any starts
+        logits, cache = self._prefill([tokens for tokens, _, _ in rows])
+        slots = self._free[: len(rows)]
+        history = [tokens + [0] * (self.cache_len - len(tokens)) for tokens, _, _ in rows]
+        sizes = [
+            (len(tokens), length, int(r.row)) for (tokens, _, length), r in zip(rows, requests)
+        ]
+        pos, limit, row = (tf.constant(list(x), tf.int32) for x in zip(*sizes))
+        row_state = (logits, cache, tf.constant(history, tf.int32), pos, limit, row)
+        settings = Settings.rows([s for _, s, _ in rows])
+        self.state = self._insert(self.state, tf.constant(slots), row_state, settings)
+        del self._free[: len(rows)]
+        for slot, (tokens, _, _) in zip(slots, rows):
+            self._read[slot] = len(tokens)
+        return slots
+
+    def _checked(self, request: Request):
+        """A request's prompt (as the model reads it), settings and length, checked."""
+        config = GenerationConfig.of(request.config)
         if config.beams:
             raise UserError("the decode engine samples or decodes greedily; beams search apart")
         from gpt2_tf2.generation.language_model import contexts_and_stop
 
-        tokens = list(prompt_tokens or [])
+        tokens = list(request.prompt_tokens or [])
         check_token_ids(tokens, self.lm.hparams.n_vocab)
         (tokens,), stop = contexts_and_stop(self.lm.encoder, [tokens], config.stop_at_endoftext)
         config = config.validate(self.cache_len, len(tokens))
@@ -100,24 +146,21 @@ class Engine:
                 f"prompt ({len(tokens)} tokens) + length ({length}) exceeds the engine's "
                 f"{self.cache_len} positions"
             )
-        if key is None:
-            key = (config.seed or 0, 0)
-        settings = Settings.make(config, key=key, stop_token=stop)
-        slot = self._free.pop(0)
-        logits, cache = self._prefill(tokens)
-        history = tf.constant(tokens + [0] * (self.cache_len - len(tokens)), tf.int32)
-        sizes = (len(tokens), length, int(row))  # tensors: a new value never retraces
-        row_state = (logits[0], cache, history, *(tf.constant(x, tf.int32) for x in sizes))
-        self.state = self._insert(self.state, tf.constant(slot), row_state, settings)
-        self._read[slot] = len(tokens)
-        return slot
+        key = request.key if request.key is not None else (config.seed or 0, 0)
+        return tokens, Settings.make(config, key=key, stop_token=stop), length
 
-    def _prefill(self, tokens):
+    def _prefill(self, prompts):
+        """The prompts run as one batch: (logits after each one's last token [k, vocab], cache
+        [k * heads, cache_len, head_dim] per tensor). Each is right-padded to the longest: a
+        row's padding is written to the cache after its prompt, and each of those columns is
+        overwritten by the row's own next token before any query can see it (a query sees the
+        columns up to its own)."""
         from gpt2_tf2.generation.language_model import bucket
 
-        width = bucket(len(tokens), self.cache_len)
-        context = tf.constant([tokens + [0] * (width - len(tokens))], tf.int32)
-        return self.lm._prefill(context, tf.constant(len(tokens)), self.cache_len, None)
+        width = bucket(max(len(t) for t in prompts), self.cache_len)
+        context = tf.constant([t + [0] * (width - len(t)) for t in prompts], tf.int32)
+        ends = tf.constant([len(t) for t in prompts], tf.int32)  # logits after each row's own
+        return self.lm._prefill(context, ends, self.cache_len, None)
 
     def remove(self, slot: int) -> None:
         """Free `slot` (finished or cancelled); its row stops at once, the others go on."""
@@ -173,20 +216,20 @@ def programs(lm):
     return lm._engine_programs
 
 
-def insert(n_head: int, state: Slots, slot, row_state, settings) -> Slots:
-    """`state` with `slot` holding a new row: its logits after the prompt, cache rows, history,
-    position, length, row number and settings (`Engine.add`)."""
+def insert(n_head: int, state: Slots, slots, row_state, settings) -> Slots:
+    """`state` with `slots` (int32 [k]) holding k new rows: their logits after the prompt, cache
+    rows (row i's heads at i * heads ..), history, position, length, row number and settings,
+    each [k, ...] (`Engine.add_many`)."""
     logits, cache, history, pos, limit, row = row_state
     h = n_head
+    k = tf.shape(slots)[0]
 
     def put(field, value):
-        return tf.tensor_scatter_nd_update(field, [[slot]], value[None])
+        return tf.tensor_scatter_nd_update(field, slots[:, None], value)
 
+    cache_rows = tf.reshape(slots[:, None] * h + tf.range(h)[None, :], [-1, 1])  # [k * heads, 1]
     new_cache = [
-        tuple(
-            tf.tensor_scatter_nd_update(c, (slot * h + tf.range(h))[:, None], new)
-            for c, new in zip(layer, new_layer)
-        )
+        tuple(tf.tensor_scatter_nd_update(c, cache_rows, new) for c, new in zip(layer, new_layer))
         for layer, new_layer in zip(state.cache, cache)
     ]
     return Slots(
@@ -194,9 +237,9 @@ def insert(n_head: int, state: Slots, slot, row_state, settings) -> Slots:
         cache=new_cache,
         history=put(state.history, history),
         pos=put(state.pos, pos),
-        step=put(state.step, tf.constant(0)),
+        step=put(state.step, tf.zeros([k], tf.int32)),
         limit=put(state.limit, limit),
-        done=put(state.done, tf.constant(False)),
+        done=put(state.done, tf.zeros([k], tf.bool)),
         rows=put(state.rows, row),
         settings=Settings(*(put(f, v) for f, v in zip(state.settings, settings))),
     )
