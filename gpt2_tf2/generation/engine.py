@@ -4,13 +4,13 @@ slots do it).
 
 Each slot is one sequence at its own position: its prompt is run (with those of the rows that
 join at the same time, as one batch: `add_many`) and its cache rows copied into the slot; then
-every `step` advances every busy slot by one token in one
-compiled loop over fixed shapes [slots, ...], each row with its own settings (temperature,
-top-k, top-p, penalties, n-gram size, key, stop token, length), so that nothing recompiles when
-a row joins. A row's tokens depend on its own prompt, settings, key and step only: it draws
-the same tokens whenever it joins and whoever else runs (tests/test_engine.py checks it against
-the row run alone). Processors and strategies are the ones every loop shares
-(`processors`, `strategies`), given per-row settings.
+every `step` advances every busy slot by one token in one compiled loop over fixed shapes
+[slots, ...], each row with its own settings (temperature, top-k, top-p, penalties, n-gram
+size, key, stop token, length), so that nothing recompiles when a row joins. A row's tokens
+depend on its own prompt, settings, key and step only: it draws the same tokens whenever it
+joins and whoever else runs (tests/test_engine.py checks it against the row run alone).
+Processors and strategies are the ones every loop shares (`processors`, `strategies`), given
+per-row settings.
 
     engine = Engine(lm, slots=4)
     slot = engine.add(prompt_ids, GenerationConfig(length=20, top_k=40, seed=1))

@@ -35,7 +35,8 @@ def prefill(model, context, prompt_len, cache_len: int, offsets=None):
       model: callable `model(tokens, cache, pos, logits_at) -> {"logits", "cache"}` with
         `model.init_cache(batch, max_len)`; a `GPT2`, or a stub in tests.
       context: int32 [batch, P], the prompt in its first `prompt_len` columns; the rest is padding.
-      prompt_len: int32 scalar in 1 .. P.
+      prompt_len: int32 scalar in 1 .. P; or int32 [batch], each row's own, for prompts
+        right-padded to P (the logits after each row's last token: `engine.Engine.add_many`).
       cache_len: Python int, the cache's length: at least P and prompt_len + length - 1.
       offsets: int32 [batch], prompts of different lengths: row b's is left-padded, it begins at
         column offsets[b] and ends at prompt_len - 1 as every row's (`GPT2.__call__`).
