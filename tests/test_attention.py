@@ -99,7 +99,9 @@ def test_heat_map_png(tiny_model_dir, tmp_path):
 
 def browser(tmp):
     """Chromium under selenium, its temporary files (a profile's singleton socket directory,
-    which it leaves behind on exit) in `tmp`, not in the machine's temporary directory."""
+    which it leaves behind on exit) in `tmp`, not in the machine's temporary directory. `tmp`
+    must be short: the socket's path has to fit a Unix socket address (108 bytes), which a
+    pytest tmp_path below CI's TMPDIR did not."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -117,13 +119,21 @@ def chromium_leftovers() -> set[str]:
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("org.chromium.")}
 
 
+@pytest.fixture()
+def chromium_tmp():
+    """Chromium's own temporary directory for one test, with a short path (`browser`)."""
+    path = tempfile.mkdtemp(prefix="chromium-")
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.mark.e2e
-def test_page_in_a_headless_browser(page, tmp_path):
+def test_page_in_a_headless_browser(page, chromium_tmp):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     before = chromium_leftovers()
-    driver = browser(tmp_path)
+    driver = browser(chromium_tmp)
     try:
         driver.get(page.as_uri())
         tokens = driver.execute_script(
