@@ -140,6 +140,26 @@ def built_once(tmp_path_factory, name, build):
     return directory
 
 
+def training_run_once(tmp_path_factory, name, checkpoint_dir, run, train):
+    """A training run that tests only read, made once per test run for both workers
+    (`built_once`): `train()` writes the run `run` into `checkpoint_dir` and returns what
+    `run_cli` or `run_in_process` returns. Each worker's `checkpoint_dir` gets a copy (their models
+    and data are the same, so a test may resume from it). Returns the run's output, as they do."""
+
+    def build(directory):
+        r = train()
+        assert r.returncode == 0, r.stderr
+        shutil.copytree(checkpoint_dir / run, directory / run)
+        (directory / "out").write_text(r.stdout)
+        (directory / "err").write_text(r.stderr)
+
+    built = built_once(tmp_path_factory, name, build)
+    if not (checkpoint_dir / run).exists():
+        shutil.copytree(built / run, checkpoint_dir / run)
+    out, err = (built / "out").read_text(), (built / "err").read_text()
+    return subprocess.CompletedProcess([], 0, out, err)
+
+
 def run_cli(args, input=None, cwd=None, timeout=300, env=None):
     """Run a command-line entry point as a user would; returns the CompletedProcess."""
     return subprocess.run(

@@ -9,7 +9,6 @@ the checks of bad input that come before any device is split run in the test pro
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import built_once, cli_env, run_cli, run_in_process
+from conftest import cli_env, run_cli, run_in_process, training_run_once
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 6  # steps; checkpoints every N // 2
@@ -104,23 +103,6 @@ def max_diff(a, b):
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
 
 
-def run_once(work, tmp_path_factory, run, train_run):
-    """`train_run()` (a run `run` into work/ckpt) done once for both workers; each worker's
-    work/ckpt gets a copy (their models and data are the same). Its output, as run_cli's."""
-
-    def build(directory):
-        r = train_run()
-        shutil.copytree(work / "ckpt" / run, directory / run)
-        (directory / "out").write_text(r.stdout)
-        (directory / "err").write_text(r.stderr)
-
-    built = built_once(tmp_path_factory, f"distribute_{run}", build)
-    if not (work / "ckpt" / run).exists():
-        shutil.copytree(built / run, work / "ckpt" / run)
-    out, err = (built / "out").read_text(), (built / "err").read_text()
-    return subprocess.CompletedProcess([], 0, out, err)
-
-
 @pytest.fixture(scope="module")
 def one_device(work, tiny_model_dir, tmp_path_factory):
     """The reference: one device needs no split of the CPU, so it runs in the test process."""
@@ -130,7 +112,7 @@ def one_device(work, tiny_model_dir, tmp_path_factory):
         assert r.returncode == 0, r.stderr
         return r
 
-    run_once(work, tmp_path_factory, "one", train_run)
+    training_run_once(tmp_path_factory, "distribute_one", work / "ckpt", "one", train_run)
     return state(work, "one"), losses(work, "one")
 
 
@@ -138,8 +120,12 @@ def one_device(work, tiny_model_dir, tmp_path_factory):
 def mirrored(work, tiny_model_dir, tmp_path_factory):
     """Two replicas on two logical CPUs; memory-saving gradients on (they change no value)."""
     args = ["--strategy", "mirrored", "--num_cpu_devices", "2", "--memory_saving_gradients"]
-    return run_once(
-        work, tmp_path_factory, "two", lambda: train(work, tiny_model_dir, "two", *args)
+    return training_run_once(
+        tmp_path_factory,
+        "distribute_two",
+        work / "ckpt",
+        "two",
+        lambda: train(work, tiny_model_dir, "two", *args),
     )
 
 

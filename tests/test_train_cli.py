@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, built_once, run_cli, run_in_process, write_random_model
+from conftest import REPO, run_cli, run_in_process, training_run_once, write_random_model
 from gpt2_tf2.formats.download import FILES
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
@@ -90,8 +90,8 @@ def popen(args, cwd, tmpdir=None):
     )
 
 
-def logged_steps(work, run, run_dir=None):
-    path = (run_dir or work / "ckpt" / run) / "log.tsv"
+def logged_steps(work, run):
+    path = work / "ckpt" / run / "log.tsv"
     if not path.exists():
         return {}
     losses = {}
@@ -101,11 +101,9 @@ def logged_steps(work, run, run_dir=None):
     return losses
 
 
-def final_state(work, run, run_dir=None):
+def final_state(work, run):
     """Every tensor of the newest checkpoint except tf.train's count of saves made."""
-    reader = tf.train.load_checkpoint(
-        tf.train.latest_checkpoint(str(run_dir or work / "ckpt" / run))
-    )
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(work / "ckpt" / run)))
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
@@ -129,14 +127,12 @@ def straight(work, tiny_model_dir, tmp_path_factory):
     """The uninterrupted run the resumed ones must equal: its final state and losses, run once
     for both workers (every worker's model and data are the same)."""
 
-    def build(directory):
+    def train():
         args = train_args(work, tiny_model_dir, "straight", "--save_every", "0")
-        r = run_in_process(args, cwd=work)
-        assert r.returncode == 0, r.stderr
-        shutil.copytree(work / "ckpt" / "straight", directory / "straight")
+        return run_in_process(args, cwd=work)
 
-    run_dir = built_once(tmp_path_factory, f"train_cli_straight_{N}", build) / "straight"
-    return final_state(work, "straight", run_dir), logged_steps(work, "straight", run_dir)
+    training_run_once(tmp_path_factory, f"train_cli_straight_{N}", work / "ckpt", "straight", train)
+    return final_state(work, "straight"), logged_steps(work, "straight")
 
 
 def assert_same_run(work, run, straight):
