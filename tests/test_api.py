@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import gpt2_tf2
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.engine import programs
 from gpt2_tf2.generation.language_model import LanguageModel, bucket
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
@@ -75,9 +76,10 @@ def test_stop_at_endoftext(tiny_model_dir):
 
 def test_no_retracing_within_a_bucket(tiny_model_dir):
     """Other prompts, prompt lengths, lengths and settings in the same size bucket and batch size
-    reuse one trace (and one XLA compilation); a new bucket or batch size costs one more."""
+    reuse one trace of the decode engine's loop (and one XLA compilation); a new bucket or batch
+    size costs one more."""
     lm = gpt2_tf2.load(tiny_model_dir)  # its own: its traces are counted
-    before = lm._decode.experimental_get_tracing_count()
+    before = programs(lm)[0].experimental_get_tracing_count()
     for prompt, length, kw in [
         ("a", 3, {}),
         ("longer prompt here", 9, {"top_p": 0.9}),
@@ -86,10 +88,10 @@ def test_no_retracing_within_a_bucket(tiny_model_dir):
         ("x y z", 16, {"top_k": 300, "top_p": 0.5}),
     ]:
         lm.generate(prompt, length=length, nsamples=2, batch_size=2, seed=0, **kw)
-    assert lm._decode.experimental_get_tracing_count() - before <= 1
+    assert programs(lm)[0].experimental_get_tracing_count() - before <= 1
     lm.generate("a", length=17, nsamples=2, batch_size=2, seed=0)  # length bucket 32
     lm.generate("a", length=3, nsamples=3, batch_size=3, seed=0)  # batch size 3
-    assert lm._decode.experimental_get_tracing_count() - before <= 3
+    assert programs(lm)[0].experimental_get_tracing_count() - before <= 3
 
 
 def test_bucket():

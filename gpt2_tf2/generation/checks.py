@@ -80,3 +80,14 @@ def _physical_memory() -> int | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on this system
         return None
+
+
+def contexts_and_stop(encoder, prompts, stop_at_endoftext: bool):
+    """(what each prompt's decoding starts from, the stop token): an empty prompt starts from
+    <|endoftext|> (unconditional), and with stop_at_endoftext that token ends a row (-1:
+    none). The fixed-batch loop and the decode engine alike."""
+    eot = encoder.eot_token
+    if not all(prompts) and eot is None:
+        raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
+    contexts = [p or [eot] for p in prompts]
+    return contexts, (eot if stop_at_endoftext and eot is not None else -1)

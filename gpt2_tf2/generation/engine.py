@@ -27,8 +27,9 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.generation.checks import check_token_ids
+from gpt2_tf2.generation.checks import check_token_ids, contexts_and_stop
 from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import History, Settings
 from gpt2_tf2.generation.strategies import choose_tokens
@@ -58,6 +59,15 @@ class Request(NamedTuple):
     row: int = 0
 
 
+class Prefill(NamedTuple):
+    """Rows whose prompts have run (`Engine.prefill`), ready to start (`Engine.start`)."""
+
+    rows: list  # (prompt tokens, Settings, length) per row, checked
+    row_numbers: list  # each row's number in its key's batch
+    logits: tf.Tensor  # [k, vocab]: after each row's prompt
+    cache: list  # [k * heads, cache_len, head_dim] per tensor
+
+
 class Engine:
     """`slots` sequences decoded together on `lm`'s model (a `LanguageModel` on the xla
     backend); `cache_len` (default the model's context) bounds prompt + length of each."""
@@ -84,6 +94,7 @@ class Engine:
         )
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
+        self._stopped = set()  # slots whose sequence ended on its stop token
         self._advance, self._insert = programs(lm)
 
     # ---- rows joining and leaving ---------------------------------------------------------
@@ -104,43 +115,61 @@ class Engine:
         row's tokens are those it gives when added alone. Fewer free slots than requests: a
         UserError, and none is started."""
         requests = [Request(*r) for r in requests]
-        if requests and not self._free:
-            raise UserError(f"all {self.slots} slots are busy; remove a finished one first")
-        if len(requests) > len(self._free):
-            raise UserError(
-                f"{len(requests)} sequences to start but {len(self._free)} of {self.slots} "
-                f"slots free; start fewer, or remove finished ones first"
-            )
+        self._check_free(len(requests))
+        return self.start(self.prefill(requests)) if requests else []
+
+    def prefill(self, requests) -> Prefill:
+        """Check the requests and run their prompts as one batch, without starting them: what
+        `start` starts, as often as asked (a sampling call's batches of one prompt run it
+        once). Nothing changes in the engine."""
+        requests = [Request(*r) for r in requests]
         if not requests:
-            return []
-        rows = [self._checked(r) for r in requests]  # every request checked before any starts
+            raise UserError("no sequences to start")
+        rows = [self._checked(r) for r in requests]  # every request checked before any runs
         logits, cache = self._prefill([tokens for tokens, _, _ in rows])
+        return Prefill(rows, [int(r.row) for r in requests], logits, cache)
+
+    def start(self, prefill: Prefill, keys=None) -> list[int]:
+        """Start the rows of `prefill`, each in a free slot; returns their slots, in order.
+        keys: the sampler's (seed, batch) key of each row instead of its request's."""
+        rows = prefill.rows
+        self._check_free(len(rows))
         slots = self._free[: len(rows)]
         history = [tokens + [0] * (self.cache_len - len(tokens)) for tokens, _, _ in rows]
-        sizes = [
-            (len(tokens), length, int(r.row)) for (tokens, _, length), r in zip(rows, requests)
-        ]
-        pos, limit, row = (tf.constant(list(x), tf.int32) for x in zip(*sizes))
-        row_state = (logits, cache, tf.constant(history, tf.int32), pos, limit, row)
+        sizes = [(len(tokens), length) for tokens, _, length in rows]
+        pos, limit = (tf.constant(list(x), tf.int32) for x in zip(*sizes))
+        row = tf.constant(prefill.row_numbers, tf.int32)
+        row_state = (prefill.logits, prefill.cache, tf.constant(history, tf.int32), pos, limit, row)
         settings = Settings.rows([s for _, s, _ in rows])
+        if keys is not None:
+            settings = settings._replace(seed=tf.constant(keys, tf.int64))
         self.state = self._insert(self.state, tf.constant(slots), row_state, settings)
         del self._free[: len(rows)]
         for slot, (tokens, _, _) in zip(slots, rows):
             self._read[slot] = len(tokens)
         return slots
 
+    def _check_free(self, n: int) -> None:
+        if n and not self._free:
+            raise UserError(f"all {self.slots} slots are busy; remove a finished one first")
+        if n > len(self._free):
+            raise UserError(
+                f"{n} sequences to start but {len(self._free)} of {self.slots} "
+                f"slots free; start fewer, or remove finished ones first"
+            )
+
     def _checked(self, request: Request):
         """A request's prompt (as the model reads it), settings and length, checked."""
         config = GenerationConfig.of(request.config)
         if config.beams:
             raise UserError("the decode engine samples or decodes greedily; beams search apart")
-        from gpt2_tf2.generation.language_model import contexts_and_stop
-
         tokens = list(request.prompt_tokens or [])
         check_token_ids(tokens, self.lm.hparams.n_vocab)
         (tokens,), stop = contexts_and_stop(self.lm.encoder, [tokens], config.stop_at_endoftext)
-        config = config.validate(self.cache_len, len(tokens))
-        length = config.length
+        if config.length is None:  # half the cache, as a prompt gets half the context
+            config = GenerationConfig.of(config, length=max(1, self.cache_len // 2))
+        # Checked against the model's context (a window_stride is one of it), then the cache.
+        length = config.validate(self.lm.hparams.n_ctx, len(tokens)).length
         if len(tokens) + length > self.cache_len:
             raise UserError(
                 f"prompt ({len(tokens)} tokens) + length ({length}) exceeds the engine's "
@@ -155,8 +184,6 @@ class Engine:
         row's padding is written to the cache after its prompt, and each of those columns is
         overwritten by the row's own next token before any query can see it (a query sees the
         columns up to its own)."""
-        from gpt2_tf2.generation.language_model import bucket
-
         width = bucket(max(len(t) for t in prompts), self.cache_len)
         context = tf.constant([t + [0] * (width - len(t)) for t in prompts], tf.int32)
         ends = tf.constant([len(t) for t in prompts], tf.int32)  # logits after each row's own
@@ -172,6 +199,7 @@ class Engine:
         self._free.append(slot)
         self._free.sort()
         del self._read[slot]
+        self._stopped.discard(slot)
 
     # ---- decoding -------------------------------------------------------------------------
 
@@ -183,6 +211,10 @@ class Engine:
         """The busy slots whose sequence has ended (its length, or its stop token)."""
         done = self.state.done.numpy()
         return [s for s in self.busy() if done[s]]
+
+    def stopped(self, slot: int) -> bool:
+        """Whether `slot`'s sequence ended on its stop token (returned by `step` by then)."""
+        return slot in self._stopped
 
     def step(self, n: int = 1) -> dict[int, list[int]]:
         """Advance every unfinished slot by up to `n` tokens; {slot: its new tokens} for each
@@ -199,6 +231,7 @@ class Engine:
             self._read[slot] = int(pos[slot])
             if stops[slot] >= 0 and stops[slot] in new:
                 new = new[: new.index(stops[slot])]
+                self._stopped.add(slot)
             out[slot] = new
         return out
 
@@ -208,9 +241,9 @@ def programs(lm):
     on one model share them (one trace and compilation per shape, not per engine)."""
     if lm._engine_programs is None:
         lm._engine_programs = (
-            tf.function(functools.partial(advance, lm), jit_compile=True, autograph=False),
+            tf.function(functools.partial(advance, lm), jit_compile=lm.xla, autograph=False),
             tf.function(
-                functools.partial(insert, lm.hparams.n_head), jit_compile=True, autograph=False
+                functools.partial(insert, lm.hparams.n_head), jit_compile=lm.xla, autograph=False
             ),
         )
     return lm._engine_programs

@@ -11,7 +11,6 @@ import functools
 import math
 import os
 import secrets
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,34 +20,22 @@ from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.generation import beam, loop, texts
+from gpt2_tf2.generation import beam, loop, sampler, texts
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
     check_dtype,
     check_memory,
     check_token_ids,
+    contexts_and_stop,
 )
 from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
+from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
 BEAM_CHUNK = 16  # steps of a beam search between progress reports
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
-
-
-class Run(NamedTuple):
-    """What the batches of one sampling call share (`LanguageModel._setup`)."""
-
-    length: int
-    stop: int
-    slots: int
-    context: tf.Tensor  # int32 [batch, P]: the prompts, left-padded to one length, then padded
-    prompt_len: tf.Tensor
-    offsets: tf.Tensor | None  # int32 [batch]: each row's left padding; None if none has any
-    logits: tf.Tensor  # after the prompt
-    cache: list
-    settings: object  # (seed, batch_index) -> Settings
 
 
 class LanguageModel:
@@ -66,15 +53,16 @@ class LanguageModel:
         """`model` runs the compiled XLA loops; or `lite`, a `lite.LiteDecoder`, decodes and
         scores on TensorFlow Lite instead (`model` may then be None: no weights in memory)."""
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
-        self.lite = lite
+        self.lite, self.xla = lite, xla
         self.backend = "xla" if lite is None else "tflite"
         self._engine_programs = None  # the decode engine's compiled functions (engine.programs)
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
-        # Decoding is traced (and the loop XLA-compiled) once per (batch size, prompt bucket,
-        # length bucket); settings, seeds and the actual lengths are tensors and never retrace.
-        # The prompt runs in a plain graph: compiling it too cost ~1 s more on a first call than
-        # it saved. autograph=False: the code is written with tf.while_loop/tf.cond already.
+        # Sampling runs on the decode engine (`sampler.EngineRows`), whose loop is traced (and
+        # XLA-compiled, unless xla=False) once per (batch size, cache size); settings, seeds and
+        # the actual lengths are tensors and never retrace. The prompt runs in a plain graph:
+        # compiling it too cost ~1 s more on a first call than it saved. autograph=False: the
+        # code is written with tf.while_loop/tf.cond already.
         self._prefill = tf.function(
             lambda context, prompt_len, cache_len, offsets: loop.prefill(
                 self.model, context, prompt_len, cache_len, offsets
@@ -82,14 +70,8 @@ class LanguageModel:
             autograph=False,
             reduce_retracing=False,
         )
-        self._decode = tf.function(
-            self._continue, jit_compile=xla, autograph=False, reduce_retracing=False
-        )
         self._beam = tf.function(
             self._beam_advance, jit_compile=xla, autograph=False, reduce_retracing=False
-        )
-        self._advance = tf.function(
-            self._advance_loop, jit_compile=xla, autograph=False, reduce_retracing=False
         )
         self._token_nll = tf.function(
             self._token_nll_eager,
@@ -98,18 +80,6 @@ class LanguageModel:
         )
         if lite is not None:  # the same calls, on the interpreter
             self._prefill, self._token_nll = lite.prefill, lite.token_nll
-
-    def _continue(self, logits, cache, context, prompt_len, length, settings, slots, offsets):
-        weights = self.model.read_weights(self._cpu_matvec)  # read once, before the loop
-        model = functools.partial(self.model, weights=weights, offsets=offsets)
-        return loop.continue_decode(
-            model, logits, cache, context, prompt_len, length, settings, slots, offsets=offsets
-        )
-
-    def _advance_loop(self, state, prompt_len, length, settings, until, offsets):
-        weights = self.model.read_weights(self._cpu_matvec)
-        model = functools.partial(self.model, weights=weights, offsets=offsets)
-        return loop.advance(model, state, prompt_len, length, settings, until)
 
     def _beam_advance(self, state, prompt_len, length, settings, until, options):
         weights = self.model.read_weights(self._cpu_matvec)
@@ -158,10 +128,11 @@ class LanguageModel:
         seed = secrets.randbits(31) if config.seed is None else config.seed
         batch_size = config.batch_size or 1
         # One prompt: every batch starts from it, so its first window is run once for all.
-        first = None if many else self._first_window(contexts * batch_size, config, stop)
+        sampler = self._rows(config, stop)
+        first = None if many else sampler.first_window(contexts * batch_size)
         for batch_index, (rows, real) in enumerate(batches(contexts, config.nsamples, batch_size)):
             out = [[] for _ in rows]
-            for piece in self._sample(rows, config, stop, (seed, batch_index), first=first):
+            for piece in sampler.sample(rows, (seed, batch_index), first=first):
                 for row, new in zip(out, piece):
                     row += new
             yield [_cut(row, stop) for row in out[:real]]
@@ -177,97 +148,13 @@ class LanguageModel:
         contexts, stop = contexts_and_stop(self.encoder, prompts, config.stop_at_endoftext)
         return contexts, config, stop
 
-    def _first_window(self, contexts, config, stop):
-        """The prompts (one per row) run once: what the first window continues from."""
-        n = min(config.length, self.hparams.n_ctx - max(len(c) for c in contexts))
-        return self._setup(contexts, n, config, stop)
-
-    def _sample(self, contexts, config, stop, key, chunk=None, first=None):
-        """The new tokens after `contexts` (one prompt per row), in pieces ([batch][k] ids; a
-        piece per `chunk` tokens, else per window). Past the context the window slides: the
-        last n_ctx - stride tokens of each row become its prompt in the next window, their cache
-        recomputed, and up to `stride` more tokens follow; the first window is a plain
-        generation (`first`, the prompts already run by `_first_window`, if given)."""
-        n_ctx, length, stride = self.hparams.n_ctx, config.length, config.window_stride
-        rows = [list(c) for c in contexts]
-        made, segment = 0, 0
-        run = first if first is not None else self._first_window(contexts, config, stop)
-        while made < length:
-            n = run.length
-            seed, batch_index = key  # a window's draws get their own key; the first, the plain one
-            settings = run.settings(seed, batch_index + (segment << 32))
-            for piece in self._run(run, settings, chunk):
-                for row, new in zip(rows, piece):
-                    row += new
-                yield piece
-            if stop >= 0 and all(stop in row[len(c) :] for row, c in zip(rows, contexts)):
-                return
-            made += n
-            segment += 1
-            if made < length:
-                windows = [row[-(n_ctx - stride) :] for row in rows]
-                n = min(length - made, n_ctx - max(len(w) for w in windows))
-                run = self._setup(windows, n, config, stop)
-
-    def _run(self, run, settings, chunk=None):
-        """One window's tokens: all at once (the compiled loop), or `chunk` at a time."""
+    def _rows(self, config, stop):
+        """A sampling call's rows on this model's backend (`sampler.Rows`)."""
         if self.lite is not None:
-            yield from self.lite.run(run, settings, chunk)
-            return
-        length = tf.constant(run.length)
-        if chunk is None:
-            out = self._decode(
-                run.logits,
-                run.cache,
-                run.context,
-                run.prompt_len,
-                length,
-                settings,
-                run.slots,
-                run.offsets,
-            )
-            yield out.numpy()[:, : run.length].tolist()
-            return
-        stop = tf.constant(run.stop)
-        state = loop.start_state(
-            run.logits, run.cache, run.context, run.prompt_len, run.slots, stop, run.offsets
-        )
-        start, done = int(run.prompt_len), 0
-        while done < run.length:
-            until = tf.constant(min(done + chunk, run.length))
-            state = self._advance(state, run.prompt_len, length, settings, until, run.offsets)
-            step = int(state.step)
-            yield state.history[:, start + done : start + step].numpy().tolist()
-            if step < int(until):  # every row stopped
-                return
-            done = step
+            from gpt2_tf2.generation.lite import LiteRows
 
-    def _setup(self, contexts, length, config, stop):
-        """The prompts (one per row) run once, and what the loop needs after them: `length`
-        tokens with `config`'s settings."""
-        n_ctx = self.hparams.n_ctx
-        size = max(len(c) for c in contexts)
-        width = bucket(size, n_ctx)
-        # Left-padded to the longest prompt, every prompt ends in column size - 1 and the loop
-        # writes one column for all rows; the padding is masked (`GPT2.__call__`, offsets).
-        padded = [[0] * (size - len(c)) + list(c) + [0] * (width - size) for c in contexts]
-        context_t = tf.constant(padded, tf.int32)
-        offsets = None  # prompts of one length take the plain path, as they always did
-        if any(len(c) != size for c in contexts):
-            offsets = tf.constant([size - len(c) for c in contexts], tf.int32)
-        slots = bucket(length, n_ctx)
-        prompt_len = tf.constant(size)
-        # The cache holds the padded prompt and the generation, within n_ctx positions; the
-        # loop does not modify its input, so batches may share one prefill (`_first_window`).
-        cache_len = min(width + slots, n_ctx)
-        logits, cache = self._prefill(context_t, prompt_len, cache_len, offsets)
-
-        def make_settings(seed, batch_index):
-            return Settings.make(config, key=(int(seed), batch_index), stop_token=stop)
-
-        return Run(
-            length, stop, slots, context_t, prompt_len, offsets, logits, cache, make_settings
-        )
+            return LiteRows(self, config, stop)
+        return sampler.EngineRows(self, config, stop)
 
     def stream_tokens(
         self,
@@ -289,7 +176,7 @@ class LanguageModel:
             raise UserError("a stream is one sample: nsamples and batch_size stay 1")
         contexts, config, stop = self._check([list(prompt_tokens or [])], config)
         key = (secrets.randbits(31) if config.seed is None else config.seed, sample_index)
-        for (piece,) in self._sample(contexts, config, stop, key, chunk):
+        for (piece,) in self._rows(config, stop).sample(contexts, key, chunk):
             if stop in piece:
                 yield piece[: piece.index(stop)]
                 return
@@ -474,17 +361,6 @@ class LanguageModel:
         return total / count
 
 
-def contexts_and_stop(encoder, prompts, stop_at_endoftext: bool):
-    """(what each prompt's decoding starts from, the stop token): an empty prompt starts from
-    <|endoftext|> (unconditional), and with stop_at_endoftext that token ends a row (-1:
-    none). The fixed-batch loop and the decode engine alike."""
-    eot = encoder.eot_token
-    if not all(prompts) and eot is None:
-        raise UserError("unconditional sampling needs <|endoftext|> in the vocabulary")
-    contexts = [p or [eot] for p in prompts]
-    return contexts, (eot if stop_at_endoftext and eot is not None else -1)
-
-
 def encode_text(encoder, text: str) -> list[int]:
     """One rule for special tokens in text, in prompts, scored texts, attention maps and datasets
     alike: a special token's spelling (`<|endoftext|>`; a Hugging Face vocabulary's `<s>`,
@@ -503,18 +379,6 @@ def peek(model_name: str, models_dir: str = "models", run_name=None, checkpoint_
         return None  # an interrupted download: load() completes it
     opened = formats.open_model_dir(directory)
     return opened.hparams, opened.encoder
-
-
-def bucket(n: int, limit: int, smallest: int = 16) -> int:
-    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
-
-    Shapes come in these sizes only, so the number of compilations stays small: at most
-    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
-    """
-    size = smallest
-    while size < n:
-        size *= 2
-    return max(n, min(size, limit))
 
 
 def is_prompt_list(prompts) -> bool:

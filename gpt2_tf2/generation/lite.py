@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError, first_line
+from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
-from gpt2_tf2.generation.settings import History
+from gpt2_tf2.generation.sampler import Rows
+from gpt2_tf2.generation.settings import History, Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
 MADV_DONTNEED = 4  # Linux's <sys/mman.h>
@@ -257,6 +260,43 @@ class LiteDecoder:
         batch, n = tokens.shape
         logits, _ = self.step.prompt(tokens[:, :-1], np.zeros([batch], np.int32), range(n - 1))
         return tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
+
+
+class Run(NamedTuple):
+    """A window's rows after their prompts (`LiteRows.prefill`), for `LiteDecoder.run`."""
+
+    length: int
+    stop: int
+    slots: int
+    context: tf.Tensor  # int32 [batch, P]: the prompts, left-padded to one length, then padded
+    prompt_len: tf.Tensor
+    offsets: tf.Tensor | None  # int32 [batch]: each row's left padding; None if none has any
+    logits: tf.Tensor  # after the prompt
+    cache: list
+
+
+class LiteRows(Rows):
+    """A sampling call's rows on TensorFlow Lite (`sampler.Rows`): a window's prompts, left-
+    padded to the longest (the padding masked), run once; then the interpreter's loop."""
+
+    def prefill(self, contexts, length):
+        size = max(len(c) for c in contexts)
+        width = bucket(size, self.n_ctx)
+        # Left-padded to the longest prompt, every prompt ends in column size - 1 and the loop
+        # writes one column for all rows; the padding is masked (`GPT2.__call__`, offsets).
+        padded = [[0] * (size - len(c)) + list(c) + [0] * (width - size) for c in contexts]
+        context = tf.constant(padded, tf.int32)
+        offsets = None  # prompts of one length take the plain path
+        if any(len(c) != size for c in contexts):
+            offsets = tf.constant([size - len(c) for c in contexts], tf.int32)
+        slots = bucket(length, self.n_ctx)
+        cache_len = min(width + slots, self.n_ctx)
+        logits, cache = self.lm.lite.prefill(context, size, cache_len, offsets)
+        return Run(length, self.stop, slots, context, tf.constant(size), offsets, logits, cache)
+
+    def run(self, started, key, chunk=None):
+        settings = Settings.make(self.config, key=key, stop_token=self.stop)
+        yield from self.lm.lite.run(started, settings, chunk)
 
 
 def loop_history(context, prompt_len: int, slots: int, stop: int):

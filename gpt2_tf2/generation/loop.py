@@ -28,6 +28,18 @@ class LoopState(NamedTuple):
     start: tf.Tensor  # int32 [batch]: the row's first column (a mixed-length batch is left-padded)
 
 
+def bucket(n: int, limit: int, smallest: int = 16) -> int:
+    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
+
+    Shapes come in these sizes only, so the number of compilations stays small: at most
+    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
+    """
+    size = smallest
+    while size < n:
+        size *= 2
+    return max(n, min(size, limit))
+
+
 def prefill(model, context, prompt_len, cache_len: int, offsets=None):
     """Run the prompt through `model`: (logits after its last token [batch, vocab], cache).
 

@@ -1,0 +1,107 @@
+"""The rows of one sampling call (`LanguageModel.generate_tokens`, `stream_tokens`), window by
+window, on a backend: the decode engine (`EngineRows`, xla) or TensorFlow Lite
+(`lite.LiteRows`).
+
+A call's rows are a fixed batch that starts together and ends when its last row does. Within
+the model's context a row is one window: its prompt, then `length` tokens. Past the context the
+window slides (as openai/gpt-2's users did by hand): the last n_ctx - window_stride tokens of
+each row become its prompt in the next window, their cache recomputed, and up to
+`window_stride` more tokens follow, each window's draws under a key of its own. `Rows` holds
+that logic once; a backend says how a window's prompts run (`prefill`) and how its tokens come
+(`run`).
+"""
+
+from __future__ import annotations
+
+from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.engine import Engine, Request
+from gpt2_tf2.generation.loop import bucket
+
+
+class Rows:
+    """One sampling call's rows on a backend: `config` validated for the model, `stop` its
+    stop token (-1: none)."""
+
+    def __init__(self, lm, config: GenerationConfig, stop: int):
+        self.lm, self.config, self.stop = lm, config, stop
+        self.n_ctx = lm.hparams.n_ctx
+
+    def prefill(self, contexts, length: int):
+        """The prompts (one per row) run once, ready for `run` to make `length` tokens."""
+        raise NotImplementedError
+
+    def run(self, started, key, chunk=None):
+        """A window's tokens ([batch][k] ids), all at once or in pieces of `chunk`; a row that
+        ends on the stop token has it as its last token, and nothing after it."""
+        raise NotImplementedError
+
+    def first_window(self, contexts):
+        """The prompts run once: what the first window continues from (`sample`'s `first`;
+        every batch of one prompt starts from the same)."""
+        n = min(self.config.length, self.n_ctx - max(len(c) for c in contexts))
+        return self.prefill(contexts, n)
+
+    def sample(self, contexts, key, chunk=None, first=None):
+        """The new tokens after `contexts` (one prompt per row), in pieces ([batch][k] ids; a
+        piece per `chunk` tokens, else per window), under the sampler's key (seed, batch)."""
+        length, stride = self.config.length, self.config.window_stride
+        rows = [list(c) for c in contexts]
+        made, segment = 0, 0
+        started = first if first is not None else self.first_window(contexts)
+        n = min(length, self.n_ctx - max(len(c) for c in contexts))
+        while made < length:
+            seed, batch_index = key  # a window's draws get their own key; the first, the plain one
+            for piece in self.run(started, (int(seed), batch_index + (segment << 32)), chunk):
+                for row, new in zip(rows, piece):
+                    row += new
+                yield piece
+            if self.stop >= 0 and all(self.stop in r[len(c) :] for r, c in zip(rows, contexts)):
+                return
+            made += n
+            segment += 1
+            if made < length:
+                windows = [row[-(self.n_ctx - stride) :] for row in rows]
+                n = min(length - made, self.n_ctx - max(len(w) for w in windows))
+                started = self.prefill(windows, n)
+
+
+class EngineRows(Rows):
+    """The rows on the decode engine (the xla backend): one engine of as many slots as rows
+    per cache size, kept for the call, its rows started (from one prefill, for every batch of
+    one prompt) and removed when the window ends. The cache holds the prompt bucket and the
+    length bucket, so one compilation serves every prompt and length of those buckets."""
+
+    def __init__(self, lm, config, stop):
+        super().__init__(lm, config, stop)
+        self.engines = {}  # (slots, cache_len) -> Engine
+
+    def prefill(self, contexts, length):
+        width = bucket(max(len(c) for c in contexts), self.n_ctx)
+        cache_len = min(width + bucket(length, self.n_ctx), self.n_ctx)
+        shape = (len(contexts), cache_len)
+        if shape not in self.engines:
+            self.engines[shape] = Engine(self.lm, *shape)
+        engine = self.engines[shape]
+        config = GenerationConfig.of(self.config, length=length)
+        requests = [Request(c, config, None, i) for i, c in enumerate(contexts)]
+        return engine, engine.prefill(requests)
+
+    def run(self, started, key, chunk=None):
+        engine, prefill = started
+        slots = engine.start(prefill, keys=[key] * len(prefill.rows))
+        ended = set()  # rows whose stop token was given
+        try:
+            step = chunk or max(length for _, _, length in prefill.rows)
+            while True:
+                out = engine.step(step)
+                piece = []
+                for s in slots:  # a row's stop token ends its piece, as the compiled loop's
+                    stops = engine.stopped(s) and s not in ended
+                    piece.append(out[s] + [self.stop] if stops else out[s])
+                    ended |= {s} if stops else set()
+                yield piece
+                if set(engine.finished()).issuperset(slots):
+                    return
+        finally:
+            for s in slots:
+                engine.remove(s)
