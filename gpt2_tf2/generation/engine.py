@@ -79,19 +79,7 @@ class Engine:
         self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
         if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
             raise UserError(f"an engine needs slots >= 1 and cache_len in 1..{n_ctx}")
-        model, hp = lm.model, lm.hparams
-        one = Settings.make()
-        self.state = Slots(
-            logits=tf.zeros([self.slots, hp.n_vocab]),
-            cache=model.init_cache(self.slots, self.cache_len),
-            history=tf.zeros([self.slots, self.cache_len], tf.int32),
-            pos=tf.zeros([self.slots], tf.int32),
-            step=tf.zeros([self.slots], tf.int32),
-            limit=tf.zeros([self.slots], tf.int32),
-            done=tf.ones([self.slots], tf.bool),
-            rows=tf.zeros([self.slots], tf.int32),
-            settings=Settings.rows([one] * self.slots),
-        )
+        self.state = None  # Slots, made when the first rows start
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
@@ -143,11 +131,33 @@ class Engine:
         settings = Settings.rows([s for _, s, _ in rows])
         if keys is not None:
             settings = settings._replace(seed=tf.constant(keys, tf.int64))
-        self.state = self._insert(self.state, tf.constant(slots), row_state, settings)
+        if len(rows) == self.slots:  # every slot at once: the rows are the state, no copy
+            logits, cache, history, pos, limit, row = row_state
+            zeros = tf.zeros([self.slots], tf.int32)
+            done = tf.zeros([self.slots], tf.bool)
+            self.state = Slots(logits, cache, history, pos, zeros, limit, done, row, settings)
+        else:
+            state = self.state if self.state is not None else self._empty()
+            self.state = self._insert(state, tf.constant(slots), row_state, settings)
         del self._free[: len(rows)]
         for slot, (tokens, _, _) in zip(slots, rows):
             self._read[slot] = len(tokens)
         return slots
+
+    def _empty(self) -> Slots:
+        """The state of an engine with every slot free."""
+        hp, slots = self.lm.hparams, self.slots
+        return Slots(
+            logits=tf.zeros([slots, hp.n_vocab]),
+            cache=self.lm.model.init_cache(slots, self.cache_len),
+            history=tf.zeros([slots, self.cache_len], tf.int32),
+            pos=tf.zeros([slots], tf.int32),
+            step=tf.zeros([slots], tf.int32),
+            limit=tf.zeros([slots], tf.int32),
+            done=tf.ones([slots], tf.bool),
+            rows=tf.zeros([slots], tf.int32),
+            settings=Settings.rows([Settings.make()] * slots),
+        )
 
     def _check_free(self, n: int) -> None:
         if n and not self._free:
@@ -209,6 +219,8 @@ class Engine:
 
     def finished(self) -> list[int]:
         """The busy slots whose sequence has ended (its length, or its stop token)."""
+        if self.state is None:
+            return []
         done = self.state.done.numpy()
         return [s for s in self.busy() if done[s]]
 
@@ -221,6 +233,8 @@ class Engine:
         busy slot (a stop token is not returned)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise UserError(f"step takes a positive number of tokens, got {n!r}")
+        if self.state is None:
+            return {}
         if any(not d for d in self.state.done.numpy()):
             self.state = self._advance(self.state, tf.constant(n))
         history, pos = self.state.history.numpy(), self.state.pos.numpy()

@@ -48,7 +48,7 @@ class TrainConfig:
     memory_saving_gradients: bool = flag(
         False,
         "recompute each block in the backward pass: a third less memory, up to a third slower "
-        "(docs/training-memory.md).",
+        "(docs/benchmarks/training-memory.md).",
     )
     only_train_transformer_layers: bool = flag(False, "train the blocks only (not wte, wpe, ln_f).")
     optimizer: str = flag("adam", "adam (as nshepperd's), adamw, sgd or adafactor (least memory).")
