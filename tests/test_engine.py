@@ -1,15 +1,19 @@
-"""The decode engine: rows that join a running batch between steps and leave it produce exactly
-the tokens each gives alone (greedy and sampled, with their own settings, seeds, prompt lengths
-and lengths); cancelling one changes no other row's tokens."""
+"""The decode engine, on both backends (xla, tflite): rows that join a running batch between
+steps and leave it produce exactly the tokens each gives alone (greedy and sampled, with their
+own settings, seeds, prompt lengths and lengths); cancelling one changes no other row's tokens.
+TFLite's rows equal XLA's (float32)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation import loop
 from gpt2_tf2.generation.config import GenerationConfig
 from gpt2_tf2.generation.engine import Engine, run_alone
+from gpt2_tf2.generation.settings import Settings
 
 SLOTS = 3
 REQUESTS = [  # (prompt, config): lengths, settings and seeds of their own
@@ -28,15 +32,31 @@ REQUESTS = [  # (prompt, config): lengths, settings and seeds of their own
 ]
 
 
+@pytest.fixture(scope="module", params=["xla", "tflite"])
+def lm(request, tiny_lm, tiny_model_dir):
+    """The tiny model on each backend (TFLite: float32, its step converted once, cached)."""
+    if request.param == "xla":
+        return tiny_lm
+    from gpt2_tf2.generation.language_model import load
+
+    return load(tiny_model_dir, backend="tflite")
+
+
 @pytest.fixture(scope="module")
-def alone(tiny_lm):
-    return [run_alone(tiny_lm, tiny_lm.encode(p), c, SLOTS) for p, c in REQUESTS]
+def alone(lm):
+    return [run_alone(lm, lm.encode(p), c, SLOTS) for p, c in REQUESTS]
+
+
+def test_tflite_rows_equal_xla_rows(tiny_lm, lm, alone):
+    """Each request alone on TFLite gives XLA's tokens: the same processors and strategy, on
+    logits within 1e-4 (tests/test_lite.py)."""
+    assert alone == [run_alone(tiny_lm, tiny_lm.encode(p), c, SLOTS) for p, c in REQUESTS]
 
 
 @pytest.mark.parametrize("schedule_seed", [0, 1])
-def test_rows_joining_at_random_steps_equal_each_alone(tiny_lm, alone, schedule_seed):
+def test_rows_joining_at_random_steps_equal_each_alone(lm, alone, schedule_seed):
     rng = np.random.default_rng(schedule_seed)
-    engine = Engine(tiny_lm, SLOTS)
+    engine = Engine(lm, SLOTS)
     waiting = list(range(len(REQUESTS)))
     rng.shuffle(waiting)
     slot_of, out, joined_at, clock = {}, {}, {}, 0
@@ -45,7 +65,7 @@ def test_rows_joining_at_random_steps_equal_each_alone(tiny_lm, alone, schedule_
         if waiting and len(engine.busy()) < SLOTS and rng.random() < 0.6:
             i = waiting.pop()
             prompt, config = REQUESTS[i]
-            slot_of[engine.add(tiny_lm.encode(prompt), config)] = i
+            slot_of[engine.add(lm.encode(prompt), config)] = i
             out[i], joined_at[i] = [], clock
             continue
         for slot, tokens in engine.step(int(rng.integers(1, 4))).items():
@@ -57,15 +77,15 @@ def test_rows_joining_at_random_steps_equal_each_alone(tiny_lm, alone, schedule_
     assert len(set(joined_at.values())) > 2  # they did join at different steps
 
 
-def test_cancelling_a_row_changes_no_other(tiny_lm, alone):
-    engine = Engine(tiny_lm, SLOTS)
-    slots = [engine.add(tiny_lm.encode(p), c) for p, c in REQUESTS[:3]]
+def test_cancelling_a_row_changes_no_other(lm, alone):
+    engine = Engine(lm, SLOTS)
+    slots = [engine.add(lm.encode(p), c) for p, c in REQUESTS[:3]]
     out = {s: [] for s in slots}
     for s, tokens in engine.step(3).items():
         out[s] += tokens
     engine.remove(slots[1])  # cancelled after 3 tokens
     assert out[slots[1]] == alone[1][:3]
-    late = engine.add(tiny_lm.encode(REQUESTS[5][0]), REQUESTS[5][1])  # takes the freed slot
+    late = engine.add(lm.encode(REQUESTS[5][0]), REQUESTS[5][1])  # takes the freed slot
     assert late == slots[1]
     out[late] = []
     while len(engine.finished()) < len(engine.busy()):
@@ -74,14 +94,14 @@ def test_cancelling_a_row_changes_no_other(tiny_lm, alone):
     assert [out[slots[0]], out[slots[2]], out[late]] == [alone[0], alone[2], alone[5]]
 
 
-def test_rows_started_together_equal_each_alone(tiny_lm, alone):
+def test_rows_started_together_equal_each_alone(lm, alone):
     """add_many: the prompts of rows that start together run as one batch, right-padded to the
     longest; each row's tokens are still those it gives alone. A second group takes the slots
     the first freed."""
-    engine = Engine(tiny_lm, SLOTS)
+    engine = Engine(lm, SLOTS)
     out = []
     for group in (REQUESTS[:SLOTS], REQUESTS[SLOTS:]):
-        slots = engine.add_many([(tiny_lm.encode(p), c) for p, c in group])
+        slots = engine.add_many([(lm.encode(p), c) for p, c in group])
         assert slots == list(range(SLOTS))
         got = {s: [] for s in slots}
         while len(engine.finished()) < len(slots):
@@ -91,11 +111,11 @@ def test_rows_started_together_equal_each_alone(tiny_lm, alone):
         for s in slots:
             engine.remove(s)
     assert out == alone
-    assert len({len(tiny_lm.encode(p)) for p, _ in REQUESTS[:SLOTS]}) == SLOTS  # padded rows
+    assert len({len(lm.encode(p)) for p, _ in REQUESTS[:SLOTS]}) == SLOTS  # padded rows
 
 
-def test_a_group_that_cannot_start_starts_none(tiny_lm):
-    engine = Engine(tiny_lm, 2)
+def test_a_group_that_cannot_start_starts_none(lm):
+    engine = Engine(lm, 2)
     good = ([464], GenerationConfig(length=3))
     with pytest.raises(UserError, match="3 sequences to start but 2 of 2 slots free"):
         engine.add_many([good] * 3)
@@ -105,8 +125,8 @@ def test_a_group_that_cannot_start_starts_none(tiny_lm):
     assert engine.add_many([good, good]) == [0, 1]
 
 
-def test_stop_token_and_bad_requests(tiny_lm):
-    engine = Engine(tiny_lm, 1)
+def test_stop_token_and_bad_requests(lm):
+    engine = Engine(lm, 1)
     with pytest.raises(UserError, match="exceeds the engine's 64 positions"):
         engine.add(list(range(60)), GenerationConfig(length=10))
     with pytest.raises(UserError, match="token id 99999 is not a token"):
@@ -125,9 +145,13 @@ def test_stop_token_and_bad_requests(tiny_lm):
         engine.remove(slot)
 
 
-def test_greedy_alone_is_the_compiled_loops_greedy(tiny_lm):
-    """One slot: the engine's greedy tokens are the fixed-batch loop's (`generate_tokens`)."""
+def test_greedy_alone_is_the_fixed_batch_loops_greedy(tiny_lm):
+    """One slot: the engine's greedy tokens are those of the fixed-batch loop the SavedModel
+    runs (`loop.decode`)."""
     prompt = tiny_lm.encode("Hello there")
     config = GenerationConfig(length=20, temperature=0, repetition_penalty=1.2)
-    (want,) = next(tiny_lm.generate_tokens(prompt, config))
-    assert run_alone(tiny_lm, prompt, config, slots=1) == want
+    settings = Settings.make(config, stop_token=-1)
+    context = tf.constant([prompt], tf.int32)
+    want = loop.decode(tiny_lm.model, context, len(prompt), 20, settings, slots=20)
+    config = GenerationConfig.of(config, stop_at_endoftext=False)
+    assert run_alone(tiny_lm, prompt, config, slots=1) == want.numpy()[0].tolist()

@@ -8,9 +8,10 @@ SentencePiece `sp.model` takes ids here, or the `sentencepiece` package).
     python tools/tflite_generate.py DIR --ids 464,3616 --length 5 --top_k 0   # greedy, ids out
 
 What a binding in another language does is the same (docs/tflite.md): the step's signature
-`serving_default` takes tokens [batch, n], pos, offsets [batch], logits_at [k] and per layer
-past_key_i / past_value_i [batch * heads, T, head_dim]; it returns logits [batch, k, vocab] and
-the n new columns key_i / value_i, which the caller writes into its cache at columns pos ...
+`serving_default` takes tokens [batch, n], pos [batch] (or [1] for every row), offsets [batch],
+logits_at [k] and per layer past_key_i / past_value_i [batch * heads, T, head_dim]; it returns
+logits [batch, k, vocab] and the n new columns key_i / value_i, which the caller writes into
+its cache at columns pos ...
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ class Step:
     def __call__(self, tokens, pos, cache, logits_at):
         """Logits at `logits_at` after tokens [n] at columns pos.., and the new columns."""
         it, n = self.it, len(tokens)
-        shapes = {"tokens": [1, n], "offsets": [1], "logits_at": [len(logits_at)]}
+        shapes = {"tokens": [1, n], "pos": [1], "offsets": [1], "logits_at": [len(logits_at)]}
         for name, array in cache.items():
             shapes[name] = array.shape
         for name, shape in shapes.items():
             it.resize_tensor_input(self.inp[name], shape)
         it.allocate_tensors()
-        values = {"tokens": [tokens], "pos": pos, "offsets": [0], "logits_at": logits_at}
+        values = {"tokens": [tokens], "pos": [pos], "offsets": [0], "logits_at": logits_at}
         for name, value in values.items():
             it.set_tensor(self.inp[name], np.asarray(value, np.int32))
         for name, array in cache.items():

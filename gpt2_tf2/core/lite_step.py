@@ -46,8 +46,10 @@ def attend(q, k, v, past_k, past_v, pos, first):
     """Causal attention of new queries over the cache and the new keys.
 
     q, k, v: [batch * heads, n, head_dim], the new columns pos .. pos + n - 1.
-    past_k, past_v: [batch * heads, T, head_dim]; columns first .. pos - 1 are valid (`first`,
-    int32 [batch * heads, 1, 1]: a left-padded row's first real column), the rest is ignored.
+    past_k, past_v: [batch * heads, T, head_dim]; columns first .. pos - 1 are valid (`first`
+    and `pos`, int32 [batch * heads, 1, 1]: a left-padded row's first real column, and each
+    row's own column: the rows of a decode engine stand at columns of their own), the rest is
+    ignored.
     """
     scale = 1 / math.sqrt(q.shape[-1])
     old = tf.matmul(q, past_k, transpose_b=True) * scale  # [bh, n, T]
@@ -90,22 +92,26 @@ def block(x, w: dict, prefix: str, past_k, past_v, pos, first, hp: HParams):
 def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list, layers=None, x=None):
     """The decode step: (logits [batch, len(logits_at), vocab], [new k, new v per layer]).
 
-    tokens: int32 [batch, n] at columns pos .. pos + n - 1; offsets: int32 [batch], row b's
-    first real column (its left padding before it is never attended to, and its token in column
-    c stands at position c - offsets[b], as `GPT2.__call__`); logits_at: int32 [k], the
-    positions of `tokens` whose logits are wanted; past: per layer keys then values,
-    [batch * heads, T, head_dim] each, valid in columns offsets[b] .. pos - 1.
+    tokens: int32 [batch, n], row b's at columns pos[b] .. pos[b] + n - 1 (pos: int32 [batch],
+    or [1] for every row); offsets: int32 [batch], row b's first real column (its left padding
+    before it is never attended to, and its token in column c stands at position c - offsets[b],
+    as `GPT2.__call__`); logits_at: int32 [k], the positions of `tokens` whose logits are
+    wanted; past: per layer keys then values, [batch * heads, T, head_dim] each, valid in
+    columns offsets[b] .. pos[b] - 1.
 
     A part of the step: `layers` (first, end) runs only those blocks, from the hidden state `x`
     [batch, n, embd] instead of tokens when first > 0, and returns the hidden state instead of
     logits when end < n_layer (`part_layers`: a large model loads in parts).
     """
     first_layer, end = layers or (0, hp.n_layer)
+    pos = tf.broadcast_to(pos, tf.shape(offsets))  # [batch]: [1] is every row's
     if x is None:
         n = tf.shape(tokens)[1]
-        positions = tf.maximum(pos + tf.range(n)[None, :] - offsets[:, None], 0)  # [batch, n]
+        columns = pos[:, None] + tf.range(n)[None, :]  # [batch, n]
+        positions = tf.maximum(columns - offsets[:, None], 0)
         x = tf.gather(w["model/wte"], tokens) + tf.gather(w["model/wpe"], positions)  # [b, n, e]
     first = tf.reshape(tf.repeat(offsets, hp.n_head), [-1, 1, 1])  # [batch * heads, 1, 1]
+    pos = tf.reshape(tf.repeat(pos, hp.n_head), [-1, 1, 1])
     new = []
     for j, i in enumerate(range(first_layer, end)):
         x, k, v = block(x, w, f"model/h{i}", past[2 * j], past[2 * j + 1], pos, first, hp)
@@ -128,7 +134,7 @@ def part_layers(hp: HParams, parts: int) -> list[tuple[int, int]]:
 
 def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> tf.Module:
     """A module holding the weights `w` (tf.Variables by name, in `lite_layout`) whose
-    `decode_step` is `step` as a tf.function with named inputs (tokens, pos, offsets,
+    `decode_step` is `step` as a tf.function with named inputs (tokens, pos [batch] or [1], offsets,
     logits_at, past_key_i, past_value_i) and outputs (logits, key_i, value_i): what the
     converter takes, as a SavedModel signature (`formats.lite`). Every length is dynamic (the
     caller resizes the inputs). A part (`layers`) takes `x` [batch, n, embd] for tokens after
@@ -136,7 +142,7 @@ def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> 
     first_layer, end = layers or (0, hp.n_layer)
     module = tf.Module()
     module.weights = w
-    shapes = {"pos": [], "offsets": [batch]}
+    shapes = {"pos": [None], "offsets": [batch]}
     if first_layer == 0:
         shapes["tokens"] = [batch, None]
     if end == hp.n_layer:

@@ -4,8 +4,9 @@ slots do it).
 
 Each slot is one sequence at its own position: its prompt is run (with those of the rows that
 join at the same time, as one batch: `add_many`) and its cache rows copied into the slot; then
-every `step` advances every busy slot by one token in one compiled loop over fixed shapes
-[slots, ...], each row with its own settings (temperature, top-k, top-p, penalties, n-gram
+every `step` advances every busy slot by one token over fixed shapes [slots, ...] (on xla, one
+compiled loop: `XlaSlots`; on tflite, the interpreter's step: `lite.LiteSlots`), each row with
+its own settings (temperature, top-k, top-p, penalties, n-gram
 size, key, stop token, length), so that nothing recompiles when a row joins. A row's tokens
 depend on its own prompt, settings, key and step only: it draws the same tokens whenever it
 joins and whoever else runs (tests/test_engine.py checks it against the row run alone).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.errors import UserError
@@ -69,21 +71,23 @@ class Prefill(NamedTuple):
 
 
 class Engine:
-    """`slots` sequences decoded together on `lm`'s model (a `LanguageModel` on the xla
+    """`slots` sequences decoded together on `lm`'s model (a `LanguageModel`, on either
     backend); `cache_len` (default the model's context) bounds prompt + length of each."""
 
     def __init__(self, lm, slots: int, cache_len: int | None = None):
-        if lm.lite is not None:
-            raise UserError("the decode engine runs on the xla backend; load the model for xla")
         n_ctx = lm.hparams.n_ctx
         self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
         if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
             raise UserError(f"an engine needs slots >= 1 and cache_len in 1..{n_ctx}")
-        self.state = None  # Slots, made when the first rows start
+        if lm.lite is not None:
+            from gpt2_tf2.generation.lite import LiteSlots
+
+            self._store = LiteSlots(lm, self.slots, self.cache_len)
+        else:
+            self._store = XlaSlots(lm, self.slots, self.cache_len)
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
-        self._advance, self._insert = programs(lm)
 
     # ---- rows joining and leaving ---------------------------------------------------------
 
@@ -114,7 +118,7 @@ class Engine:
         if not requests:
             raise UserError("no sequences to start")
         rows = [self._checked(r) for r in requests]  # every request checked before any runs
-        logits, cache = self._prefill([tokens for tokens, _, _ in rows])
+        logits, cache = self._store.prefill([tokens for tokens, _, _ in rows])
         return Prefill(rows, [int(r.row) for r in requests], logits, cache)
 
     def start(self, prefill: Prefill, keys=None) -> list[int]:
@@ -123,41 +127,14 @@ class Engine:
         rows = prefill.rows
         self._check_free(len(rows))
         slots = self._free[: len(rows)]
-        history = [tokens + [0] * (self.cache_len - len(tokens)) for tokens, _, _ in rows]
-        sizes = [(len(tokens), length) for tokens, _, length in rows]
-        pos, limit = (tf.constant(list(x), tf.int32) for x in zip(*sizes))
-        row = tf.constant(prefill.row_numbers, tf.int32)
-        row_state = (prefill.logits, prefill.cache, tf.constant(history, tf.int32), pos, limit, row)
         settings = Settings.rows([s for _, s, _ in rows])
         if keys is not None:
             settings = settings._replace(seed=tf.constant(keys, tf.int64))
-        if len(rows) == self.slots:  # every slot at once: the rows are the state, no copy
-            logits, cache, history, pos, limit, row = row_state
-            zeros = tf.zeros([self.slots], tf.int32)
-            done = tf.zeros([self.slots], tf.bool)
-            self.state = Slots(logits, cache, history, pos, zeros, limit, done, row, settings)
-        else:
-            state = self.state if self.state is not None else self._empty()
-            self.state = self._insert(state, tf.constant(slots), row_state, settings)
+        self._store.start(slots, prefill, settings)
         del self._free[: len(rows)]
         for slot, (tokens, _, _) in zip(slots, rows):
             self._read[slot] = len(tokens)
         return slots
-
-    def _empty(self) -> Slots:
-        """The state of an engine with every slot free."""
-        hp, slots = self.lm.hparams, self.slots
-        return Slots(
-            logits=tf.zeros([slots, hp.n_vocab]),
-            cache=self.lm.model.init_cache(slots, self.cache_len),
-            history=tf.zeros([slots, self.cache_len], tf.int32),
-            pos=tf.zeros([slots], tf.int32),
-            step=tf.zeros([slots], tf.int32),
-            limit=tf.zeros([slots], tf.int32),
-            done=tf.ones([slots], tf.bool),
-            rows=tf.zeros([slots], tf.int32),
-            settings=Settings.rows([Settings.make()] * slots),
-        )
 
     def _check_free(self, n: int) -> None:
         if n and not self._free:
@@ -188,24 +165,11 @@ class Engine:
         key = request.key if request.key is not None else (config.seed or 0, 0)
         return tokens, Settings.make(config, key=key, stop_token=stop), length
 
-    def _prefill(self, prompts):
-        """The prompts run as one batch: (logits after each one's last token [k, vocab], cache
-        [k * heads, cache_len, head_dim] per tensor). Each is right-padded to the longest: a
-        row's padding is written to the cache after its prompt, and each of those columns is
-        overwritten by the row's own next token before any query can see it (a query sees the
-        columns up to its own)."""
-        width = bucket(max(len(t) for t in prompts), self.cache_len)
-        context = tf.constant([t + [0] * (width - len(t)) for t in prompts], tf.int32)
-        ends = tf.constant([len(t) for t in prompts], tf.int32)  # logits after each row's own
-        return self.lm._prefill(context, ends, self.cache_len, None)
-
     def remove(self, slot: int) -> None:
         """Free `slot` (finished or cancelled); its row stops at once, the others go on."""
         if slot in self._free or not 0 <= slot < self.slots:
             raise UserError(f"slot {slot} is not busy")
-        self.state = self.state._replace(
-            done=tf.tensor_scatter_nd_update(self.state.done, [[slot]], [True])
-        )
+        self._store.cancel(slot)
         self._free.append(slot)
         self._free.sort()
         del self._read[slot]
@@ -219,9 +183,7 @@ class Engine:
 
     def finished(self) -> list[int]:
         """The busy slots whose sequence has ended (its length, or its stop token)."""
-        if self.state is None:
-            return []
-        done = self.state.done.numpy()
+        done = self._store.read()[2]
         return [s for s in self.busy() if done[s]]
 
     def stopped(self, slot: int) -> bool:
@@ -233,12 +195,8 @@ class Engine:
         busy slot (a stop token is not returned)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise UserError(f"step takes a positive number of tokens, got {n!r}")
-        if self.state is None:
-            return {}
-        if any(not d for d in self.state.done.numpy()):
-            self.state = self._advance(self.state, tf.constant(n))
-        history, pos = self.state.history.numpy(), self.state.pos.numpy()
-        stops = self.state.settings.stop_token.numpy()
+        self._store.advance(n)
+        history, pos, _, stops = self._store.read()
         out = {}
         for slot in self.busy():
             new = history[slot, self._read[slot] : pos[slot]].tolist()
@@ -248,6 +206,82 @@ class Engine:
                 self._stopped.add(slot)
             out[slot] = new
         return out
+
+
+class XlaSlots:
+    """The engine's rows on the xla backend: `Slots` tensors, advanced by one compiled loop
+    (`advance`), new rows written in by another (`insert`)."""
+
+    def __init__(self, lm, slots: int, cache_len: int):
+        self.lm, self.slots, self.cache_len = lm, slots, cache_len
+        self.state = None  # Slots, made when the first rows start
+        self._advance, self._insert = programs(lm)
+
+    def prefill(self, prompts):
+        """The prompts run as one batch: (logits after each one's last token [k, vocab], cache
+        [k * heads, cache_len, head_dim] per tensor). Each is right-padded to the longest: a
+        row's padding is written to the cache after its prompt, and each of those columns is
+        overwritten by the row's own next token before any query can see it (a query sees the
+        columns up to its own)."""
+        width = bucket(max(len(t) for t in prompts), self.cache_len)
+        context = tf.constant([t + [0] * (width - len(t)) for t in prompts], tf.int32)
+        ends = tf.constant([len(t) for t in prompts], tf.int32)  # logits after each row's own
+        return self.lm._prefill(context, ends, self.cache_len, None)
+
+    def start(self, slots, prefill: Prefill, settings: Settings) -> None:
+        """Write the rows of `prefill` into `slots`, with their `settings` ([k] each)."""
+        prompts = [tokens for tokens, _, _ in prefill.rows]
+        history = [t + [0] * (self.cache_len - len(t)) for t in prompts]
+        pos = tf.constant([len(t) for t in prompts], tf.int32)
+        limit = tf.constant([length for _, _, length in prefill.rows], tf.int32)
+        row = tf.constant(prefill.row_numbers, tf.int32)
+        history = tf.constant(history, tf.int32)
+        if len(slots) == self.slots:  # every slot at once: the rows are the state, no copy
+            zeros, done = tf.zeros([self.slots], tf.int32), tf.zeros([self.slots], tf.bool)
+            self.state = Slots(
+                prefill.logits, prefill.cache, history, pos, zeros, limit, done, row, settings
+            )
+            return
+        row_state = (prefill.logits, prefill.cache, history, pos, limit, row)
+        state = self.state if self.state is not None else self._empty()
+        self.state = self._insert(state, tf.constant(slots), row_state, settings)
+
+    def _empty(self) -> Slots:
+        """The state of an engine with every slot free."""
+        hp, slots = self.lm.hparams, self.slots
+        return Slots(
+            logits=tf.zeros([slots, hp.n_vocab]),
+            cache=self.lm.model.init_cache(slots, self.cache_len),
+            history=tf.zeros([slots, self.cache_len], tf.int32),
+            pos=tf.zeros([slots], tf.int32),
+            step=tf.zeros([slots], tf.int32),
+            limit=tf.zeros([slots], tf.int32),
+            done=tf.ones([slots], tf.bool),
+            rows=tf.zeros([slots], tf.int32),
+            settings=Settings.rows([Settings.make()] * slots),
+        )
+
+    def cancel(self, slot: int) -> None:
+        done = tf.tensor_scatter_nd_update(self.state.done, [[slot]], [True])
+        self.state = self.state._replace(done=done)
+
+    def advance(self, n: int) -> None:
+        """Up to n more tokens for every unfinished row."""
+        if self.state is not None and not all(self.state.done.numpy()):
+            self.state = self._advance(self.state, tf.constant(n))
+
+    def read(self):
+        """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
+        if self.state is None:
+            empty = np.zeros([self.slots], np.int32)
+            return None, empty, np.ones([self.slots], bool), empty - 1
+        state = self.state
+        return (
+            state.history.numpy(),
+            state.pos.numpy(),
+            state.done.numpy(),
+            state.settings.stop_token.numpy(),
+        )
 
 
 def programs(lm):

@@ -149,11 +149,7 @@ class LanguageModel:
         return contexts, config, stop
 
     def _rows(self, config, stop):
-        """A sampling call's rows on this model's backend (`sampler.Rows`)."""
-        if self.lite is not None:
-            from gpt2_tf2.generation.lite import LiteRows
-
-            return LiteRows(self, config, stop)
+        """A sampling call's rows, on the decode engine of this model's backend."""
         return sampler.EngineRows(self, config, stop)
 
     def stream_tokens(

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError, first_line
-from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
-from gpt2_tf2.generation.sampler import Rows
 from gpt2_tf2.generation.settings import History, Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
@@ -130,6 +127,14 @@ class LiteStep:
             where = ", ".join(paths)
             raise UserError(f"{where}: its inputs do not match a {hparams.n_layer}-layer model")
         self._shape = None
+        self.owner = None  # the engine whose cache the input buffers hold (`LiteSlots`)
+
+    def take(self, owner) -> None:
+        """`owner` (an engine's `LiteSlots`, or None: a prompt or a score) uses the input
+        buffers next; the engine that held them keeps its cache first (`LiteSlots.evict`)."""
+        if self.owner is not None and self.owner is not owner:
+            self.owner.evict()
+        self.owner = owner
 
     def _resize(self, batch: int, n: int, cache_len: int, k: int) -> None:
         if self._shape == (batch, n, cache_len, k):
@@ -142,6 +147,7 @@ class LiteStep:
             else:
                 it.resize_tensor_input(part.inputs["x"], [batch, n, hp.n_embd])
             it.resize_tensor_input(part.inputs["offsets"], [batch])
+            it.resize_tensor_input(part.inputs["pos"], [batch])
             if "logits_at" in part.inputs:
                 it.resize_tensor_input(part.inputs["logits_at"], [k])
         for part, index in self._past:
@@ -153,7 +159,8 @@ class LiteStep:
                 raise self.damaged(part.path, e) from None
         self._shape = (batch, n, cache_len, k)
 
-    def _invoke(self, tokens, pos: int, offsets, logits_at) -> np.ndarray:
+    def _invoke(self, tokens, pos, offsets, logits_at) -> np.ndarray:
+        pos = np.broadcast_to(np.asarray(pos, np.int32), np.shape(offsets))  # [batch]
         x = None
         for part in self.parts:
             if x is None:
@@ -184,6 +191,7 @@ class LiteStep:
         """Run tokens [batch, n] from column 0 with an empty cache: (logits [batch, k, vocab],
         the keys and values of the n columns per layer, [batch * heads, n, head_dim] each)."""
         batch, n = np.shape(tokens)
+        self.take(None)
         self._resize(batch, n, 1, len(logits_at))  # one cache column, masked (pos 0)
         for part, index in self._past:
             part.interpreter.tensor(index)().fill(0)  # masked, but 0 * NaN would be NaN
@@ -195,6 +203,7 @@ class LiteStep:
         (from `prompt`), the rest with zeros: a column not yet written is masked, but a fresh
         buffer may hold NaNs, and a masked NaN still poisons the weighted sum (0 * NaN)."""
         batch = columns[0].shape[0] // self.hparams.n_head
+        self.take(None)
         self._resize(batch, 1, cache_len, 1)
         n = columns[0].shape[1]
         for (part, index), value in zip(self._past, columns):
@@ -202,23 +211,32 @@ class LiteStep:
             past.fill(0)
             past[:, :n] = value
 
-    def next(self, tokens, pos: int, offsets) -> np.ndarray:
-        """The logits [batch, vocab] after tokens [batch] at column `pos` (after `start`); their
-        keys and values are written into the cache at that column."""
+    def next(self, tokens, pos, offsets) -> np.ndarray:
+        """The logits [batch, vocab] after tokens [batch] at column `pos` (after `start`; an
+        int, or int32 [batch]: each row's own); their keys and values are written into the
+        cache at that column."""
         logits = self._invoke(np.reshape(tokens, [-1, 1]), pos, offsets, [0])
+        if np.ndim(pos) == 0:
+            columns = slice(pos, pos + 1)
+        else:  # row b's heads at their row's column
+            columns = np.repeat(np.asarray(pos), self.hparams.n_head)
         for (part, past), (_, new) in zip(self._past, self._new):
             it = part.interpreter
-            it.tensor(past)()[:, pos : pos + 1] = it.tensor(new)()
+            if isinstance(columns, slice):
+                it.tensor(past)()[:, columns] = it.tensor(new)()
+            else:
+                it.tensor(past)()[np.arange(len(columns)), columns] = it.tensor(new)()[:, 0]
         return logits[:, 0]
 
 
 class LiteDecoder:
-    """What `LanguageModel` asks of a decoding backend, on a `LiteStep`: run the prompts, then
-    the loop, whose processors and strategy are the XLA loop's own, compiled on their own."""
+    """What `LanguageModel` asks of a decoding backend, on a `LiteStep`: prompts and scores;
+    and for the decode engine's rows (`LiteSlots`), the processors and strategy of the XLA
+    engine's loop, compiled on their own."""
 
     def __init__(self, step: LiteStep, xla: bool = True):
         self.step = step
-        self._choose = tf.function(_choose, jit_compile=xla, autograph=False)
+        self.choose = tf.function(choose_rows, jit_compile=xla, autograph=False)
 
     def prefill(self, context, prompt_len, cache_len, offsets):
         """As `loop.prefill`: (logits [batch, vocab], cache), the cache as (columns, length)."""
@@ -228,32 +246,6 @@ class LiteDecoder:
         logits, columns = self.step.prompt(tokens, offsets, [prompt_len - 1])
         return logits[:, 0], (columns, cache_len)
 
-    def run(self, run, settings, chunk=None):
-        """A window's `run.length` tokens ([batch][k] ids), in pieces of `chunk` (else one),
-        as `loop.advance` makes them: the same seed gives the same tokens."""
-        columns, cache_len = run.cache
-        self.step.start(columns, cache_len)
-        prompt_len = int(run.prompt_len)
-        batch = len(columns[0]) // self.step.hparams.n_head
-        offsets = np.zeros([batch], np.int32) if run.offsets is None else np.asarray(run.offsets)
-        history = np.asarray(loop_history(run.context, prompt_len, run.slots, run.stop))
-        done, logits = np.zeros([batch], bool), run.logits
-        start, chunk = prompt_len, chunk or run.length
-        for step in range(run.length):
-            position = prompt_len + step
-            args = (logits, history, position, offsets)  # tensors: one trace for every step
-            token = self._choose(*map(tf.constant, args), settings, tf.constant(step)).numpy()
-            token = np.where(done, run.stop, token)
-            history[:, position] = token
-            done |= token == run.stop
-            last = step + 1 == run.length or done.all()
-            if last or (step + 1) % chunk == 0:
-                yield history[:, start : position + 1].tolist()
-                start = position + 1
-            if last:
-                return
-            logits = self.step.next(token, position, offsets)
-
     def token_nll(self, tokens) -> np.ndarray:
         """As `LanguageModel._token_nll`: NLL of tokens[:, 1:] given what precedes them."""
         tokens = np.asarray(tokens, np.int32)
@@ -262,51 +254,109 @@ class LiteDecoder:
         return tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
 
 
-class Run(NamedTuple):
-    """A window's rows after their prompts (`LiteRows.prefill`), for `LiteDecoder.run`."""
-
-    length: int
-    stop: int
-    slots: int
-    context: tf.Tensor  # int32 [batch, P]: the prompts, left-padded to one length, then padded
-    prompt_len: tf.Tensor
-    offsets: tf.Tensor | None  # int32 [batch]: each row's left padding; None if none has any
-    logits: tf.Tensor  # after the prompt
-    cache: list
+def choose_rows(logits, history, pos, settings, step, rows):
+    """One token per slot from its logits, as the XLA engine's loop chooses it
+    (`engine.advance`): each row with its own settings, position, step and row number."""
+    logits = apply_processors(logits, settings, History(history, pos))
+    return choose_tokens(logits, settings, step, rows=rows)
 
 
-class LiteRows(Rows):
-    """A sampling call's rows on TensorFlow Lite (`sampler.Rows`): a window's prompts, left-
-    padded to the longest (the padding masked), run once; then the interpreter's loop."""
+class LiteSlots:
+    """The decode engine's rows (`engine.Engine`) on TensorFlow Lite: the state in NumPy, the
+    cache in the interpreter's input buffers, one row per slot at a column of its own (the step
+    takes a position per row), each step's token chosen as the XLA engine chooses it.
 
-    def prefill(self, contexts, length):
-        size = max(len(c) for c in contexts)
-        width = bucket(size, self.n_ctx)
-        # Left-padded to the longest prompt, every prompt ends in column size - 1 and the loop
-        # writes one column for all rows; the padding is masked (`GPT2.__call__`, offsets).
-        padded = [[0] * (size - len(c)) + list(c) + [0] * (width - size) for c in contexts]
-        context = tf.constant(padded, tf.int32)
-        offsets = None  # prompts of one length take the plain path
-        if any(len(c) != size for c in contexts):
-            offsets = tf.constant([size - len(c) for c in contexts], tf.int32)
-        slots = bucket(length, self.n_ctx)
-        cache_len = min(width + slots, self.n_ctx)
-        logits, cache = self.lm.lite.prefill(context, size, cache_len, offsets)
-        return Run(length, self.stop, slots, context, tf.constant(size), offsets, logits, cache)
+    The interpreter is shared with prompts, scoring and other engines on the model: whoever
+    takes it from an engine whose rows are running has the engine copy its cache out
+    (`evict`), and the engine copies it back when it next runs (`_claim`)."""
 
-    def run(self, started, key, chunk=None):
-        settings = Settings.make(self.config, key=key, stop_token=self.stop)
-        yield from self.lm.lite.run(started, settings, chunk)
+    def __init__(self, lm, slots: int, cache_len: int):
+        self.lm, self.step, self.slots, self.cache_len = lm, lm.lite.step, slots, cache_len
+        self.history = np.zeros([slots, cache_len], np.int32)
+        self.pos, self.steps, self.limit, self.rows = (np.zeros([slots], np.int32) for _ in "1234")
+        self.done = np.ones([slots], bool)
+        self.logits = np.zeros([slots, lm.hparams.n_vocab], np.float32)
+        self.settings = Settings.rows([Settings.make()] * slots)
+        self._saved = None  # the cache while another holds the interpreter; None: zeros
 
+    def prefill(self, prompts):
+        """The prompts as one batch, left-padded to the longest (the padding masked): (logits
+        after each [k, vocab], (each layer's keys and values [k * heads, size, head_dim], each
+        row's left padding))."""
+        size = max(len(t) for t in prompts)
+        offsets = np.array([size - len(t) for t in prompts], np.int32)
+        tokens = np.array([[0] * (size - len(t)) + list(t) for t in prompts], np.int32)
+        logits, columns = self.step.prompt(tokens, offsets, [size - 1])
+        return logits[:, 0], (columns, offsets)
 
-def loop_history(context, prompt_len: int, slots: int, stop: int):
-    """The token history the XLA loop keeps (`loop.start_history`)."""
-    from gpt2_tf2.generation.loop import start_history
+    def start(self, slots, prefill, settings) -> None:
+        """Write the rows of `prefill` (`engine.Prefill`) into `slots`, with their settings."""
+        self._claim()
+        columns, offsets = prefill.cache
+        h = self.lm.hparams.n_head
+        for i, slot in enumerate(slots):
+            tokens, _, length = prefill.rows[i]
+            n, first = len(tokens), int(offsets[i])
+            for (part, index), value in zip(self.step._past, columns):
+                past = part.interpreter.tensor(index)()  # a view of the input buffer
+                past[slot * h : (slot + 1) * h, :n] = value[i * h : (i + 1) * h, first:]
+            self.history[slot] = 0
+            self.history[slot, :n] = tokens
+            self.pos[slot], self.steps[slot], self.limit[slot] = n, 0, length
+            self.rows[slot], self.done[slot] = prefill.row_numbers[i], False
+            self.logits[slot] = np.asarray(prefill.logits[i])
+        where = tf.constant(slots)[:, None]
+        self.settings = Settings(
+            *(tf.tensor_scatter_nd_update(f, where, v) for f, v in zip(self.settings, settings))
+        )
 
-    return start_history(tf.constant(context), prompt_len, slots, stop).numpy()
+    def cancel(self, slot: int) -> None:
+        self.done[slot] = True
 
+    def advance(self, n: int) -> None:
+        """Up to n more tokens for every unfinished row, one step of the interpreter each."""
+        if self.done.all():
+            return
+        self._claim()
+        stop, last = self.settings.stop_token.numpy(), self.cache_len - 1
+        offsets = np.zeros([self.slots], np.int32)
+        for _ in range(n):
+            if self.done.all():
+                return
+            active = ~self.done
+            args = (self.logits, self.history, self.pos)
+            chosen = self.lm.lite.choose(
+                *map(tf.constant, args),
+                self.settings,
+                tf.constant(self.steps),
+                tf.constant(self.rows),
+            ).numpy()
+            token = np.where(active, chosen, np.maximum(stop, 0)).astype(np.int32)
+            at = np.minimum(self.pos, last)  # a finished row's position may be past the end
+            self.history[active, at[active]] = token[active]
+            self.steps += active
+            self.done |= (token == stop) | (self.steps >= self.limit)
+            if not self.done.all():
+                self.logits = self.step.next(token, at, offsets)
+            self.pos += active
 
-def _choose(logits, history, position, start, settings, step):
-    """One token per row from the logits, as `loop.advance` chooses it."""
-    logits = apply_processors(logits, settings, History(history, position, start))
-    return choose_tokens(logits, settings, step)
+    def read(self):
+        """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
+        return self.history, self.pos, self.done, self.settings.stop_token.numpy()
+
+    def _claim(self) -> None:
+        """Hold the interpreter, sized for the slots, with this engine's cache in it."""
+        if self.step.owner is self:
+            return
+        self.step.take(self)
+        self.step._resize(self.slots, 1, self.cache_len, 1)
+        for i, (part, index) in enumerate(self.step._past):
+            past = part.interpreter.tensor(index)()
+            # Zeros, not what was there: a masked NaN would still poison the sum (0 * NaN).
+            past[...] = 0 if self._saved is None else self._saved[i]
+        self._saved = None
+
+    def evict(self) -> None:
+        """Another takes the interpreter: keep the cache, if any row still runs."""
+        if not self.done.all():
+            self._saved = [np.copy(part.interpreter.tensor(i)()) for part, i in self.step._past]

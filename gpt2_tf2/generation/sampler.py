@@ -1,14 +1,13 @@
 """The rows of one sampling call (`LanguageModel.generate_tokens`, `stream_tokens`), window by
-window, on a backend: the decode engine (`EngineRows`, xla) or TensorFlow Lite
-(`lite.LiteRows`).
+window, on the decode engine (`EngineRows`), on either backend (xla, tflite).
 
 A call's rows are a fixed batch that starts together and ends when its last row does. Within
 the model's context a row is one window: its prompt, then `length` tokens. Past the context the
 window slides (as openai/gpt-2's users did by hand): the last n_ctx - window_stride tokens of
 each row become its prompt in the next window, their cache recomputed, and up to
 `window_stride` more tokens follow, each window's draws under a key of its own. `Rows` holds
-that logic once; a backend says how a window's prompts run (`prefill`) and how its tokens come
-(`run`).
+that logic once; `EngineRows` says how a window's prompts run (`prefill`) and how its tokens
+come (`run`).
 """
 
 from __future__ import annotations
@@ -66,10 +65,11 @@ class Rows:
 
 
 class EngineRows(Rows):
-    """The rows on the decode engine (the xla backend): one engine of as many slots as rows
-    per cache size, kept for the call, its rows started (from one prefill, for every batch of
-    one prompt) and removed when the window ends. The cache holds the prompt bucket and the
-    length bucket, so one compilation serves every prompt and length of those buckets."""
+    """The rows on the decode engine (`engine.Engine`, either backend): one engine of as many
+    slots as rows per cache size, kept for the call, its rows started (from one prefill, for
+    every batch of one prompt) and removed when the window ends. The cache holds the prompt
+    bucket and the length bucket, so one compilation serves every prompt and length of those
+    buckets."""
 
     def __init__(self, lm, config, stop):
         super().__init__(lm, config, stop)
