@@ -1,10 +1,19 @@
-"""The one exception type for bad input; the command-line face prints it as a single line."""
+"""The one exception type for bad input; the command-line face prints it as a single line.
+
+A message is in the library's words: it names a setting by its parameter name in backticks
+(`` `out` ``), which the command line shows as the flag of the same name (`flag_spelling`)."""
 
 import re
 
 
 class UserError(Exception):
     """Something the user gave us is wrong; the message says what and what to do."""
+
+
+def flag_spelling(message: str) -> str:
+    """A library message as the command line says it: each `name` as --name (a command's flags
+    are its function's parameters, by the same names)."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", r"--\1", message)
 
 
 def first_line(e: Exception) -> str:

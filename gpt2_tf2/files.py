@@ -126,7 +126,7 @@ def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str
     except UnicodeDecodeError as e:
         raise UserError(
             f"{path}: not valid {encoding} at byte {e.start}; convert it, or pass "
-            f"--encoding or --errors replace"
+            f"`encoding`, or `errors` replace"
         ) from None
     except LookupError:
         raise UserError(f"unknown encoding {encoding!r}") from None

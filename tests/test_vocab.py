@@ -222,6 +222,20 @@ def one_error_line(done, *words):
         assert word in lines[0], lines[0]
 
 
+def test_messages_name_parameters_in_the_library_and_flags_in_the_command(tmp_path):
+    """One message, in the library's words (the parameter in backticks) from the function, and
+    with the command's flag from the command line (`errors.flag_spelling`)."""
+    from gpt2_tf2.tokenizer.train import train
+
+    src = corpus(tmp_path)
+    with pytest.raises(UserError, match="^`vocab_size` 100 is smaller than the byte alphabet"):
+        train([str(src)], str(tmp_path / "v"), 100)
+    args = ["-m", "gpt2_tf2.vocab", "train", str(src), "--vocab_size", "100"]
+    done = run_in_process([*args, "--out", str(tmp_path / "v")])
+    assert "error: --vocab_size 100 is smaller than the byte alphabet" in done.stderr
+    assert done.returncode == 2 and "`" not in done.stderr
+
+
 def test_bad_input_is_one_line(tmp_path):
     """The commands' checks, through their entry points in this process (their logic is the
     subject; what a process prints before TensorFlow loads is test_bad_input's)."""

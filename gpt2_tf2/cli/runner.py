@@ -243,7 +243,7 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
     """Run `fn` under fire with our error handling; exits the process."""
     import fire
 
-    from gpt2_tf2.errors import UserError
+    from gpt2_tf2.errors import UserError, flag_spelling
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # A command that must configure devices before TensorFlow's first operation (train) calls
@@ -264,7 +264,7 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
         argv = _positional_strings(_keep_strings(argv, texts), switches)
         fire.Fire(fn, command=argv, name=name)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flag_spelling(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -52,6 +52,8 @@ def train(
     if vocab_size is None or out is None:
         raise UserError("vocab train needs --vocab_size N and --out DIR")
     _check_errors(errors)
+    if type not in training.TYPES:  # the library's parameter is `kind`: the flag is named here
+        raise UserError(f"--type must be one of {', '.join(training.TYPES)}, got {type!r}")
     heldout = _fraction(heldout)
     out = str(out)
     progress = True if verbose else None

@@ -49,7 +49,7 @@ def _open(url: str, offset: int, timeout: float, method: str = "GET"):
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "gpt2_tf2"}, method=method)
     except ValueError:
-        raise UserError(f"{url}: not a URL; give --base_url as http(s)://host/path") from None
+        raise UserError(f"{url}: not a URL; give `base_url` as http(s)://host/path") from None
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
@@ -64,11 +64,11 @@ def _open(url: str, offset: int, timeout: float, method: str = "GET"):
         reason = getattr(e, "reason", e)
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise UserError(
-                f"{url}: no answer in {timeout:g} s; check the network or --base_url, or raise "
-                f"--timeout"
+                f"{url}: no answer in {timeout:g} s; check the network or `base_url`, or raise "
+                f"`timeout`"
             ) from None
         raise UserError(
-            f"{url}: cannot connect ({reason}); check the network or --base_url"
+            f"{url}: cannot connect ({reason}); check the network or `base_url`"
         ) from None
 
 

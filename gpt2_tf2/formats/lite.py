@@ -59,7 +59,7 @@ def check_size(hparams, dtype: str, layers=None) -> None:
     model's (`export`), or a part's (sampling: parts of PART_BYTES always fit)."""
     size = weight_bytes(hparams, dtype, layers)
     if size >= FLATBUFFER_LIMIT:
-        what, fix = ("this model's weights", "--dtype int8")
+        what, fix = ("this model's weights", "`dtype` int8")
         if layers is not None:  # one block alone past 2 GB: no GPT-2 release comes near
             what, fix = (f"blocks {layers[0]}-{layers[1] - 1}", "the xla backend")
         raise UserError(

@@ -211,7 +211,7 @@ def check_target(out_dir: str, writer: str = "write_model_dir") -> None:
     if not os.path.exists(out_dir):
         return
     if not os.path.isdir(out_dir):
-        raise UserError(f"{out_dir}: exists and is not a directory; choose a new --out")
+        raise UserError(f"{out_dir}: exists and is not a directory; choose a new `out`")
     entries = sorted(e for e in os.listdir(out_dir) if not e.startswith(TMP_PREFIX))
     ours = set(_written_by_us(out_dir))
     foreign = [e for e in entries if e != MARKER and e not in ours]
@@ -221,7 +221,7 @@ def check_target(out_dir: str, writer: str = "write_model_dir") -> None:
         )
         raise UserError(
             f"{out_dir}: not empty and not a model directory written by gpt2_tf2 (it holds "
-            f"{shown}); nothing was changed: choose a new or empty directory for --out"
+            f"{shown}); nothing was changed: choose a new or empty directory for `out`"
         )
     marker = _read_marker(out_dir)
     if entries and marker.get("command") != writer:
@@ -229,7 +229,7 @@ def check_target(out_dir: str, writer: str = "write_model_dir") -> None:
         by = f"gpt2_tf2 {by}" if isinstance(by, str) else "a gpt2_tf2 that did not record how"
         raise UserError(
             f"{out_dir}: holds a model written by {by}, not by an earlier {writer}; nothing was "
-            f"changed: choose a new or empty directory for --out"
+            f"changed: choose a new or empty directory for `out`"
         )
 
 
@@ -299,7 +299,7 @@ def write_model_dir(
         needed = sum(v.shape.num_elements() * v.dtype.size for v in model.variables)
         raise UserError(
             f"{out_dir}: cannot write the model ({reason(e)}); about {human_size(needed)} "
-            f"needed; files already there were not replaced; free space or choose another --out"
+            f"needed; files already there were not replaced; free space or choose another `out`"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ def locate_run(run_name: str, checkpoint_dir: str = "checkpoint") -> str:
     directory = run_dir(run_name, checkpoint_dir)
     if not os.path.isdir(directory):
         raise UserError(
-            f"run directory {directory} not found; check --run_name and --checkpoint_dir"
+            f"run directory {directory} not found; check `run_name` and `checkpoint_dir`"
         )
     if latest(directory) is None:
         raise UserError(f"{directory}: no checkpoint saved yet")

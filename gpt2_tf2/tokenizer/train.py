@@ -77,7 +77,7 @@ def check_out_dir(out: str) -> None:
     present = [n for n in VOCAB_FILES + (SP_MODEL,) if os.path.exists(os.path.join(out, n))]
     if present:
         raise UserError(
-            f"{out}: already holds {', '.join(present)}; choose another --out (nothing was "
+            f"{out}: already holds {', '.join(present)}; choose another `out` (nothing was "
             f"replaced)"
         )
     if os.path.exists(out) and not os.path.isdir(out):
@@ -181,18 +181,18 @@ def train(
     """Train and write a vocabulary; returns (text to measure it on: the held-out pieces, or the
     training text when none is held out; whether it is held out; seconds spent training)."""
     if kind not in TYPES:
-        raise UserError(f"--type must be one of {', '.join(TYPES)}, got {kind!r}")
+        raise UserError(f"the vocabulary type must be one of {', '.join(TYPES)}, got {kind!r}")
     if sp_model_type not in SP_MODEL_TYPES:
-        raise UserError(f"--sp_model_type must be unigram or bpe, got {sp_model_type!r}")
+        raise UserError(f"`sp_model_type` must be unigram or bpe, got {sp_model_type!r}")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise UserError(f"--vocab_size must be an integer, got {vocab_size!r}")
+        raise UserError(f"`vocab_size` must be an integer, got {vocab_size!r}")
     if vocab_size < MIN_VOCAB[kind]:
         raise UserError(
-            f"--vocab_size {vocab_size} is smaller than the byte alphabet: a {kind} vocabulary "
+            f"`vocab_size` {vocab_size} is smaller than the byte alphabet: a {kind} vocabulary "
             f"needs at least {MIN_VOCAB[kind]} tokens (256 bytes and the special tokens)"
         )
     if not 0 <= heldout < 1:
-        raise UserError(f"--heldout must be a fraction in [0, 1), got {heldout!r}")
+        raise UserError(f"`heldout` must be a fraction in [0, 1), got {heldout!r}")
     check_out_dir(out)
     pieces, held = split_heldout(chunks(read_corpus(corpus, encoding, errors)), heldout)
     progress = sys.stderr.isatty() if progress is None else progress
