@@ -5,7 +5,7 @@ Random weights in the 124M shape (no download), a 16-token prompt, 4 beams at ba
 tokens forced (no beam may end early: ours has no stop token, transformers' min_new_tokens
 suppresses its end token). Throughput is new tokens of the returned sequence per second, the
 median of `--repeats` calls after a first one (tracing and compilation). Prints one JSON line
-per measurement; bench/benchmarks.py turns them into docs/benchmarks.md.
+per measurement; bench/benchmarks.py turns them into docs/benchmarks/all.md.
 
     python bench/beam_speed.py [--impls ours,hf_torch,hf_tf_xla] [--beams 4] [--repeats 3]
 """

@@ -1,4 +1,4 @@
-"""Every benchmark in one run, side by side with the peers, rendered as docs/benchmarks.md.
+"""Every benchmark in one run, side by side with the peers, rendered as docs/benchmarks/all.md.
 
 Run it with the peers installed (bench/requirements-peers.txt); each measurement is a fresh
 process of that environment's Python, one after another on an otherwise idle machine:
@@ -8,7 +8,7 @@ process of that environment's Python, one after another on an otherwise idle mac
     .venv-peers/bin/python bench/benchmarks.py --render   # the table again from the raw results
     .venv-peers/bin/python bench/benchmarks.py --only beam  # one section again, ours and peers
 
-Raw results (one JSON object per line) go to docs/benchmarks.jsonl next to the table.
+Raw results (one JSON object per line) go to docs/benchmarks/all.jsonl next to the table.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from _child import run_json  # bench/ is sys.path[0] when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-RAW = os.path.join(ROOT, "docs", "benchmarks.jsonl")
-OUT = os.path.join(ROOT, "docs", "benchmarks.md")
+RAW = os.path.join(ROOT, "docs", "benchmarks", "all.jsonl")
+OUT = os.path.join(ROOT, "docs", "benchmarks", "all.md")
 # 124M: parameters read per generated token (all weights, wte for the tied output projection)
 # and training FLOPs per token (6N plus attention, Kaplan et al. 2020, at n_ctx 1024).
 WEIGHT_BYTES_124M = 124.4e6 * 4
@@ -340,7 +340,7 @@ def encode_lines(encode: list[dict]) -> list[str]:
         "",
         f"gpt2_tf2 {r['ours']:.1f} MB/s, tiktoken {r['tiktoken']:.1f} MB/s: "
         f"{ratio(r['ours'], r['tiktoken'])}; the pure-Python reference BPE {r['pure']:.2f} MB/s "
-        "(see docs/encode-speed.md).",
+        "(see docs/benchmarks/encoding.md).",
         "",
     ]
 
@@ -389,15 +389,15 @@ def beam_lines(beam: list[dict], env: dict) -> list[str]:
         "",
         "What the other decoding features cost next to plain sampling (repetition penalty, "
         "n-gram ban, streaming, the sliding window past the context), interleaved in one "
-        "process: [decoding-speed.md](decoding-speed.md) (`bench/decoding_speed.py`).",
+        "process: [decoding-features.md](decoding-features.md) (`bench/decoding_speed.py`).",
         "",
         "Training on 1 and 2 replicas (`train --strategy mirrored|multi_worker`): tokens/s and "
         "memory as measured here, and the all-reduce's cost on GPUs on paper: "
-        "[distributed-speed.md](distributed-speed.md) (`bench/distribute_speed.py`).",
+        "[distributed.md](distributed.md) (`bench/distribute_speed.py`).",
         "",
         "Sampling on TensorFlow Lite, float32 and int8 weights (`--dtype int8`), against XLA and "
         "the best peer at the 124M and 1558M shapes: tokens/s, first call, peak memory, and what "
-        "int8 costs in quality: [tflite-speed.md](tflite-speed.md) (`bench/lite_speed.py`).",
+        "int8 costs in quality: [tflite.md](tflite.md) (`bench/lite_speed.py`).",
         "",
     ]
 

@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="the revision to compare HEAD with")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="docs/speed-before-after.md")
+    parser.add_argument("--out", default="docs/benchmarks/ab.md")
     parser.add_argument(
         "--measures",
         default=",".join(MEASURES),

@@ -10,7 +10,7 @@ variant's ratio to plain sampling (top-k 40) measured in the same rounds:
 - beam search, 4 beams, 128 new tokens;
 - sliding window: 3 x n_ctx new tokens (window_stride n_ctx // 2), as tokens/s.
 
-    python bench/decoding_speed.py [--rounds 5] [--out docs/decoding-speed.md]
+    python bench/decoding_speed.py [--rounds 5] [--out docs/benchmarks/decoding-features.md]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Training under `tf.distribute`: tokens/s and memory for 1 and 2 replicas, and what the
-all-reduce would cost on GPUs, on paper. Writes docs/distributed-speed.md.
+all-reduce would cost on GPUs, on paper. Writes docs/benchmarks/distributed.md.
 
 Measured here, each configuration in fresh processes of the `train` command, as a user runs it:
 one device; `--strategy mirrored --num_cpu_devices 2` (two logical CPU devices, one process);
@@ -28,7 +28,7 @@ import time
 
 from _child import ROOT  # bench/ is sys.path[0] when run as a script
 
-OUT = os.path.join(ROOT, "docs", "distributed-speed.md")
+OUT = os.path.join(ROOT, "docs", "benchmarks", "distributed.md")
 # Parameters of each release (float32 gradients: 4 bytes each).
 SIZES = {"124M": 124.4e6, "355M": 354.8e6, "774M": 774.0e6, "1558M": 1557.6e6}
 # Bandwidth an all-reduce reaches (NCCL's "bus bandwidth"), an assumption stated in the table:

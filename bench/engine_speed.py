@@ -1,18 +1,25 @@
-"""The decode engine (rows joining and leaving a running batch) against the fixed-batch loop, at
-the 124M shape: greedy, 16-token prompts, 128 new tokens, slots = batch = 1 and 8, in one
-process, with the machine's memory bandwidth measured in the same run. Writes
-docs/benchmarks/engine.md.
+"""Sampling through the decode engine against the fixed-batch loop it replaced, and streams that
+join a running engine against a fixed batch, at the 124M shape (random weights), in one process
+with the machine's memory bandwidth measured in the same run. Writes docs/benchmarks/engine.md.
 
-What it shows: what a slot engine costs per token against the loop every command runs today
-(its rows at positions of their own: a scatter into the cache instead of one slice, per-row
-masks), before a server is built on it (issue 31).
+Part 1, what `generate` costs on the engine: a call's rows as engine slots
+(`sampler.EngineRows`, what `generate_tokens` runs) against the compiled fixed-batch loop
+(`loop.continue_decode`, what it ran before and the SavedModel still runs), batch 1 and 8,
+greedy and top-k 40 / top-p 0.9, 16-token prompt, 128 new tokens; the two alternate in rounds,
+so that this machine's drift (10-20% from minute to minute) falls on both alike.
 
-    python bench/engine_speed.py [--repeats 3] [--out docs/benchmarks/engine.md]
+Part 2, continuous batching: N streams (N = 1, 4, 8, 16) of different lengths (64..128 new
+tokens) and prompts (8..32 tokens), half starting at once and the rest joining the running
+engine one every 8 steps, each leaving when done; against a fixed batch of N that runs the same
+prompts to the longest length. Tokens per second are the tokens each asked for over the time.
+
+    python bench/engine_speed.py [--rounds 3] [--out docs/benchmarks/engine.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -41,77 +48,179 @@ def model():
     return LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
 
 
-def loop_speed(lm, prompts, repeats: int) -> float:
+def fixed_loop(lm):
+    """(contexts, config, key) -> rows of tokens, on the compiled fixed-batch loop."""
+    import tensorflow as tf
+
+    from gpt2_tf2.generation import loop
+    from gpt2_tf2.generation.settings import Settings
+
+    def run(logits, cache, context, prompt_len, length, settings, slots):
+        model = functools.partial(lm.model, weights=lm.model.read_weights(lm._cpu_matvec))
+        return loop.continue_decode(
+            model, logits, cache, context, prompt_len, length, settings, slots
+        )
+
+    compiled = tf.function(run, jit_compile=True, autograph=False, reduce_retracing=False)
+
+    def generate(contexts, config, key):
+        n_ctx, size = lm.hparams.n_ctx, max(len(c) for c in contexts)
+        width, slots = loop.bucket(size, n_ctx), loop.bucket(config.length, n_ctx)
+        context = tf.constant([list(c) + [0] * (width - len(c)) for c in contexts], tf.int32)
+        prompt_len = tf.constant(size)
+        logits, cache = lm._prefill(context, prompt_len, min(width + slots, n_ctx), None)
+        settings = Settings.make(config, key=key)
+        out = compiled(
+            logits, cache, context, prompt_len, tf.constant(config.length), settings, slots
+        )
+        return out.numpy()[:, : config.length].tolist()
+
+    return generate
+
+
+def on_engine(lm):
+    from gpt2_tf2.generation.sampler import EngineRows
+
+    def generate(contexts, config, key):
+        rows = [[] for _ in contexts]
+        for piece in EngineRows(lm, config, -1).sample(contexts, key):
+            for row, new in zip(rows, piece):
+                row += new
+        return rows
+
+    return generate
+
+
+def part1(lm, rounds: int) -> list[str]:
+    import numpy as np
+
     from gpt2_tf2.generation.config import GenerationConfig
 
-    config = GenerationConfig(length=NEW, temperature=0, nsamples=len(prompts))
-    config = GenerationConfig.of(config, batch_size=len(prompts))
-    times = []
-    for _ in range(repeats + 1):  # the first compiles
-        start = time.perf_counter()
-        next(lm.generate_tokens(prompts, config))
-        times.append(time.perf_counter() - start)
-    return len(prompts) * NEW / statistics.median(times[1:])
+    loop, engine = fixed_loop(lm), on_engine(lm)
+    lines = []
+    for batch in (1, 8):
+        for name, kw in (("greedy", {"temperature": 0}), ("top-k 40, top-p 0.9", SAMPLING)):
+            config = GenerationConfig(length=NEW, **kw).validate(lm.hparams.n_ctx, PROMPT)
+            contexts = [np.random.default_rng(batch).integers(0, 50000, PROMPT).tolist()] * batch
+            times, outs = {"loop": [], "engine": []}, {}
+            for r in range(rounds + 1):  # round 0 compiles
+                for which, call in (("loop", loop), ("engine", engine))[:: 1 if r % 2 else -1]:
+                    start = time.perf_counter()
+                    outs[which] = call(contexts, config, (0, 0))
+                    if r:
+                        times[which].append(time.perf_counter() - start)
+            a, b = (batch * NEW / statistics.median(times[w]) for w in ("loop", "engine"))
+            same = "yes" if outs["loop"] == outs["engine"] else "**no**"
+            lines.append(f"| {batch} | {name} | {a:.1f} | {b:.1f} | {b / a:.3f} | {same} |")
+            print(lines[-1], flush=True)
+    return lines
 
 
-def engine_speed(lm, prompts, repeats: int, together: bool) -> float:
-    """Rows started together (`add_many`: one prefill for all) or one by one (`add` each)."""
+SAMPLING = {"temperature": 1.0, "top_k": 40, "top_p": 0.9}
+
+
+def streams(n: int):
+    """N requests: (prompt, length, the engine step it joins at)."""
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        prompt = rng.integers(0, 50000, int(rng.integers(8, 33))).tolist()
+        joins = 0 if i < max(1, n // 2) else 8 * (i - n // 2 + 1)
+        out.append((prompt, int(rng.integers(64, NEW + 1)), joins))
+    return out
+
+
+def joining(lm, requests) -> float:
+    """Seconds for the requests to join a running engine of len(requests) slots and finish."""
     from gpt2_tf2.generation.config import GenerationConfig
     from gpt2_tf2.generation.engine import Engine
 
-    config = GenerationConfig(length=NEW, temperature=0)
-    times = []
-    for _ in range(repeats + 1):
-        engine = Engine(lm, len(prompts), cache_len=256)
-        start = time.perf_counter()
-        if together:
-            engine.add_many([(p, config) for p in prompts])
-        else:
-            for p in prompts:
-                engine.add(p, config)
-        while len(engine.finished()) < len(prompts):
-            engine.step(NEW)
-        times.append(time.perf_counter() - start)
-    return len(prompts) * NEW / statistics.median(times[1:])
+    engine = Engine(lm, len(requests), cache_len=256)
+    waiting = sorted(requests, key=lambda r: r[2])
+    steps, start = 0, time.perf_counter()
+    while waiting or engine.busy():
+        ready = [r for r in waiting if r[2] <= steps]
+        if ready:
+            engine.add_many(
+                [(p, GenerationConfig(length=n, seed=i)) for i, (p, n, _) in enumerate(ready)]
+            )
+            waiting = waiting[len(ready) :]
+        engine.step(8)
+        steps += 8
+        for slot in engine.finished():
+            engine.remove(slot)
+    return time.perf_counter() - start
+
+
+def fixed(lm, requests) -> float:
+    """Seconds for a fixed batch of the same prompts to run to the longest length."""
+    from gpt2_tf2.generation.config import GenerationConfig
+
+    length = max(n for _, n, _ in requests)
+    prompts = [p for p, _, _ in requests]
+    config = GenerationConfig(length=length, nsamples=1, batch_size=len(prompts))  # a row each
+    start = time.perf_counter()
+    next(lm.generate_tokens(prompts, config, seed=0))
+    return time.perf_counter() - start
+
+
+def part2(lm, rounds: int) -> list[str]:
+    lines = []
+    for n in (1, 4, 8, 16):
+        requests = streams(n)
+        tokens = sum(length for _, length, _ in requests)
+        times = {"fixed": [], "joining": []}
+        for r in range(rounds + 1):
+            for which, call in (("fixed", fixed), ("joining", joining))[:: 1 if r % 2 else -1]:
+                seconds = call(lm, requests)
+                if r:
+                    times[which].append(seconds)
+        a, b = (tokens / statistics.median(times[w]) for w in ("fixed", "joining"))
+        lines.append(f"| {n} | {tokens} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="docs/benchmarks/engine.md")
     args = parser.parse_args()
-    import numpy as np
-
     bandwidth = bandwidth_gb_s()
     lm = model()
-    rng = np.random.default_rng(0)
-    rows = []
-    for batch in (1, 8):
-        prompts = rng.integers(0, 50000, (batch, PROMPT)).tolist()
-        loop = loop_speed(lm, prompts, args.repeats)
-        each = engine_speed(lm, prompts, args.repeats, together=False)
-        together = engine_speed(lm, prompts, args.repeats, together=True)
-        rows.append(
-            f"| {batch} | {loop:.1f} | {each:.1f} | {each / loop:.2f} | {together:.1f} "
-            f"| {together / loop:.2f} |"
-        )
-        print(rows[-1], flush=True)
+    first, second = part1(lm, args.rounds), part2(lm, args.rounds)
     text = "\n".join(
         [
-            "# The decode engine against the fixed-batch loop (124M shape, greedy)",
+            "# The decode engine: sampling on it, and streams joining it (124M shape)",
             "",
-            f"Written by `bench/engine_speed.py --repeats {args.repeats}`: {os.cpu_count()} "
-            f"cores, memory at {bandwidth:.1f} GB/s (a NumPy sum of 1 GiB, in the same run). "
-            f"Random weights, {PROMPT}-token prompts, {NEW} new tokens each; tokens per second, "
-            "the median of the repeats after a first call that compiles, prompts included. The "
-            "engine's rows start at once, one `add` each (each prompt its own pass over the "
-            "weights) or all in one `add_many` (one pass), then steps; its cache holds 256 "
-            "positions.",
+            f"Written by `bench/engine_speed.py --rounds {args.rounds}`: {os.cpu_count()} cores, "
+            f"memory at {bandwidth:.1f} GB/s (a NumPy sum of 1 GiB, in the same run), "
+            "random weights, one process, the two sides alternating in each round after a "
+            "round that compiles; tokens per second, medians of the rounds.",
             "",
-            "| slots = batch | loop tok/s | engine, add each: tok/s | / loop "
-            "| engine, add_many: tok/s | / loop |",
-            "|---:|---:|---:|---:|---:|---:|",
-            *rows,
+            f"## Sampling on the engine against the fixed-batch loop ({PROMPT}-token prompt, "
+            f"{NEW} new tokens)",
+            "",
+            "What `generate` runs (the call's rows as the slots of an engine) against the "
+            "compiled loop it ran before (the SavedModel's), prompt included.",
+            "",
+            "| batch | settings | fixed-batch loop tok/s | engine tok/s | engine / loop "
+            "| same tokens |",
+            "|---:|---|---:|---:|---:|---|",
+            *first,
+            "",
+            "## Streams joining a running engine against a fixed batch",
+            "",
+            "N streams asking 64..128 new tokens after 8..32-token prompts, sampled: half "
+            "start at once, the rest join one every 8 steps, each leaves when done (`Engine`, "
+            "N slots, 256 positions); against one fixed batch of the same N prompts run to "
+            "the longest length (`generate_tokens`). Tokens: what the streams asked for.",
+            "",
+            "| N | tokens | fixed batch tok/s | joining tok/s | joining / fixed |",
+            "|---:|---:|---:|---:|---:|",
+            *second,
             "",
         ]
     )

@@ -1,4 +1,4 @@
-"""The text of docs/tflite-speed.md from bench/lite_speed.py's results (kept apart from the
+"""The text of docs/benchmarks/tflite.md from bench/lite_speed.py's results (kept apart from the
 measuring code, which stays short)."""
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ besides (XLA's loop keeps sampling inside its compiled loop), so at batch 1 it g
 XLA, least where those costs weigh most: {f32["124M"]:.2f}x at 124M, {f32["1558M"]:.2f}x at 1558M
 (the issue hoped for 1.2x). This machine's cores have {features}; {thread_line}. The attention
 over the cache stays float32 and grows with the context. XLA float32 at 124M, batch 1, ran
-{xla124:.1f} tokens/s in the table's run (docs/benchmarks.md's machine: 72.5).{peer_line}
+{xla124:.1f} tokens/s in the table's run (docs/benchmarks/all.md's machine: 72.5).{peer_line}
 
 Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
 every page of the mapped file, so for that moment both copies are resident. A model of more

@@ -1,7 +1,7 @@
 """Sampling on TensorFlow Lite against XLA: tokens/s at batch 1 and 8, first call and peak memory
 at the 124M and 1558M shapes (random weights), for XLA float32, TFLite float32, TFLite int8 and
-the best peer at batch 1 (HF transformers TF + XLA: docs/benchmarks.md); how far int8 logits are
-from float32; the demo model's held-out loss in float32 and int8. Writes docs/tflite-speed.md.
+the best peer at batch 1 (HF transformers TF + XLA: docs/benchmarks/all.md); how far int8 logits are
+from float32; the demo model's held-out loss in float32 and int8. Writes docs/benchmarks/tflite.md.
 
 Every measurement is a fresh process; the implementations take turns in each round
 (interleaved: this machine drifts 10-20%), medians over rounds. The conversion (once per model,
@@ -25,7 +25,7 @@ import time
 
 from _child import ROOT, run_json, timed  # bench/ is sys.path[0] when run as a script
 
-OUT = os.path.join(ROOT, "docs", "tflite-speed.md")
+OUT = os.path.join(ROOT, "docs", "benchmarks", "tflite.md")
 PROMPT = 16
 NEW = {"124M": 128, "1558M": 32}  # new tokens per call (1558M: fewer, it is slow everywhere)
 IMPLS = ("xla", "tflite-float32", "tflite-int8", "hf_tf_xla")
@@ -268,7 +268,7 @@ def main() -> None:
     if args.child:
         return child(args)
     if args.report:  # the page again from the saved results (after a change to its text)
-        with open(os.path.join(ROOT, "docs", "tflite-speed.json"), encoding="utf-8") as f:
+        with open(os.path.join(ROOT, "docs", "benchmarks", "tflite.json"), encoding="utf-8") as f:
             results = json.load(f)
         args.sizes = ",".join(results.get("sizes", args.sizes.split(",")))
         return write(results, args)
@@ -311,7 +311,7 @@ def main() -> None:
                     0
                 ]
         results["demo"] = measure(["--child", "demo"], env)
-    saved = os.path.join(ROOT, "docs", "tflite-speed.json")
+    saved = os.path.join(ROOT, "docs", "benchmarks", "tflite.json")
     sizes = args.sizes.split(",")
     if (args.keep or args.append) and os.path.exists(
         saved

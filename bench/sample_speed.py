@@ -5,7 +5,7 @@ early stop), batch sizes 1, 8 and 32. 'first call' is the first generate() of a 
 after the model is built: tracing, compilation and the 128 tokens. Throughput is new tokens per
 second, the median of `--repeats` calls after it. Peers are measured when importable (install
 them with the command in bench/requirements-peers.txt). Prints one JSON line per measurement;
-bench/benchmarks.py turns them into docs/benchmarks.md.
+bench/benchmarks.py turns them into docs/benchmarks/all.md.
 
     python bench/sample_speed.py [--impls ours,hf_tf_xla,...] [--batches 1,8,32] [--repeats 5]
 """

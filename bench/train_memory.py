@@ -3,7 +3,7 @@
 Each configuration runs in a fresh process on random weights (no download): build the model and
 optimizer, run one step (tracing included), then time a second one. Peak memory is the process's
 peak resident set size (getrusage), so it includes TensorFlow's own ~0.5 GB; on a GPU the device
-memory needed is close to it minus that runtime. Writes docs/training-memory.md.
+memory needed is close to it minus that runtime. Writes docs/benchmarks/training-memory.md.
 
     python bench/train_memory.py [--sizes 124M,355M] [--quick]
 """
@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="none,bf16")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "training-memory.md"))
+    parser.add_argument(
+        "--out", default=os.path.join(ROOT, "docs", "benchmarks", "training-memory.md")
+    )
     parser.add_argument("--rows", help="render the table from JSON lines printed by a run")
     parser.add_argument("--note", default="", help="a sentence on the conditions of the run")
     args = parser.parse_args()

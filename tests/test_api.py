@@ -199,8 +199,8 @@ def test_score_empty(lm):
         lm.score("")
 
 
-# Documented tolerances (README, docs/benchmarks.md): max |logit difference| against float32, as a
-# fraction of the largest |logit|: 16-bit weights and activations, float32 norms and softmax.
+# Documented tolerances (README, docs/benchmarks/all.md): max |logit difference| against float32,
+# as a fraction of the largest |logit|: 16-bit weights and activations, float32 norms and softmax.
 LOW_PRECISION_TOLERANCE = {"float16": 0.01, "bfloat16": 0.05}
 
 

@@ -32,9 +32,11 @@ REQUESTS = [  # (prompt, config): lengths, settings and seeds of their own
 ]
 
 
-@pytest.fixture(scope="module", params=["xla", "tflite"])
+@pytest.fixture(scope="module", params=["xla", pytest.param("tflite", marks=pytest.mark.large)])
 def lm(request, tiny_lm, tiny_model_dir):
-    """The tiny model on each backend (TFLite: float32, its step converted once, cached)."""
+    """The tiny model on each backend (TFLite: float32, its step converted once, cached). The
+    default tier runs TFLite's engine through test_lite's generate/stream tests; the joins and
+    cancels on TFLite are the large tier's."""
     if request.param == "xla":
         return tiny_lm
     from gpt2_tf2.generation.language_model import load

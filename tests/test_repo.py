@@ -29,7 +29,12 @@ def test_quickstart_has_two_commands():
 
 def markdown_files():
     tops = ["README.md", "tests/README.md", "models/demo/README.md"]
-    docs = sorted(f"docs/{n}" for n in os.listdir(os.path.join(REPO, "docs")) if n.endswith(".md"))
+    docs = sorted(
+        os.path.relpath(os.path.join(folder, n), REPO)
+        for folder, _, names in os.walk(os.path.join(REPO, "docs"))
+        for n in names
+        if n.endswith(".md")
+    )  # the guides, and the benchmark pages below docs/benchmarks/
     return tops + docs
 
 
