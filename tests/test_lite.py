@@ -53,10 +53,10 @@ def step_logits(lm, tokens, prompt_len):
     from gpt2_tf2.generation.language_model import bucket
 
     tokens = np.asarray(tokens, np.int32)
-    logits, (columns, _) = lm.lite.prefill(tokens, prompt_len, 64, None)
-    out = [logits]
-    lm.lite.step.start(columns, bucket(tokens.shape[1], 64))
     offsets = np.zeros([len(tokens)], np.int32)
+    logits, columns = lm.lite.step.prompt(tokens[:, :prompt_len], offsets, [prompt_len - 1])
+    out = [logits[:, 0]]
+    lm.lite.step.start(columns, bucket(tokens.shape[1], 64))
     for pos in range(prompt_len, tokens.shape[1]):
         out.append(lm.lite.step.next(tokens[:, pos], pos, offsets))
     return np.stack(out, axis=1)  # [batch, n - prompt_len + 1, vocab]

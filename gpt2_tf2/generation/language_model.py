@@ -78,8 +78,8 @@ class LanguageModel:
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
             autograph=False,
         )
-        if lite is not None:  # the same calls, on the interpreter
-            self._prefill, self._token_nll = lite.prefill, lite.token_nll
+        if lite is not None:  # scoring on the interpreter (sampling: the engine's LiteSlots)
+            self._token_nll = lite.token_nll
 
     def _beam_advance(self, state, prompt_len, length, settings, until, options):
         weights = self.model.read_weights(self._cpu_matvec)
@@ -128,11 +128,11 @@ class LanguageModel:
         seed = secrets.randbits(31) if config.seed is None else config.seed
         batch_size = config.batch_size or 1
         # One prompt: every batch starts from it, so its first window is run once for all.
-        sampler = self._rows(config, stop)
-        first = None if many else sampler.first_window(contexts * batch_size)
+        on_engine = sampler.EngineRows(self, config, stop)
+        first = None if many else on_engine.first_window(contexts * batch_size)
         for batch_index, (rows, real) in enumerate(batches(contexts, config.nsamples, batch_size)):
             out = [[] for _ in rows]
-            for piece in sampler.sample(rows, (seed, batch_index), first=first):
+            for piece in on_engine.sample(rows, (seed, batch_index), first=first):
                 for row, new in zip(out, piece):
                     row += new
             yield [_cut(row, stop) for row in out[:real]]
@@ -147,10 +147,6 @@ class LanguageModel:
         check_memory(self.hparams.num_params(), self.hparams, config.batch_size or 1, n_ctx)
         contexts, stop = contexts_and_stop(self.encoder, prompts, config.stop_at_endoftext)
         return contexts, config, stop
-
-    def _rows(self, config, stop):
-        """A sampling call's rows, on the decode engine of this model's backend."""
-        return sampler.EngineRows(self, config, stop)
 
     def stream_tokens(
         self,
@@ -172,7 +168,7 @@ class LanguageModel:
             raise UserError("a stream is one sample: nsamples and batch_size stay 1")
         contexts, config, stop = self._check([list(prompt_tokens or [])], config)
         key = (secrets.randbits(31) if config.seed is None else config.seed, sample_index)
-        for (piece,) in self._rows(config, stop).sample(contexts, key, chunk):
+        for (piece,) in sampler.EngineRows(self, config, stop).sample(contexts, key, chunk):
             if stop in piece:
                 yield piece[: piece.index(stop)]
                 return

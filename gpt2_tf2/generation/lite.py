@@ -216,35 +216,23 @@ class LiteStep:
         int, or int32 [batch]: each row's own); their keys and values are written into the
         cache at that column."""
         logits = self._invoke(np.reshape(tokens, [-1, 1]), pos, offsets, [0])
-        if np.ndim(pos) == 0:
-            columns = slice(pos, pos + 1)
-        else:  # row b's heads at their row's column
-            columns = np.repeat(np.asarray(pos), self.hparams.n_head)
+        # Row b's heads at row b's column.
+        columns = np.repeat(np.broadcast_to(pos, np.shape(offsets)), self.hparams.n_head)
+        rows = np.arange(len(columns))
         for (part, past), (_, new) in zip(self._past, self._new):
             it = part.interpreter
-            if isinstance(columns, slice):
-                it.tensor(past)()[:, columns] = it.tensor(new)()
-            else:
-                it.tensor(past)()[np.arange(len(columns)), columns] = it.tensor(new)()[:, 0]
+            it.tensor(past)()[rows, columns] = it.tensor(new)()[:, 0]
         return logits[:, 0]
 
 
 class LiteDecoder:
-    """What `LanguageModel` asks of a decoding backend, on a `LiteStep`: prompts and scores;
-    and for the decode engine's rows (`LiteSlots`), the processors and strategy of the XLA
-    engine's loop, compiled on their own."""
+    """What `LanguageModel` asks of a decoding backend, on a `LiteStep`: scores; and for the
+    decode engine's rows (`LiteSlots`), the processors and strategy of the XLA engine's loop,
+    compiled on their own."""
 
     def __init__(self, step: LiteStep, xla: bool = True):
         self.step = step
         self.choose = tf.function(choose_rows, jit_compile=xla, autograph=False)
-
-    def prefill(self, context, prompt_len, cache_len, offsets):
-        """As `loop.prefill`: (logits [batch, vocab], cache), the cache as (columns, length)."""
-        prompt_len = int(prompt_len)
-        tokens = np.asarray(context)[:, :prompt_len]
-        offsets = np.zeros([len(tokens)], np.int32) if offsets is None else np.asarray(offsets)
-        logits, columns = self.step.prompt(tokens, offsets, [prompt_len - 1])
-        return logits[:, 0], (columns, cache_len)
 
     def token_nll(self, tokens) -> np.ndarray:
         """As `LanguageModel._token_nll`: NLL of tokens[:, 1:] given what precedes them."""

@@ -5,9 +5,8 @@ A call's rows are a fixed batch that starts together and ends when its last row 
 the model's context a row is one window: its prompt, then `length` tokens. Past the context the
 window slides (as openai/gpt-2's users did by hand): the last n_ctx - window_stride tokens of
 each row become its prompt in the next window, their cache recomputed, and up to
-`window_stride` more tokens follow, each window's draws under a key of its own. `Rows` holds
-that logic once; `EngineRows` says how a window's prompts run (`prefill`) and how its tokens
-come (`run`).
+`window_stride` more tokens follow, each window's draws under a key of its own. `EngineRows`
+holds that logic once, for both backends.
 """
 
 from __future__ import annotations
@@ -17,28 +16,26 @@ from gpt2_tf2.generation.engine import Engine, Request
 from gpt2_tf2.generation.loop import bucket
 
 
-class Rows:
-    """One sampling call's rows on a backend: `config` validated for the model, `stop` its
-    stop token (-1: none)."""
+class EngineRows:
+    """One sampling call's rows on the decode engine (`engine.Engine`, either backend):
+    `config` validated for the model, `stop` its stop token (-1: none). One engine of as many
+    slots as rows per cache size, kept for the call, its rows started (from one prefill, for
+    every batch of one prompt) and removed when the window ends. The cache holds the prompt
+    bucket and the length bucket, so one compilation serves every prompt and length of those
+    buckets."""
 
     def __init__(self, lm, config: GenerationConfig, stop: int):
         self.lm, self.config, self.stop = lm, config, stop
         self.n_ctx = lm.hparams.n_ctx
-
-    def prefill(self, contexts, length: int):
-        """The prompts (one per row) run once, ready for `run` to make `length` tokens."""
-        raise NotImplementedError
-
-    def run(self, started, key, chunk=None):
-        """A window's tokens ([batch][k] ids), all at once or in pieces of `chunk`; a row that
-        ends on the stop token has it as its last token, and nothing after it."""
-        raise NotImplementedError
+        self.engines = {}  # (slots, cache_len) -> Engine
 
     def first_window(self, contexts):
         """The prompts run once: what the first window continues from (`sample`'s `first`;
         every batch of one prompt starts from the same)."""
-        n = min(self.config.length, self.n_ctx - max(len(c) for c in contexts))
-        return self.prefill(contexts, n)
+        return self.prefill(contexts, self._first_length(contexts))
+
+    def _first_length(self, contexts) -> int:
+        return min(self.config.length, self.n_ctx - max(len(c) for c in contexts))
 
     def sample(self, contexts, key, chunk=None, first=None):
         """The new tokens after `contexts` (one prompt per row), in pieces ([batch][k] ids; a
@@ -46,8 +43,8 @@ class Rows:
         length, stride = self.config.length, self.config.window_stride
         rows = [list(c) for c in contexts]
         made, segment = 0, 0
-        started = first if first is not None else self.first_window(contexts)
-        n = min(length, self.n_ctx - max(len(c) for c in contexts))
+        n = self._first_length(contexts)
+        started = first if first is not None else self.prefill(contexts, n)
         while made < length:
             seed, batch_index = key  # a window's draws get their own key; the first, the plain one
             for piece in self.run(started, (int(seed), batch_index + (segment << 32)), chunk):
@@ -63,19 +60,8 @@ class Rows:
                 n = min(length - made, self.n_ctx - max(len(w) for w in windows))
                 started = self.prefill(windows, n)
 
-
-class EngineRows(Rows):
-    """The rows on the decode engine (`engine.Engine`, either backend): one engine of as many
-    slots as rows per cache size, kept for the call, its rows started (from one prefill, for
-    every batch of one prompt) and removed when the window ends. The cache holds the prompt
-    bucket and the length bucket, so one compilation serves every prompt and length of those
-    buckets."""
-
-    def __init__(self, lm, config, stop):
-        super().__init__(lm, config, stop)
-        self.engines = {}  # (slots, cache_len) -> Engine
-
     def prefill(self, contexts, length):
+        """The prompts (one per row) run once, ready for `run` to make `length` tokens."""
         width = bucket(max(len(c) for c in contexts), self.n_ctx)
         cache_len = min(width + bucket(length, self.n_ctx), self.n_ctx)
         shape = (len(contexts), cache_len)
@@ -87,6 +73,8 @@ class EngineRows(Rows):
         return engine, engine.prefill(requests)
 
     def run(self, started, key, chunk=None):
+        """A window's tokens ([batch][k] ids), all at once or in pieces of `chunk`; a row that
+        ends on the stop token has it as its last token, and nothing after it."""
         engine, prefill = started
         slots = engine.start(prefill, keys=[key] * len(prefill.rows))
         ended = set()  # rows whose stop token was given
@@ -96,9 +84,11 @@ class EngineRows(Rows):
                 out = engine.step(step)
                 piece = []
                 for s in slots:  # a row's stop token ends its piece, as the compiled loop's
-                    stops = engine.stopped(s) and s not in ended
-                    piece.append(out[s] + [self.stop] if stops else out[s])
-                    ended |= {s} if stops else set()
+                    if engine.stopped(s) and s not in ended:
+                        ended.add(s)
+                        piece.append(out[s] + [self.stop])
+                    else:
+                        piece.append(out[s])
                 yield piece
                 if set(engine.finished()).issuperset(slots):
                     return
