@@ -24,11 +24,29 @@ REQUESTS = [  # (prompt, config): lengths, settings and seeds of their own
     ),
     (
         "Once",
-        GenerationConfig(length=9, top_p=0.9, temperature=0.8, seed=6, repetition_penalty=1.3),
+        GenerationConfig(
+            length=9,
+            top_p=0.9,
+            temperature=0.8,
+            seed=6,
+            repetition_penalty=1.3,
+            presence_penalty=0.5,
+        ),
     ),
     ("Greedy but no repeats", GenerationConfig(length=16, temperature=0, no_repeat_ngram_size=2)),
     ("", GenerationConfig(length=7, seed=9)),  # unconditional
-    ("Short one", GenerationConfig(length=25, top_k=3, seed=1, no_repeat_ngram_size=3)),
+    (
+        "Short one",
+        GenerationConfig(
+            length=25,
+            top_k=3,
+            seed=1,
+            no_repeat_ngram_size=3,
+            frequency_penalty=0.7,
+            min_new_tokens=5,
+            stop_at_endoftext=True,
+        ),
+    ),
 ]
 
 
@@ -157,3 +175,32 @@ def test_greedy_alone_is_the_fixed_batch_loops_greedy(tiny_lm):
     want = loop.decode(tiny_lm.model, context, len(prompt), 20, settings, slots=20)
     config = GenerationConfig.of(config, stop_at_endoftext=False)
     assert run_alone(tiny_lm, prompt, config, slots=1) == want.numpy()[0].tolist()
+
+
+def test_logprobs_are_the_models_own(lm, tiny_lm):
+    """An engine made with logprobs=k keeps each token's log-probability and the k most likely
+    tokens at its step: those of the model's logits over the whole text in one forward pass
+    (XLA's model, for either backend), before any processor; rows joining later get theirs."""
+    engine = Engine(lm, 2, logprobs=3)
+    first = engine.add(lm.encode(REQUESTS[1][0]), REQUESTS[1][1])
+    got = {first: ([], [])}
+    for step in range(12):
+        if step == 3:  # a second row joins a running engine
+            got[engine.add(lm.encode(REQUESTS[2][0]), REQUESTS[2][1])] = ([], [])
+        for slot, tokens in engine.step(2).items():
+            got[slot][0].extend(tokens)
+            got[slot][1].extend(engine.scores(slot))
+            assert len(engine.scores(slot)) == len(tokens)
+    for slot, i in ((first, 1), (1 - first, 2)):
+        prompt, (tokens, scores) = lm.encode(REQUESTS[i][0]), got[slot]
+        text = tf.constant([prompt + tokens])
+        logp = tf.nn.log_softmax(tiny_lm.model(text)["logits"][0]).numpy()
+        want = logp[len(prompt) - 1 : -1]  # the distribution each token was drawn at
+        chosen = [s.logprob for s in scores]
+        np.testing.assert_allclose(chosen, want[np.arange(len(tokens)), tokens], atol=1e-4)
+        for row, s in zip(want, scores):
+            ids = [t for t, _ in s.top]
+            assert ids == np.argsort(-row)[:3].tolist()
+            np.testing.assert_allclose([p for _, p in s.top], row[ids], atol=1e-4)
+    with pytest.raises(UserError, match="keeps no log-probabilities"):
+        Engine(lm, 1).scores(0)

@@ -142,7 +142,11 @@ def test_the_conversion_is_cached_and_redone_when_the_weights_change(
     load(str(model_copy), dtype="int8", progress=said.append)
     assert len(said) == 2
     assert not [f for f in os.listdir(cache) if ".tmp-" in f]
-    assert os.listdir(scratch) == ["theirs"]  # its own temporary directories removed, only those
+    # Its own temporary directories removed, only those. TensorFlow's autograph writes its
+    # generated code there too, the first time it runs in a process, and removes it at exit
+    # (autograph/pyct/loader.py): not ours, and present only when this test runs first.
+    left = [f for f in os.listdir(scratch) if not f.startswith("__autograph_generated_file")]
+    assert left == ["theirs"]
 
 
 @pytest.mark.e2e

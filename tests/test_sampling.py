@@ -16,7 +16,13 @@ PATHS = pytest.mark.parametrize("c", [CANDIDATES, 1, 2])
 
 
 def settings_of(temperature, top_k, top_p, seed=(0, 0), stop_token=-1):
-    return Settings(temperature, top_k, top_p, tf.constant(seed, tf.int64), stop_token, 1.0, 0)
+    return Settings.make()._replace(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=tf.constant(seed, tf.int64),
+        stop_token=stop_token,
+    )
 
 
 def logits_of(*rows):

@@ -147,7 +147,9 @@ def advance(model, state, prompt_len, length, settings, until, options, processo
         cur = prompt_len + s.step  # the column this step writes
         flat = tf.reshape(s.running, [batch * k, width])  # [B * K, W]
         log_probs = tf.nn.log_softmax(tf.cast(s.logits, tf.float32))  # [B * K, V]
-        log_probs = apply_processors(log_probs, settings, History(flat, cur), processors)
+        log_probs = apply_processors(
+            log_probs, settings, History(flat, cur, 0, prompt_len), processors
+        )
         total = tf.reshape(log_probs, [batch, k, vocab]) + s.running_scores[:, :, None]
         top_scores, top_index = tf.math.top_k(tf.reshape(total, [batch, k * vocab]), 2 * k)
         top_beam, token = top_index // vocab, top_index % vocab  # [B, 2K] each

@@ -76,6 +76,25 @@ class GenerationConfig:
         "common choice.",
         "int32",
     )
+    presence_penalty: float = setting(
+        0.0,
+        "OpenAI's presence penalty: subtracted from the logit of every token the sample already "
+        "holds (the output, not the prompt), in [-2, 2]; 0 = off, > 0 favours new topics.",
+        "float32",
+    )
+    frequency_penalty: float = setting(
+        0.0,
+        "OpenAI's frequency penalty: subtracted from a token's logit once per time the sample "
+        "already holds it (the output, not the prompt), in [-2, 2]; 0 = off, > 0 discourages "
+        "verbatim repeats.",
+        "float32",
+    )
+    min_new_tokens: int = setting(
+        0,
+        "with stop_at_endoftext: <|endoftext|> cannot be chosen before this many tokens are "
+        "generated; 0 = off.",
+        "int32",
+    )
     num_beams: int = setting(
         1,
         "beam search with this many beams instead of sampling (1 = off): the most likely "
@@ -198,6 +217,11 @@ def _check_sampling(c: GenerationConfig) -> None:
     if not (_is_number(c.repetition_penalty) and c.repetition_penalty > 0):
         raise UserError(f"repetition_penalty must be > 0 (1 = off), got {c.repetition_penalty!r}")
     _check_int(c.no_repeat_ngram_size, "no_repeat_ngram_size", 0, INT32_MAX, "(off)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(c, name)
+        if not (_is_number(value) and -2 <= value <= 2):
+            raise UserError(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
+    _check_int(c.min_new_tokens, "min_new_tokens", 0, INT32_MAX, "(off)")
     if c.window_stride is not None and not (_is_int(c.window_stride) and c.window_stride > 0):
         raise UserError(f"window_stride must be a positive integer, got {c.window_stride!r}")
     if not isinstance(c.stop_at_endoftext, bool):

@@ -31,6 +31,7 @@ import tensorflow as tf
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.checks import check_token_ids, contexts_and_stop
 from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.logprobs import TokenScore, read_scores, token_scores
 from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import History, Settings
@@ -49,6 +50,7 @@ class Slots(NamedTuple):
     done: tf.Tensor  # bool [slots]: finished, or free
     rows: tf.Tensor  # int32 [slots]: the row's number in its key's batch
     settings: Settings  # each field [slots] (the key [slots, 2])
+    scores: tuple = ()  # with logprobs: `token_scores` of each column, [slots, cache_len, ...]
 
 
 class Request(NamedTuple):
@@ -72,22 +74,28 @@ class Prefill(NamedTuple):
 
 class Engine:
     """`slots` sequences decoded together on `lm`'s model (a `LanguageModel`, on either
-    backend); `cache_len` (default the model's context) bounds prompt + length of each."""
+    backend); `cache_len` (default the model's context) bounds prompt + length of each.
+    logprobs: with k > 0, each token's log-probability and the k most likely tokens at its
+    step are kept (`scores`)."""
 
-    def __init__(self, lm, slots: int, cache_len: int | None = None):
+    def __init__(self, lm, slots: int, cache_len: int | None = None, logprobs: int = 0):
         n_ctx = lm.hparams.n_ctx
         self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
         if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
             raise UserError(f"an engine needs slots >= 1 and cache_len in 1..{n_ctx}")
+        if not isinstance(logprobs, int) or not 0 <= logprobs <= lm.hparams.n_vocab:
+            raise UserError(f"logprobs must be an integer from 0 to {lm.hparams.n_vocab}")
+        self.logprobs = logprobs
         if lm.lite is not None:
             from gpt2_tf2.generation.lite import LiteSlots
 
-            self._store = LiteSlots(lm, self.slots, self.cache_len)
+            self._store = LiteSlots(lm, self.slots, self.cache_len, logprobs)
         else:
-            self._store = XlaSlots(lm, self.slots, self.cache_len)
+            self._store = XlaSlots(lm, self.slots, self.cache_len, logprobs)
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
+        self._scores = {}  # slot -> TokenScores of the tokens `step` returned last
 
     # ---- rows joining and leaving ---------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Engine:
         self._free.sort()
         del self._read[slot]
         self._stopped.discard(slot)
+        self._scores.pop(slot, None)
 
     # ---- decoding -------------------------------------------------------------------------
 
@@ -197,23 +206,34 @@ class Engine:
             raise UserError(f"step takes a positive number of tokens, got {n!r}")
         self._store.advance(n)
         history, pos, _, stops = self._store.read()
+        scores = self._store.scores() if self.logprobs else None
         out = {}
         for slot in self.busy():
-            new = history[slot, self._read[slot] : pos[slot]].tolist()
+            first = self._read[slot]
+            new = history[slot, first : pos[slot]].tolist()
             self._read[slot] = int(pos[slot])
             if stops[slot] >= 0 and stops[slot] in new:
                 new = new[: new.index(stops[slot])]
                 self._stopped.add(slot)
             out[slot] = new
+            if scores is not None:
+                self._scores[slot] = read_scores(scores, slot, first, len(new))
         return out
+
+    def scores(self, slot: int) -> list[TokenScore]:
+        """For the tokens `step` returned last for `slot`, each one's `TokenScore` (an engine
+        made with logprobs > 0)."""
+        if not self.logprobs:
+            raise UserError("this engine keeps no log-probabilities; make it with logprobs=k")
+        return self._scores.get(slot, [])
 
 
 class XlaSlots:
     """The engine's rows on the xla backend: `Slots` tensors, advanced by one compiled loop
     (`advance`), new rows written in by another (`insert`)."""
 
-    def __init__(self, lm, slots: int, cache_len: int):
-        self.lm, self.slots, self.cache_len = lm, slots, cache_len
+    def __init__(self, lm, slots: int, cache_len: int, logprobs: int = 0):
+        self.lm, self.slots, self.cache_len, self.logprobs = lm, slots, cache_len, logprobs
         self.state = None  # Slots, made when the first rows start
         self._advance, self._insert = programs(lm)
 
@@ -239,7 +259,16 @@ class XlaSlots:
         if len(slots) == self.slots:  # every slot at once: the rows are the state, no copy
             zeros, done = tf.zeros([self.slots], tf.int32), tf.zeros([self.slots], tf.bool)
             self.state = Slots(
-                prefill.logits, prefill.cache, history, pos, zeros, limit, done, row, settings
+                prefill.logits,
+                prefill.cache,
+                history,
+                pos,
+                zeros,
+                limit,
+                done,
+                row,
+                settings,
+                self._no_scores(),
             )
             return
         row_state = (prefill.logits, prefill.cache, history, pos, limit, row)
@@ -259,7 +288,20 @@ class XlaSlots:
             done=tf.ones([slots], tf.bool),
             rows=tf.zeros([slots], tf.int32),
             settings=Settings.rows([Settings.make()] * slots),
+            scores=self._no_scores(),
         )
+
+    def _no_scores(self) -> tuple:
+        """The scores' arrays before any token ((), without logprobs)."""
+        if not self.logprobs:
+            return ()
+        shape = [self.slots, self.cache_len]
+        k = [self.logprobs]
+        return tf.zeros(shape), tf.zeros(shape + k, tf.int32), tf.zeros(shape + k)
+
+    def scores(self):
+        """The scores' arrays (chosen log-probability, top ids, top log-probabilities) as NumPy."""
+        return tuple(a.numpy() for a in self.state.scores)
 
     def cancel(self, slot: int) -> None:
         done = tf.tensor_scatter_nd_update(self.state.done, [[slot]], [True])
@@ -323,6 +365,7 @@ def insert(n_head: int, state: Slots, slots, row_state, settings) -> Slots:
         done=put(state.done, tf.zeros([k], tf.bool)),
         rows=put(state.rows, row),
         settings=Settings(*(put(f, v) for f, v in zip(state.settings, settings))),
+        scores=state.scores,  # a new row's columns are written as its tokens are chosen
     )
 
 
@@ -339,7 +382,9 @@ def advance(lm, state: Slots, n) -> Slots:
 
     def body(i, state):
         s = state.settings
-        logits = apply_processors(state.logits, s, History(state.history, state.pos))
+        logits = apply_processors(
+            state.logits, s, History(state.history, state.pos, 0, state.pos - state.step)
+        )
         chosen = choose_tokens(logits, s, state.step, rows=state.rows)
         active = ~state.done
         token = tf.where(active, chosen, tf.maximum(s.stop_token, 0))
@@ -348,6 +393,13 @@ def advance(lm, state: Slots, n) -> Slots:
         history = tf.where(write, token[:, None], state.history)
         step = state.step + tf.cast(active, tf.int32)
         done = state.done | (token == s.stop_token) | (step >= state.limit)
+        scores = state.scores
+        if scores:  # the model's log-probabilities, written where the token is
+            fresh = token_scores(state.logits, token, scores[1].shape[-1])
+            scores = tuple(
+                tf.where(tf.reshape(write, write.shape + [1] * (old.shape.rank - 2)), f, old)
+                for old, f in zip(scores, (fresh[0][:, None], fresh[1][:, None], fresh[2][:, None]))
+            )
 
         def forward():
             out = model(token[:, None], state.cache, at, logits_at=0)
@@ -356,7 +408,13 @@ def advance(lm, state: Slots, n) -> Slots:
         logits, cache = tf.cond(tf.reduce_all(done), lambda: (state.logits, state.cache), forward)
         pos = state.pos + tf.cast(active, tf.int32)
         new = state._replace(
-            logits=logits, cache=cache, history=history, pos=pos, step=step, done=done
+            logits=logits,
+            cache=cache,
+            history=history,
+            pos=pos,
+            step=step,
+            done=done,
+            scores=scores,
         )
         return i + 1, new
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError, first_line
+from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import History, Settings
 from gpt2_tf2.generation.strategies import choose_tokens
@@ -233,6 +234,7 @@ class LiteDecoder:
     def __init__(self, step: LiteStep, xla: bool = True):
         self.step = step
         self.choose = tf.function(choose_rows, jit_compile=xla, autograph=False)
+        self.token_scores = tf.function(token_scores, jit_compile=xla, autograph=False)
 
     def token_nll(self, tokens) -> np.ndarray:
         """As `LanguageModel._token_nll`: NLL of tokens[:, 1:] given what precedes them."""
@@ -245,7 +247,7 @@ class LiteDecoder:
 def choose_rows(logits, history, pos, settings, step, rows):
     """One token per slot from its logits, as the XLA engine's loop chooses it
     (`engine.advance`): each row with its own settings, position, step and row number."""
-    logits = apply_processors(logits, settings, History(history, pos))
+    logits = apply_processors(logits, settings, History(history, pos, 0, pos - step))
     return choose_tokens(logits, settings, step, rows=rows)
 
 
@@ -258,8 +260,19 @@ class LiteSlots:
     takes it from an engine whose rows are running has the engine copy its cache out
     (`evict`), and the engine copies it back when it next runs (`_claim`)."""
 
-    def __init__(self, lm, slots: int, cache_len: int):
+    def __init__(self, lm, slots: int, cache_len: int, logprobs: int = 0):
         self.lm, self.step, self.slots, self.cache_len = lm, lm.lite.step, slots, cache_len
+        self.logprobs = logprobs  # k > 0: the scores' arrays, as the XLA engine keeps them
+        shape = [slots, cache_len]
+        self._scores = (
+            (
+                np.zeros(shape, np.float32),
+                np.zeros([*shape, logprobs], np.int32),
+                np.zeros([*shape, logprobs], np.float32),
+            )
+            if logprobs
+            else ()
+        )
         self.history = np.zeros([slots, cache_len], np.int32)
         self.pos, self.steps, self.limit, self.rows = (np.zeros([slots], np.int32) for _ in "1234")
         self.done = np.ones([slots], bool)
@@ -322,6 +335,10 @@ class LiteSlots:
             token = np.where(active, chosen, np.maximum(stop, 0)).astype(np.int32)
             at = np.minimum(self.pos, last)  # a finished row's position may be past the end
             self.history[active, at[active]] = token[active]
+            if self.logprobs:
+                fresh = self.lm.lite.token_scores(self.logits, token, self.logprobs)
+                for array, value in zip(self._scores, fresh):
+                    array[active, at[active]] = value.numpy()[active]
             self.steps += active
             self.done |= (token == stop) | (self.steps >= self.limit)
             if not self.done.all():
@@ -331,6 +348,10 @@ class LiteSlots:
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
         return self.history, self.pos, self.done, self.settings.stop_token.numpy()
+
+    def scores(self):
+        """The scores' arrays (chosen log-probability, top ids, top log-probabilities)."""
+        return self._scores
 
     def _claim(self) -> None:
         """Hold the interpreter, sized for the slots, with this engine's cache in it."""

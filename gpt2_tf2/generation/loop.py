@@ -108,7 +108,7 @@ def advance(model, state, prompt_len, length, settings, until, processors=PROCES
         # is traced and compiled once, not once more for a first token before the loop. After
         # the last token there is nothing to predict, and its position may lie past the context.
         step, position = state.step, prompt_len + state.step
-        history = History(state.history, position, state.start)
+        history = History(state.history, position, state.start, prompt_len)
         logits = apply_processors(state.logits, settings, history, processors)
         token = tf.where(state.done, stop, choose_tokens(logits, settings, step))  # [batch]
 

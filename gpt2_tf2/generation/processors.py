@@ -3,10 +3,11 @@ from. Each is a pure function of (logits [batch, vocab], settings, history), com
 decode loop; the functions the tests check are the ones that run.
 
 Two kinds, as in Hugging Face's generation code:
-- `PROCESSORS` change the scores every strategy sees (greedy and sampling alike; beam search
-  next). Applied first, in order, as transformers orders them: the repetition penalty (Keskar et
-  al. 2019, CTRL, sec. 4.1), then the ban on repeated n-grams (Paulus et al. 2017); both read
-  the token history (prompt and output) and cost nothing when off.
+- `PROCESSORS` change the scores every strategy sees (greedy, sampling and beam search).
+  Applied first, in order: the stop token's ban before min_new_tokens, the repetition penalty
+  (Keskar et al. 2019, CTRL, sec. 4.1), OpenAI's presence and frequency penalties (on the
+  output only), then the ban on repeated n-grams (Paulus et al. 2017); they read the token
+  history and cost nothing when off.
 - Sampling warpers shape the distribution a draw comes from: temperature, then top-k and top-p
   (`warp_temperature`, `truncate`), as openai/gpt-2's `src/sample.py` orders them, fixing its
   bugs: top-p
@@ -47,13 +48,17 @@ def any_row(condition):
     return condition if condition.shape.rank == 0 else tf.reduce_any(condition)
 
 
-def seen_tokens(tokens, valid, vocab: int):
-    """bool [batch, vocab]: which ids occur in `tokens` [batch, T] where `valid` [batch, T]."""
+def token_counts(tokens, valid, vocab: int):
+    """int32 [batch, vocab]: how often each id occurs in `tokens` [batch, T] where `valid`."""
     batch, width = shape_list(tokens)
     rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, width])  # [batch, T]
     ids = tf.where(valid, tokens, 0)  # padding (-1 for "no stop token") never indexes
-    counts = tf.scatter_nd(tf.stack([rows, ids], -1), tf.cast(valid, tf.int32), [batch, vocab])
-    return counts > 0
+    return tf.scatter_nd(tf.stack([rows, ids], -1), tf.cast(valid, tf.int32), [batch, vocab])
+
+
+def seen_tokens(tokens, valid, vocab: int):
+    """bool [batch, vocab]: which ids occur in `tokens` [batch, T] where `valid` [batch, T]."""
+    return token_counts(tokens, valid, vocab) > 0
 
 
 def repetition_penalty(logits, settings, history):
@@ -67,6 +72,36 @@ def repetition_penalty(logits, settings, history):
         return tf.where(seen, tf.where(logits < 0, logits * penalty, logits / penalty), logits)
 
     return tf.cond(any_row(penalty != 1.0), apply, lambda: logits)
+
+
+def presence_frequency_penalty(logits, settings, history):
+    """OpenAI's penalties (its API reference's formula): logit[j] -= c[j] * frequency_penalty +
+    (c[j] > 0) * presence_penalty, where c[j] counts token j in the output so far (not the
+    prompt). 0 = off; either may be negative (favouring repeats)."""
+    presence = per_row(tf.cast(settings.presence_penalty, logits.dtype), logits.dtype)
+    frequency = per_row(tf.cast(settings.frequency_penalty, logits.dtype), logits.dtype)
+
+    def apply():
+        counts = token_counts(history.tokens, history.output_valid(), shape_list(logits)[-1])
+        counts = tf.cast(counts, logits.dtype)
+        return logits - counts * frequency - tf.cast(counts > 0, logits.dtype) * presence
+
+    return tf.cond(any_row((presence != 0.0) | (frequency != 0.0)), apply, lambda: logits)
+
+
+def min_new_tokens(logits, settings, history):
+    """The stop token banned while the output holds fewer than min_new_tokens tokens
+    (transformers' MinNewTokensLengthLogitsProcessor; vLLM's min_tokens). 0 = off; a row
+    without a stop token (-1) bans nothing."""
+    least = tf.reshape(tf.convert_to_tensor(settings.min_new_tokens, tf.int32), [-1, 1])
+    stop = tf.reshape(tf.convert_to_tensor(settings.stop_token, tf.int32), [-1, 1])
+
+    def apply():
+        early = tf.reshape(history.generated(), [-1, 1]) < least  # [batch or 1, 1]
+        banned = early & (tf.range(shape_list(logits)[-1])[None, :] == stop)
+        return tf.where(banned, tf.cast(NEG_INF, logits.dtype), logits)
+
+    return tf.cond(tf.reduce_any(least > 0), apply, lambda: logits)
 
 
 def no_repeat_ngram(logits, settings, history):
@@ -127,7 +162,8 @@ def _no_repeat_ngram_rows(logits, n, history):
     return tf.cond(tf.reduce_any(on), apply, lambda: logits)
 
 
-PROCESSORS = (repetition_penalty, no_repeat_ngram)  # for every strategy, in this order
+# For every strategy, in this order (vLLM's: the stop token's ban, then the penalties).
+PROCESSORS = (min_new_tokens, repetition_penalty, presence_frequency_penalty, no_repeat_ngram)
 
 
 def apply_processors(logits, settings, history, processors=PROCESSORS):

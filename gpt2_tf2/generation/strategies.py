@@ -1,9 +1,9 @@
 """Strategies: how the next token is chosen from processed logits, one per row.
 
-A strategy is a pure function `(logits, settings, step) -> int32 [batch]` the compiled loop calls
-(as keras-hub's samplers are objects with one method; beam search is next, with its own loop
-state). `choose_tokens` is the one the loop runs today: greedy where temperature == 0, else a
-draw through the sampling warpers (`processors`).
+A strategy is a pure function `(logits, settings, step) -> int32 [batch]` the compiled loops
+call (as keras-hub's samplers are objects with one method; beam search keeps beams, and so is a
+loop of its own: `beam`). `choose_tokens` is the one they run: greedy where temperature == 0,
+else a draw through the sampling warpers (`processors`).
 """
 
 from __future__ import annotations

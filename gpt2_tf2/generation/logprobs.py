@@ -1,0 +1,38 @@
+"""Log-probabilities of the tokens a decode engine chooses, as OpenAI's `logprobs` reports
+them: each token's own and the k most likely at its step, under the model's distribution
+(before any processor or warper: what vLLM returns by default)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from gpt2_tf2.core.kernels import select_column
+
+
+class TokenScore(NamedTuple):
+    """A chosen token's log-probability under the model and the most likely tokens there."""
+
+    logprob: float
+    top: list  # [(token id, log-probability)], most likely first
+
+
+def token_scores(logits, token, k: int):
+    """The model's own log-probabilities at a step, before any processor or warper (what vLLM
+    returns by default): the chosen token's [batch], and the k most likely tokens' ids (int32
+    [batch, k]) and log-probabilities [batch, k]."""
+    logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    top_logp, top_ids = tf.math.top_k(logp, k)
+    return select_column(logp, token[:, None]), top_ids, top_logp
+
+
+def read_scores(scores, slot: int, first: int, n: int) -> list[TokenScore]:
+    """`TokenScore`s of columns first .. first + n - 1 of `slot`, from a store's arrays (the
+    chosen log-probability, top ids, top log-probabilities, each [slots, cache_len, ...])."""
+    chosen, ids, logps = (np.asarray(a[slot, first : first + n]) for a in scores)
+    return [
+        TokenScore(float(c), list(zip(i.tolist(), p.tolist())))
+        for c, i, p in zip(chosen, ids, logps)
+    ]
