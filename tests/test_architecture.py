@@ -19,6 +19,7 @@ LAYERS = {
     "formats": 2,
     "generation": 3,
     "training": 4,
+    "server": 4.5,  # the HTTP server: over generation, under the command line
     "cli": 5,
 }
 TOP = 6  # gpt2_tf2/*.py: the public API module and the `python -m` entry points

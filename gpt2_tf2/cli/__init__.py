@@ -22,6 +22,7 @@ COMMANDS = {
     "init": "a new model with GPT-2's initialisation, on a vocabulary",
     "attention": "an HTML page of what each token attends to, per layer and head",
     "convert": "Hugging Face models in (from-hf) and out (to-hf)",
+    "serve": "an OpenAI-compatible HTTP server with a playground page",
 }
 
 

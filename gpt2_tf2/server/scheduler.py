@@ -1,0 +1,171 @@
+"""Continuous batching: one thread owns a decode engine (`generation.engine.Engine`) and runs
+it while any sequence is busy; sequences wait in a bounded queue, join free slots between
+steps (those that arrived together start as one batch: one prefill), and leave when they end or
+are cancelled, freeing the slot for the next (as vLLM's scheduler and llama.cpp's server slots).
+
+Requests live on the event loop; they talk to this thread through `submit` and `cancel` only,
+and hear back through each sequence's `deliver` (called from this thread: it must be
+thread-safe, e.g. `loop.call_soon_threadsafe`). Events: ("tokens", index, tokens, scores),
+("end", index, finish_reason) with finish_reason "stop", "length" or "cancelled", and
+("error", index, message).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.engine import Engine, Request
+from gpt2_tf2.server.metrics import Metrics
+from gpt2_tf2.server.protocol import APIError, Choice
+
+log = logging.getLogger("gpt2_tf2.server")
+
+
+class Sequence:
+    """One choice of a request, as the scheduler runs it."""
+
+    def __init__(self, choice: Choice, deliver, logprobs: bool = False):
+        self.choice, self.deliver, self.logprobs = choice, deliver, logprobs
+        self.cancelled = False
+        self.arrived = time.monotonic()
+        self.last = None  # when its latest tokens came
+
+
+class Scheduler:
+    def __init__(self, lm, slots: int, max_queue: int, metrics: Metrics, logprobs: int = 0):
+        self.engine = Engine(lm, slots, logprobs=logprobs)
+        self.slots, self.max_queue, self.metrics = slots, max_queue, metrics
+        self._waiting = collections.deque()
+        self._running = {}  # slot -> Sequence
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="gpt2_tf2-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the request side -----------------------------------------------------------------
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queue the sequences (all or none): an APIError 429 when the queue would overflow, 503
+        when the server is shutting down."""
+        with self._cond:
+            if self._closing:
+                raise APIError(503, "the server is shutting down")
+            free = self.slots - len(self._running)
+            if len(self._waiting) + len(sequences) - free > self.max_queue:
+                raise APIError(
+                    429, "the server is busy: every slot is taken and the queue is full; retry"
+                )
+            self._waiting.extend(sequences)
+            self._cond.notify()
+
+    def cancel(self, sequences) -> None:
+        """Stop the sequences (a client gone, a stop sequence found): their slots free within a
+        step; those still waiting never start."""
+        with self._cond:
+            for s in sequences:
+                s.cancelled = True
+            self._cond.notify()
+
+    def load(self) -> tuple[int, int]:
+        """(sequences waiting, slots busy)."""
+        with self._cond:
+            return len(self._waiting), len(self._running)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel everything and stop the thread."""
+        with self._cond:
+            self._closing = True
+            for s in [*self._waiting, *self._running.values()]:
+                s.cancelled = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ---- the engine's thread --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closing or self._waiting or self._running):
+                    self._cond.wait()
+                if self._closing and not self._running and not self._waiting:
+                    return
+                starting = self._admit()
+            try:
+                if starting:
+                    self._start(starting)
+                if self._running:
+                    self._step()
+                self._leave()
+            except Exception as e:  # a bug, not a request's fault: every row hears of it
+                log.exception("the engine failed")
+                self._fail_all(f"the engine failed: {e}")
+
+    def _admit(self) -> list[Sequence]:
+        """Waiting sequences for the free slots (cancelled ones end here, unstarted)."""
+        starting = []
+        while self._waiting and len(starting) < self.slots - len(self._running):
+            s = self._waiting.popleft()
+            if s.cancelled:
+                s.deliver(("end", s.choice.index, "cancelled"))
+            else:
+                starting.append(s)
+        return starting
+
+    def _start(self, starting: list[Sequence]) -> None:
+        requests = [
+            Request(s.choice.prompt_tokens, s.choice.config, s.choice.key, s.choice.row)
+            for s in starting
+        ]
+        try:
+            slots = self.engine.add_many(requests)
+        except UserError as e:  # checked by the protocol first; said, in case
+            for s in starting:
+                s.deliver(("error", s.choice.index, str(e)))
+            return
+        with self._cond:
+            self._running.update(zip(slots, starting))
+
+    def _step(self) -> None:
+        out = self.engine.step(1)
+        now = time.monotonic()
+        for slot, tokens in out.items():
+            s = self._running[slot]
+            if not tokens:
+                continue
+            scores = self.engine.scores(slot) if s.logprobs else None
+            if s.last is None:
+                self.metrics.latency(first_token=now - s.arrived)
+            else:
+                self.metrics.latency(per_token=(now - s.last) / len(tokens))
+            s.last = now
+            self.metrics.tokens(completion=len(tokens))
+            s.deliver(("tokens", s.choice.index, tokens, scores))
+
+    def _leave(self) -> None:
+        finished = set(self.engine.finished())
+        with self._cond:
+            leaving = [
+                (slot, s) for slot, s in self._running.items() if slot in finished or s.cancelled
+            ]
+            for slot, _ in leaving:
+                del self._running[slot]
+        for slot, s in leaving:
+            reason = "cancelled" if s.cancelled else "length"
+            if self.engine.stopped(slot):
+                reason = "stop"
+            self.engine.remove(slot)
+            s.deliver(("end", s.choice.index, reason))
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            running, self._running = list(self._running.items()), {}
+        for slot, s in running:
+            s.deliver(("error", s.choice.index, message))
+            try:
+                self.engine.remove(slot)
+            except UserError:
+                pass

@@ -1,0 +1,316 @@
+"""The OpenAI-compatible server, driven by the real `openai` client (the reference for the API's
+shape and errors) against an in-process server on 127.0.0.1 serving the tiny model: replies
+equal the library's own samples for the same seeds, streams equal whole replies, stop
+sequences, logprobs, chat, limits and errors, a client that goes away frees its slot, and
+concurrent requests each get what they get alone. The command itself (its flags, SIGTERM, a
+port in use) is tests/test_serve_process.py's."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import socket
+import threading
+import time
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.server.app import Options, make_app
+
+PROMPT = "Hello there, my friend"
+
+
+@contextlib.contextmanager
+def running(load, **options):
+    """A server on a free port of 127.0.0.1 in a thread: yields (base url, app); stops at exit."""
+    import uvicorn
+
+    app = make_app(load, Options(**{"model_name": "tiny", "slots": 3, **options}))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not server.started:
+        time.sleep(0.05)
+    try:
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def wait_ready(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server never became ready")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm):
+    with running(lambda: tiny_lm, max_queue=8) as (url, app):
+        wait_ready(url)
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def library(lm, prompt, n, **settings):
+    """The library's samples of `prompt`: what the server's n choices must equal."""
+    config = GenerationConfig(nsamples=n, batch_size=n, stop_at_endoftext=True, **settings)
+    return lm.generate(prompt, config)
+
+
+def test_completions_equal_the_librarys_samples(client, tiny_lm):
+    reply = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=12, n=3, seed=7, extra_body={"top_k": 40}
+    )
+    assert [c.text for c in reply.choices] == library(
+        tiny_lm, PROMPT, 3, length=12, seed=7, top_k=40
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert reply.object == "text_completion" and reply.model == "tiny"
+    prompt_tokens = len(tiny_lm.encode(PROMPT))
+    assert reply.usage.prompt_tokens == prompt_tokens
+    assert reply.usage.completion_tokens == sum(len(tiny_lm.encode(c.text)) for c in reply.choices)
+    assert reply.usage.total_tokens == prompt_tokens + reply.usage.completion_tokens
+    assert {c.finish_reason for c in reply.choices} <= {"length", "stop"}
+
+
+def test_settings_reach_the_engine(client, tiny_lm):
+    """Greedy with OpenAI's penalties and vLLM's extensions: the library's tokens."""
+    settings = dict(temperature=0, presence_penalty=0.6, frequency_penalty=0.4)
+    extra = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, min_tokens=3)
+    reply = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=15, extra_body=extra, **settings
+    )
+    extra["min_new_tokens"] = extra.pop("min_tokens")
+    want = library(tiny_lm, PROMPT, 1, length=15, **settings, **extra)
+    assert reply.choices[0].text == want[0]
+
+
+def test_a_stream_is_the_whole_reply_in_pieces(client):
+    kw = dict(model="tiny", prompt=[PROMPT, "Once upon"], max_tokens=10, n=2, seed=3)
+    whole = client.completions.create(**kw)
+    chunks = list(
+        client.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
+    texts, finish = {}, {}
+    for chunk in chunks[:-1]:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    assert [texts[i] for i in range(4)] == [c.text for c in whole.choices]
+    assert [finish[i] for i in range(4)] == [c.finish_reason for c in whole.choices]
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_stop_sequences_cut_the_text(client):
+    full = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, temperature=0)
+    text = full.choices[0].text
+    stop = text[8:11]  # a piece of the middle, whatever the tokens around it
+    cut = text[: text.find(stop)]
+    reply = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop, "never there"]
+    )
+    assert reply.choices[0].text == cut and reply.choices[0].finish_reason == "stop"
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=20, temperature=0, stop=stop, stream=True
+        )
+        if c.choices
+    )
+    assert streamed == cut  # never a piece of the stop sequence, even for a moment
+    assert reply.usage.completion_tokens < full.usage.completion_tokens
+
+
+def test_logprobs_and_echo(client, tiny_lm):
+    reply = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, echo=True
+    )
+    choice = reply.choices[0]
+    assert choice.text.startswith(PROMPT)
+    lp = choice.logprobs
+    generated = choice.text[len(PROMPT) :]
+    assert "".join(lp.tokens) == generated and len(lp.tokens) == 6
+    assert lp.text_offset[0] == len(PROMPT)
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and logprob <= 0
+        assert max(top.values()) == pytest.approx(logprob, abs=1e-5)  # greedy: the top one
+        assert token in top
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="tiny", prompt="Hi", max_tokens=2, logprobs=6)
+
+
+def test_chat_is_the_template_as_a_completion(client, tiny_lm):
+    messages = [
+        {"role": "system", "content": "A helpful assistant."},
+        {"role": "user", "content": "Say hello."},
+    ]
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, seed=4)
+    prompt = "A helpful assistant.\n\nUser: Say hello.\nAssistant:"
+    want = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=10, seed=4, stop=["\nUser:"]
+    )
+    assert reply.choices[0].message.content == want.choices[0].text
+    assert reply.choices[0].message.role == "assistant" and reply.object == "chat.completion"
+    assert reply.usage.prompt_tokens == len(tiny_lm.encode(prompt))
+    pieces = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=10, seed=4, stream=True
+        )
+    )
+    assert pieces[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in pieces) == want.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == want.choices[0].finish_reason
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    assert httpx.get(server[0] + "/health").json() == {"status": "ok"}
+    page = httpx.get(server[0] + "/")
+    assert page.status_code == 200 and "/v1/completions" in page.text
+
+
+@pytest.mark.parametrize(
+    "kw, param, words",
+    [
+        (dict(temperature=3), "temperature", "from 0 to 2"),
+        (dict(max_tokens=100), "max_tokens", "maximum context length is 64"),
+        (dict(n=17), "n", "from 1 to 16"),
+        (dict(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+        (dict(extra_body={"prompt": [[1, 99999]]}), "prompt", "not in the vocabulary"),
+        (dict(extra_body={"repetition_penalty": 0}), "repetition_penalty", "must be > 0"),
+    ],
+)
+def test_bad_requests_get_openais_error(client, kw, param, words):
+    kw = {"model": "tiny", "prompt": "Hi", "max_tokens": 4, **kw}
+    with pytest.raises(openai.BadRequestError, match=words) as caught:
+        client.completions.create(**kw)
+    error = caught.value.body
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert caught.value.status_code == 400
+
+
+def test_bodies_too_large_or_not_json(server):
+    url = server[0] + "/v1/completions"
+    big = httpx.post(url, content=b'{"prompt": "' + b"x" * (1 << 20) + b'"}')
+    assert big.status_code == 413 and "over" in big.json()["error"]["message"]
+    bad = httpx.post(url, content=b"{nope")
+    assert bad.status_code == 400 and bad.json()["error"]["message"] == (
+        "the request body is not valid JSON"
+    )
+
+
+def test_api_key(tiny_lm):
+    with running(lambda: tiny_lm, api_key="s3cret") as (url, _):
+        wait_ready(url)
+        wrong = openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.completions.create(model="tiny", prompt="Hi", max_tokens=2)
+        right = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert right.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
+        assert httpx.get(url + "/health").status_code == 200  # no key: for load balancers
+
+
+def test_health_says_loading_until_the_model_is_there(tiny_lm):
+    loaded = threading.Event()
+
+    def load():
+        loaded.wait(30)
+        return tiny_lm
+
+    with running(load) as (url, _):
+        assert httpx.get(url + "/health").status_code == 503
+        early = httpx.post(url + "/v1/completions", json={"prompt": "Hi"})
+        assert early.status_code == 503 and "loading" in early.json()["error"]["message"]
+        loaded.set()
+        wait_ready(url)
+
+
+LONG = {"prompt": "Hi", "max_tokens": 60, "min_tokens": 60, "n": 16}  # 960 tokens, one slot
+
+
+def freed(app, seconds: float = 20) -> int:
+    """Wait until no sequence waits or runs; the tokens generated by then."""
+    state = app.state.server
+    deadline = time.monotonic() + seconds
+    while state.scheduler.load() != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state.scheduler.load() == (0, 0)
+    return state.metrics.completion_tokens
+
+
+def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(tiny_lm):
+    with running(lambda: tiny_lm, slots=1, max_queue=15) as (url, app):
+        wait_ready(url)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        # 16 choices of 60 tokens: one in the slot, 15 filling the queue.
+        body = {k: v for k, v in LONG.items() if k != "prompt"}
+        stream = client.completions.create(model="tiny", prompt="Hi", stream=True, extra_body=body)
+        next(iter(stream))
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.completions.create(model="tiny", prompt="Hi", max_tokens=2)
+        assert caught.value.response.headers["retry-after"] == "1"
+        assert caught.value.body["type"] == "rate_limit_error"
+        stream.close()  # the client goes away mid-stream: the rest never runs
+        assert freed(app) < 3 * 60
+        assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
+
+
+def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny_lm):
+    with running(lambda: tiny_lm, slots=1) as (url, app):
+        wait_ready(url)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/v1/completions", json=LONG, timeout=0.5)
+        assert freed(app) < 8 * 60  # of 16 * 60
+
+
+def test_concurrent_requests_each_get_what_they_get_alone(client, tiny_lm):
+    """Six requests at once on three slots: they join and leave a running batch, queue, and
+    each reply is the library's sample for its own prompt and seed."""
+    jobs = [(f"Prompt number {i} says", 6 + 3 * i, i) for i in range(6)]
+
+    def ask(job):
+        prompt, length, seed = job
+        reply = client.completions.create(model="tiny", prompt=prompt, max_tokens=length, seed=seed)
+        return reply.choices[0].text
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(ask, jobs))
+    want = [library(tiny_lm, p, 1, length=n, seed=s)[0] for p, n, s in jobs]
+    assert got == want
+
+
+def test_metrics_count_what_happened(client, server):
+    client.completions.create(model="tiny", prompt="Hi", max_tokens=3)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="Hi", max_tokens=3, temperature=-1)
+    text = httpx.get(server[0] + "/metrics").text
+    assert 'gpt2_tf2_requests_total{status="200"}' in text
+    assert 'gpt2_tf2_requests_total{status="400"}' in text
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert counts["gpt2_tf2_completion_tokens_total"] >= 3
+    assert counts["gpt2_tf2_time_to_first_token_seconds_count"] >= 1
+    assert counts["gpt2_tf2_slots_total"] == 3 and counts["gpt2_tf2_slots_busy"] == 0
