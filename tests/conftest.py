@@ -3,12 +3,16 @@ random-weight models written in OpenAI's exact layout."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from importlib import metadata
 
 import pytest
@@ -235,3 +239,69 @@ def tree_digest(root) -> dict[str, str]:
             with open(path, "rb") as f:
                 digests[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
     return digests
+
+
+def browser(tmp):
+    """Chromium under selenium, its temporary files (a profile's singleton socket directory,
+    which it leaves behind on exit) in `tmp`, not in the machine's temporary directory. `tmp`
+    must be short: the socket's path has to fit a Unix socket address (108 bytes), which a
+    pytest tmp_path below CI's TMPDIR did not."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    service = Service(driver, env={**os.environ, "TMPDIR": str(tmp)})
+    return webdriver.Chrome(options=options, service=service)
+
+
+def chromium_leftovers() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("org.chromium.")}
+
+
+@pytest.fixture()
+def chromium_tmp():
+    """Chromium's own temporary directory for one test, with a short path (`browser`)."""
+    path = tempfile.mkdtemp(prefix="chromium-")
+    yield path
+    shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def serving(load, **options):
+    """A server on a free port of 127.0.0.1 in a thread: yields (base url, app); stops at exit."""
+    import uvicorn
+
+    from gpt2_tf2.server.app import Options, make_app
+
+    app = make_app(load, Options(**{"model_name": "tiny", "slots": 3, **options}))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not server.started:
+        time.sleep(0.05)
+    try:
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def wait_ready(url: str, seconds: float = 60) -> None:
+    import httpx2
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if httpx2.get(url + "/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server never became ready")

@@ -5,14 +5,12 @@ changes the drawing, hovering a token shows only its lines, and nothing is logge
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
 
-from conftest import run_in_process
+from conftest import browser, chromium_leftovers, run_in_process
 
 TEXT = "The quick brown fox jumps over the lazy dog. Быстрая рыжая лиса."
 
@@ -95,36 +93,6 @@ def test_heat_map_png(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"gpt2_tf2.attention" in out.read_bytes()[:4096]
-
-
-def browser(tmp):
-    """Chromium under selenium, its temporary files (a profile's singleton socket directory,
-    which it leaves behind on exit) in `tmp`, not in the machine's temporary directory. `tmp`
-    must be short: the socket's path has to fit a Unix socket address (108 bytes), which a
-    pytest tmp_path below CI's TMPDIR did not."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    service = Service(driver, env={**os.environ, "TMPDIR": str(tmp)})
-    return webdriver.Chrome(options=options, service=service)
-
-
-def chromium_leftovers() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("org.chromium.")}
-
-
-@pytest.fixture()
-def chromium_tmp():
-    """Chromium's own temporary directory for one test, with a short path (`browser`)."""
-    path = tempfile.mkdtemp(prefix="chromium-")
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.mark.e2e

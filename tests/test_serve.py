@@ -8,8 +8,6 @@ port in use) is tests/test_serve_process.py's."""
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import socket
 import threading
 import time
 
@@ -17,47 +15,15 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from conftest import serving, wait_ready
 from gpt2_tf2.generation.config import GenerationConfig
-from gpt2_tf2.server.app import Options, make_app
 
 PROMPT = "Hello there, my friend"
 
 
-@contextlib.contextmanager
-def running(load, **options):
-    """A server on a free port of 127.0.0.1 in a thread: yields (base url, app); stops at exit."""
-    import uvicorn
-
-    app = make_app(load, Options(**{"model_name": "tiny", "slots": 3, **options}))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not server.started:
-        time.sleep(0.05)
-    try:
-        yield url, app
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
-def wait_ready(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if httpx.get(url + "/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never became ready")
-
-
 @pytest.fixture(scope="module")
 def server(tiny_lm):
-    with running(lambda: tiny_lm, max_queue=8) as (url, app):
+    with serving(lambda: tiny_lm, max_queue=8) as (url, app):
         wait_ready(url)
         yield url, app
 
@@ -68,9 +34,24 @@ def client(server):
 
 
 def library(lm, prompt, n, **settings):
-    """The library's samples of `prompt`: what the server's n choices must equal."""
+    """The library's samples of `prompt`: what the server's n choices must equal when its
+    engine has as many slots as the library's batch (n, or 2 and more: batch 1 multiplies by
+    the weights through another kernel, whose rounding may flip a near-tie of the tiny random
+    model's logits)."""
     config = GenerationConfig(nsamples=n, batch_size=n, stop_at_endoftext=True, **settings)
     return lm.generate(prompt, config)
+
+
+def alone(lm, prompt, n, slots, seed, **settings):
+    """Each of a request's n choices run alone on an engine of the server's size: what it must
+    give however many others share the engine (`engine.run_alone`)."""
+    from gpt2_tf2.generation.engine import run_alone
+
+    config = GenerationConfig(stop_at_endoftext=True, seed=seed, **settings)
+    tokens = [
+        run_alone(lm, lm.encode(prompt), config, slots, key=(seed, 0), row=i) for i in range(n)
+    ]
+    return [lm.encoder.decode(t) for t in tokens]
 
 
 def test_completions_equal_the_librarys_samples(client, tiny_lm):
@@ -220,7 +201,7 @@ def test_bodies_too_large_or_not_json(server):
 
 
 def test_api_key(tiny_lm):
-    with running(lambda: tiny_lm, api_key="s3cret") as (url, _):
+    with serving(lambda: tiny_lm, api_key="s3cret") as (url, _):
         wait_ready(url)
         wrong = openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
@@ -237,7 +218,7 @@ def test_health_says_loading_until_the_model_is_there(tiny_lm):
         loaded.wait(30)
         return tiny_lm
 
-    with running(load) as (url, _):
+    with serving(load) as (url, _):
         assert httpx.get(url + "/health").status_code == 503
         early = httpx.post(url + "/v1/completions", json={"prompt": "Hi"})
         assert early.status_code == 503 and "loading" in early.json()["error"]["message"]
@@ -259,7 +240,7 @@ def freed(app, seconds: float = 20) -> int:
 
 
 def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(tiny_lm):
-    with running(lambda: tiny_lm, slots=1, max_queue=15) as (url, app):
+    with serving(lambda: tiny_lm, slots=1, max_queue=15) as (url, app):
         wait_ready(url)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         # 16 choices of 60 tokens: one in the slot, 15 filling the queue.
@@ -276,7 +257,7 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_slot(tiny_l
 
 
 def test_a_non_streaming_client_that_leaves_frees_its_slot(tiny_lm):
-    with running(lambda: tiny_lm, slots=1) as (url, app):
+    with serving(lambda: tiny_lm, slots=1) as (url, app):
         wait_ready(url)
         with pytest.raises(httpx.TimeoutException):
             httpx.post(url + "/v1/completions", json=LONG, timeout=0.5)
@@ -295,7 +276,7 @@ def test_concurrent_requests_each_get_what_they_get_alone(client, tiny_lm):
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         got = list(pool.map(ask, jobs))
-    want = [library(tiny_lm, p, 1, length=n, seed=s)[0] for p, n, s in jobs]
+    want = [alone(tiny_lm, p, 1, 3, s, length=n)[0] for p, n, s in jobs]
     assert got == want
 
 
@@ -314,3 +295,111 @@ def test_metrics_count_what_happened(client, server):
     assert counts["gpt2_tf2_completion_tokens_total"] >= 3
     assert counts["gpt2_tf2_time_to_first_token_seconds_count"] >= 1
     assert counts["gpt2_tf2_slots_total"] == 3 and counts["gpt2_tf2_slots_busy"] == 0
+
+
+BAD = [  # (body, status, param): one status and one OpenAI error each
+    (b"{nope", 400, None),
+    (b"[1, 2]", 400, None),
+    (b'{"prompt": 5}', 400, "prompt"),
+    (b'{"prompt": "Hi", "max_tokens": "10"}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "max_tokens": -3}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "max_tokens": 1000000000000}', 400, "max_tokens"),
+    (b'{"prompt": "Hi", "temperature": -1}', 400, "temperature"),
+    (b'{"prompt": "Hi", "top_p": 2}', 400, "top_p"),
+    (b'{"prompt": "Hi", "n": 0}', 400, "n"),
+    (b'{"prompt": "Hi", "seed": "x"}', 400, "seed"),
+    (b'{"prompt": "Hi", "logprobs": -1}', 400, "logprobs"),
+    (b'{"prompt": "Hi", "stop": 7}', 400, "stop"),
+    (b'{"prompt": "Hi", "presence_penalty": 1e300}', 400, "presence_penalty"),
+    (b'{"prompt": [' + b", ".join([b"11"] * 64) + b"]}", 400, "prompt"),  # fills the context
+    (b'{"prompt": "Hi", "model": "gpt-4"}', 404, "model"),
+    (b'{"prompt": "' + b"x" * (2 << 20) + b'"}', 413, None),
+]
+
+
+def test_bad_requests_each_get_one_status_and_the_server_goes_on(server, client):
+    url = server[0] + "/v1/completions"
+    for body, status, param in BAD:
+        reply = httpx.post(url, content=body, timeout=30)
+        assert reply.status_code == status, body[:60]
+        error = reply.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+        assert error["param"] == param, body[:60]
+    chat = httpx.post(server[0] + "/v1/chat/completions", json={"messages": [{"role": "x"}]})
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+    assert client.completions.create(model="tiny", prompt="Hi", max_tokens=2).choices
+
+
+def test_logprobs_are_the_scores_per_token_log_probabilities(client, tiny_lm):
+    """Each token's logprob is what scoring gives it: the model's log-probability of the token
+    after the prompt and the tokens before it (`LanguageModel._token_nll_eager`, score's)."""
+    import numpy as np
+    import tensorflow as tf
+
+    reply = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=10, seed=5, logprobs=1
+    )
+    lp = reply.choices[0].logprobs
+    tokens = tiny_lm.encode(PROMPT) + tiny_lm.encode(reply.choices[0].text)
+    nll = tiny_lm._token_nll_eager(tf.constant([tokens])).numpy()[0]
+    want = -nll[len(tokens) - 1 - len(lp.tokens) :]
+    np.testing.assert_allclose(lp.token_logprobs, want, atol=1e-4)
+
+
+@pytest.mark.large
+def test_fifty_concurrent_clients(tiny_lm):
+    """50 clients at once on 4 slots, with their own prompts, lengths, settings, seeds, n and
+    streaming, and one more that leaves mid-stream: each answer equals the library's sample for
+    that request alone, none lost or duplicated, and the slots all free at the end."""
+    rng = __import__("random").Random(0)
+    jobs = []
+    for i in range(50):
+        settings = rng.choice(
+            [
+                {"temperature": 0},
+                {"temperature": 0.8, "top_k": 20},
+                {"top_p": 0.9, "presence_penalty": 0.5},
+                {"repetition_penalty": 1.3, "frequency_penalty": 0.3},
+            ]
+        )
+        prompt = " ".join(rng.choice(["red", "cat", "sky", "ran", "the"]) for _ in range(i % 7 + 1))
+        jobs.append((prompt, rng.randint(3, 30), i, rng.choice([1, 1, 2]), i % 3 == 0, settings))
+
+    with serving(lambda: tiny_lm, slots=4, max_queue=100) as (url, app):
+        wait_ready(url)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+        def ask(job):
+            prompt, length, seed, n, stream, settings = job
+            kw = dict(model="tiny", prompt=prompt, max_tokens=length, seed=seed, n=n)
+            extra = {k: v for k, v in settings.items() if k in ("top_k", "repetition_penalty")}
+            kw.update({k: v for k, v in settings.items() if k not in extra}, extra_body=extra)
+            if not stream:
+                reply = client.completions.create(**kw)
+                return reply.id, [c.text for c in reply.choices]
+            texts, ids = [""] * n, set()
+            for chunk in client.completions.create(**kw, stream=True):
+                ids.add(chunk.id)
+                for c in chunk.choices:
+                    texts[c.index] += c.text
+            assert len(ids) == 1
+            return ids.pop(), texts
+
+        def leave():  # a client that goes away after its first tokens
+            stream = client.completions.create(
+                model="tiny", prompt="Goodbye", max_tokens=60, stream=True
+            )
+            next(iter(stream))
+            stream.close()
+
+        with concurrent.futures.ThreadPoolExecutor(51) as pool:
+            gone = pool.submit(leave)
+            got = list(pool.map(ask, jobs, timeout=300))
+            gone.result()
+        freed(app)
+        metrics = httpx.get(url + "/metrics").text
+        assert "gpt2_tf2_slots_busy 0" in metrics and "gpt2_tf2_queue_depth 0" in metrics
+    assert len({reply_id for reply_id, _ in got}) == 50  # none lost, none answered twice
+    for job, (_, texts) in zip(jobs, got):
+        prompt, length, seed, n, _, settings = job
+        assert texts == alone(tiny_lm, prompt, n, 4, seed, length=length, **settings), job

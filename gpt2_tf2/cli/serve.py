@@ -76,7 +76,7 @@ class ServeFlags:
     served_name: str | None = flag(
         None,
         "the model's id in /v1/models and replies; default: run_name, or model_name's last "
-        "part. Requests may name any model: one is served.",
+        "part. A request that names another model gets 404; one without a model gets this one.",
     )
     shutdown_timeout: float = flag(
         10.0, "on SIGTERM, seconds running requests may take to finish before they are cut."

@@ -217,9 +217,22 @@ async def _read_json(request, limit: int):
         raise APIError(400, "the request body is not valid JSON") from None
 
 
+def _check_model(body, state: State) -> None:
+    """A request names the served model, or none; any other is OpenAI's 404."""
+    name = body.get("model") if isinstance(body, dict) else None
+    if name is not None and name != state.options.model_name:
+        raise APIError(
+            404,
+            f"The model '{name}' does not exist; this server serves '{state.options.model_name}'",
+            "model",
+            "model_not_found",
+        )
+
+
 async def _completions(request, state: State):
     lm = state.ready()
     body = await _read_json(request, state.options.max_body)
+    _check_model(body, state)
     job = protocol.read_completion(body, lm.encode, _limits(lm, state), chat=False)
     return await _run(request, state, job)
 
@@ -229,6 +242,7 @@ async def _chat(request, state: State):
     body = await _read_json(request, state.options.max_body)
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
+    _check_model(body, state)
     template = state.options.chat_template
     prompt = chat.prompt_of(body.get("messages"), template)
     job = protocol.read_completion({**body, "prompt": prompt}, lm.encode, _limits(lm, state), True)
