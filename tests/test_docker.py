@@ -93,3 +93,16 @@ def test_entrypoint_command_as_in_the_image(tiny_model_dir, tmp_path):
     help_text = run_cli(["-m", "gpt2_tf2", "--help"]).stdout
     for command in ("sample", "score", "download", "encode", "train", "export", "vocab", "init"):
         assert command in help_text
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_images_can_serve(name):
+    """Each image installs the [serve] extra's packages, pinned, and exposes the server's port."""
+    text = open(os.path.join(DOCKER, name), encoding="utf-8").read()
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        extra = re.search(r"^serve = \[(.*)\]$", f.read(), re.M).group(1)  # one line
+    packages = re.findall(r'"([A-Za-z0-9_.-]+)', extra)
+    assert packages == ["starlette", "uvicorn"]
+    for package in packages:
+        assert re.search(rf'"{package}==[0-9.]+"', text), package
+    assert re.search(r"^EXPOSE 8000$", text, re.M)

@@ -204,3 +204,24 @@ def test_logprobs_are_the_models_own(lm, tiny_lm):
             np.testing.assert_allclose([p for _, p in s.top], row[ids], atol=1e-4)
     with pytest.raises(UserError, match="keeps no log-probabilities"):
         Engine(lm, 1).scores(0)
+
+
+def test_a_growing_cache_gives_the_same_tokens(tiny_lm, alone):
+    """grow_cache (a server's engine): the cache starts narrow, widens as rows grow and narrows
+    when the engine empties; each row's tokens are still those it gives alone."""
+    engine = Engine(tiny_lm, SLOTS, grow_cache=True)
+    store = engine._store
+    out, slot_of, widths = {}, {}, set()
+    waiting = list(range(len(REQUESTS)))
+    while waiting or engine.busy():
+        while waiting and len(engine.busy()) < SLOTS:
+            i = waiting.pop(0)
+            slot_of[engine.add(tiny_lm.encode(REQUESTS[i][0]), REQUESTS[i][1])] = i
+            out[i] = []
+        for slot, tokens in engine.step(2).items():
+            out[slot_of[slot]] += tokens
+        widths.add(store._cache_width())
+        for slot in engine.finished():
+            engine.remove(slot)
+    assert out == dict(enumerate(alone))
+    assert min(widths) < engine.cache_len and store.state is None  # narrow; reset when empty

@@ -76,9 +76,19 @@ class Engine:
     """`slots` sequences decoded together on `lm`'s model (a `LanguageModel`, on either
     backend); `cache_len` (default the model's context) bounds prompt + length of each.
     logprobs: with k > 0, each token's log-probability and the k most likely tokens at its
-    step are kept (`scores`)."""
+    step are kept (`scores`). grow_cache (xla): the cache starts as wide as the rows need and
+    widens as they grow (powers of two up to cache_len, each a compilation), and narrows
+    again when the engine empties: every step attends over the columns in use, not cache_len
+    (a server's engine, whose rows are mostly far shorter than the context)."""
 
-    def __init__(self, lm, slots: int, cache_len: int | None = None, logprobs: int = 0):
+    def __init__(
+        self,
+        lm,
+        slots: int,
+        cache_len: int | None = None,
+        logprobs: int = 0,
+        grow_cache: bool = False,
+    ):
         n_ctx = lm.hparams.n_ctx
         self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
         if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
@@ -91,7 +101,7 @@ class Engine:
 
             self._store = LiteSlots(lm, self.slots, self.cache_len, logprobs)
         else:
-            self._store = XlaSlots(lm, self.slots, self.cache_len, logprobs)
+            self._store = XlaSlots(lm, self.slots, self.cache_len, logprobs, grow_cache)
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
@@ -178,6 +188,8 @@ class Engine:
         if slot in self._free or not 0 <= slot < self.slots:
             raise UserError(f"slot {slot} is not busy")
         self._store.cancel(slot)
+        if len(self._free) + 1 == self.slots:
+            self._store.reset()  # empty: the next rows start afresh (a narrow cache)
         self._free.append(slot)
         self._free.sort()
         del self._read[slot]
@@ -232,10 +244,30 @@ class XlaSlots:
     """The engine's rows on the xla backend: `Slots` tensors, advanced by one compiled loop
     (`advance`), new rows written in by another (`insert`)."""
 
-    def __init__(self, lm, slots: int, cache_len: int, logprobs: int = 0):
+    def __init__(self, lm, slots, cache_len, logprobs: int = 0, grow_cache: bool = False):
         self.lm, self.slots, self.cache_len, self.logprobs = lm, slots, cache_len, logprobs
+        self.grow = grow_cache
         self.state = None  # Slots, made when the first rows start
         self._advance, self._insert = programs(lm)
+        # Host copies for choosing the cache's width: each slot's position, end, and whether
+        # it runs (as of the last `read` or `start`).
+        self._pos, self._end = np.zeros([slots], np.int64), np.zeros([slots], np.int64)
+        self._done = np.ones([slots], bool)
+
+    def _width(self, columns: int) -> int:
+        """The cache's width for `columns` columns in use: cache_len, or with grow_cache a
+        power of two from cache_len / 16 (at most five widths: each is a compilation)."""
+        if not self.grow:
+            return self.cache_len
+        return bucket(columns, self.cache_len, smallest=max(16, self.cache_len // 16))
+
+    def _cache_width(self) -> int:
+        return int(self.state.cache[0][0].shape[1]) if self.state is not None else 0
+
+    def reset(self) -> None:
+        """Every slot free: a growing cache starts narrow again."""
+        if self.grow:
+            self.state = None
 
     def prefill(self, prompts):
         """The prompts run as one batch: (logits after each one's last token [k, vocab], cache
@@ -246,7 +278,8 @@ class XlaSlots:
         width = bucket(max(len(t) for t in prompts), self.cache_len)
         context = tf.constant([t + [0] * (width - len(t)) for t in prompts], tf.int32)
         ends = tf.constant([len(t) for t in prompts], tf.int32)  # logits after each row's own
-        return self.lm._prefill(context, ends, self.cache_len, None)
+        cache_len = max(width, self._width(width + 1))
+        return self.lm._prefill(context, ends, cache_len, None)
 
     def start(self, slots, prefill: Prefill, settings: Settings) -> None:
         """Write the rows of `prefill` into `slots`, with their `settings` ([k] each)."""
@@ -256,6 +289,15 @@ class XlaSlots:
         limit = tf.constant([length for _, _, length in prefill.rows], tf.int32)
         row = tf.constant(prefill.row_numbers, tf.int32)
         history = tf.constant(history, tf.int32)
+        for i, slot in enumerate(slots):
+            self._pos[slot], self._done[slot] = len(prompts[i]), False
+            self._end[slot] = len(prompts[i]) + prefill.rows[i][2]
+        cache = prefill.cache
+        width = max(_width_of(cache), self._cache_width())
+        cache = _widen(cache, width)
+        if self.state is not None and self._cache_width() < width:
+            self.state = self.state._replace(cache=_widen(self.state.cache, width))
+        prefill = prefill._replace(cache=cache)
         if len(slots) == self.slots:  # every slot at once: the rows are the state, no copy
             zeros, done = tf.zeros([self.slots], tf.int32), tf.zeros([self.slots], tf.bool)
             self.state = Slots(
@@ -272,15 +314,15 @@ class XlaSlots:
             )
             return
         row_state = (prefill.logits, prefill.cache, history, pos, limit, row)
-        state = self.state if self.state is not None else self._empty()
+        state = self.state if self.state is not None else self._empty(width)
         self.state = self._insert(state, tf.constant(slots), row_state, settings)
 
-    def _empty(self) -> Slots:
-        """The state of an engine with every slot free."""
+    def _empty(self, width: int) -> Slots:
+        """The state of an engine with every slot free, its cache `width` columns wide."""
         hp, slots = self.lm.hparams, self.slots
         return Slots(
             logits=tf.zeros([slots, hp.n_vocab]),
-            cache=self.lm.model.init_cache(slots, self.cache_len),
+            cache=self.lm.model.init_cache(slots, width),
             history=tf.zeros([slots, self.cache_len], tf.int32),
             pos=tf.zeros([slots], tf.int32),
             step=tf.zeros([slots], tf.int32),
@@ -306,10 +348,17 @@ class XlaSlots:
     def cancel(self, slot: int) -> None:
         done = tf.tensor_scatter_nd_update(self.state.done, [[slot]], [True])
         self.state = self.state._replace(done=done)
+        self._done[slot] = True
 
     def advance(self, n: int) -> None:
         """Up to n more tokens for every unfinished row."""
         if self.state is not None and not all(self.state.done.numpy()):
+            if self.grow:  # the columns the running rows reach in n steps (not past their end)
+                running = ~self._done
+                reach = np.minimum(self._pos + n, self._end)[running]
+                width = self._width(int(reach.max())) if running.any() else 0
+                if width > self._cache_width():
+                    self.state = self.state._replace(cache=_widen(self.state.cache, width))
             self.state = self._advance(self.state, tf.constant(n))
 
     def read(self):
@@ -318,12 +367,22 @@ class XlaSlots:
             empty = np.zeros([self.slots], np.int32)
             return None, empty, np.ones([self.slots], bool), empty - 1
         state = self.state
-        return (
-            state.history.numpy(),
-            state.pos.numpy(),
-            state.done.numpy(),
-            state.settings.stop_token.numpy(),
-        )
+        pos, done = state.pos.numpy(), state.done.numpy()
+        self._pos[:], self._done[:] = pos, done
+        return state.history.numpy(), pos, done, state.settings.stop_token.numpy()
+
+
+def _width_of(cache) -> int:
+    return int(cache[0][0].shape[1])
+
+
+def _widen(cache, width: int) -> list:
+    """The cache with zero columns added up to `width` (a copy; the same cache if as wide)."""
+    extra = width - _width_of(cache)
+    if extra <= 0:
+        return cache
+    pad = [[0, 0], [0, extra], [0, 0]]
+    return [tuple(tf.pad(t, pad) for t in layer) for layer in cache]
 
 
 def programs(lm):
@@ -375,7 +434,7 @@ def advance(lm, state: Slots, n) -> Slots:
     model = functools.partial(lm.model, weights=weights)
     cache_len = state.history.shape[1]
     columns = tf.range(cache_len)
-    last = cache_len - 1
+    last = min(cache_len, _width_of(state.cache)) - 1  # a growing cache may be narrower
 
     def cond(i, state):
         return (i < n) & ~tf.reduce_all(state.done)

@@ -314,6 +314,9 @@ class LiteSlots:
     def cancel(self, slot: int) -> None:
         self.done[slot] = True
 
+    def reset(self) -> None:
+        """Every slot free: nothing to do (the interpreter's shapes stay)."""
+
     def advance(self, n: int) -> None:
         """Up to n more tokens for every unfinished row, one step of the interpreter each."""
         if self.done.all():

@@ -37,7 +37,8 @@ class Sequence:
 
 class Scheduler:
     def __init__(self, lm, slots: int, max_queue: int, metrics: Metrics, logprobs: int = 0):
-        self.engine = Engine(lm, slots, logprobs=logprobs)
+        # A growing cache: each step attends over the columns the running rows use.
+        self.engine = Engine(lm, slots, logprobs=logprobs, grow_cache=lm.lite is None)
         self.slots, self.max_queue, self.metrics = slots, max_queue, metrics
         self._waiting = collections.deque()
         self._running = {}  # slot -> Sequence
