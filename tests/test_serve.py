@@ -403,3 +403,17 @@ def test_fifty_concurrent_clients(tiny_lm):
     for job, (_, texts) in zip(jobs, got):
         prompt, length, seed, n, _, settings = job
         assert texts == alone(tiny_lm, prompt, n, 4, seed, length=length, **settings), job
+
+
+def test_the_guides_openai_example_runs(server, capsys):
+    """docs/serving.md's example with OpenAI's client, run against this server."""
+    import os
+    import re
+
+    from conftest import REPO
+
+    text = open(os.path.join(REPO, "docs", "serving.md"), encoding="utf-8").read()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "from openai" in b)
+    block = block.replace("http://127.0.0.1:8000", server[0]).replace('"demo"', '"tiny"')
+    exec(compile(block, "docs/serving.md", "exec"), {})
+    assert "CompletionUsage(" in capsys.readouterr().out
