@@ -329,7 +329,9 @@ class XlaSlots:
             limit=tf.zeros([slots], tf.int32),
             done=tf.ones([slots], tf.bool),
             rows=tf.zeros([slots], tf.int32),
-            settings=Settings.rows([Settings.make()] * slots),
+            # A free slot decodes greedily: it never asks for a sampling path (its tokens are
+            # thrown away).
+            settings=Settings.rows([Settings.make(temperature=0.0)] * slots),
             scores=self._no_scores(),
         )
 

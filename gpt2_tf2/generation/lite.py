@@ -277,7 +277,7 @@ class LiteSlots:
         self.pos, self.steps, self.limit, self.rows = (np.zeros([slots], np.int32) for _ in "1234")
         self.done = np.ones([slots], bool)
         self.logits = np.zeros([slots, lm.hparams.n_vocab], np.float32)
-        self.settings = Settings.rows([Settings.make()] * slots)
+        self.settings = Settings.rows([Settings.make(temperature=0.0)] * slots)  # free: greedy
         self._saved = None  # the cache while another holds the interpreter; None: zeros
 
     def prefill(self, prompts):

@@ -221,7 +221,8 @@ def thresholds(logits, ranked, k, p):
 
 def _row_thresholds(logits, ranked, k, p, n, none):
     """`thresholds` where rows have their own top_k and top_p ([batch, 1]): the same rules row
-    by row. A row with neither on is never exact: it draws from its whole vocabulary."""
+    by row, and whether each row's are exact ([batch, 1]; a row with neither on never is: it
+    draws from its whole vocabulary)."""
     kth = tf.where(k > 0, kth_largest(ranked, tf.maximum(k, 1)), none)
     lse = tf.reduce_logsumexp(mask_below(logits, kth), axis=-1, keepdims=True)
     probs = tf.exp(mask_below(ranked, kth) - lse)  # [batch, n]
@@ -229,8 +230,8 @@ def _row_thresholds(logits, ranked, k, p, n, none):
     kept = tf.where(mass_before < p, ranked, tf.cast(float("inf"), ranked.dtype))
     nucleus = tf.where(p < 1.0, tf.reduce_min(kept, axis=-1, keepdims=True), none)
     within = (p >= 1.0) | (tf.reduce_sum(probs, axis=-1, keepdims=True) >= p)
-    exact = (k <= n) & within & ((k > 0) | (p < 1.0))  # [batch, 1]
-    return tf.maximum(kth, nucleus), tf.reduce_all(exact)
+    exact = (k <= n) & within & ((k > 0) | (p < 1.0))  # [batch, 1]: each row's own
+    return tf.maximum(kth, nucleus), exact
 
 
 class Truncated(NamedTuple):
@@ -240,7 +241,8 @@ class Truncated(NamedTuple):
     threshold: tf.Tensor  # [batch, 1]
     values: tf.Tensor  # [batch, n]: the row's n largest logits, descending (the candidates)
     indices: tf.Tensor  # int32 [batch, n]: their token ids
-    exact: tf.Tensor  # bool scalar: the thresholds lie within the candidates of every row
+    exact: tf.Tensor  # bool: the thresholds lie within the candidates (scalar: of every row;
+    # [batch, 1] where rows have their own settings: of each)
 
 
 def truncate(logits, settings, candidates: int = CANDIDATES) -> Truncated:

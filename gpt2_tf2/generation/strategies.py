@@ -14,7 +14,6 @@ from gpt2_tf2.core.kernels import select_column, shape_list
 from gpt2_tf2.generation.processors import (
     CANDIDATES,
     NEG_INF,
-    any_row,
     full_threshold,
     mask_below,
     truncate,
@@ -65,8 +64,44 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
         return tf.cond(among, among_candidates, fallback)
 
     no_threshold = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
-    on = any_row(truncation(scaled, settings)[2])
+    on = truncation(scaled, settings)[2]
+    if on.shape.rank == 2:
+        return _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all)
     return tf.cond(on, truncated, lambda: over_all(no_threshold))
+
+
+def _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all):
+    """`sample` where rows have their own settings (a decode engine's slots): each row takes its
+    own path, so that another row (or a free slot) never sends it down a dearer one. A row whose
+    top-k/top-p survivors lie among its candidates draws among them; a row without top-k or
+    top-p draws from its whole row; only a row whose nucleus reaches past its candidates needs
+    the sort of its whole row. The token is the same on every path (the noise is keyed by
+    token id), so the choice of path is speed only."""
+    vocab = shape_list(logits)[1]
+    sampled = tf.convert_to_tensor(settings.temperature)[:, None] > 0  # [batch, 1]
+    kept = truncate(scaled, settings, candidates)
+    n = shape_list(kept.values)[1]
+    ties = kept.values[:, -1:] >= kept.threshold  # [batch, 1]
+    among = kept.exact & ((n == vocab) | ~ties)
+    noise = gumbel_noise(kept.indices, settings.seed, step, rows)
+    best = tf.argmax(mask_below(kept.values, kept.threshold) + noise, axis=-1, output_type=tf.int32)
+    token = select_column(kept.indices, best[:, None])  # [batch]
+    plain = ~on & sampled  # no threshold: noise over the whole row
+    sort = on & ~among & sampled  # a threshold past the candidates: a sort of the whole row
+    none = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
+    zeros = tf.zeros_like(token)
+    token = tf.where(
+        plain[:, 0],
+        tf.cond(tf.reduce_any(plain), lambda: over_all(none), lambda: zeros),
+        token,
+    )
+    return tf.where(
+        sort[:, 0],
+        tf.cond(
+            tf.reduce_any(sort), lambda: over_all(full_threshold(scaled, settings)), lambda: zeros
+        ),
+        token,
+    )
 
 
 def choose_tokens(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
