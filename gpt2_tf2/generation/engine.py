@@ -106,6 +106,7 @@ class Engine:
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
         self._scores = {}  # slot -> TokenScores of the tokens `step` returned last
+        self._done = None  # each slot's done flag as `step` last read it (None: read again)
 
     # ---- rows joining and leaving ---------------------------------------------------------
 
@@ -149,6 +150,7 @@ class Engine:
         if keys is not None:
             settings = settings._replace(seed=tf.constant(keys, tf.int64))
         self._store.start(slots, prefill, settings)
+        self._done = None
         del self._free[: len(rows)]
         for slot, (tokens, _, _) in zip(slots, rows):
             self._read[slot] = len(tokens)
@@ -188,6 +190,7 @@ class Engine:
         if slot in self._free or not 0 <= slot < self.slots:
             raise UserError(f"slot {slot} is not busy")
         self._store.cancel(slot)
+        self._done = None
         if len(self._free) + 1 == self.slots:
             self._store.reset()  # empty: the next rows start afresh (a narrow cache)
         self._free.append(slot)
@@ -204,7 +207,7 @@ class Engine:
 
     def finished(self) -> list[int]:
         """The busy slots whose sequence has ended (its length, or its stop token)."""
-        done = self._store.read()[2]
+        done = self._done if self._done is not None else self._store.read()[2]
         return [s for s in self.busy() if done[s]]
 
     def stopped(self, slot: int) -> bool:
@@ -217,7 +220,8 @@ class Engine:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise UserError(f"step takes a positive number of tokens, got {n!r}")
         self._store.advance(n)
-        history, pos, _, stops = self._store.read()
+        history, pos, done, stops = self._store.read()
+        self._done = done.copy()
         scores = self._store.scores() if self.logprobs else None
         out = {}
         for slot in self.busy():

@@ -18,11 +18,16 @@ import threading
 import time
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.config import GenerationConfig
 from gpt2_tf2.generation.engine import Engine, Request
 from gpt2_tf2.server.metrics import Metrics
 from gpt2_tf2.server.protocol import APIError, Choice
 
 log = logging.getLogger("gpt2_tf2.server")
+# Tokens per engine call while no sequence waits for a slot: fewer calls (each costs a few ms
+# of dispatch and reads), at the price of a finished or cancelled slot idling up to this many
+# steps. One at a time while any waits, so that it joins at the next step.
+CHUNK = 4
 
 
 class Sequence:
@@ -44,6 +49,7 @@ class Scheduler:
         self._running = {}  # slot -> Sequence
         self._cond = threading.Condition()
         self._closing = False
+        self.warm_up()  # in the loading thread, before the engine's own starts
         self._thread = threading.Thread(target=self._loop, name="gpt2_tf2-engine", daemon=True)
         self._thread.start()
 
@@ -117,6 +123,15 @@ class Scheduler:
         return starting
 
     def _start(self, starting: list[Sequence]) -> None:
+        """Start the sequences, in groups of a power of two (15 = 8 + 4 + 2 + 1): the shapes of
+        the prompts' batch and of the insert stay few (`warm_up` compiles them), where any
+        count would compile anew at a request's expense."""
+        while starting:
+            group = 1 << (len(starting).bit_length() - 1)
+            self._start_group(starting[:group])
+            starting = starting[group:]
+
+    def _start_group(self, starting: list[Sequence]) -> None:
         requests = [
             Request(s.choice.prompt_tokens, s.choice.config, s.choice.key, s.choice.row)
             for s in starting
@@ -130,8 +145,22 @@ class Scheduler:
         with self._cond:
             self._running.update(zip(slots, starting))
 
+    def warm_up(self) -> None:
+        """Compile what the first requests would otherwise wait for: a short prompt's batch of
+        each power-of-two size up to the slots, its insert and a step (before serving)."""
+        config = GenerationConfig(length=2, temperature=0.0)
+        size = 1
+        while size <= self.slots:
+            slots = self.engine.add_many([Request([0], config) for _ in range(size)])
+            self.engine.step(1)
+            for slot in slots:
+                self.engine.remove(slot)
+            size *= 2
+
     def _step(self) -> None:
-        out = self.engine.step(1)
+        with self._cond:
+            n = 1 if self._waiting else CHUNK
+        out = self.engine.step(n)
         now = time.monotonic()
         for slot, tokens in out.items():
             s = self._running[slot]
