@@ -9,6 +9,7 @@ into one line on stderr and exit status 2, and keeps flags that name text or pat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import re
@@ -145,6 +146,59 @@ def setup_devices(verbose: bool = False) -> str:
     if verbose or os.environ.get("GPT2_TF2_SHOW_DEVICE") == "1":
         print(f"device: {described}", file=sys.stderr)
     return described
+
+
+def flag(default, help: str):
+    """A command's flag as a dataclass field: its default and its help (`flags.config_fields`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFlags:
+    """The flags that choose and load a model, for the commands that run one (sample, serve);
+    `load_chosen` loads it."""
+
+    model_name: str = flag(
+        "124M",
+        "release name under models_dir (124M, 355M, 774M, 1558M; 117M and 345M are aliases) or "
+        "a path to a model directory in OpenAI's layout.",
+    )
+    models_dir: str = flag("models", "directory holding the release directories.")
+    run_name: str | None = flag(
+        None, "use a fine-tuning run's newest checkpoint instead of model_name."
+    )
+    checkpoint_dir: str = flag("checkpoint", "where run directories live.")
+    offline: bool = flag(False, "never download; a release missing from models_dir is an error.")
+    dtype: str = flag(
+        "float32",
+        "float32 (the released weights as they are), float16 or bfloat16: weights and "
+        "activations in 16 bits, half the memory (docs/sampling.md, 'Speed, compilation and "
+        "memory'); meant for GPUs, slower than float32 on CPUs. Layer norms, softmax and "
+        "logits stay float32. int8: weights in 8 bits on the tflite backend, a quarter of the "
+        "memory and on a CPU about twice float32's speed, logits within about 0.1 of "
+        "float32's (docs/tflite.md).",
+    )
+    backend: str | None = flag(
+        None,
+        "xla (TensorFlow's compiled loops) or tflite (TensorFlow Lite with XNNPACK; the model is "
+        "converted once, about a minute at 124M, and cached). Default: tflite for --dtype int8, "
+        "else xla (as fast at batch 1 on a CPU, and it runs beam search; for float32 batches of "
+        "8, tflite was 1.4x faster here).",
+    )
+
+
+def load_chosen(opts: ModelFlags, verbose: bool):
+    """The model `opts` choose, loaded as `load_model` loads it."""
+    return load_model(
+        opts.model_name,
+        opts.models_dir,
+        opts.offline,
+        opts.run_name,
+        opts.checkpoint_dir,
+        verbose,
+        opts.dtype,
+        opts.backend,
+    )
 
 
 def load_model(

@@ -22,20 +22,14 @@ FOOTER = "=" * 80
 PROMPT = "Model prompt >>> "
 
 
-def flag(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+flag = runner.flag
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleFlags:
-    """The command's flags that are not decoding settings: the model, the prompts, the output."""
+class SampleFlags(runner.ModelFlags):
+    """The command's flags that are not decoding settings: the model (`runner.ModelFlags`),
+    the prompts, the output."""
 
-    model_name: str = flag(
-        "124M",
-        "release name under models_dir (124M, 355M, 774M, 1558M; 117M and 345M are aliases) or "
-        "a path to a model directory in OpenAI's layout.",
-    )
-    models_dir: str = flag("models", "directory holding the release directories.")
     prompt: str | None = flag(None, "text to continue.")
     prompt_file: str | None = flag(None, "file whose text to continue; '-' reads standard input.")
     prompts_file: str | None = flag(
@@ -62,27 +56,6 @@ class SampleFlags:
         "newline and sample_delim (gpt-2-simple's generate_to_file).",
     )
     sample_delim: str = flag("=" * 20 + "\n", "with destination_path: what follows each sample.")
-    run_name: str | None = flag(
-        None, "sample from a fine-tuning run's newest checkpoint instead of model_name."
-    )
-    checkpoint_dir: str = flag("checkpoint", "where run directories live.")
-    offline: bool = flag(False, "never download; a release missing from models_dir is an error.")
-    dtype: str = flag(
-        "float32",
-        "float32 (the released weights as they are), float16 or bfloat16: weights and "
-        "activations in 16 bits, half the memory (docs/sampling.md, 'Speed, compilation and "
-        "memory'); meant for GPUs, slower than float32 on CPUs. Layer norms, softmax and "
-        "logits stay float32. int8: weights in 8 bits on the tflite backend, a quarter of the "
-        "memory and on a CPU about twice float32's speed, logits within about 0.1 of "
-        "float32's (docs/tflite.md).",
-    )
-    backend: str | None = flag(
-        None,
-        "xla (TensorFlow's compiled loops) or tflite (TensorFlow Lite with XNNPACK; the model is "
-        "converted once, about a minute at 124M, and cached). Default: tflite for --dtype int8, "
-        "else xla (as fast at batch 1 on a CPU, and it runs beam search; for float32 batches of "
-        "8, tflite was 1.4x faster here).",
-    )
     verbose: bool = flag(False, "show TensorFlow's log messages.")
 
 
@@ -99,16 +72,7 @@ def sample(*args, **kwargs):
     prompt, prompts = check_flags(opts, config)
     runner.configure_logging(opts.verbose, xla=True)  # from here on, TensorFlow is imported
     check_before_loading(opts, config, [prompt] if prompt else prompts)
-    lm = runner.load_model(
-        opts.model_name,
-        opts.models_dir,
-        opts.offline,
-        opts.run_name,
-        opts.checkpoint_dir,
-        opts.verbose,
-        opts.dtype,
-        opts.backend,
-    )
+    lm = runner.load_chosen(opts, opts.verbose)
     if prompts:
         print_prompts(lm, prompts, config, opts)
     elif opts.interactive:

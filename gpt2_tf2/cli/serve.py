@@ -23,23 +23,14 @@ from gpt2_tf2.errors import UserError
 KEY_VARIABLE = "GPT2_TF2_API_KEY"
 
 
-def flag(default, help: str):
-    return dataclasses.field(default=default, metadata={"help": help})
+flag = runner.flag
 
 
 @dataclasses.dataclass(frozen=True)
-class ServeFlags:
-    model_name: str = flag(
-        "124M",
-        "release name under models_dir (124M, 355M, 774M, 1558M) or a path to a model "
-        "directory in OpenAI's layout.",
-    )
-    models_dir: str = flag("models", "directory holding the release directories.")
-    run_name: str | None = flag(
-        None, "serve a fine-tuning run's newest checkpoint instead of model_name."
-    )
-    checkpoint_dir: str = flag("checkpoint", "where run directories live.")
-    offline: bool = flag(False, "never download; a release missing from models_dir is an error.")
+class ServeFlags(runner.ModelFlags):
+    """The server's flags: the model (`runner.ModelFlags`), where it listens, its slots and
+    queue, and who may call it."""
+
     host: str = flag(
         "127.0.0.1",
         "address to listen on; 127.0.0.1 is this machine only. 0.0.0.0 listens on every "
@@ -49,15 +40,12 @@ class ServeFlags:
     slots: int = flag(
         4,
         "sequences generated at once (the engine's batch); more requests wait in the queue and "
-        "join as slots free. Each slot holds a cache of the model's context.",
+        "join as slots free. Every step costs all slots, busy or free: size it to the clients "
+        "you expect (docs/benchmarks/serving.md).",
     )
     max_queue: int = flag(
         64, "sequences that may wait for a slot; beyond it requests get 429 with Retry-After."
     )
-    backend: str | None = flag(
-        None, "xla or tflite, as for sample (default: tflite for --dtype int8, else xla)."
-    )
-    dtype: str = flag("float32", "float32, float16, bfloat16 or int8, as for sample.")
     api_key: str | None = flag(
         None,
         f"require 'Authorization: Bearer KEY' on every /v1 request (else 401). Default: the "
@@ -113,16 +101,7 @@ def serve(*args, **kwargs):
     failed = []
 
     def load():
-        lm = runner.load_model(
-            opts.model_name,
-            opts.models_dir,
-            opts.offline,
-            opts.run_name,
-            opts.checkpoint_dir,
-            opts.verbose,
-            opts.dtype,
-            opts.backend,
-        )
+        lm = runner.load_chosen(opts, opts.verbose)
         runner.say(f"ready: {name}, {opts.slots} slots")
         return lm
 
