@@ -1,5 +1,6 @@
 """What the bench scripts share: running one measurement in a fresh Python process of this
-environment and collecting the JSON objects it prints, one per line; timing a call."""
+environment and collecting the JSON objects it prints, one per line; timing a call; the
+machine's memory bandwidth."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def timed(call, arg, repeats: int) -> tuple[float, list[float]]:
         call(arg)
         times.append(time.perf_counter() - t)
     return first, times
+
+
+def bandwidth_gb_s() -> float:
+    """A NumPy sum of 1 GiB: the machine's memory bandwidth, as the guide measures it."""
+    import numpy as np
+
+    data = np.ones(2**30 // 8)
+    data.sum()
+    start = time.perf_counter()
+    data.sum()
+    return 2**30 / (time.perf_counter() - start) / 1e9

@@ -24,18 +24,9 @@ import os
 import statistics
 import time
 
+from _child import bandwidth_gb_s  # bench/ is sys.path[0] when run as a script
+
 PROMPT, NEW = 16, 128
-
-
-def bandwidth_gb_s() -> float:
-    """A NumPy sum of 1 GiB: the machine's memory bandwidth, as the guide measures it."""
-    import numpy as np
-
-    data = np.ones(2**30 // 8)
-    data.sum()
-    start = time.perf_counter()
-    data.sum()
-    return 2**30 / (time.perf_counter() - start) / 1e9
 
 
 def model():

@@ -268,7 +268,7 @@ async def _run(request, state: State, job: protocol.Job):
 
     sequences = [Sequence(c, deliver, job.logprobs is not None) for c in job.choices]
     state.scheduler.submit(sequences)
-    state.metrics.tokens(prompt=sum(max(len(p), 1) for p in job.prompts))
+    state.metrics.tokens(prompt=job.prompt_tokens)
     reply = Reply(job, state.lm, state.options.model_name)
     if job.stream:
         return StreamingResponse(
@@ -295,7 +295,7 @@ async def _disconnected(request) -> None:
 async def _collect(state, sequences, events, reply) -> dict:
     while reply.open:
         update = reply.handle(await events.get())
-        if update and update.finish == "stop" and reply.cut[update.index]:
+        if update and reply.streams[update.index].stopped:  # a stop sequence: the row's done
             state.scheduler.cancel([sequences[update.index]])
     return reply.whole()
 
@@ -310,7 +310,7 @@ async def _stream(state, sequences, events, reply):
                 return
             if update is None:
                 continue
-            if update.finish == "stop" and reply.cut[update.index]:
+            if reply.streams[update.index].stopped:  # a stop sequence: the row's done
                 state.scheduler.cancel([sequences[update.index]])
             yield _sse(reply.chunk(update))
         if reply.job.include_usage:
@@ -344,13 +344,11 @@ class Reply:
         n = len(job.choices)
         self.streams = [TextStream(lm.encoder, job.stops) for _ in range(n)]
         self.finish = [None] * n
-        self.cut = [False] * n  # ended on a stop sequence: the engine's row is cancelled
         self.counted = [0] * n  # tokens generated up to the end (or the stop sequence)
         self.tokens = [[] for _ in range(n)]
         self.scores = [[] for _ in range(n)]
         self.sent_first = [False] * n
         self.open = n  # sequences the scheduler has not ended yet
-        self.error = None
 
     def handle(self, event) -> Update | None:
         kind, index = event[0], event[1]
@@ -370,7 +368,7 @@ class Reply:
             self.counted[index] += len(event[2])
             text, tokens, scores = stream.feed(event[2], event[3])
             if stream.stopped:
-                self.finish[index], self.cut[index] = "stop", True
+                self.finish[index] = "stop"
         self.tokens[index] += tokens
         self.scores[index] += scores
         return Update(index, text, tokens, scores, self.finish[index])
@@ -400,8 +398,7 @@ class Reply:
         return protocol.completion(job, self.model, [choice], None, chunk=True)
 
     def usage(self) -> dict:
-        prompt = sum(max(len(p), 1) for p in self.job.prompts)  # once per prompt, as OpenAI
-        return protocol.usage(prompt, sum(self.counted))
+        return protocol.usage(self.job.prompt_tokens, sum(self.counted))
 
     def usage_chunk(self) -> dict:
         return protocol.completion(self.job, self.model, [], self.usage(), chunk=True)

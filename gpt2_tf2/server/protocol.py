@@ -88,6 +88,12 @@ class Job:
     id: str = dataclasses.field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompts' tokens as the model reads them (an empty one is <|endoftext|>), each
+        prompt once, however many choices it has: OpenAI's usage.prompt_tokens."""
+        return sum(max(len(p), 1) for p in self.prompts)
+
 
 def _number(body: dict, name: str, default, low=None, high=None, integer=False):
     value = body.get(name)
