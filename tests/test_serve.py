@@ -120,19 +120,33 @@ def test_stop_sequences_cut_the_text(client):
 
 
 def test_logprobs_and_echo(client, tiny_lm):
-    reply = client.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, echo=True
-    )
-    choice = reply.choices[0]
+    """With echo, the prompt's tokens come first with their own log-probabilities (the first
+    has none, as in OpenAI's replies), equal to scoring's; a stream gives the same pieces."""
+    import numpy as np
+    import tensorflow as tf
+
+    kw = dict(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, echo=True)
+    choice = client.completions.create(**kw).choices[0]
     assert choice.text.startswith(PROMPT)
     lp = choice.logprobs
-    generated = choice.text[len(PROMPT) :]
-    assert "".join(lp.tokens) == generated and len(lp.tokens) == 6
-    assert lp.text_offset[0] == len(PROMPT)
-    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
-        assert len(top) == 3 and logprob <= 0
+    prompt = tiny_lm.encode(PROMPT)
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == len(prompt) + 6
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.text_offset[0] == 0 and lp.text_offset[len(prompt)] == len(PROMPT)
+    tokens = prompt + tiny_lm.encode(choice.text[len(PROMPT) :])
+    nll = tiny_lm._token_nll_eager(tf.constant([tokens])).numpy()[0]
+    np.testing.assert_allclose(lp.token_logprobs[1:], -nll, atol=1e-4)
+    for logprob, top in zip(lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert len(top) == 3 and max(top.values()) >= logprob - 1e-5
+    for token, logprob, top in zip(lp.tokens[-6:], lp.token_logprobs[-6:], lp.top_logprobs[-6:]):
         assert max(top.values()) == pytest.approx(logprob, abs=1e-5)  # greedy: the top one
         assert token in top
+    pieces = [c.choices[0] for c in client.completions.create(**kw, stream=True) if c.choices]
+    assert "".join(p.text for p in pieces) == choice.text
+    streamed = [x for p in pieces if p.logprobs for x in p.logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+    offsets = [x for p in pieces if p.logprobs for x in p.logprobs.text_offset]
+    assert offsets == lp.text_offset
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         client.completions.create(model="tiny", prompt="Hi", max_tokens=2, logprobs=6)
 

@@ -36,3 +36,17 @@ def read_scores(scores, slot: int, first: int, n: int) -> list[TokenScore]:
         TokenScore(float(c), list(zip(i.tolist(), p.tolist())))
         for c, i, p in zip(chosen, ids, logps)
     ]
+
+
+def prompt_scores(lm, tokens: list[int], k: int) -> list[TokenScore | None]:
+    """Each token of a prompt scored by the model given the tokens before it, with the k most
+    likely there (OpenAI's `echo` with `logprobs`: the prompt's own log-probabilities); the
+    first token has nothing before it (None), as in OpenAI's replies. One forward pass."""
+    if len(tokens) < 2:
+        return [None] * len(tokens)
+    logits = lm.model(tf.constant([tokens[:-1]], tf.int32))["logits"][0]  # [n - 1, vocab]
+    chosen, ids, logps = token_scores(logits, tf.constant(tokens[1:], tf.int32), max(k, 1))
+    return [None] + [
+        TokenScore(float(c), list(zip(i.tolist(), p.tolist()))[:k])
+        for c, i, p in zip(chosen.numpy(), ids.numpy(), logps.numpy())
+    ]

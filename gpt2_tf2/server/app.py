@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.logprobs import prompt_scores
 from gpt2_tf2.server import chat, protocol
 from gpt2_tf2.server.metrics import Metrics
 from gpt2_tf2.server.protocol import APIError
@@ -270,6 +271,8 @@ async def _run(request, state: State, job: protocol.Job):
     state.scheduler.submit(sequences)
     state.metrics.tokens(prompt=job.prompt_tokens)
     reply = Reply(job, state.lm, state.options.model_name)
+    if job.echo and job.logprobs is not None:  # the prompt's own, scored off the event loop
+        reply.prompt_scores = await asyncio.to_thread(_prompt_scores, state.lm, job)
     if job.stream:
         return StreamingResponse(
             _stream(state, sequences, events, reply),
@@ -285,6 +288,10 @@ async def _run(request, state: State, job: protocol.Job):
         return Response(status_code=499)
     gone.cancel()
     return JSONResponse(collect.result())
+
+
+def _prompt_scores(lm, job: protocol.Job) -> list:
+    return [prompt_scores(lm, c.prompt_tokens, job.logprobs) for c in job.choices]
 
 
 async def _disconnected(request) -> None:
@@ -349,6 +356,7 @@ class Reply:
         self.scores = [[] for _ in range(n)]
         self.sent_first = [False] * n
         self.open = n  # sequences the scheduler has not ended yet
+        self.prompt_scores = None  # with echo and logprobs: each choice's prompt's scores
 
     def handle(self, event) -> Update | None:
         kind, index = event[0], event[1]
@@ -382,6 +390,14 @@ class Reply:
         scores = [s._replace(top=s.top[:top]) if s is not None else None for s in scores]
         return protocol.completion_logprobs(decode, tokens, scores, offset)
 
+    def _with_prompt(self, index: int, tokens, scores, offset: int):
+        """With echo and logprobs, the prompt's tokens and scores come first and offsets count
+        from the prompt's start (OpenAI's legacy completions); else as they are."""
+        if self.prompt_scores is None:
+            return tokens, scores, offset
+        prompt = self.job.choices[index].prompt_tokens
+        return prompt + tokens, self.prompt_scores[index] + scores, 0
+
     def _prompt_text(self, index: int) -> str:
         return self.lm.encoder.decode(self.job.choices[index].prompt_tokens)
 
@@ -389,11 +405,14 @@ class Reply:
         job = self.job
         first = not self.sent_first[u.index]
         self.sent_first[u.index] = True
-        text = u.text
+        text, tokens, scores = u.text, u.tokens, u.scores
         offset = len(self.streams[u.index].text) - len(u.text)
-        if job.echo and first:
-            text = self._prompt_text(u.index) + text
-        logprobs = self._logprobs(u.tokens, u.scores, offset)
+        if job.echo:
+            offset += len(self._prompt_text(u.index))
+            if first:
+                text = self._prompt_text(u.index) + text
+                tokens, scores, offset = self._with_prompt(u.index, tokens, scores, offset)
+        logprobs = self._logprobs(tokens, scores, offset)
         choice = protocol.text_choice(job, u.index, text, logprobs, u.finish, True, first)
         return protocol.completion(job, self.model, [choice], None, chunk=True)
 
@@ -407,7 +426,9 @@ class Reply:
         choices = []
         for i, stream in enumerate(self.streams):
             prefix = self._prompt_text(i) if self.job.echo else ""
-            logprobs = self._logprobs(self.tokens[i], self.scores[i], len(prefix))
+            tokens, scores = self.tokens[i], self.scores[i]
+            tokens, scores, offset = self._with_prompt(i, tokens, scores, len(prefix))
+            logprobs = self._logprobs(tokens, scores, offset)
             text = prefix + stream.text
             choices.append(protocol.text_choice(self.job, i, text, logprobs, self.finish[i]))
         return protocol.completion(self.job, self.model, choices, self.usage())
