@@ -10,10 +10,17 @@ class UserError(Exception):
     """Something the user gave us is wrong; the message says what and what to do."""
 
 
-def flag_spelling(message: str) -> str:
+def flag_spelling(message: str, flags=None) -> str:
     """A library message as the command line says it: each `name` as --name (a command's flags
-    are its function's parameters, by the same names)."""
-    return re.sub(r"`([a-z][a-z0-9_]*)`", r"--\1", message)
+    are its function's parameters, by the same names). With `flags`, the command's own: a name
+    it has no flag for (a setting of a step it calls, e.g. the download `sample` starts) is
+    written plainly, never as a flag the command would refuse."""
+
+    def spell(m):
+        name = m.group(1)
+        return f"--{name}" if flags is None or name in flags else name
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", spell, message)
 
 
 def first_line(e: Exception) -> str:

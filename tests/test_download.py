@@ -278,6 +278,27 @@ def test_sample_downloads_missing_release(server, tmp_path, monkeypatch):
     assert "downloading it" in r.stderr and "SAMPLE 1" in r.stdout
 
 
+def test_an_unreachable_mirror_names_what_each_command_takes(tmp_path, monkeypatch):
+    """The library's message names its `base_url`; `download` says --base_url, its flag; `sample`
+    (which downloads a missing release itself, and has no such flag) names the environment
+    variable and no flag it would refuse."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(UserError, match=r"\(`base_url`, or GPT2_TF2_BASE_URL in the environment\)"):
+        download_model("124M", str(tmp_path), url=url, progress=False, timeout=5)
+    cmd = ["-m", "gpt2_tf2.download", "124M", "--models_dir", str(tmp_path), "--base_url", url]
+    r = run_in_process(cmd)
+    assert r.returncode == 2 and "(--base_url, or GPT2_TF2_BASE_URL" in r.stderr, r.stderr
+    monkeypatch.setenv("GPT2_TF2_BASE_URL", url)
+    r = run_in_process(["-m", "gpt2_tf2.sample", "--models_dir", str(tmp_path), "--length", "3"])
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and line.startswith("error: ") and "cannot connect" in line, r.stderr
+    assert "GPT2_TF2_BASE_URL in the environment" in line and "--base_url" not in line
+
+
 def test_cli_http_error_is_one_line(server, tmp_path):
     server.faults["checkpoint"] = "404"
     r = run_in_process(

@@ -318,7 +318,8 @@ def run(fn, argv: list[str] | None = None, name: str | None = None) -> None:
         argv = _positional_strings(_keep_strings(argv, texts), switches)
         fire.Fire(fn, command=argv, name=name)
     except UserError as e:
-        print(f"error: {flag_spelling(str(e))}", file=sys.stderr)
+        own = set(inspect.signature(fn).parameters)
+        print(f"error: {flag_spelling(str(e), own)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -64,11 +64,12 @@ def _open(url: str, offset: int, timeout: float, method: str = "GET"):
         reason = getattr(e, "reason", e)
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise UserError(
-                f"{url}: no answer in {timeout:g} s; check the network or `base_url`, or raise "
-                f"`timeout`"
+                f"{url}: no answer in {timeout:g} s; check the network or the mirror "
+                f"(`base_url`, or {BASE_URL_ENV} in the environment), or raise `timeout`"
             ) from None
         raise UserError(
-            f"{url}: cannot connect ({reason}); check the network or `base_url`"
+            f"{url}: cannot connect ({reason}); check the network or the mirror "
+            f"(`base_url`, or {BASE_URL_ENV} in the environment)"
         ) from None
 
 
