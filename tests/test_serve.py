@@ -151,6 +151,40 @@ def test_logprobs_and_echo(client, tiny_lm):
         client.completions.create(model="tiny", prompt="Hi", max_tokens=2, logprobs=6)
 
 
+def test_beam_search_is_the_librarys(client, tiny_lm):
+    """vLLM's use_beam_search: the n best of best_of beams are the library's beam search (the
+    one checked against transformers), with its length penalty and early stopping; it cannot
+    stream or give logprobs."""
+    prompt = tiny_lm.encode(PROMPT)
+    for extra, settings in [
+        ({"best_of": 3}, {}),
+        (
+            {"best_of": 4, "length_penalty": 0.5, "early_stopping": True},
+            {"length_penalty": 0.5, "early_stopping": True},
+        ),
+    ]:
+        reply = client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=8, n=2,
+            extra_body={"use_beam_search": True, **extra},
+        )  # fmt: skip
+        want = tiny_lm.beam_search(
+            prompt, num_beams=extra["best_of"], num_return_sequences=2, length=8, **settings
+        )
+        assert [c.text for c in reply.choices] == [tiny_lm.encoder.decode(t) for t in want]
+        assert [c.finish_reason for c in reply.choices] == [
+            "length" if len(t) == 8 else "stop" for t in want
+        ]
+        assert reply.usage.completion_tokens == sum(len(t) for t in want)
+    beams = {"use_beam_search": True}
+    with pytest.raises(openai.BadRequestError, match="cannot stream"):
+        client.completions.create(model="tiny", prompt="Hi", stream=True, extra_body=beams)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="tiny", prompt="Hi", logprobs=1, extra_body=beams)
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        extra = {**beams, "best_of": 2}  # fewer beams than choices
+        client.completions.create(model="tiny", prompt="Hi", n=3, extra_body=extra)
+
+
 def test_chat_is_the_template_as_a_completion(client, tiny_lm):
     messages = [
         {"role": "system", "content": "A helpful assistant."},

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.logprobs import prompt_scores
 from gpt2_tf2.server import chat, protocol
+from gpt2_tf2.server.beams import Beams, Cancelled
 from gpt2_tf2.server.metrics import Metrics
 from gpt2_tf2.server.protocol import APIError
 from gpt2_tf2.server.scheduler import Scheduler, Sequence
@@ -57,7 +58,7 @@ class State:
 
     def __init__(self, load, options: Options):
         self.load, self.options = load, options
-        self.lm = self.scheduler = self.error = None
+        self.lm = self.scheduler = self.beams = self.error = None
         self.metrics = Metrics(self.gauges)
         self.started = int(time.time())
 
@@ -71,6 +72,7 @@ class State:
                 self.metrics,
                 self.options.logprobs,
             )
+            self.beams = Beams(lm)
             self.lm = lm
         except UserError as e:
             self.error = str(e)
@@ -261,6 +263,8 @@ async def _run(request, state: State, job: protocol.Job):
         raise APIError(
             400, f"this server keeps at most {state.options.logprobs} logprobs", "logprobs"
         )
+    if job.beams:
+        return await _beam_search(request, state, job)
     loop = asyncio.get_running_loop()
     events = asyncio.Queue()
 
@@ -288,6 +292,29 @@ async def _run(request, state: State, job: protocol.Job):
         return Response(status_code=499)
     gone.cancel()
     return JSONResponse(collect.result())
+
+
+async def _beam_search(request, state: State, job: protocol.Job):
+    """A beam search request: its choices when the search ends (beams cannot stream), or
+    nothing if the client went away first (the search stops at its next piece)."""
+    state.metrics.tokens(prompt=job.prompt_tokens)
+    stop = threading.Event()
+    search = asyncio.ensure_future(asyncio.to_thread(state.beams.run, job, stop))
+    gone = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({search, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not search.done():
+        stop.set()
+        with contextlib.suppress(Cancelled):
+            await search
+        return Response(status_code=499)
+    gone.cancel()
+    reply = Reply(job, state.lm, state.options.model_name)
+    for i, tokens in enumerate(search.result()):
+        reply.handle(("tokens", i, tokens, None))
+        ended = len(tokens) < job.choices[i].config.length  # at <|endoftext|>
+        reply.handle(("end", i, "stop" if ended else "length"))
+    state.metrics.tokens(completion=sum(reply.counted))
+    return JSONResponse(reply.whole())
 
 
 def _prompt_scores(lm, job: protocol.Job) -> list:

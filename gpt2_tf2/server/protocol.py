@@ -85,6 +85,7 @@ class Job:
     prompts: list[list[int]]  # each prompt's tokens (choices of prompt p: p * n .. p * n + n - 1)
     n: int
     chat: bool = False
+    beams: bool = False  # beam search: each prompt's n choices are its n best beams
     id: str = dataclasses.field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
@@ -189,6 +190,9 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
     if settings["top_p"] == 0:  # OpenAI accepts 0: the most likely token only
         settings["temperature"] = 0.0
         settings["top_p"] = 1.0
+    beams = _beams(body, n, limits, logprobs)
+    if beams:  # the most likely beams: no draw, so no warper applies
+        settings.update(beams, temperature=1.0, top_p=1.0, top_k=0)
     choices = []
     for p, tokens in enumerate(prompts):
         length = _length(max_tokens, len(tokens), limits.n_ctx)
@@ -201,6 +205,10 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
         for i in range(n):
             # As `generate(prompt, seed=seed, nsamples=n, batch_size=n)` numbers its rows.
             choices.append(Choice(p * n + i, tokens, config, (seed, 0), i))
+    if beams and body.get("stream"):
+        raise APIError(
+            400, "beam search cannot stream: its best beams are known at the end", "stream"
+        )
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
@@ -214,8 +222,36 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
         prompts=prompts,
         n=n,
         chat=chat,
+        beams=bool(beams),
         id=("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12),
     )
+
+
+def _beams(body: dict, n: int, limits: Limits, logprobs) -> dict:
+    """vLLM's (legacy) beam search fields as the library's settings: `use_beam_search`, with
+    `best_of` beams (default n, and at least 4 as the library's beam_search; the n best are the
+    choices), `length_penalty` and `early_stopping`. {} when off."""
+    flag = body.get("use_beam_search", False)
+    if not isinstance(flag, bool):
+        raise APIError(
+            400, f"'use_beam_search' must be true or false, got {flag!r}", "use_beam_search"
+        )
+    if not flag:
+        return {}
+    if logprobs is not None:
+        raise APIError(400, "beam search does not return logprobs", "logprobs")
+    best_of = _number(body, "best_of", max(n, 4), n, limits.max_n, integer=True)
+    early = body.get("early_stopping", False)
+    if not isinstance(early, bool):
+        raise APIError(
+            400, f"'early_stopping' must be true or false, got {early!r}", "early_stopping"
+        )
+    return {
+        "num_beams": best_of,
+        "num_return_sequences": n,
+        "length_penalty": _number(body, "length_penalty", 1.0),
+        "early_stopping": early,
+    }
 
 
 # The library's setting names that the API spells otherwise.
