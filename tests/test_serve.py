@@ -185,6 +185,36 @@ def test_beam_search_is_the_librarys(client, tiny_lm):
         client.completions.create(model="tiny", prompt="Hi", n=3, extra_body=extra)
 
 
+def test_a_beam_search_whose_client_left_stops_at_its_next_piece(tiny_lm):
+    """The server sets `gone` when the client disconnects: the search ends after the piece it
+    is in (16 steps), not at max_tokens; one that nobody left runs to the end."""
+    from gpt2_tf2.server import protocol
+    from gpt2_tf2.server.beams import Beams, Cancelled
+
+    body = {"prompt": PROMPT, "max_tokens": 40, "use_beam_search": True}
+    limits = protocol.Limits(n_ctx=tiny_lm.hparams.n_ctx, n_vocab=tiny_lm.hparams.n_vocab)
+    job = protocol.read_completion(body, tiny_lm.encode, limits)
+    steps = []
+    beams = Beams(tiny_lm)
+
+    def counted(*args, progress, **kw):  # the steps each piece reports
+        def report(done, length):
+            steps.append(done)
+            progress(done, length)
+
+        return tiny_lm.beam_search(*args, progress=report, **kw)
+
+    beams.lm = type("Counted", (), {"beam_search": staticmethod(counted)})()
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(Cancelled):
+        beams.run(job, gone)
+    assert steps == [16]
+    steps.clear()
+    (tokens,) = beams.run(job, threading.Event())
+    assert steps[0] == 16 and len(steps) >= 2 and len(tokens) >= 1  # past its first piece
+
+
 def test_chat_is_the_template_as_a_completion(client, tiny_lm):
     messages = [
         {"role": "system", "content": "A helpful assistant."},
