@@ -1,6 +1,7 @@
 """The playground page at / in Debian's chromium (headless, under selenium, as the attention
 page's test): it loads with no console error, streams a completion whose tokens are coloured by
-probability with the alternatives on hover, and Stop cancels the request on the server."""
+probability with the alternatives on hover, shows beam search's best beam, and Stop cancels
+the request on the server."""
 
 from __future__ import annotations
 
@@ -49,6 +50,23 @@ def test_the_playground_streams_colours_and_stops(tiny_lm, chromium_tmp):
             assert all("background" in s.get_attribute("style") for s in spans)
             tip = spans[0].get_attribute("data-tip").splitlines()
             assert tip[0].startswith('"') and "p = " in tip[0] and len(tip) == 6  # + 5 alternatives
+
+            # Beam search (vLLM's extension): the best beam at the end, the library's own.
+            beams = driver.find_element(By.ID, "beams")
+            beams.clear()
+            beams.send_keys("3")
+            driver.find_element(By.ID, "generate").click()
+            status = wait_for(lambda: "beams" in driver.find_element(By.ID, "status").text)
+            prompt = driver.find_element(By.ID, "prompt").get_attribute("value")
+            (best,) = tiny_lm.beam_search(tiny_lm.encode(prompt), num_beams=3, length=12,
+                                          num_return_sequences=1)  # fmt: skip
+            shown = driver.execute_script("return document.getElementById('output').textContent")
+            assert shown == prompt + tiny_lm.encoder.decode(best)
+            finish = "length" if len(best) == 12 else "stop"
+            status = driver.find_element(By.ID, "status").text
+            assert status == f"done: {len(best)} tokens ({finish}, best of 3 beams)"
+            beams.clear()
+            beams.send_keys("0")
 
             # The one slot busy with 16 x 60 tokens: the page's request waits in the queue, and
             # Stop cancels it there; it never runs.
