@@ -115,6 +115,15 @@ def test_score_equals_the_xla_path(xla, lite):
     assert abs(lite["int8"].score(text) - xla.score(text)) < INT8_TOLERANCE
 
 
+def test_prompt_log_probabilities_say_they_need_xla(lite):
+    """The server's echo with logprobs scores the prompt on the XLA weights; a TensorFlow Lite
+    model has none (its interpreter is its engine's): one error in the library's words."""
+    from gpt2_tf2.generation.logprobs import prompt_scores
+
+    with pytest.raises(UserError, match=r"need the xla backend; this model was loaded for tflite"):
+        prompt_scores(lite["float32"], [464, 2068, 7586], 2)
+
+
 def test_beam_search_says_it_needs_xla(lite):
     with pytest.raises(UserError, match="xla backend"):
         lite["float32"].generate("Hi", length=5, num_beams=2)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.kernels import select_column
+from gpt2_tf2.errors import UserError
 
 
 class TokenScore(NamedTuple):
@@ -41,7 +42,13 @@ def read_scores(scores, slot: int, first: int, n: int) -> list[TokenScore]:
 def prompt_scores(lm, tokens: list[int], k: int) -> list[TokenScore | None]:
     """Each token of a prompt scored by the model given the tokens before it, with the k most
     likely there (OpenAI's `echo` with `logprobs`: the prompt's own log-probabilities); the
-    first token has nothing before it (None), as in OpenAI's replies. One forward pass."""
+    first token has nothing before it (None), as in OpenAI's replies. One forward pass, on the
+    XLA backend's weights: a TensorFlow Lite model's interpreter belongs to its decode engine."""
+    if lm.model is None:
+        raise UserError(
+            "the prompt's log-probabilities (`echo` with `logprobs`) need the xla backend; "
+            "this model was loaded for tflite"
+        )
     if len(tokens) < 2:
         return [None] * len(tokens)
     logits = lm.model(tf.constant([tokens[:-1]], tf.int32))["logits"][0]  # [n - 1, vocab]

@@ -271,12 +271,12 @@ async def _run(request, state: State, job: protocol.Job):
     def deliver(event):  # from the engine's thread
         loop.call_soon_threadsafe(events.put_nowait, event)
 
-    sequences = [Sequence(c, deliver, job.logprobs is not None) for c in job.choices]
-    state.scheduler.submit(sequences)
-    state.metrics.tokens(prompt=job.prompt_tokens)
     reply = Reply(job, state.lm, state.options.model_name)
     if job.echo and job.logprobs is not None:  # the prompt's own, scored off the event loop
         reply.prompt_scores = await asyncio.to_thread(_prompt_scores, state.lm, job)
+    sequences = [Sequence(c, deliver, job.logprobs is not None) for c in job.choices]
+    state.scheduler.submit(sequences)
+    state.metrics.tokens(prompt=job.prompt_tokens)
     if job.stream:
         return StreamingResponse(
             _stream(state, sequences, events, reply),
@@ -318,7 +318,10 @@ async def _beam_search(request, state: State, job: protocol.Job):
 
 
 def _prompt_scores(lm, job: protocol.Job) -> list:
-    return [prompt_scores(lm, c.prompt_tokens, job.logprobs) for c in job.choices]
+    try:
+        return [prompt_scores(lm, c.prompt_tokens, job.logprobs) for c in job.choices]
+    except UserError as e:  # before any sequence starts: the request is refused whole
+        raise APIError(400, str(e), "echo") from None
 
 
 async def _disconnected(request) -> None:
