@@ -386,6 +386,10 @@ class Reply:
         self.scores = [[] for _ in range(n)]
         self.sent_first = [False] * n
         self.open = n  # sequences the scheduler has not ended yet
+        # With echo: each choice's prompt as text, which its reply begins with.
+        self.prefixes = [
+            lm.encoder.decode(c.prompt_tokens) if job.echo else "" for c in job.choices
+        ]
         self.prompt_scores = None  # with echo and logprobs: each choice's prompt's scores
 
     def handle(self, event) -> Update | None:
@@ -428,20 +432,16 @@ class Reply:
         prompt = self.job.choices[index].prompt_tokens
         return prompt + tokens, self.prompt_scores[index] + scores, 0
 
-    def _prompt_text(self, index: int) -> str:
-        return self.lm.encoder.decode(self.job.choices[index].prompt_tokens)
-
     def chunk(self, u: Update) -> dict:
         job = self.job
         first = not self.sent_first[u.index]
         self.sent_first[u.index] = True
         text, tokens, scores = u.text, u.tokens, u.scores
-        offset = len(self.streams[u.index].text) - len(u.text)
-        if job.echo:
-            offset += len(self._prompt_text(u.index))
-            if first:
-                text = self._prompt_text(u.index) + text
-                tokens, scores, offset = self._with_prompt(u.index, tokens, scores, offset)
+        prefix = self.prefixes[u.index]
+        offset = len(prefix) + len(self.streams[u.index].text) - len(u.text)
+        if first:
+            text = prefix + text
+            tokens, scores, offset = self._with_prompt(u.index, tokens, scores, offset)
         logprobs = self._logprobs(tokens, scores, offset)
         choice = protocol.text_choice(job, u.index, text, logprobs, u.finish, True, first)
         return protocol.completion(job, self.model, [choice], None, chunk=True)
@@ -455,7 +455,7 @@ class Reply:
     def whole(self) -> dict:
         choices = []
         for i, stream in enumerate(self.streams):
-            prefix = self._prompt_text(i) if self.job.echo else ""
+            prefix = self.prefixes[i]
             tokens, scores = self.tokens[i], self.scores[i]
             tokens, scores, offset = self._with_prompt(i, tokens, scores, len(prefix))
             logprobs = self._logprobs(tokens, scores, offset)

@@ -205,10 +205,6 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
         for i in range(n):
             # As `generate(prompt, seed=seed, nsamples=n, batch_size=n)` numbers its rows.
             choices.append(Choice(p * n + i, tokens, config, (seed, 0), i))
-    if beams and body.get("stream"):
-        raise APIError(
-            400, "beam search cannot stream: its best beams are known at the end", "stream"
-        )
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
@@ -231,27 +227,29 @@ def _beams(body: dict, n: int, limits: Limits, logprobs) -> dict:
     """vLLM's (legacy) beam search fields as the library's settings: `use_beam_search`, with
     `best_of` beams (default n, and at least 4 as the library's beam_search; the n best are the
     choices), `length_penalty` and `early_stopping`. {} when off."""
-    flag = body.get("use_beam_search", False)
-    if not isinstance(flag, bool):
-        raise APIError(
-            400, f"'use_beam_search' must be true or false, got {flag!r}", "use_beam_search"
-        )
-    if not flag:
+    if not _switch(body, "use_beam_search"):
         return {}
+    if body.get("stream"):
+        raise APIError(
+            400, "beam search cannot stream: its best beams are known at the end", "stream"
+        )
     if logprobs is not None:
         raise APIError(400, "beam search does not return logprobs", "logprobs")
     best_of = _number(body, "best_of", max(n, 4), n, limits.max_n, integer=True)
-    early = body.get("early_stopping", False)
-    if not isinstance(early, bool):
-        raise APIError(
-            400, f"'early_stopping' must be true or false, got {early!r}", "early_stopping"
-        )
     return {
         "num_beams": best_of,
         "num_return_sequences": n,
         "length_penalty": _number(body, "length_penalty", 1.0),
-        "early_stopping": early,
+        "early_stopping": _switch(body, "early_stopping"),
     }
+
+
+def _switch(body: dict, name: str) -> bool:
+    """A true/false field (absent: false); anything else is a 400 naming it."""
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise APIError(400, f"'{name}' must be true or false, got {value!r}", name)
+    return value
 
 
 # The library's setting names that the API spells otherwise.
