@@ -2,13 +2,16 @@
 devices and two worker processes on 127.0.0.1 with the multi-worker strategy give the weights of
 one device with the same global batch; checkpoints move between replica counts; a stop request
 on one worker stops every worker after the same step; a killed worker leaves the newest
-checkpoint loadable. Each run under a strategy is the `train` command in a subprocess, as a user
-runs it, and must be: the logical devices a strategy spreads over are fixed before TensorFlow's
-first operation, once per process (these are the e2e tier's). The one-device reference run and
-the checks of bad input that come before any device is split run in the test process."""
+checkpoint loadable. The logical devices a strategy spreads over are fixed before TensorFlow's
+first operation, once per process: the runs on two logical CPUs are the `train` command's
+entry point called one after another in one process that split its CPU (`split_runs`), the
+multi-worker runs one process per worker, as a user runs them (these are the e2e tier's). The
+one-device reference run and the checks of bad input that come before any device is split run
+in the test process."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import cli_env, run_cli, run_in_process, training_run_once
+from conftest import built_once, cli_env, run_cli, run_in_process, training_run_once
 
 TEXT = "one two three four five six seven eight nine ten. " * 60
 N = 6  # steps; checkpoints every N // 2
@@ -75,12 +78,6 @@ def train_args(work, model, run, *extra, steps=N):
     ]
 
 
-def train(work, *args, steps=N):
-    r = run_cli(train_args(work, *args, steps=steps), cwd=work, env={"TMPDIR": str(work / "tmp")})
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def state(work, run, step=None):
     """Every tensor of the run's checkpoint (newest, or at `step`) but the count of saves."""
     directory = str(work / "ckpt" / run)
@@ -116,17 +113,74 @@ def one_device(work, tiny_model_dir, tmp_path_factory):
     return state(work, "one"), losses(work, "one")
 
 
+MIRRORED = ["--strategy", "mirrored", "--num_cpu_devices", "2"]
+# The runs on two replicas, in the order they run (a resumed run after the one it resumes):
+# (run, extra arguments, steps). Memory-saving gradients on in the reference run (they change
+# no value); --batch_size 3 does not split across the replicas.
+SPLIT_RUNS = [
+    ("two", ["--memory_saving_gradients"], N),
+    ("dropout", ["--dropout", "0.2"], N),
+    (
+        "dropout_resumed",
+        ["--restore_from", f"{{ckpt}}/dropout/ckpt-{N // 2}", "--dropout", "0.2"],
+        N,
+    ),
+    ("resumed_on_mirrored", ["--restore_from", f"{{ckpt}}/two/ckpt-{N // 2}"], N),
+    ("fp16", ["--mixed_precision", "fp16"], 3),
+    ("bad", ["--batch_size", "3"], N),
+]
+SPLIT_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from gpt2_tf2.cli.runner import configure_xla_cache
+configure_xla_cache()  # before TensorFlow is imported, as the command line does
+from gpt2_tf2.training import distribute
+distribute.split_cpu(2)  # before TensorFlow's first operation, as the command line does
+from conftest import run_in_process
+runs, cwd = json.load(open(sys.argv[2])), sys.argv[3]
+out = {name: vars(run_in_process(args, cwd=cwd)) for name, args in runs}
+json.dump({name: [r["returncode"], r["stdout"], r["stderr"]] for name, r in out.items()},
+          open(sys.argv[4], "w"))
+"""
+
+
 @pytest.fixture(scope="module")
-def mirrored(work, tiny_model_dir, tmp_path_factory):
-    """Two replicas on two logical CPUs; memory-saving gradients on (they change no value)."""
-    args = ["--strategy", "mirrored", "--num_cpu_devices", "2", "--memory_saving_gradients"]
-    return training_run_once(
-        tmp_path_factory,
-        "distribute_two",
-        work / "ckpt",
-        "two",
-        lambda: train(work, tiny_model_dir, "two", *args),
-    )
+def split_runs(work, tiny_model_dir, tmp_path_factory):
+    """Every run of SPLIT_RUNS through the train command's entry point, one after another in
+    one process that split its CPU into two logical devices (a process splits it once: a
+    process per run paid TensorFlow's import each time), once per test run for both workers
+    (`built_once`); each worker's checkpoint directory gets a copy. {run: CompletedProcess}."""
+    ckpt = str(work / "ckpt")
+    runs = [
+        (name, train_args(work, tiny_model_dir, name, *MIRRORED, *extra, steps=steps))
+        for name, extra, steps in SPLIT_RUNS
+    ]
+    runs = [(name, [a.replace("{ckpt}", ckpt) for a in args]) for name, args in runs]
+
+    def build(directory):
+        (directory / "runs.json").write_text(json.dumps(runs))
+        args = ["-c", SPLIT_CHILD, os.path.dirname(__file__), str(directory / "runs.json")]
+        args += [str(work), str(directory / "out.json")]
+        r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp")}, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        for name, _, _ in SPLIT_RUNS:
+            if (work / "ckpt" / name).exists():
+                shutil.copytree(work / "ckpt" / name, directory / name)
+
+    built = built_once(tmp_path_factory, "distribute_split", build)
+    for name, _, _ in SPLIT_RUNS:
+        if (built / name).exists() and not (work / "ckpt" / name).exists():
+            shutil.copytree(built / name, work / "ckpt" / name)
+    found = json.loads((built / "out.json").read_text())
+    return {name: subprocess.CompletedProcess([], *found[name]) for name in found}
+
+
+@pytest.fixture(scope="module")
+def mirrored(split_runs):
+    """Two replicas on two logical CPUs (SPLIT_RUNS' "two")."""
+    r = split_runs["two"]
+    assert r.returncode == 0, r.stderr
+    return r
 
 
 @pytest.mark.e2e
@@ -141,41 +195,40 @@ def test_mirrored_equals_one_device(work, one_device, mirrored):
 
 
 @pytest.mark.e2e
-def test_dropout_under_mirrored_resumes_exactly(work, tiny_model_dir, one_device):
+def test_dropout_under_mirrored_resumes_exactly(work, one_device, split_runs):
     """--dropout on two replicas: each draws its own masks, keyed by seed, step and replica, so
     a run resumed from its checkpoint at N/2 ends where it ended; and not where the run
     without dropout did."""
-    args = ["--strategy", "mirrored", "--num_cpu_devices", "2", "--dropout", "0.2"]
-    train(work, tiny_model_dir, "dropout", *args)
-    half = str(work / "ckpt" / "dropout" / f"ckpt-{N // 2}")
-    train(work, tiny_model_dir, "dropout_resumed", "--restore_from", half, *args)
+    for name in ("dropout", "dropout_resumed"):
+        assert split_runs[name].returncode == 0, split_runs[name].stderr
+    assert f"at step {N // 2}" in split_runs["dropout_resumed"].stderr
     assert max_diff(state(work, "dropout_resumed"), state(work, "dropout")) == 0
     assert max_diff(state(work, "dropout"), one_device[0]) > 1e-4
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
-def test_two_replica_checkpoint_resumes(work, tiny_model_dir, one_device, mirrored, strategy):
+def test_two_replica_checkpoint_resumes(
+    work, tiny_model_dir, one_device, mirrored, split_runs, strategy
+):
     """Written by two replicas at N/2, resumed on one or on two: the uninterrupted run's end."""
-    half = str(work / "ckpt" / "two" / f"ckpt-{N // 2}")
     run = f"resumed_on_{strategy}"
-    extra = ["--num_cpu_devices", "2"] if strategy == "mirrored" else []
-    args = [run, "--restore_from", half, "--strategy", strategy, *extra]
-    if strategy == "mirrored":
-        r = train(work, tiny_model_dir, *args)
+    if strategy == "mirrored":  # SPLIT_RUNS' "resumed_on_mirrored"
+        r = split_runs[run]
     else:  # one device splits no CPU: in-process
+        half = str(work / "ckpt" / "two" / f"ckpt-{N // 2}")
+        args = [run, "--restore_from", half, "--strategy", strategy]
         r = run_in_process(train_args(work, tiny_model_dir, *args), cwd=work)
-        assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr
     assert f"at step {N // 2}" in r.stderr
     diff = max_diff(state(work, run), one_device[0])
     assert diff <= MAX_DIFF, f"max abs difference {diff}"
 
 
 @pytest.mark.e2e
-def test_fp16_under_mirrored(work, tiny_model_dir, one_device):
+def test_fp16_under_mirrored(work, one_device, split_runs):
     """Mixed precision with dynamic loss scaling under a strategy: it trains as float32 does."""
-    mixed = ("--strategy", "mirrored", "--num_cpu_devices", "2", "--mixed_precision", "fp16")
-    train(work, tiny_model_dir, "fp16", *mixed, steps=3)
+    assert split_runs["fp16"].returncode == 0, split_runs["fp16"].stderr
     logged, float32 = losses(work, "fp16"), one_device[1]
     assert sorted(logged) == [1, 2, 3]
     assert max(abs(logged[s] - float32[s]) for s in logged) <= 0.02
@@ -328,12 +381,13 @@ def logged_steps(work, run):
     ],
 )
 @pytest.mark.e2e
-def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected, monkeypatch):
-    args = train_args(work, tiny_model_dir, "bad") + extra
+def test_bad_strategy_input(work, tiny_model_dir, extra, env, expected, monkeypatch, request):
     if "--num_cpu_devices" in extra and extra[extra.index("--num_cpu_devices") + 1] != "0":
-        # Its check comes after the CPU is split, which only a new process can do.
-        r = run_cli(args, cwd=work, env={"TMPDIR": str(work / "tmp"), **env})
+        # Its check comes after the CPU is split, which only a new process can do: SPLIT_RUNS'
+        # "bad", the same arguments.
+        r = request.getfixturevalue("split_runs")["bad"]
     else:
+        args = train_args(work, tiny_model_dir, "bad") + extra
         monkeypatch.delenv("TF_CONFIG", raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
