@@ -27,15 +27,20 @@ MEASURES = {  # name: (script, arguments, which rows and fields to read)
         ["--child", "ours", "--batches", "1,8", "--repeats", "5", "--settings"],
     ),
     "training": ("train_speed.py", ["--child", "ours", "--size", "124M", "--steps", "3"]),
+    # The engine stepped 1 token per call, as the server's scheduler steps it: a call's cost.
+    "steps": ("step_speed.py", ["--slots", "1,4", "--tokens", "1"]),
 }
 
 
 def measure(tree: str, name: str) -> dict[str, float]:
     """{metric: value} from one fresh process of `tree`'s own bench script."""
     script, args = MEASURES[name]
+    path = os.path.join(tree, "bench", script)
+    if not os.path.exists(path):  # a script newer than the base: HEAD's, on the base's package
+        path = os.path.join(ROOT, "bench", script)
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
-        [sys.executable, os.path.join(tree, "bench", script), *args],
+        [sys.executable, path, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -48,7 +53,7 @@ def measure(tree: str, name: str) -> dict[str, float]:
         if name == "training":
             found["training 1 x 1024, tokens/s"] = row["tok_s"]
             continue
-        found[f"{name} batch {row['batch']}, tokens/s"] = row["tok_s"]
+        found[f"{name} batch {row['batch']}, tokens/s"] = row["tok_s"]  # steps: slots x tokens
         if row.get("first_call_of_process") and name == "sampling":
             found["first call (s, lower is better)"] = row["first_s"]
     return found
