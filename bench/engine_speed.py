@@ -19,6 +19,7 @@ prompts to the longest length. Tokens per second are the tokens each asked for o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -46,7 +47,7 @@ def fixed_loop(lm):
     from gpt2_tf2.generation.settings import Settings
 
     def run(logits, cache, context, prompt_len, length, settings, slots):
-        model = lm.model.decoder.bind(lm.model.read_weights(lm._cpu_matvec))
+        model = functools.partial(lm.model, weights=lm.model.read_weights(lm._cpu_matvec))
         return loop.continue_decode(
             model, logits, cache, context, prompt_len, length, settings, slots
         )

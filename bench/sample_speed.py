@@ -37,6 +37,7 @@ def ours(settings: dict | None):
 
     from gpt2_tf2.core.hparams import PRESETS
     from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.generation.engine import programs
     from gpt2_tf2.generation.language_model import LanguageModel
     from gpt2_tf2.tokenizer import Encoder
 
@@ -52,7 +53,7 @@ def ours(settings: dict | None):
         )
         assert len(rows) == len(ids) and all(len(r) == NEW for r in rows)
 
-    return generate, lambda: lm.programs.advance.experimental_get_tracing_count(), tf
+    return generate, lambda: programs(lm)[0].experimental_get_tracing_count(), tf
 
 
 def hf_tf(xla: bool, config: dict | None = None):

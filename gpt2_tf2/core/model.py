@@ -268,123 +268,6 @@ def _initializer(seed, dtype):
     return init
 
 
-def positions(wpe, tokens, pos, offsets=None):
-    """Position embeddings of tokens [batch, seq] in columns pos .. pos + seq - 1:
-    [1, seq, embd], or [batch, seq, embd] with `offsets` (padding columns get position 0)."""
-    if per_row(pos):  # a position per row (the slots of a decode engine)
-        return tf.gather(wpe, pos[:, None] + tf.range(shape_list(tokens)[1]))
-    columns = pos + tf.range(shape_list(tokens)[1])  # [seq]
-    if offsets is None:
-        return tf.gather(wpe, columns)[None]  # [1, seq, embd]
-    where = tf.maximum(columns[None, :] - offsets[:, None], 0)  # [batch, seq]
-    return tf.gather(wpe, where)  # [batch, seq, embd]
-
-
-def head(h, ln_g, ln_b, out_w, logits_at, hparams: HParams) -> tf.Tensor:
-    """The final layer norm and the output projection (`out_w` [vocab, embd]: wte, as GPT-2
-    ties them, or the model's own lm_head): float32 logits [batch, seq, vocab], or of the one
-    position `logits_at` (`GPT2.__call__`)."""
-    h = layer_norm(h, ln_g, ln_b, hparams.layer_norm_epsilon)
-    if logits_at is not None:
-        index = tf.broadcast_to(logits_at, shape_list(h)[:1])  # [batch]
-        h = tf.gather(h, index[:, None], batch_dims=1)  # [batch, 1, embd]
-    b, s, _ = shape_list(h)
-    flat = tf.reshape(h, [-1, hparams.n_embd])  # [batch * seq, embd]
-    logits = tf.matmul(flat, tf.cast(out_w, h.dtype), transpose_b=True)
-    return tf.reshape(tf.cast(logits, tf.float32), [b, s, hparams.n_vocab])  # [b, s, v]
-
-
-def read_weights(variables: dict, cpu_matvec: bool = False) -> dict:
-    """The tensors of `GPT2.decoding_variables()`, conv1d weights as [nx, nf]: for a compiled
-    decoding loop to read once, before it starts, and pass to every step (`Decoder`). Read and
-    reshaped inside the loop, XLA on a CPU ran slower matrix-vector products. `cpu_matvec`: the
-    loop runs on a CPU (`kernels.add_bias`); the caller decides."""
-
-    def read(v):
-        return tf.reshape(v, v.shape[1:]) if v.shape.rank == 3 else tf.convert_to_tensor(v)
-
-    weights = {
-        "wte": read(variables["wte"]),
-        "wpe": read(variables["wpe"]),
-        "h": [{k: read(v) for k, v in layer.items()} for layer in variables["h"]],
-        "ln_f": tuple(read(v) for v in variables["ln_f"]),
-        "cpu_matvec": cpu_matvec,
-    }
-    if "lm_head" in variables:
-        weights["lm_head"] = read(variables["lm_head"])
-    return weights
-
-
-class Decoder:
-    """GPT-2's forward pass over a key/value cache with its weights passed in (`read_weights`),
-    as decoding runs it. It holds no variables: one `decoder(hparams, dtype)` per shape serves
-    every model of that shape in the process, and so do the programs traced with it
-    (`generation.programs`): a second load of a model traces and compiles nothing again."""
-
-    def __init__(self, hparams: HParams, compute_dtype):
-        self.hparams, self.compute_dtype = hparams, tf.as_dtype(compute_dtype)
-        shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
-
-        def shared_block(h, params, cache, pos, cpu_matvec, xla, offsets):
-            # `xla` (whether the caller is being compiled) only keys the trace: a trace made in
-            # a plain graph picks the non-XLA kernels and must not be reused under XLA, where
-            # they do not compile (and the other way round); tf.function's cache alone mixed
-            # them when one model served both kinds of decoding loop.
-            del xla
-            return shared(h, params, cache, pos, cpu_matvec=cpu_matvec, offsets=offsets)
-
-        # Decoding graphs call one traced function for all layers: tracing each layer
-        # separately took most of the 2 s that tracing a 124M decode loop cost.
-        self._block = tf.function(shared_block, autograph=False)
-
-    def init_cache(self, batch_size: int, max_len: int):
-        """Per layer, (keys, values): two zero tensors [batch * heads, max_len, head_dim]."""
-        hp = self.hparams
-        shape = [batch_size * hp.n_head, max_len, hp.head_dim]
-        return [
-            (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
-            for _ in range(hp.n_layer)
-        ]
-
-    def __call__(self, tokens, weights, cache, pos=0, logits_at=None, offsets=None) -> dict:
-        """`GPT2.__call__` with a cache, on `weights`: {"logits", "cache"}."""
-        wte = weights["wte"]  # [vocab, embd]
-        cpu_matvec = bool(weights.get("cpu_matvec"))
-        h = tf.gather(wte, tokens) + positions(weights["wpe"], tokens, pos, offsets)
-        h = tf.cast(h, self.compute_dtype)
-        new_cache = []
-        for params, layer_cache in zip(weights["h"], cache):
-            h, layer_cache = self._block(h, params, layer_cache, pos, cpu_matvec, in_xla(), offsets)
-            new_cache.append(layer_cache)
-        out_w = weights.get("lm_head", wte)
-        return {
-            "logits": head(h, *weights["ln_f"], out_w, logits_at, self.hparams),
-            "cache": new_cache,
-        }
-
-    def bind(self, weights) -> Bound:
-        """This decoder on these weights, called as a model is (`loop.prefill`, the engine)."""
-        return Bound(self, weights)
-
-
-class Bound:
-    """A `Decoder` and its weights: `model(tokens, cache, pos, logits_at, offsets=...)` and
-    `model.init_cache`, what the decode loops call."""
-
-    def __init__(self, decoder: Decoder, weights: dict):
-        self.decoder, self.weights = decoder, weights
-        self.init_cache = decoder.init_cache
-
-    def __call__(self, tokens, cache, pos=0, logits_at=None, offsets=None) -> dict:
-        return self.decoder(tokens, self.weights, cache, pos, logits_at, offsets)
-
-
-@functools.cache
-def decoder(hparams: HParams, compute_dtype) -> Decoder:
-    """The `Decoder` of models of this shape and compute dtype, one per process."""
-    return Decoder(hparams, tf.as_dtype(compute_dtype))
-
-
 class GPT2(tf.Module):
     """The GPT-2 language model. Variables are named exactly as in OpenAI's checkpoints."""
 
@@ -410,13 +293,20 @@ class GPT2(tf.Module):
             shape = [hparams.n_vocab, hparams.n_embd]
             self.lm_head = tf.Variable(init(shape, 0.02), name="model/lm_head")
         self.h = [Block(hparams, f"model/h{i}", init) for i in range(hparams.n_layer)]
+        shared = functools.partial(block, n_head=hparams.n_head, epsilon=hparams.layer_norm_epsilon)
+
+        def shared_block(h, params, cache, pos, cpu_matvec, xla, offsets):
+            # `xla` (whether the caller is being compiled) only keys the trace: a trace made in
+            # a plain graph picks the non-XLA kernels and must not be reused under XLA, where
+            # they do not compile (and the other way round); tf.function's cache alone mixed
+            # them when one model served both kinds of decoding loop.
+            del xla
+            return shared(h, params, cache, pos, cpu_matvec=cpu_matvec, offsets=offsets)
+
+        self._shared_block = tf.function(shared_block, autograph=False)
         self.ln_f = LayerNorm(
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )
-
-    @property
-    def decoder(self) -> Decoder:
-        return decoder(self.hparams, self.compute_dtype)
 
     def named_variables(self) -> dict[str, tf.Variable]:
         """Every variable by its name in OpenAI's checkpoints ("model/h0/attn/c_attn/w", ...)."""
@@ -428,26 +318,46 @@ class GPT2(tf.Module):
             table["model/lm_head"] = self.lm_head
         return table
 
-    def decoding_variables(self) -> dict:
-        """The variables a `Decoder` reads (`read_weights`), in its structure: what the shared
-        decoding programs take as their first argument."""
-        table = {
-            "wte": self.wte,
-            "wpe": self.wpe,
-            "h": [layer.params() for layer in self.h],
-            "ln_f": (self.ln_f.g, self.ln_f.b),
-        }
-        if self.lm_head is not None:
-            table["lm_head"] = self.lm_head
-        return table
+    def _positions(self, tokens, pos, offsets):
+        """Position embeddings of tokens [batch, seq] in columns pos .. pos + seq - 1:
+        [1, seq, embd], or [batch, seq, embd] with `offsets` (padding columns get position 0)."""
+        if per_row(pos):  # a position per row (the slots of a decode engine)
+            return tf.gather(self.wpe, pos[:, None] + tf.range(shape_list(tokens)[1]))
+        columns = pos + tf.range(shape_list(tokens)[1])  # [seq]
+        if offsets is None:
+            return tf.gather(self.wpe, columns)[None]  # [1, seq, embd]
+        positions = tf.maximum(columns[None, :] - offsets[:, None], 0)  # [batch, seq]
+        return tf.gather(self.wpe, positions)  # [batch, seq, embd]
+
+    def _output_weights(self, wte, weights=None):
+        """[vocab, embd]: wte itself (GPT-2 ties them), or the model's own output layer."""
+        if self.lm_head is None:
+            return wte
+        return weights["lm_head"] if weights else tf.convert_to_tensor(self.lm_head)
 
     def init_cache(self, batch_size: int, max_len: int):
         """Per layer, (keys, values): two zero tensors [batch * heads, max_len, head_dim]."""
-        return self.decoder.init_cache(batch_size, max_len)
+        hp = self.hparams
+        shape = [batch_size * hp.n_head, max_len, hp.head_dim]
+        return [
+            (tf.zeros(shape, self.compute_dtype), tf.zeros(shape, self.compute_dtype))
+            for _ in range(hp.n_layer)
+        ]
 
     def read_weights(self, cpu_matvec: bool = False) -> dict:
-        """This model's weights as a `Decoder` reads them (`read_weights`)."""
-        return read_weights(self.decoding_variables(), cpu_matvec)
+        """wte and the blocks' weights as tensors, conv1d weights as [nx, nf]: for a compiled
+        decoding loop to read once, before it starts, and pass to every step (`weights=`).
+        Read and reshaped inside the loop, XLA on a CPU ran slower matrix-vector products.
+        `cpu_matvec`: the loop runs on a CPU (`kernels.add_bias`); the caller decides."""
+
+        def read(v):
+            return tf.reshape(v, v.shape[1:]) if v.shape.rank == 3 else tf.convert_to_tensor(v)
+
+        blocks = [{k: read(v) for k, v in layer.params().items()} for layer in self.h]
+        weights = {"wte": tf.convert_to_tensor(self.wte), "h": blocks, "cpu_matvec": cpu_matvec}
+        if self.lm_head is not None:
+            weights["lm_head"] = tf.convert_to_tensor(self.lm_head)
+        return weights
 
     def __call__(
         self,
@@ -468,25 +378,22 @@ class GPT2(tf.Module):
         position of `tokens` only, [batch, 1, vocab]: all that decoding needs.
         `recompute` (training, no cache) keeps only each block's input for the backward pass and
         recomputes the rest there (Chen et al. 2016), trading compute for activation memory.
-        `weights` (from `read_weights`) replaces the variables when decoding (with a cache).
+        `weights` (from `read_weights`) replaces the variables when decoding in a graph.
         `offsets` (int32 [batch]): a batch of prompts of different lengths, left-padded to one
         length; row b's first offsets[b] columns are padding, never attended to, and its token
         in column c stands at position c - offsets[b], so that each row computes what it
         would alone (`pos` counts columns then).
         `dropout` (training, no cache): a `Dropout` on the embeddings and the residual branches.
         """
-        if not tf.is_tensor(tokens):  # NumPy arrays and lists of ints, as Keras users pass them
-            tokens = tf.constant(tokens, tf.int32)
-        if cache is not None and (weights is not None or not tf.executing_eagerly()):
-            # Decoding in a graph: the shared decoder, on weights read once.
-            weights = weights if weights is not None else self.read_weights()
-            return self.decoder(tokens, weights, cache, pos, logits_at, offsets)
         # Read wte densely once per call: after a sparse read (gather), later dense reads of the
         # same resource variable copy it whole (measured: 7.6 -> 122 ms for the tied projection
         # at M=1).
-        wte = tf.convert_to_tensor(self.wte)  # [vocab, embd]
+        if not tf.is_tensor(tokens):  # NumPy arrays and lists of ints, as Keras users pass them
+            tokens = tf.constant(tokens, tf.int32)
+        wte = weights["wte"] if weights else tf.convert_to_tensor(self.wte)  # [vocab, embd]
+        cpu_matvec = bool(weights and weights.get("cpu_matvec"))
         h = tf.cast(
-            tf.gather(wte, tokens) + positions(self.wpe, tokens, pos, offsets), self.compute_dtype
+            tf.gather(wte, tokens) + self._positions(tokens, pos, offsets), self.compute_dtype
         )
         if dropout is not None:
             h = dropout(h, 0)
@@ -497,12 +404,32 @@ class GPT2(tf.Module):
                 h = tf.recompute_grad(lambda x, f=layer, d=drop: f(x, offsets=offsets, drop=d)[0])(
                     h
                 )
+            elif cache is not None and not tf.executing_eagerly():
+                # Decoding graphs call one traced function for all layers: tracing each layer
+                # separately took most of the 2 s that tracing a 124M decode loop cost.
+                if weights:
+                    params = weights["h"][i]
+                else:
+                    params = {k: tf.convert_to_tensor(v) for k, v in layer.params().items()}
+                h, layer_cache = self._shared_block(
+                    h, params, cache[i], pos, cpu_matvec, in_xla(), offsets
+                )
+                new_cache.append(layer_cache)
             else:
                 layer_cache = None if cache is None else cache[i]
                 h, layer_cache = layer(h, layer_cache, pos, offsets, drop)
                 new_cache.append(layer_cache)
-        out_w = wte if self.lm_head is None else tf.convert_to_tensor(self.lm_head)
-        result = {"logits": head(h, self.ln_f.g, self.ln_f.b, out_w, logits_at, self.hparams)}
+        h = self.ln_f(h)
+        if logits_at is not None:
+            index = tf.broadcast_to(logits_at, shape_list(h)[:1])  # [batch]
+            h = tf.gather(h, index[:, None], batch_dims=1)  # [batch, 1, embd]
+        b, s, _ = shape_list(h)
+        flat = tf.reshape(h, [-1, self.hparams.n_embd])  # [batch * seq, embd]
+        logits = tf.matmul(
+            flat, tf.cast(self._output_weights(wte, weights), h.dtype), transpose_b=True
+        )
+        logits = tf.reshape(tf.cast(logits, tf.float32), [b, s, self.hparams.n_vocab])  # [b, s, v]
+        result = {"logits": logits}
         if cache is not None:
             result["cache"] = new_cache
         return result

@@ -22,6 +22,7 @@ per-row settings.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -251,7 +252,7 @@ class XlaSlots:
         self.lm, self.slots, self.cache_len, self.logprobs = lm, slots, cache_len, logprobs
         self.grow = grow_cache
         self.state = None  # Slots, made when the first rows start
-        self._programs = lm.programs
+        self._advance, self._insert = programs(lm)
         # Host copies for choosing the cache's width: each slot's position, end, and whether
         # it runs (as of the last `read` or `start`).
         self._pos, self._end = np.zeros([slots], np.int64), np.zeros([slots], np.int64)
@@ -318,7 +319,7 @@ class XlaSlots:
             return
         row_state = (prefill.logits, prefill.cache, history, pos, limit, row)
         state = self.state if self.state is not None else self._empty(width)
-        self.state = self._programs.insert(state, tf.constant(slots), row_state, settings)
+        self.state = self._insert(state, tf.constant(slots), row_state, settings)
 
     def _empty(self, width: int) -> Slots:
         """The state of an engine with every slot free, its cache `width` columns wide."""
@@ -364,7 +365,7 @@ class XlaSlots:
                 width = self._width(int(reach.max())) if running.any() else 0
                 if width > self._cache_width():
                     self.state = self.state._replace(cache=_widen(self.state.cache, width))
-            self.state = self._programs.advance(self.state, tf.constant(n))
+            self.state = self._advance(self.state, tf.constant(n))
 
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
@@ -388,6 +389,19 @@ def _widen(cache, width: int) -> list:
         return cache
     pad = [[0, 0], [0, extra], [0, 0]]
     return [tuple(tf.pad(t, pad) for t in layer) for layer in cache]
+
+
+def programs(lm):
+    """The engine's compiled functions for `lm`, made once and kept on it: engines of any size
+    on one model share them (one trace and compilation per shape, not per engine)."""
+    if lm._engine_programs is None:
+        lm._engine_programs = (
+            tf.function(functools.partial(advance, lm), jit_compile=lm.xla, autograph=False),
+            tf.function(
+                functools.partial(insert, lm.hparams.n_head), jit_compile=lm.xla, autograph=False
+            ),
+        )
+    return lm._engine_programs
 
 
 def insert(n_head: int, state: Slots, slots, row_state, settings) -> Slots:
@@ -420,9 +434,10 @@ def insert(n_head: int, state: Slots, slots, row_state, settings) -> Slots:
     )
 
 
-def advance(model, state: Slots, n) -> Slots:
-    """Up to `n` more tokens for every unfinished row (`Engine.step`), in one loop; `model` on
-    its weights (`programs.advance`)."""
+def advance(lm, state: Slots, n) -> Slots:
+    """Up to `n` more tokens for every unfinished row (`Engine.step`), in one loop."""
+    weights = lm.model.read_weights(lm._cpu_matvec)
+    model = functools.partial(lm.model, weights=weights)
     cache_len = state.history.shape[1]
     columns = tf.range(cache_len)
     last = min(cache_len, _width_of(state.cache)) - 1  # a growing cache may be narrower

@@ -7,6 +7,7 @@ as a path to a model directory (a release, or a fine-tuned export), or as a fine
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -19,7 +20,7 @@ from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.generation import beam, sampler, texts
+from gpt2_tf2.generation import beam, loop, sampler, texts
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
@@ -30,7 +31,6 @@ from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this mod
 )
 from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
 from gpt2_tf2.generation.loop import bucket
-from gpt2_tf2.generation.programs import programs
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
@@ -55,13 +55,24 @@ class LanguageModel:
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
         self.lite, self.xla = lite, xla
         self.backend = "xla" if lite is None else "tflite"
+        self._engine_programs = None  # the decode engine's compiled functions (engine.programs)
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
         # Sampling runs on the decode engine (`sampler.EngineRows`), whose loop is traced (and
         # XLA-compiled, unless xla=False) once per (batch size, cache size); settings, seeds and
-        # the actual lengths are tensors and never retrace. The compiled programs are shared by
-        # every model of this shape in the process (`programs`).
-        self.programs = None if model is None else programs(model, xla, self._cpu_matvec)
+        # the actual lengths are tensors and never retrace. The prompt runs in a plain graph:
+        # compiling it too cost ~1 s more on a first call than it saved. autograph=False: the
+        # code is written with tf.while_loop/tf.cond already.
+        self._prefill = tf.function(
+            lambda context, prompt_len, cache_len, offsets: loop.prefill(
+                self.model, context, prompt_len, cache_len, offsets
+            ),
+            autograph=False,
+            reduce_retracing=False,
+        )
+        self._beam = tf.function(
+            self._beam_advance, jit_compile=xla, autograph=False, reduce_retracing=False
+        )
         self._token_nll = tf.function(
             self._token_nll_eager,
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
@@ -70,9 +81,10 @@ class LanguageModel:
         if lite is not None:  # scoring on the interpreter (sampling: the engine's LiteSlots)
             self._token_nll = lite.token_nll
 
-    def _prefill(self, context, prompt_len, cache_len: int, offsets=None):
-        """(logits after each row's prompt, cache): `loop.prefill` on this model's weights."""
-        return self.programs.prefill(context, prompt_len, cache_len, offsets)
+    def _beam_advance(self, state, prompt_len, length, settings, until, options):
+        weights = self.model.read_weights(self._cpu_matvec)
+        model = functools.partial(self.model, weights=weights)
+        return beam.advance(model, state, prompt_len, length, settings, until, options)
 
     # ---- generation -------------------------------------------------------------------------
 
@@ -218,9 +230,7 @@ class LanguageModel:
         chunk, until = (length if progress is None else BEAM_CHUNK), 0
         while until < length:
             until = min(until + chunk, length)
-            state = self.programs.beam(
-                state, prompt_len, length_t, settings, tf.constant(until), options
-            )
+            state = self._beam(state, prompt_len, length_t, settings, tf.constant(until), options)
             done = int(state.step)
             if progress is not None:
                 progress(done, length)
