@@ -206,11 +206,15 @@ def test_logprobs_are_the_models_own(lm, tiny_lm):
         Engine(lm, 1).scores(0)
 
 
-def test_a_growing_cache_gives_the_same_tokens(tiny_lm, alone):
-    """grow_cache (a server's engine): the cache starts narrow, widens as rows grow and narrows
-    when the engine empties; each row's tokens are still those it gives alone."""
-    engine = Engine(tiny_lm, SLOTS, grow_cache=True)
+def test_a_servers_engine_gives_the_same_tokens(tiny_lm, alone):
+    """A server's engine (grow_cache, busy_rows): the cache starts narrow, widens as rows grow
+    and narrows when the engine empties, and a step runs only the slots up to the last running
+    one; each row's tokens are still those it gives alone."""
+    engine = Engine(tiny_lm, SLOTS, grow_cache=True, busy_rows=True)
     store = engine._store
+    rows_run = []
+    rows_of = store._rows
+    store._rows = lambda running: rows_run.append(rows_of(running)) or rows_run[-1]
     out, slot_of, widths = {}, {}, set()
     waiting = list(range(len(REQUESTS)))
     while waiting or engine.busy():
@@ -225,3 +229,4 @@ def test_a_growing_cache_gives_the_same_tokens(tiny_lm, alone):
             engine.remove(slot)
     assert out == dict(enumerate(alone))
     assert min(widths) < engine.cache_len and store.state is None  # narrow; reset when empty
+    assert min(rows_run) == 1 and max(rows_run) == SLOTS  # the last row in slot 0 ran alone

@@ -79,7 +79,11 @@ class Engine:
     step are kept (`scores`). grow_cache (xla): the cache starts as wide as the rows need and
     widens as they grow (powers of two up to cache_len, each a compilation), and narrows
     again when the engine empties: every step attends over the columns in use, not cache_len
-    (a server's engine, whose rows are mostly far shorter than the context)."""
+    (a server's engine, whose rows are mostly far shorter than the context). busy_rows (xla):
+    each step runs the slots up to the last running one (rounded up to a power of two, each a
+    compilation), not all of them: rows start in the lowest free slots, so a server's engine
+    sized for its busiest hour pays for the rows it runs (one row on 16 slots cost 3.4 rows'
+    time a step, docs/benchmarks/serving.md)."""
 
     def __init__(
         self,
@@ -88,6 +92,7 @@ class Engine:
         cache_len: int | None = None,
         logprobs: int = 0,
         grow_cache: bool = False,
+        busy_rows: bool = False,
     ):
         n_ctx = lm.hparams.n_ctx
         self.lm, self.slots, self.cache_len = lm, int(slots), int(cache_len or n_ctx)
@@ -101,7 +106,7 @@ class Engine:
 
             self._store = LiteSlots(lm, self.slots, self.cache_len, logprobs)
         else:
-            self._store = XlaSlots(lm, self.slots, self.cache_len, logprobs, grow_cache)
+            self._store = XlaSlots(lm, self.slots, self.cache_len, logprobs, grow_cache, busy_rows)
         self._free = list(range(self.slots))
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
@@ -253,9 +258,17 @@ class XlaSlots:
     server steps a token or four a call.
     """
 
-    def __init__(self, lm, slots, cache_len, logprobs: int = 0, grow_cache: bool = False):
+    def __init__(
+        self,
+        lm,
+        slots,
+        cache_len,
+        logprobs: int = 0,
+        grow_cache: bool = False,
+        busy_rows: bool = False,
+    ):
         self.lm, self.slots, self.cache_len, self.logprobs = lm, slots, cache_len, logprobs
-        self.grow = grow_cache
+        self.grow, self.busy_rows = grow_cache, busy_rows
         self.state = None  # Slots without their cache (`cache`), made when the first rows start
         self.cache = None  # per layer, (keys, values) variables [slots * heads, width, head_dim]
         self._advance, self._insert = programs(lm)
@@ -378,12 +391,20 @@ class XlaSlots:
     def advance(self, n: int) -> None:
         """Up to n more tokens for every unfinished row."""
         if self.state is not None and not all(self.state.done.numpy()):
+            running = ~self._done
             if self.grow:  # the columns the running rows reach in n steps (not past their end)
-                running = ~self._done
                 reach = np.minimum(self._pos + n, self._end)[running]
                 width = self._width(int(reach.max())) if running.any() else 0
                 self._widen_to(width)
-            self.state = self._advance(self.state, self.cache, tf.constant(n))
+            self.state = self._advance(self.state, self.cache, tf.constant(n), self._rows(running))
+
+    def _rows(self, running) -> int:
+        """How many slots a step runs, from the first: all, or with busy_rows the power of two
+        that reaches the last running one (a Python int: one compilation per count)."""
+        if not self.busy_rows or not running.any():
+            return self.slots
+        last = int(np.flatnonzero(running)[-1])
+        return min(self.slots, 1 << last.bit_length())
 
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
@@ -451,12 +472,17 @@ def insert(n_head: int, state: Slots, cache_vars, slots, row_state, settings) ->
     )
 
 
-def advance(lm, state: Slots, cache_vars, n) -> Slots:
-    """Up to `n` more tokens for every unfinished row (`Engine.step`), in one loop; the cache
-    read from the variables `cache_vars` and written back to them (in place under XLA)."""
+def advance(lm, state: Slots, cache_vars, n, rows: int) -> Slots:
+    """Up to `n` more tokens for every unfinished row among the first `rows` slots (the others
+    finished or free: `XlaSlots._rows`), in one loop; their cache read from the variables
+    `cache_vars` and written back to them (in place under XLA, a slice as cheaply as all)."""
     weights = lm.model.read_weights(lm._cpu_matvec)
     model = functools.partial(lm.model, weights=weights)
-    cache = [tuple(tf.convert_to_tensor(v) for v in layer) for layer in cache_vars]
+    whole, part = state, rows < state.pos.shape[0]
+    if part:
+        state = tf.nest.map_structure(lambda t: t[:rows], state)
+    heads = rows * lm.hparams.n_head  # a slot's rows of the cache: its heads
+    cache = [tuple(tf.convert_to_tensor(v)[:heads] for v in layer) for layer in cache_vars]
     state = state._replace(cache=cache)
     cache_len = state.history.shape[1]
     columns = tf.range(cache_len)
@@ -506,8 +532,11 @@ def advance(lm, state: Slots, cache_vars, n) -> Slots:
     _, state = tf.while_loop(cond, body, (tf.constant(0), state))
     for layer, new_layer in zip(cache_vars, state.cache):
         for var, new in zip(layer, new_layer):
-            var.assign(new)
-    return state._replace(cache=())
+            var[:heads].assign(new) if part else var.assign(new)
+    state = state._replace(cache=())
+    if part:  # the slots past `rows` as they were
+        state = tf.nest.map_structure(lambda t, old: tf.concat([t, old[rows:]], 0), state, whole)
+    return state
 
 
 def run_alone(lm, prompt_tokens, config: GenerationConfig, slots: int, **add) -> list[int]:

@@ -42,8 +42,10 @@ class Sequence:
 
 class Scheduler:
     def __init__(self, lm, slots: int, max_queue: int, metrics: Metrics, logprobs: int = 0):
-        # A growing cache: each step attends over the columns the running rows use.
-        self.engine = Engine(lm, slots, logprobs=logprobs, grow_cache=lm.lite is None)
+        # A growing cache (each step attends over the columns the running rows use) and busy
+        # rows (each step runs the slots up to the last busy one): what the load needs.
+        xla = lm.lite is None
+        self.engine = Engine(lm, slots, logprobs=logprobs, grow_cache=xla, busy_rows=xla)
         self.slots, self.max_queue, self.metrics = slots, max_queue, metrics
         self._waiting = collections.deque()
         self._running = {}  # slot -> Sequence
