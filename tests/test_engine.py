@@ -206,27 +206,49 @@ def test_logprobs_are_the_models_own(lm, tiny_lm):
         Engine(lm, 1).scores(0)
 
 
-def test_a_servers_engine_gives_the_same_tokens(tiny_lm, alone):
-    """A server's engine (grow_cache, busy_rows): the cache starts narrow, widens as rows grow
-    and narrows when the engine empties, and a step runs only the slots up to the last running
-    one; each row's tokens are still those it gives alone."""
-    engine = Engine(tiny_lm, SLOTS, grow_cache=True, busy_rows=True)
-    store = engine._store
-    rows_run = []
-    rows_of = store._rows
-    store._rows = lambda running: rows_run.append(rows_of(running)) or rows_run[-1]
-    out, slot_of, widths = {}, {}, set()
-    waiting = list(range(len(REQUESTS)))
+def servers_engine(lm):
+    """An engine as the server makes it: a growing cache, busy rows, log-probabilities kept."""
+    return Engine(lm, SLOTS, grow_cache=True, busy_rows=True, logprobs=1)
+
+
+def run_on(engine, lm, indices, out):
+    """REQUESTS[i] for i in `indices` through `engine`, each joining when a slot frees: out[i]
+    gets its (token, log-probability) pairs."""
+    slot_of, waiting = {}, list(indices)
     while waiting or engine.busy():
         while waiting and len(engine.busy()) < SLOTS:
             i = waiting.pop(0)
-            slot_of[engine.add(tiny_lm.encode(REQUESTS[i][0]), REQUESTS[i][1])] = i
+            slot_of[engine.add(lm.encode(REQUESTS[i][0]), REQUESTS[i][1])] = i
             out[i] = []
         for slot, tokens in engine.step(2).items():
-            out[slot_of[slot]] += tokens
-        widths.add(store._cache_width())
+            scores = [s.logprob for s in engine.scores(slot)]
+            out[slot_of[slot]] += list(zip(tokens, scores))
         for slot in engine.finished():
             engine.remove(slot)
-    assert out == dict(enumerate(alone))
+
+
+def test_a_servers_engine_gives_the_same_tokens(tiny_lm, alone):
+    """A server's engine (grow_cache, busy_rows): the cache starts narrow, widens as rows grow
+    and narrows when the engine empties, and a step runs only the slots up to the last running
+    one; each row's tokens are those it gives alone, and so are its log-probabilities, to the
+    bit (a step of one row would round differently from a step of several)."""
+    engine = servers_engine(tiny_lm)
+    store = engine._store
+    rows_run, widths = [], set()
+    rows_of = store._rows
+
+    def rows(running):  # what each step runs: its rows, and the cache's width by then
+        widths.add(store._cache_width())
+        rows_run.append(rows_of(running))
+        return rows_run[-1]
+
+    store._rows = rows
+    together = {}
+    run_on(engine, tiny_lm, range(len(REQUESTS)), together)
+    assert {i: [t for t, _ in pairs] for i, pairs in together.items()} == dict(enumerate(alone))
     assert min(widths) < engine.cache_len and store.state is None  # narrow; reset when empty
-    assert min(rows_run) == 1 and max(rows_run) == SLOTS  # the last row in slot 0 ran alone
+    assert min(rows_run) == 2 and max(rows_run) == SLOTS  # slots 0-1 ran without slot 2
+    by_itself = {}
+    for i in range(len(REQUESTS)):
+        run_on(servers_engine(tiny_lm), tiny_lm, [i], by_itself)
+    assert together == by_itself

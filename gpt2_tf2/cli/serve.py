@@ -40,8 +40,9 @@ class ServeFlags(runner.ModelFlags):
     slots: int = flag(
         4,
         "sequences generated at once (the engine's batch); more requests wait in the queue and "
-        "join as slots free. Every step costs all slots, busy or free: size it to the clients "
-        "you expect (docs/benchmarks/serving.md).",
+        "join as slots free. A step runs the slots up to the last busy one (new sequences take "
+        "the lowest free slots), so a light load costs what it uses; the cache is held for all "
+        "of them (docs/benchmarks/serving.md).",
     )
     max_queue: int = flag(
         64, "sequences that may wait for a slot; beyond it requests get 429 with Retry-After."

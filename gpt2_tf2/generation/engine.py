@@ -80,10 +80,10 @@ class Engine:
     widens as they grow (powers of two up to cache_len, each a compilation), and narrows
     again when the engine empties: every step attends over the columns in use, not cache_len
     (a server's engine, whose rows are mostly far shorter than the context). busy_rows (xla):
-    each step runs the slots up to the last running one (rounded up to a power of two, each a
-    compilation), not all of them: rows start in the lowest free slots, so a server's engine
-    sized for its busiest hour pays for the rows it runs (one row on 16 slots cost 3.4 rows'
-    time a step, docs/benchmarks/serving.md)."""
+    each step runs the slots up to the last running one (rounded up to a power of two, at
+    least two, each a compilation), not all of them: rows start in the lowest free slots, so
+    a server's engine sized for its busiest hour pays for the rows it runs (one row on 16
+    slots cost 3.4 rows' time a step, docs/benchmarks/serving.md)."""
 
     def __init__(
         self,
@@ -400,11 +400,14 @@ class XlaSlots:
 
     def _rows(self, running) -> int:
         """How many slots a step runs, from the first: all, or with busy_rows the power of two
-        that reaches the last running one (a Python int: one compilation per count)."""
+        that reaches the last running one (a Python int: one compilation per count), at least
+        two: a batch of one takes a matrix-vector kernel whose rounding differs from the
+        batched product's in the last digit (batches of 2 to 16 gave a row the same logits to
+        the bit, 1 did not), which would make a row's tokens depend on who else runs."""
         if not self.busy_rows or not running.any():
             return self.slots
         last = int(np.flatnonzero(running)[-1])
-        return min(self.slots, 1 << last.bit_length())
+        return min(self.slots, max(2, 1 << last.bit_length()))
 
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
