@@ -115,13 +115,29 @@ def test_score_equals_the_xla_path(xla, lite):
     assert abs(lite["int8"].score(text) - xla.score(text)) < INT8_TOLERANCE
 
 
-def test_prompt_log_probabilities_say_they_need_xla(lite):
-    """The server's echo with logprobs scores the prompt on the XLA weights; a TensorFlow Lite
-    model has none (its interpreter is its engine's): one error in the library's words."""
-    from gpt2_tf2.generation.logprobs import prompt_scores
+def test_the_server_on_tflite_equals_xla_echo_and_logprobs_included(lite, tiny_lm):
+    """`serve --backend tflite`: a greedy completion with echo and logprobs through the real
+    `openai` client has XLA's tokens, and the prompt's and the completion's log-probabilities
+    (the prompt scored on the interpreter, on the engine's thread) within 1e-4 of XLA's."""
+    import openai
 
-    with pytest.raises(UserError, match=r"need the xla backend; this model was loaded for tflite"):
-        prompt_scores(lite["float32"], [464, 2068, 7586], 2)
+    from conftest import serving, wait_ready
+
+    prompt = "Hello there, my friend"
+    kw = dict(model="tiny", prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True)
+    with serving(lambda: lite["float32"], slots=2) as (url, _):
+        wait_ready(url)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        choice = client.completions.create(**kw).choices[0]
+        streamed = "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True))
+    want = tiny_lm.generate(prompt, length=6, temperature=0)[0]
+    assert choice.text == streamed == prompt + want
+    tokens = tiny_lm.encode(choice.text)
+    nll = tiny_lm._token_nll_eager(tf.constant([tokens])).numpy()[0]
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == len(tokens)
+    np.testing.assert_allclose(lp.token_logprobs[1:], -nll, atol=1e-4)
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
 
 
 def test_beam_search_says_it_needs_xla(lite):

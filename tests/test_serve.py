@@ -483,6 +483,37 @@ def test_fifty_concurrent_clients(tiny_lm):
         assert texts == alone(tiny_lm, prompt, n, 4, seed, length=length, **settings), job
 
 
+def test_warm_up_compiles_what_the_first_requests_run(tiny_model_dir):
+    """Before serving, the scheduler traces every program the first requests run at the
+    narrowest cache: each power-of-two group's prompts and insert, and a step of each count of
+    rows the engine steps (3 slots: 2 and 3; short prompts arriving together start as 2 + 1).
+    A model of its own: the shared one's programs were traced by other tests."""
+    import gpt2_tf2
+    from gpt2_tf2.server.metrics import Metrics
+    from gpt2_tf2.server.protocol import Choice
+    from gpt2_tf2.server.scheduler import Scheduler, Sequence
+
+    lm = gpt2_tf2.load(tiny_model_dir)
+    scheduler = Scheduler(lm, slots=3, max_queue=4, metrics=Metrics())
+    try:
+        programs = [lm._prefill, *lm._engine_programs]
+        traced = [p.experimental_get_tracing_count() for p in programs]
+        ended = threading.Semaphore(0)
+        config = GenerationConfig(length=6, top_k=40)
+        sequences = [
+            Sequence(
+                Choice(i, lm.encode(f"Hello number {i}"), config, (i, 0), 0),
+                lambda event: event[0] == "end" and ended.release(),
+            )
+            for i in range(3)
+        ]
+        scheduler.submit(sequences)
+        assert all(ended.acquire(timeout=60) for _ in sequences)
+        assert [p.experimental_get_tracing_count() for p in programs] == traced
+    finally:
+        scheduler.close()
+
+
 def test_the_guides_openai_example_runs(server, capsys):
     """docs/serving.md's example with OpenAI's client, run against this server."""
     import os

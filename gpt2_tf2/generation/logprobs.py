@@ -10,7 +10,6 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.kernels import select_column
-from gpt2_tf2.errors import UserError
 
 
 class TokenScore(NamedTuple):
@@ -42,16 +41,17 @@ def read_scores(scores, slot: int, first: int, n: int) -> list[TokenScore]:
 def prompt_scores(lm, tokens: list[int], k: int) -> list[TokenScore | None]:
     """Each token of a prompt scored by the model given the tokens before it, with the k most
     likely there (OpenAI's `echo` with `logprobs`: the prompt's own log-probabilities); the
-    first token has nothing before it (None), as in OpenAI's replies. One forward pass, on the
-    XLA backend's weights: a TensorFlow Lite model's interpreter belongs to its decode engine."""
-    if lm.model is None:
-        raise UserError(
-            "the prompt's log-probabilities (`echo` with `logprobs`) need the xla backend; "
-            "this model was loaded for tflite"
-        )
+    first token has nothing before it (None), as in OpenAI's replies. One forward pass; on
+    tflite, on the interpreter, which belongs to one thread: the one that runs the model's
+    decode engine (a server's scheduler, `Scheduler.call`)."""
     if len(tokens) < 2:
         return [None] * len(tokens)
-    logits = lm.model(tf.constant([tokens[:-1]], tf.int32))["logits"][0]  # [n - 1, vocab]
+    context = tokens[:-1]
+    if lm.lite is not None:
+        no_offsets = np.zeros([1], np.int32)
+        logits = lm.lite.step.prompt([context], no_offsets, range(len(context)))[0][0]
+    else:
+        logits = lm.model(tf.constant([context], tf.int32))["logits"][0]  # [n - 1, vocab]
     chosen, ids, logps = token_scores(logits, tf.constant(tokens[1:], tf.int32), max(k, 1))
     return [None] + [
         TokenScore(float(c), list(zip(i.tolist(), p.tolist()))[:k])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib.resources
 import json
 import logging
@@ -272,8 +273,9 @@ async def _run(request, state: State, job: protocol.Job):
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     reply = Reply(job, state.lm, state.options.model_name)
-    if job.echo and job.logprobs is not None:  # the prompt's own, scored off the event loop
-        reply.prompt_scores = await asyncio.to_thread(_prompt_scores, state.lm, job)
+    if job.echo and job.logprobs is not None:  # the prompt's own, on the engine's thread
+        scoring = state.scheduler.call(functools.partial(_prompt_scores, state.lm, job))
+        reply.prompt_scores = await asyncio.wrap_future(scoring)
     sequences = [Sequence(c, deliver, job.logprobs is not None) for c in job.choices]
     state.scheduler.submit(sequences)
     state.metrics.tokens(prompt=job.prompt_tokens)

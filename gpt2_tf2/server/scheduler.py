@@ -3,7 +3,8 @@ it while any sequence is busy; sequences wait in a bounded queue, join free slot
 steps (those that arrived together start as one batch: one prefill), and leave when they end or
 are cancelled, freeing the slot for the next (as vLLM's scheduler and llama.cpp's server slots).
 
-Requests live on the event loop; they talk to this thread through `submit` and `cancel` only,
+Requests live on the event loop; they talk to this thread through `submit`, `cancel` and
+`call` (other work on the model, which a TensorFlow Lite interpreter allows one thread only),
 and hear back through each sequence's `deliver` (called from this thread: it must be
 thread-safe, e.g. `loop.call_soon_threadsafe`). Events: ("tokens", index, tokens, scores),
 ("end", index, finish_reason) with finish_reason "stop", "length" or "cancelled", and
@@ -13,6 +14,7 @@ thread-safe, e.g. `loop.call_soon_threadsafe`). Events: ("tokens", index, tokens
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -49,6 +51,7 @@ class Scheduler:
         self.slots, self.max_queue, self.metrics = slots, max_queue, metrics
         self._waiting = collections.deque()
         self._running = {}  # slot -> Sequence
+        self._calls = collections.deque()  # (function, future): run between steps
         self._cond = threading.Condition()
         self._closing = False
         self.warm_up()  # in the loading thread, before the engine's own starts
@@ -79,6 +82,17 @@ class Scheduler:
                 s.cancelled = True
             self._cond.notify()
 
+    def call(self, function) -> concurrent.futures.Future:
+        """Run `function()` on the engine's thread between steps (the model's work outside the
+        engine, e.g. scoring a prompt): its result, or its exception, in the future."""
+        future = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise APIError(503, "the server is shutting down")
+            self._calls.append((function, future))
+            self._cond.notify()
+        return future
+
     def load(self) -> tuple[int, int]:
         """(sequences waiting, slots busy)."""
         with self._cond:
@@ -92,17 +106,26 @@ class Scheduler:
                 s.cancelled = True
             self._cond.notify()
         self._thread.join(timeout)
+        for _, future in self._calls:  # none is run after the thread stopped
+            future.cancel()
 
     # ---- the engine's thread --------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._closing or self._waiting or self._running):
+                while not (self._closing or self._waiting or self._running or self._calls):
                     self._cond.wait()
                 if self._closing and not self._running and not self._waiting:
                     return
                 starting = self._admit()
+                calls, self._calls = self._calls, collections.deque()
+            for function, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(function())
+                    except Exception as e:  # the caller's to handle
+                        future.set_exception(e)
             try:
                 if starting:
                     self._start(starting)
@@ -148,16 +171,20 @@ class Scheduler:
             self._running.update(zip(slots, starting))
 
     def warm_up(self) -> None:
-        """Compile what the first requests would otherwise wait for: a short prompt's batch of
-        each power-of-two size up to the slots, its insert and a step (before serving)."""
+        """Compile what the first requests would otherwise wait for (before serving): a short
+        prompt's batch of each power-of-two size up to the slots, its insert, and a step of as
+        many rows as each takes, every slot's included (the engine steps the busy ones)."""
         config = GenerationConfig(length=2, temperature=0.0)
-        size = 1
-        while size <= self.slots:
-            slots = self.engine.add_many([Request([0], config) for _ in range(size)])
+        groups = [[1 << i] for i in range(self.slots.bit_length())]  # 1, 2, 4, .. <= slots
+        if self.slots & (self.slots - 1):  # not a power of two: a step of every slot too
+            groups.append([1 << i for i in range(self.slots.bit_length()) if self.slots >> i & 1])
+        for sizes in groups:
+            slots = []
+            for size in sizes:
+                slots += self.engine.add_many([Request([0], config) for _ in range(size)])
             self.engine.step(1)
             for slot in slots:
                 self.engine.remove(slot)
-            size *= 2
 
     def _step(self) -> None:
         with self._cond:
