@@ -483,11 +483,12 @@ def test_fifty_concurrent_clients(tiny_lm):
         assert texts == alone(tiny_lm, prompt, n, 4, seed, length=length, **settings), job
 
 
-def test_warm_up_compiles_what_the_first_requests_run(tiny_model_dir):
+def test_the_first_requests_trace_nothing_and_get_a_token_at_once(tiny_model_dir):
     """Before serving, the scheduler traces every program the first requests run at the
     narrowest cache: each power-of-two group's prompts and insert, and a step of each count of
     rows the engine steps (3 slots: 2 and 3; short prompts arriving together start as 2 + 1).
-    A model of its own: the shared one's programs were traced by other tests."""
+    A sequence's first token comes from a step of one token (then four at a time). A model of
+    its own: the shared one's programs were traced by other tests."""
     import gpt2_tf2
     from gpt2_tf2.server.metrics import Metrics
     from gpt2_tf2.server.protocol import Choice
@@ -498,18 +499,22 @@ def test_warm_up_compiles_what_the_first_requests_run(tiny_model_dir):
     try:
         programs = [lm._prefill, *lm._engine_programs]
         traced = [p.experimental_get_tracing_count() for p in programs]
-        ended = threading.Semaphore(0)
-        config = GenerationConfig(length=6, top_k=40)
+        ended, got = threading.Semaphore(0), {i: [] for i in range(3)}
+
+        def deliver(event):
+            if event[0] == "tokens":
+                got[event[1]].append(len(event[2]))
+            ended.release() if event[0] == "end" else None
+
+        config = GenerationConfig(length=9, top_k=40)
         sequences = [
-            Sequence(
-                Choice(i, lm.encode(f"Hello number {i}"), config, (i, 0), 0),
-                lambda event: event[0] == "end" and ended.release(),
-            )
+            Sequence(Choice(i, lm.encode(f"Hello number {i}"), config, (i, 0), 0), deliver)
             for i in range(3)
         ]
         scheduler.submit(sequences)
         assert all(ended.acquire(timeout=60) for _ in sequences)
         assert [p.experimental_get_tracing_count() for p in programs] == traced
+        assert got == {i: [1, 4, 4] for i in range(3)}
     finally:
         scheduler.close()
 
