@@ -37,8 +37,8 @@ def ours(settings: dict | None):
 
     from gpt2_tf2.core.hparams import PRESETS
     from gpt2_tf2.core.model import GPT2
-    from gpt2_tf2.generation.engine import programs
     from gpt2_tf2.generation.language_model import LanguageModel
+    from gpt2_tf2.generation.xla import programs
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]

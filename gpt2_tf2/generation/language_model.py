@@ -55,7 +55,7 @@ class LanguageModel:
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
         self.lite, self.xla = lite, xla
         self.backend = "xla" if lite is None else "tflite"
-        self._engine_programs = None  # the decode engine's compiled functions (engine.programs)
+        self._engine_programs = None  # the decode engine's compiled functions (xla.programs)
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
         # Sampling runs on the decode engine (`sampler.EngineRows`), whose loop is traced (and

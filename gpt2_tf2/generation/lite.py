@@ -246,7 +246,7 @@ class LiteDecoder:
 
 def choose_rows(logits, history, pos, settings, step, rows):
     """One token per slot from its logits, as the XLA engine's loop chooses it
-    (`engine.advance`): each row with its own settings, position, step and row number."""
+    (`xla.advance`): each row with its own settings, position, step and row number."""
     logits = apply_processors(logits, settings, History(history, pos, 0, pos - step))
     return choose_tokens(logits, settings, step, rows=rows)
 
