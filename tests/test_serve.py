@@ -519,6 +519,46 @@ def test_the_first_requests_trace_nothing_and_get_a_token_at_once(tiny_model_dir
         scheduler.close()
 
 
+def test_the_engines_thread_runs_calls_and_survives_a_failure(tiny_lm, caplog):
+    """`Scheduler.call` runs work on the engine's thread and hands back its result or its
+    exception; an engine that fails tells every running sequence so (an "error" event, logged
+    with its traceback) and then serves the next."""
+    from gpt2_tf2.server.metrics import Metrics
+    from gpt2_tf2.server.protocol import Choice
+    from gpt2_tf2.server.scheduler import Scheduler, Sequence
+
+    scheduler = Scheduler(tiny_lm, slots=2, max_queue=4, metrics=Metrics())
+    try:
+        assert scheduler.call(lambda: 6 * 7).result(timeout=30) == 42
+        with pytest.raises(ZeroDivisionError):
+            scheduler.call(lambda: 1 / 0).result(timeout=30)
+        events, ended = [], threading.Semaphore(0)
+
+        def deliver(event):
+            events.append(event)
+            ended.release() if event[0] in ("end", "error") else None
+
+        def run(n):
+            config = GenerationConfig(length=5, temperature=0)
+            choices = [Choice(i, tiny_lm.encode("Hi"), config, (0, 0), i) for i in range(n)]
+            events.clear()
+            scheduler.submit([Sequence(c, deliver) for c in choices])
+            assert all(ended.acquire(timeout=60) for _ in choices)
+            return sorted(events, key=lambda e: e[0] != "error")
+
+        step, calls = scheduler.engine.step, []
+        scheduler.engine.step = lambda n: calls.append(n) or 1 / 0  # the engine breaks once
+        failed = run(2)
+        scheduler.engine.step = step
+        assert [e[0] for e in failed] == ["error", "error"]
+        assert failed[0][2] == "the engine failed: division by zero"
+        assert "the engine failed" in caplog.text and "ZeroDivisionError" in caplog.text
+        assert scheduler.load() == (0, 0)  # its slots are free again
+        assert [e[0] for e in run(1)][-1] == "end"  # and the next is served
+    finally:
+        scheduler.close()
+
+
 def test_the_guides_openai_example_runs(server, capsys):
     """docs/serving.md's example with OpenAI's client, run against this server."""
     import os
