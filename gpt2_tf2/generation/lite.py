@@ -236,11 +236,16 @@ class LiteDecoder:
         self.choose = tf.function(choose_rows, jit_compile=xla, autograph=False)
         self.token_scores = tf.function(token_scores, jit_compile=xla, autograph=False)
 
+    def logits(self, tokens) -> np.ndarray:
+        """The logits [batch, n, vocab] after each of tokens [batch, n], run from column 0 (the
+        interpreter belongs to one thread: the decode engine's, when one runs)."""
+        batch, n = np.shape(tokens)
+        return self.step.prompt(tokens, np.zeros([batch], np.int32), range(n))[0]
+
     def token_nll(self, tokens) -> np.ndarray:
         """As `LanguageModel._token_nll`: NLL of tokens[:, 1:] given what precedes them."""
         tokens = np.asarray(tokens, np.int32)
-        batch, n = tokens.shape
-        logits, _ = self.step.prompt(tokens[:, :-1], np.zeros([batch], np.int32), range(n - 1))
+        logits = self.logits(tokens[:, :-1])
         return tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
 
 

@@ -48,8 +48,7 @@ def prompt_scores(lm, tokens: list[int], k: int) -> list[TokenScore | None]:
         return [None] * len(tokens)
     context = tokens[:-1]
     if lm.lite is not None:
-        no_offsets = np.zeros([1], np.int32)
-        logits = lm.lite.step.prompt([context], no_offsets, range(len(context)))[0][0]
+        logits = lm.lite.logits([context])[0]
     else:
         logits = lm.model(tf.constant([context], tf.int32))["logits"][0]  # [n - 1, vocab]
     chosen, ids, logps = token_scores(logits, tf.constant(tokens[1:], tf.int32), max(k, 1))

@@ -152,8 +152,7 @@ class Scheduler:
         """Start the sequences, in groups of a power of two (15 = 8 + 4 + 2 + 1): the shapes of
         the prompts' batch and of the insert stay few (`warm_up` compiles them), where any
         count would compile anew at a request's expense."""
-        while starting:
-            group = 1 << (len(starting).bit_length() - 1)
+        for group in power_of_two_groups(len(starting)):
             self._start_group(starting[:group])
             starting = starting[group:]
 
@@ -177,8 +176,8 @@ class Scheduler:
         many rows as each takes, every slot's included (the engine steps the busy ones)."""
         config = GenerationConfig(length=2, temperature=0.0)
         groups = [[1 << i] for i in range(self.slots.bit_length())]  # 1, 2, 4, .. <= slots
-        if self.slots & (self.slots - 1):  # not a power of two: a step of every slot too
-            groups.append([1 << i for i in range(self.slots.bit_length()) if self.slots >> i & 1])
+        if len(power_of_two_groups(self.slots)) > 1:  # as `_start` fills every slot: a step too
+            groups.append(power_of_two_groups(self.slots))
         for sizes in groups:
             slots = []
             for size in sizes:
@@ -230,3 +229,8 @@ class Scheduler:
                 self.engine.remove(slot)
             except UserError:
                 pass
+
+
+def power_of_two_groups(n: int) -> list[int]:
+    """n as the powers of two `Scheduler._start` starts it in, largest first (15: 8, 4, 2, 1)."""
+    return [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
