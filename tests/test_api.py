@@ -119,7 +119,9 @@ def test_compiled_generation_equals_eager_reference(lm, batch):
         assert got == np.stack(want, axis=1).tolist(), (temperature, top_k, top_p)
 
 
-@pytest.mark.parametrize("xla", [True, False])
+@pytest.mark.parametrize(  # the compiled loop in the default tier, the plain graph `large`
+    "xla", [True, pytest.param(False, marks=pytest.mark.large)]
+)
 def test_unconditional_full_context(lm, xla):
     """Unconditional samples fill the whole context after <|endoftext|> (the default length),
     compiled or not: nothing runs at a position past the context, and the tokens match an eager
@@ -204,7 +206,9 @@ def test_score_empty(lm):
 LOW_PRECISION_TOLERANCE = {"float16": 0.01, "bfloat16": 0.05}
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(  # float16 in the default tier, bfloat16 `large`
+    "dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.large)]
+)
 def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
     low = gpt2_tf2.load(tiny_model_dir, dtype=dtype)
     assert {v.dtype.name for v in low.model.variables} == {dtype}  # weights cast once, at load

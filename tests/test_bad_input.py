@@ -164,9 +164,11 @@ def test_the_model_takes_numpy_arrays_and_lists(tiny_lm):
         assert np.array_equal(lm.model(tokens)["logits"].numpy(), want)
 
 
+@pytest.mark.e2e
 def test_import_from_the_parent_of_a_clone(tmp_path):
     """`cd ..; python -c "import gpt2_tf2"`: the clone's folder, named like the package, must
-    not shadow the installed package (an editable install that puts the clone on sys.path)."""
+    not shadow the installed package (an editable install that puts the clone on sys.path). A
+    fresh interpreter: import-time behaviour is the subject."""
     os.symlink(REPO, tmp_path / "gpt2_tf2")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = "import gpt2_tf2; print(gpt2_tf2.__file__); gpt2_tf2.load"

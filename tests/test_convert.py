@@ -363,7 +363,7 @@ def fake_hub(root, home):
     huggingface_hub at it (and its cache at `home`)."""
     handler = type("Hub", (FakeHub,), {"root": str(root)})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     try:
         yield {
             "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",

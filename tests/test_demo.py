@@ -204,9 +204,11 @@ def test_quickstart_samples_the_demo_offline():
     assert "--model_name" not in second and "gpt2_tf2.sample" in second
 
 
+@pytest.mark.e2e
 def test_docker_smoke_command_runs_here(tmp_path):
     """The CPU image's smoke line, run the way the image runs it: the `gpt2_tf2` console
-    script from /workspace, the demo model where the Dockerfile copies it."""
+    script from /workspace, the demo model where the Dockerfile copies it (a process: the
+    installed console script is the subject)."""
     guide = open(os.path.join(REPO, "docs", "docker.md"), encoding="utf-8").read()
     line = next(x for x in guide.splitlines() if x.startswith("docker run --rm gpt2_tf2:cpu"))
     args = shlex.split(line)[4:]

@@ -108,7 +108,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server(tiny_model_dir):
     srv = Release(tiny_model_dir)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    # serve_forever polls for shutdown every 0.5 s by default: 0.5 s at the end of every test
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield srv
     srv.shutdown()

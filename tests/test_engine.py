@@ -134,6 +134,18 @@ def test_rows_started_together_equal_each_alone(lm, alone):
     assert len({len(lm.encode(p)) for p, _ in REQUESTS[:SLOTS]}) == SLOTS  # padded rows
 
 
+def test_run_alone_reuses_an_idle_engine(lm, alone):
+    """run_alone in one engine, request after request (each freed at its end), gives what a new
+    engine gives each; an engine with a busy slot, or of another size, is refused."""
+    engine = Engine(lm, SLOTS)
+    assert [run_alone(lm, lm.encode(p), c, SLOTS, engine) for p, c in REQUESTS] == alone
+    assert engine.busy() == []
+    engine.add(lm.encode("busy"), GenerationConfig(length=2))
+    for other in (engine, Engine(lm, SLOTS + 1)):
+        with pytest.raises(UserError, match="an idle engine of 3 slots"):
+            run_alone(lm, lm.encode("x"), GenerationConfig(length=2), SLOTS, other)
+
+
 def test_a_group_that_cannot_start_starts_none(lm):
     engine = Engine(lm, 2)
     good = ([464], GenerationConfig(length=3))

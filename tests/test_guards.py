@@ -339,7 +339,8 @@ def test_the_library_is_quiet_by_default(tiny_model_dir):
     quiet = run_cli(["-c", code])
     assert quiet.returncode == 0 and quiet.stdout == "1\n", quiet.stderr
     assert quiet.stderr == "", quiet.stderr
-    loud = run_cli(["-c", code], env={"GPT2_TF2_VERBOSE": "1"})
+    loading = f"import gpt2_tf2; gpt2_tf2.load({tiny_model_dir!r})"  # the lines come by then
+    loud = run_cli(["-c", loading], env={"GPT2_TF2_VERBOSE": "1"})
     assert loud.returncode == 0 and "I0000" in loud.stderr, loud.stderr
 
 

@@ -25,8 +25,12 @@ ROWS = [  # (settings, key, row in its key's batch, step, length so far)
 ]
 
 
-@pytest.mark.parametrize("xla", [False, True])
-@pytest.mark.parametrize("candidates", [64, 8])  # 8: top-k 40 and wide nuclei take the fallback
+# 8 candidates: top-k 40 and wide nuclei take the full-sort fallback. The default tier runs both
+# paths eagerly and the fallback under XLA; the top-candidate path under XLA is `large`.
+@pytest.mark.parametrize(
+    "candidates,xla",
+    [(64, False), pytest.param(64, True, marks=pytest.mark.large), (8, False), (8, True)],
+)
 def test_rows_with_their_own_settings_equal_each_row_alone(xla, candidates):
     rng = np.random.default_rng(0)
     logits = tf.constant(rng.normal(size=(len(ROWS), VOCAB)).astype(np.float32) * 3)

@@ -233,12 +233,21 @@ class Engine:
         return self._scores.get(slot, [])
 
 
-def run_alone(lm, prompt_tokens, config: GenerationConfig, slots: int, **add) -> list[int]:
+def run_alone(
+    lm, prompt_tokens, config: GenerationConfig, slots: int, engine=None, **add
+) -> list[int]:
     """What one sequence gives alone in an engine of `slots` slots: the reference a row that
-    joins a running batch must equal (tests, and a check anyone can run)."""
-    engine = Engine(lm, slots)
+    joins a running batch must equal (tests, and a check anyone can run). engine: an idle
+    `Engine(lm, slots)` to run it in, its compiled programs kept from one call to the next (the
+    row's slot is freed at the end); default a new one."""
+    engine = engine or Engine(lm, slots)
+    if engine.busy() or engine.slots != slots or engine.lm is not lm:
+        raise UserError(f"run_alone needs an idle engine of {slots} slots on this model")
     slot = engine.add(prompt_tokens, config, **add)
-    out = []
-    while slot not in engine.finished():
-        out += engine.step(16)[slot]
-    return out
+    try:
+        out = []
+        while slot not in engine.finished():
+            out += engine.step(16)[slot]
+        return out
+    finally:
+        engine.remove(slot)
