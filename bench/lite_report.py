@@ -291,9 +291,9 @@ over the cache stays float32 and grows with the context. XLA float32 at 124M, ba
 Memory: when an interpreter is created, XNNPACK packs the weights into its own layout, reading
 every page of the mapped file, so for that moment both copies are resident. A model of more
 than 512 MB of weights is therefore converted and opened in parts of its blocks
-(`formats/lite.cached_parts`: 1558M in int8 as 3 files), one interpreter each, and each part's
+(`formats/tflite.cached_parts`: 1558M in int8 as 3 files), one interpreter each, and each part's
 file pages are released once XNNPACK has packed it, before the next part is opened
-(`generation/lite.release_file_pages`, madvise on Linux; a page read again, as an embedding row
+(`generation/tflite.release_file_pages`, madvise on Linux; a page read again, as an embedding row
 is, comes back from the page cache). The peak is then the packed weights plus one part's file,
 and sampling holds one copy. Measured before parts, with the file released only after packing:
 3.51 GB peak, 2.34 GB while sampling. XNNPACK's weight cache (the packed weights in a mapped
@@ -303,7 +303,7 @@ not expose it, and LiteRT 2.3's CompiledModel, which does
 buffers whole, where the decode loop writes one cache column per step in place.
 
 Conversion reads the checkpoint one weight at a time and runs TFLite's converter on a template
-whose blocks share stand-in weights (formats/lite_template.py): 1558M in int8, in its 3 parts,
+whose blocks share stand-in weights (formats/tflite_template.py): 1558M in int8, in its 3 parts,
 took {conv1558} here. Run directly on all the weights, the converter alone peaked at 16 GB for 1558M
 (and was killed for memory on this 24 GB machine with the model beside it).
 """

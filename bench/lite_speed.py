@@ -74,14 +74,14 @@ def write_model(size: str, out: str) -> dict:
 
 def convert(size: str, dtype: str, model_dir: str, out: str) -> dict:
     """The command line's conversion for sampling: weights read one at a time from the
-    checkpoint, a large model in parts (`formats.lite.cached_parts`), into the cache `out`."""
-    from gpt2_tf2.formats import lite
+    checkpoint, a large model in parts (`formats.tflite.cached_parts`), into the cache `out`."""
     from gpt2_tf2.formats import model_dir as formats
+    from gpt2_tf2.formats import tflite
 
     os.environ["GPT2_TF2_TFLITE_CACHE"] = out
     opened = formats.open_model_dir(model_dir)
     began = time.perf_counter()
-    paths = lite.cached_parts(opened, dtype, lambda: formats.read_weights(opened), lambda m: None)
+    paths = tflite.cached_parts(opened, dtype, lambda: formats.read_weights(opened), lambda m: None)
     seconds = time.perf_counter() - began
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
     return {
@@ -96,7 +96,7 @@ def convert(size: str, dtype: str, model_dir: str, out: str) -> dict:
 def language_model(impl: str, size: str, files: dict):
     from gpt2_tf2.core.model import GPT2
     from gpt2_tf2.generation.language_model import LanguageModel
-    from gpt2_tf2.generation.lite import LiteDecoder, LiteStep
+    from gpt2_tf2.generation.tflite import LiteDecoder, LiteStep
     from gpt2_tf2.tokenizer import Encoder
 
     hp, encoder = hparams(size), Encoder({"<|endoftext|>": 0}, [])
@@ -143,7 +143,7 @@ def quality(size: str, files: dict) -> dict:
     import tensorflow as tf
 
     from gpt2_tf2.core.model import GPT2
-    from gpt2_tf2.generation.lite import LiteStep
+    from gpt2_tf2.generation.tflite import LiteStep
 
     hp = hparams(size)
     tokens = np.random.default_rng(1).integers(0, 50000, (1, 64)).astype("int32")
@@ -161,7 +161,7 @@ def step_ms(path, num_threads: int) -> float:
     """ms per 124M TFLite step at batch 1 (144 cache columns), the step alone."""
     import numpy as np
 
-    from gpt2_tf2.generation.lite import LiteStep
+    from gpt2_tf2.generation.tflite import LiteStep
 
     step = LiteStep(path, hparams("124M"), num_threads=num_threads)
     offsets = np.zeros([1], np.int32)

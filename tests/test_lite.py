@@ -219,7 +219,7 @@ def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
 
 def test_a_damaged_tflite_file_is_one_line(tmp_path):
     from gpt2_tf2.core.hparams import HParams
-    from gpt2_tf2.generation.lite import LiteStep
+    from gpt2_tf2.generation.tflite import LiteStep
 
     bad = tmp_path / "model.tflite"
     bad.write_bytes(b"TFL3" + b"\0" * 100)
@@ -246,7 +246,7 @@ def test_the_command_line_is_quiet_but_for_the_conversion(tiny_model_dir, tmp_pa
 def test_released_file_pages_leave_memory_and_read_back(tmp_path):
     import mmap
 
-    from gpt2_tf2.generation.lite import release_file_pages
+    from gpt2_tf2.generation.tflite import release_file_pages
 
     def resident_kb(path):  # this process's resident memory from mappings of `path`
         total, inside = 0, False
@@ -279,37 +279,37 @@ def test_each_part_of_a_large_float32_model_fits_a_file():
     """1558M in float32 (6.2 GB) is past a .tflite file's 2 GB: export refuses it, and sampling
     converts it in parts, each under the limit, the first and the last with a copy of wte each."""
     from gpt2_tf2.core.hparams import PRESETS
-    from gpt2_tf2.core.lite_step import part_layers
-    from gpt2_tf2.formats import lite as lite_format
+    from gpt2_tf2.core.tflite_step import part_layers
+    from gpt2_tf2.formats import tflite as tflite_format
 
     hp = PRESETS["1558M"]
-    whole = lite_format.weight_bytes(hp, "float32")
-    assert whole == 4 * hp.num_params() and lite_format.weight_bytes(hp, "int8") * 4 == whole
+    whole = tflite_format.weight_bytes(hp, "float32")
+    assert whole == 4 * hp.num_params() and tflite_format.weight_bytes(hp, "int8") * 4 == whole
     with pytest.raises(UserError, match="2 GB per file"):
-        lite_format.check_size(hp, "float32")
-    parts = part_layers(hp, math.ceil(whole / lite_format.PART_BYTES))
-    sizes = [lite_format.weight_bytes(hp, "float32", layers) for layers in parts]
+        tflite_format.check_size(hp, "float32")
+    parts = part_layers(hp, math.ceil(whole / tflite_format.PART_BYTES))
+    sizes = [tflite_format.weight_bytes(hp, "float32", layers) for layers in parts]
     assert parts == [(i, i + 4) for i in range(0, 48, 4)]  # 6.23 GB / 512 MiB: 12 parts
-    assert max(sizes) < lite_format.FLATBUFFER_LIMIT
+    assert max(sizes) < tflite_format.FLATBUFFER_LIMIT
     for layers in parts:
-        lite_format.check_size(hp, "float32", layers)
+        tflite_format.check_size(hp, "float32", layers)
     assert sum(sizes) == whole + 4 * hp.n_vocab * hp.n_embd
 
 
 @pytest.mark.large
 def test_a_large_model_loads_in_parts_with_the_same_results(xla, tiny_model_dir, tmp_path):
-    """A model past formats.lite.PART_BYTES runs as several interpreters (one per part of its
+    """A model past formats.tflite.PART_BYTES runs as several interpreters (one per part of its
     blocks, each packed and released before the next): the same logits and tokens."""
-    from gpt2_tf2.formats import lite as lite_format
+    from gpt2_tf2.formats import tflite as tflite_format
     from gpt2_tf2.generation.language_model import load
 
-    old, cache = lite_format.PART_BYTES, os.environ.get("GPT2_TF2_TFLITE_CACHE")
+    old, cache = tflite_format.PART_BYTES, os.environ.get("GPT2_TF2_TFLITE_CACHE")
     os.environ["GPT2_TF2_TFLITE_CACHE"] = str(tmp_path)
-    lite_format.PART_BYTES = 1  # as many parts as blocks: two for the tiny model
+    tflite_format.PART_BYTES = 1  # as many parts as blocks: two for the tiny model
     try:
         parts = load(tiny_model_dir, dtype="float32", backend="tflite")
     finally:
-        lite_format.PART_BYTES = old
+        tflite_format.PART_BYTES = old
         if cache is not None:
             os.environ["GPT2_TF2_TFLITE_CACHE"] = cache
     assert len(parts.lite.step.parts) == xla.hparams.n_layer == 2

@@ -98,20 +98,20 @@ def export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype):
 
     out = str(out)
     check_new_dir(out)  # before the model is read
-    from gpt2_tf2.formats import lite
     from gpt2_tf2.formats import model_dir as formats
+    from gpt2_tf2.formats import tflite
 
     name = str(model_name) if model_name is not None else ""
     source = formats.locate(name, models_dir, False, run_name, checkpoint_dir)
     opened = formats.open_model_dir(source)
-    lite.check_size(opened.hparams, dtype)
+    tflite.check_size(opened.hparams, dtype)
 
     def weights():
         return formats.read_weights(opened)
 
-    step = lite.cached_step(opened, dtype, weights, runner.say)
-    needed = lite.weight_bytes(opened.hparams, dtype)
-    replace_into(out, lambda tmp: lite.write_export(step, opened, tmp), needed)
+    step = tflite.cached_step(opened, dtype, weights, runner.say)
+    needed = tflite.weight_bytes(opened.hparams, dtype)
+    replace_into(out, lambda tmp: tflite.write_export(step, opened, tmp), needed)
     print(f"exported {source} to {out} (TensorFlow Lite, {dtype}: model.tflite)")
     return None
 

@@ -84,7 +84,7 @@ class Engine:
             raise UserError(f"logprobs must be an integer from 0 to {lm.hparams.n_vocab}")
         self.logprobs = logprobs
         if lm.lite is not None:
-            from gpt2_tf2.generation.lite import LiteSlots
+            from gpt2_tf2.generation.tflite import LiteSlots
 
             self._store = LiteSlots(lm, self.slots, self.cache_len, logprobs)
         else:

@@ -50,7 +50,7 @@ class LanguageModel:
         xla: bool = True,
         lite=None,
     ):
-        """`model` runs the compiled XLA loops; or `lite`, a `lite.LiteDecoder`, decodes and
+        """`model` runs the compiled XLA loops; or `lite`, a `tflite.LiteDecoder`, decodes and
         scores on TensorFlow Lite instead (`model` may then be None: no weights in memory)."""
         self.hparams, self.encoder, self.model, self.model_dir = hparams, encoder, model, model_dir
         self.lite, self.xla = lite, xla
@@ -430,7 +430,7 @@ def load(
         tflite backend (a quarter of the memory; on a CPU, about twice float32's speed).
       backend: xla (compiled TensorFlow loops) or tflite (TensorFlow Lite with XNNPACK, float32
         or int8; the step is converted once per model and kept in a cache on disk: see
-        `formats.lite.cache_dir`); default: tflite for int8, else xla.
+        `formats.tflite.cache_dir`); default: tflite for int8, else xla.
       progress: called with a message before long work (a conversion to TensorFlow Lite).
     """
     backend = check_dtype(dtype, backend)
@@ -443,14 +443,14 @@ def load(
 
 def load_lite(directory: str, dtype: str, progress=None) -> LanguageModel:
     """A model directory on the tflite backend: its converted step (cached), no weights loaded."""
-    from gpt2_tf2.formats import lite as lite_format
-    from gpt2_tf2.generation import lite
+    from gpt2_tf2.formats import tflite as tflite_format
+    from gpt2_tf2.generation import tflite
 
     opened = formats.open_model_dir(directory)
 
     def weights():
         return formats.read_weights(opened)
 
-    paths = lite_format.cached_parts(opened, dtype, weights, progress or (lambda message: None))
-    decoder = lite.LiteDecoder(lite.LiteStep(paths, opened.hparams))
+    paths = tflite_format.cached_parts(opened, dtype, weights, progress or (lambda message: None))
+    decoder = tflite.LiteDecoder(tflite.LiteStep(paths, opened.hparams))
     return LanguageModel(opened.hparams, opened.encoder, None, directory, lite=decoder)

@@ -24,7 +24,7 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.lite_step import lite_layout
+from gpt2_tf2.core.tflite_step import lite_layout
 
 ALIGNMENT = 16  # TFLite's schema: Buffer.data (force_align: 16)
 

@@ -1,4 +1,4 @@
-"""The low-memory TFLite conversion (`formats/lite_template.py`: the converter on a template whose
+"""The low-memory TFLite conversion (`formats/tflite_template.py`: the converter on a template whose
 blocks share stand-in weights, the real weights written in after) against TFLite's converter run
 directly on the real weights, the reference: the same logits in float32 and int8, every block
 with its own tensors; the weights read one at a time from a checkpoint; a converter output that
@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.lite_step import lite_layout
 from gpt2_tf2.core.model import GPT2
-from gpt2_tf2.formats import lite, lite_template, openai
+from gpt2_tf2.core.tflite_step import lite_layout
+from gpt2_tf2.formats import openai, tflite, tflite_template
 
 # Wide enough that the converter quantizes the blocks' matrices (it leaves tensors under 1024
 # numbers in float32), with a small vocabulary to stay fast.
@@ -39,14 +39,14 @@ def random_weights(seed=0) -> dict:
 def reference(dtype: str) -> bytes:
     """The converter run on the real weights (~4 s): once per dtype for the tests below."""
     direct = {name: lite_layout(name, value) for name, value in random_weights().items()}
-    return lite._converted(lite._variables(direct), HP, dtype)
+    return tflite._converted(tflite._variables(direct), HP, dtype)
 
 
 @functools.cache
 def template_alone() -> tuple[bytes, dict]:
     """The template converted as it is (stand-ins in every block), and its stand-ins."""
-    template, stand_in = lite_template.template(random_weights(), HP)
-    return lite._converted(lite._variables(template), HP, "float32"), stand_in
+    template, stand_in = tflite_template.template(random_weights(), HP)
+    return tflite._converted(tflite._variables(template), HP, "float32"), stand_in
 
 
 def logits(data) -> np.ndarray:
@@ -72,7 +72,7 @@ def tensors(data):
     "dtype", [pytest.param("float32", marks=pytest.mark.large), "int8"]
 )
 def test_the_template_gives_the_converters_own_model(dtype):
-    ours = lite.convert(random_weights(), HP, dtype)
+    ours = tflite.convert(random_weights(), HP, dtype)
     diff = np.abs(logits(ours) - logits(reference(dtype))).max()
     print(f"{dtype}: max |template - converter| = {diff:.3g}")
     assert diff <= 1e-6
@@ -93,8 +93,8 @@ def test_the_template_is_not_the_real_model():
 def test_an_unexpected_converter_output_is_an_error():
     data, stand_in = template_alone()
     stand_in = dict(stand_in, **{"attn/c_attn/b": stand_in["attn/c_attn/b"] + 1})  # a copy
-    with pytest.raises(lite_template.ConversionError, match="0 tensors hold"):
-        lite_template.fill(data, stand_in, random_weights(), HP)
+    with pytest.raises(tflite_template.ConversionError, match="0 tensors hold"):
+        tflite_template.fill(data, stand_in, random_weights(), HP)
 
 
 @pytest.mark.parametrize("tie", [True, False])

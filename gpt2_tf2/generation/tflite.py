@@ -1,4 +1,4 @@
-"""Decoding on TensorFlow Lite: a converted decode step (`core.lite_step`) in an interpreter with
+"""Decoding on TensorFlow Lite: a converted decode step (`core.tflite_step`) in an interpreter with
 XNNPACK, driven token by token from Python; the processors and strategies are the XLA loop's.
 
 The key/value cache lives in the interpreter's own input buffers (`past_key_i`, `past_value_i`):
@@ -7,7 +7,7 @@ copies the cache. The interpreter keeps its inputs between calls (TFLite never r
 input's memory for intermediate results). Shapes change only between a prompt (n tokens) and the
 loop (one token): resizing costs a re-plan, not a conversion.
 
-A large model's step comes in parts of its blocks (`formats.lite.cached_parts`), one interpreter
+A large model's step comes in parts of its blocks (`formats.tflite.cached_parts`), one interpreter
 each, run in turn (each part's hidden state feeds the next): each part's file pages are released
 once XNNPACK has packed it, before the next part is opened, so the file and the packed copy are
 never both resident whole.
@@ -106,10 +106,10 @@ class _Part:
 
 class LiteStep:
     """One decode step in one interpreter, or in several that each run some of the blocks (a
-    large model, `formats.lite.cached_parts`), the cache in their input buffers (module doc)."""
+    large model, `formats.tflite.cached_parts`), the cache in their input buffers (module doc)."""
 
     def __init__(self, paths, hparams: HParams, num_threads: int | None = None):
-        from gpt2_tf2.core.lite_step import part_layers
+        from gpt2_tf2.core.tflite_step import part_layers
 
         paths = [paths] if isinstance(paths, str) else list(paths)
         self.hparams, self.path = hparams, paths[0]

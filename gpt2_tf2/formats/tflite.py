@@ -1,8 +1,8 @@
-"""TensorFlow Lite files: a model's decode step (`core.lite_step`) converted once, kept in a cache
+"""TensorFlow Lite files: a model's decode step (`core.tflite_step`) converted once, kept in a cache
 on disk, or exported beside its vocabulary for TFLite's other bindings.
 
 TFLite's converter runs on a template whose blocks share stand-in weights, and the real weights
-are written into its output after (`lite_template`: the converter alone needed 16 GB for
+are written into its output after (`tflite_template`: the converter alone needed 16 GB for
 1558M). The template goes through a temporary SavedModel holding its weights as variables (a
 concrete function with constants is one GraphDef, which protobuf caps at 2 GB). For sampling,
 a model past PART_BYTES of weights is converted in parts of its blocks (`cached_parts`), so
@@ -27,10 +27,10 @@ import tempfile
 
 import tensorflow as tf
 
-from gpt2_tf2.core import lite_step
+from gpt2_tf2.core import tflite_step
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
-from gpt2_tf2.formats import lite_template, openai
+from gpt2_tf2.formats import openai, tflite_template
 
 DTYPES = ("float32", "int8")
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
@@ -50,7 +50,7 @@ def weight_bytes(hparams, dtype: str, layers=None) -> int:
     take in a .tflite file in `dtype` (a part computing logits holds its own copy of wte)."""
     layers = layers or (0, hparams.n_layer)
     shapes = openai.weight_shapes(hparams).items()
-    count = sum(math.prod(s) for name, s in shapes if lite_template.needed(name, hparams, layers))
+    count = sum(math.prod(s) for name, s in shapes if tflite_template.needed(name, hparams, layers))
     return count * (1 if dtype == "int8" else 4)
 
 
@@ -72,12 +72,12 @@ def convert(named, hparams, dtype: str, layers=None) -> memoryview:
     """The decode step of a model with these weights (`GPT2.named_variables()`, arrays by the
     same names, or `model_dir.read_weights`; emptied as it goes) as .tflite bytes, in float32
     or int8 (see the module doc). The converter sees a template whose blocks share stand-in
-    weights; the real ones are written in after (`lite_template`). `layers` (first, end): only
-    that part of the step (`lite_step.part_layers`)."""
+    weights; the real ones are written in after (`tflite_template`). `layers` (first, end): only
+    that part of the step (`tflite_step.part_layers`)."""
     check_size(hparams, dtype, layers)
-    weights, stand_in = lite_template.template(named, hparams, layers)
+    weights, stand_in = tflite_template.template(named, hparams, layers)
     template = _converted(_variables(weights), hparams, dtype, layers)
-    return lite_template.fill(template, stand_in, named, hparams, layers)
+    return tflite_template.fill(template, stand_in, named, hparams, layers)
 
 
 def _variables(weights: dict) -> dict:
@@ -92,7 +92,7 @@ def _variables(weights: dict) -> dict:
 
 def _converted(weights: dict, hparams, dtype: str, layers=None) -> bytes:
     """TFLite's converter on the step of these variables, through a temporary SavedModel."""
-    module = lite_step.step_module(weights, hparams, layers=layers)
+    module = tflite_step.step_module(weights, hparams, layers=layers)
     tmp = tempfile.mkdtemp(prefix="gpt2_tf2-tflite-")
     try:
         signature = module.decode_step.get_concrete_function()
@@ -117,7 +117,7 @@ def cache_dir() -> str:
 def cache_key(model_dir, dtype: str, layers=None) -> str:
     """A name for the converted step of this model directory's current weights: it changes when
     a weight file, hparams.json, the dtype, TensorFlow or the code that writes the step
-    (`core.lite_step`, `formats.lite_template`) do."""
+    (`core.tflite_step`, `formats.tflite_template`) do."""
     prefix = model_dir.checkpoint
     folder = os.path.dirname(prefix)
     files = sorted(
@@ -130,7 +130,7 @@ def cache_key(model_dir, dtype: str, layers=None) -> str:
         st = os.stat(os.path.join(folder, name))
         stamp.append([name, st.st_size, st.st_mtime_ns])
     code = hashlib.sha256()
-    for module in (lite_step, lite_template):  # what the file holds is their work
+    for module in (tflite_step, tflite_template):  # what the file holds is their work
         with open(module.__file__, "rb") as f:
             code.update(f.read())
     code = code.hexdigest()
@@ -183,11 +183,11 @@ def cached_step(model_dir, dtype: str, load_weights, progress=print, layers=None
 
 def cached_parts(model_dir, dtype: str, load_weights, progress=print) -> list[str]:
     """The converted step for sampling, in parts of at most about PART_BYTES of weights each
-    (`lite_step.part_layers`; one part for most models): each part's interpreter packs its
+    (`tflite_step.part_layers`; one part for most models): each part's interpreter packs its
     weights and releases its file's pages before the next is opened, so a large model never
-    holds its file and XNNPACK's copy whole at once (`generation.lite.LiteStep`)."""
+    holds its file and XNNPACK's copy whole at once (`generation.tflite.LiteStep`)."""
     hp = model_dir.hparams
-    parts = lite_step.part_layers(hp, math.ceil(weight_bytes(hp, dtype) / PART_BYTES))
+    parts = tflite_step.part_layers(hp, math.ceil(weight_bytes(hp, dtype) / PART_BYTES))
     if len(parts) == 1:
         return [cached_step(model_dir, dtype, load_weights, progress)]
     return [cached_step(model_dir, dtype, load_weights, progress, layers) for layers in parts]

