@@ -107,6 +107,7 @@ def test_from_hf_and_back_keeps_every_tensor_and_the_vocabulary(vocab_files, tmp
         50257,
         50256,
     )
+    assert config["n_ctx"] == 96  # as GPT-2's own config.json: llama.cpp's converter reads it
     gen = json.loads((tmp_path / "back" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 50256
 

@@ -107,11 +107,14 @@ def hparams_from_config(config: dict, source: str = "config.json") -> HParams:
 def config_from_hparams(
     hparams: HParams, eot: int | None, pad: int | None, bos: int | None = None
 ) -> dict:
-    """transformers' GPT2Config for these hparams, as `GPT2Config.to_dict()` spells it."""
+    """transformers' GPT2Config for these hparams, as `GPT2Config.to_dict()` spells it, and
+    n_ctx beside n_positions as GPT-2's own config.json has it (llama.cpp's convert_hf_to_gguf.py
+    reads n_ctx; transformers ignores it)."""
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": hparams.n_vocab,
+        "n_ctx": hparams.n_ctx,
         "n_positions": hparams.n_ctx,
         "n_embd": hparams.n_embd,
         "n_head": hparams.n_head,
