@@ -36,7 +36,7 @@ import time
 
 from _child import ROOT, bandwidth_gb_s, run_json, timed  # bench/ is sys.path[0]
 
-PROMPT, NEW, BATCHES = 16, 128, (1, 8)
+PROMPT, NEW, BATCHES = 16, 128, (1, 8, 32)
 # The batch sizes each runs (llama-cpp-python decodes one sequence at a time).
 IMPLS = {
     "gpt2_tf2 float32 (xla)": BATCHES,
@@ -59,9 +59,9 @@ def prompt_ids(batch: int) -> list[list[int]]:
 # ---- the model in every format ---------------------------------------------------------------
 
 
-def prepare(work: str) -> dict[str, str]:
-    """Each format's path under `work`, written if missing."""
-    paths = {
+def paths_in(work: str) -> dict[str, str]:
+    """Each format's path under `work`."""
+    return {
         "openai": os.path.join(work, "openai"),
         "hf": os.path.join(work, "hf"),
         "ct2_float32": os.path.join(work, "ct2-float32"),
@@ -70,6 +70,11 @@ def prepare(work: str) -> dict[str, str]:
         "gguf_q8_0": os.path.join(work, "gpt2-q8_0.gguf"),
         "gguf_q4_0": os.path.join(work, "gpt2-q4_0.gguf"),
     }
+
+
+def prepare(work: str) -> dict[str, str]:
+    """Each format's path under `work`, written if missing."""
+    paths = paths_in(work)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(paths["openai"]):
         _write_openai(paths["openai"])
@@ -213,8 +218,16 @@ def llama_impl(paths: dict, kind: str):
     return generate
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory so far (VmHWM: ru_maxrss after a fork and exec
+    still counts the parent's, here its 1 GiB bandwidth array)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
+
+
 def child(impl: str, work: str, repeats: int) -> None:
-    paths = prepare(work)
+    paths = paths_in(work)  # written by the parent: a child imports only its own library
     began = time.perf_counter()
     build = {
         "gpt2_tf2 float32 (xla)": lambda: ours(paths, "float32"),
@@ -235,6 +248,7 @@ def child(impl: str, work: str, repeats: int) -> None:
         row = {"impl": impl, "batch": batch, "tok_s": batch * NEW / statistics.median(times)}
         if batch == 1:  # load and the first call's tracing, compiling and 128 tokens
             row.update(first_s=loaded + first, tokens=tokens[0])
+        row["peak_mib"] = peak_mib()
         print(json.dumps(row), flush=True)
 
 
@@ -254,7 +268,7 @@ def main() -> None:
         return child(args.child, args.work, args.repeats)
     paths = prepare(args.work)
     impls = args.impls.split(",")
-    speeds, firsts, tokens, errors = {}, {}, {}, {}
+    speeds, firsts, tokens, errors, peaks = {}, {}, {}, {}, {}
     bandwidth = [bandwidth_gb_s()]
     for _ in range(args.rounds):
         for impl in impls:
@@ -265,12 +279,13 @@ def main() -> None:
                 errors[impl] = error
             for row in rows:
                 speeds.setdefault((impl, row["batch"]), []).append(row["tok_s"])
+                peaks[impl] = max(peaks.get(impl, 0), row["peak_mib"])
                 if "first_s" in row:
                     firsts.setdefault(impl, []).append(row["first_s"])
                     tokens[impl] = row["tokens"]
             print(json.dumps({"impl": impl, "rows": len(rows), "error": error}), flush=True)
         bandwidth.append(bandwidth_gb_s())
-    page = render(impls, speeds, firsts, tokens, errors, bandwidth, args.rounds, paths)
+    page = render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, args.rounds, paths)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(page)
     print(page)
@@ -289,7 +304,7 @@ def weight_bytes(impl: str, paths: dict) -> int:
     return os.path.getsize(paths["gguf_" + impl.split()[1]])
 
 
-def render(impls, speeds, firsts, tokens, errors, bandwidth, rounds, paths) -> str:
+def render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, rounds, paths) -> str:
     from gpt2_tf2.core.hparams import PRESETS
 
     params = PRESETS["124M"].num_params()
@@ -301,6 +316,9 @@ def render(impls, speeds, firsts, tokens, errors, bandwidth, rounds, paths) -> s
 
     def cell(value, fmt="{:.1f}"):
         return fmt.format(value) if value is not None else "-"
+
+    def ratio(value, batch):  # to gpt2_tf2 float32 at the same batch
+        return cell(value and med((base, batch)) and value / med((base, batch)), "{:.2f}x")
 
     reference = tokens.get(base)
     lines = [
@@ -316,16 +334,18 @@ def render(impls, speeds, firsts, tokens, errors, bandwidth, rounds, paths) -> s
         "batch 1 a token reads every weight once, so no implementation beats bandwidth / bytes "
         "of weights; the share is the row's tokens/s over that (the sum runs on one core, and "
         "two cores read faster: a share above 100% is this bound's, not a measuring error). "
-        "Quantized rows' greedy tokens part from float32's after a while by design (their "
+        "*peak memory*: the process's maximum resident set, all batches. Quantized rows' "
+        "greedy tokens part from float32's after a while by design (their "
         "logits differ in the last digits, and a random model has near ties).",
         "",
         "| implementation | bytes of weights / parameter | batch 1 tok/s | vs gpt2_tf2 float32 "
-        "| share of bound | batch 8 tok/s | vs gpt2_tf2 float32 | first call (s) "
+        "| share of bound | batch 8 tok/s | vs gpt2_tf2 float32 | batch 32 tok/s "
+        "| vs gpt2_tf2 float32 | first call (s) | peak memory (MiB) "
         "| greedy tokens = gpt2_tf2 float32 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for impl in impls:
-        one, eight = med((impl, 1)), med((impl, 8))
+        one, eight, many = med((impl, 1)), med((impl, 8)), med((impl, 32))
         size = weight_bytes(impl, paths)
         bound = gb_s * 1e9 / size
         same = "-"
@@ -338,10 +358,10 @@ def render(impls, speeds, firsts, tokens, errors, bandwidth, rounds, paths) -> s
         failed = f" (failed: {errors[impl]})" if impl in errors else ""
         lines.append(
             f"| {impl} | {size / params:.2f} | {cell(one)} "
-            f"| {cell(one and med((base, 1)) and one / med((base, 1)), '{:.2f}x')} "
+            f"| {ratio(one, 1)} "
             f"| {cell(one and one / bound, '{:.0%}')} | {cell(eight)} "
-            f"| {cell(eight and med((base, 8)) and eight / med((base, 8)), '{:.2f}x')} "
-            f"| {cell(first)} | {same}{failed} |"
+            f"| {ratio(eight, 8)} | {cell(many)} | {ratio(many, 32)} "
+            f"| {cell(first)} | {cell(peaks.get(impl), '{:.0f}')} | {same}{failed} |"
         )
     lines += ["", "Versions: " + ", ".join(_versions()), ""]
     return "\n".join(lines)
