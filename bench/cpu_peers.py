@@ -183,7 +183,6 @@ def ctranslate2_impl(paths: dict, quantization: str):
     )
     vocab = json.load(open(os.path.join(paths["hf"], "vocab.json"), encoding="utf-8"))
     pieces = {i: piece for piece, i in vocab.items()}
-    ids_of = vocab
 
     def generate(ids):
         results = generator.generate_batch(
@@ -193,7 +192,7 @@ def ctranslate2_impl(paths: dict, quantization: str):
             sampling_topk=1,
             include_prompt_in_result=False,
         )
-        return [[ids_of[t] for t in r.sequences[0]] for r in results]
+        return [[vocab[t] for t in r.sequences[0]] for r in results]
 
     return generate
 
@@ -207,7 +206,6 @@ def llama_impl(paths: dict, kind: str):
 
     def generate(ids):
         (row,) = ids
-        llm.reset()
         out = []
         for token in llm.generate(row, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(token)  # llm.generate does not stop at the end-of-text token
