@@ -229,7 +229,7 @@ def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
 
 def test_unknown_dtype(tiny_model_dir):
     with pytest.raises(UserError, match="dtype must be one of float32, float16, bfloat16"):
-        gpt2_tf2.load(tiny_model_dir, dtype="int4")
+        gpt2_tf2.load(tiny_model_dir, dtype="int2")
 
 
 def test_one_model_serves_plain_and_compiled_loops(tiny_model_dir):

@@ -229,7 +229,7 @@ def test_score(models_root, tmp_path):
         (["--prompt", " a" * 64], ["fills the model's context of 64"]),
         (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),
         (["--prompt_file", "/nonexistent/p.txt"], ["/nonexistent/p.txt"]),
-        (["--dtype", "int4"], ["dtype must be one of float32, float16, bfloat16, int8"]),
+        (["--dtype", "int2"], ["dtype must be one of float32, float16, bfloat16, int8, int4"]),
     ],
 )
 def test_bad_flags(models_root, args, fragments):

@@ -34,7 +34,8 @@ def export(
       checkpoint_dir: where run directories live.
       dtype: float32 (as trained), or float16: the weights stored in half the disk space (a
         relative rounding of 5e-4); every command and OpenAI's TF1 reader load them as usual.
-        With --format tflite: float32 or int8 (weights in 8 bits, a quarter of the size).
+        With --format tflite: float32, int8 (weights in 8 bits, a quarter of the size) or int4
+        (4 bits and a scale per 32 weights; docs/tflite.md).
       format: openai (the model directory every command reads), savedmodel: a TensorFlow
         SavedModel with 'generate' and 'score' serving signatures, for TensorFlow Serving or
         tf.saved_model.load without this package (docs/tf-serving.md), or tflite: model.tflite
@@ -92,8 +93,10 @@ def export_tflite(run_name, model_name, out, checkpoint_dir, models_dir, dtype):
     vocabulary, in `out` (new or empty)."""
     if (run_name is None) == (model_name is None) or out is None:
         raise UserError("--format tflite needs --out and one of --run_name, --model_name")
-    if dtype not in ("float32", "int8"):
-        raise UserError(f"--format tflite takes --dtype float32 or int8, got {dtype!r}")
+    from gpt2_tf2.generation.checks import LITE_DTYPES
+
+    if dtype not in LITE_DTYPES:
+        raise UserError(f"--format tflite takes --dtype float32, int8 or int4, got {dtype!r}")
     from gpt2_tf2.files import check_new_dir, replace_into
 
     out = str(out)

@@ -11,7 +11,9 @@ that it is never packed by XNNPACK beside its whole mapped file.
 `dtype` int8 is TFLite's dynamic-range quantization (`tf.lite.Optimize.DEFAULT`): every weight
 matrix stored as int8 with a float scale per output channel, multiplied in int8 against
 activations quantized on the fly; layer norms, softmax and the logits' accumulation stay float32
-(TFLite's post-training quantization guide).
+(TFLite's post-training quantization guide). int4 is int8's conversion with every matrix of the
+blocks and the output layer then stored in 4 bits, a float16 scale per 32 inputs
+(`tflite_template.int4_blocks`); the embedding's lookup stays int8.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
 from gpt2_tf2.formats import openai, tflite_template
 
-DTYPES = ("float32", "int8")
+DTYPES = ("float32", "int8", "int4")
+BYTES = {"float32": 4, "int8": 1, "int4": 0.5 + 2 / tflite_template.BLOCK_SIZE}  # per weight
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
 # Sampling opens a model of more weights than this in parts (`cached_parts`): measured at 1558M
 # int8, one file peaked at 3.51 GB while XNNPACK packed it (the file and the packed copy).
@@ -41,8 +44,43 @@ PART_BYTES = 512 * 2**20
 
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise UserError(f"dtype must be float32 or int8 on the tflite backend, got {dtype!r}")
+        raise UserError(f"dtype must be float32, int8 or int4 on the tflite backend, got {dtype!r}")
     return dtype
+
+
+def int4_supported() -> bool:
+    """Whether 4-bit blocks can be written (TFLite schema's BlockwiseQuantization: TensorFlow
+    2.19 and later) and are multiplied right by the interpreter `generation.tflite` uses:
+    LiteRT's (ai-edge-litert) when installed, measured right at 2.3; else TensorFlow's own,
+    right from 2.21 (measured: 2.19 crashed on them, 2.20 gave wrong products)."""
+    from importlib import metadata
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    def version(text: str) -> tuple:
+        return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+    if not hasattr(schema, "BlockwiseQuantizationT"):
+        return False
+    try:
+        return version(metadata.version("ai-edge-litert")) >= (2, 3)
+    except metadata.PackageNotFoundError:
+        return version(tf.__version__) >= (2, 21)
+
+
+def check_int4(hparams) -> None:
+    """int4 needs a TFLite that has it, and blocks of 32 inputs that tile every matrix:
+    n_embd a multiple of 32."""
+    if not int4_supported():
+        raise UserError(
+            f"int4 weights need TensorFlow 2.21 or later, or ai-edge-litert 2.3 or later "
+            f"(this is TensorFlow {tf.__version__}); upgrade, or use int8"
+        )
+    if hparams.n_embd % tflite_template.BLOCK_SIZE:
+        raise UserError(
+            f"int4 weights need n_embd a multiple of {tflite_template.BLOCK_SIZE} (this model's "
+            f"is {hparams.n_embd}); use int8"
+        )
 
 
 def weight_bytes(hparams, dtype: str, layers=None) -> int:
@@ -51,12 +89,15 @@ def weight_bytes(hparams, dtype: str, layers=None) -> int:
     layers = layers or (0, hparams.n_layer)
     shapes = openai.weight_shapes(hparams).items()
     count = sum(math.prod(s) for name, s in shapes if tflite_template.needed(name, hparams, layers))
-    return count * (1 if dtype == "int8" else 4)
+    return math.ceil(count * BYTES[dtype])
 
 
 def check_size(hparams, dtype: str, layers=None) -> None:
     """One line, before any work, for a file whose weights do not fit a flatbuffer: a whole
-    model's (`export`), or a part's (sampling: parts of PART_BYTES always fit)."""
+    model's (`export`), or a part's (sampling: parts of PART_BYTES always fit); and int4's
+    blocks of 32 that must tile the matrices."""
+    if dtype == "int4":
+        check_int4(hparams)
     size = weight_bytes(hparams, dtype, layers)
     if size >= FLATBUFFER_LIMIT:
         what, fix = ("this model's weights", "`dtype` int8")
@@ -71,13 +112,20 @@ def check_size(hparams, dtype: str, layers=None) -> None:
 def convert(named, hparams, dtype: str, layers=None) -> memoryview:
     """The decode step of a model with these weights (`GPT2.named_variables()`, arrays by the
     same names, or `model_dir.read_weights`; emptied as it goes) as .tflite bytes, in float32
-    or int8 (see the module doc). The converter sees a template whose blocks share stand-in
+    int8 or int4 (see the module doc). The converter sees a template whose blocks share stand-in
     weights; the real ones are written in after (`tflite_template`). `layers` (first, end): only
     that part of the step (`tflite_step.part_layers`)."""
     check_size(hparams, dtype, layers)
     weights, stand_in = tflite_template.template(named, hparams, layers)
-    template = _converted(_variables(weights), hparams, dtype, layers)
-    return tflite_template.fill(template, stand_in, named, hparams, layers)
+    int4 = None
+    if dtype == "int4":
+        output = weights.get("model/lm_head", weights.get("model/wte"))
+        last = (layers or (0, hparams.n_layer))[1] == hparams.n_layer
+        int4 = {"output": output} if last else {}
+    converted = "int8" if int4 is not None else dtype  # int4 starts from int8's conversion
+    template = _converted(_variables(weights), hparams, converted, layers)
+    del weights
+    return tflite_template.fill(template, stand_in, named, hparams, layers, int4)
 
 
 def _variables(weights: dict) -> dict:

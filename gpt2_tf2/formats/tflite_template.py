@@ -11,6 +11,13 @@ order; `fill` gives each of those reads its own tensor holding that block's real
 quantized as the converter quantizes (int8 per output channel, scale max|w| / 127, zero point 0:
 TFLite's dynamic-range scheme; tests check the result against the converter's own).
 
+int4 starts from the int8 template and stores every matrix a FULLY_CONNECTED reads (the blocks'
+and the output layer's) in 4 bits instead (`int4_blocks`): signed, two to a byte, low nibble
+first, one float16 scale per BLOCK_SIZE inputs of an output channel, in TFLite schema's
+BlockwiseQuantization, which XNNPACK multiplies without unpacking the weights (its qb4w kernels:
+activations quantized to int8 per row on the fly, as in int8). Blocks of 32 as llama.cpp's
+q4_0 and the GPTQ paper's groups; no calibration data.
+
 The flatbuffer is read and written with TFLite's generated schema (`schema_py_generated`, the
 object API); buffers stay 16-byte aligned, as the converter writes them.
 """
@@ -27,6 +34,8 @@ from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.tflite_step import lite_layout
 
 ALIGNMENT = 16  # TFLite's schema: Buffer.data (force_align: 16)
+BLOCK_SIZE = 32  # int4: inputs per scale (llama.cpp's q4_0 blocks; XNNPACK takes multiples of 32)
+FULLY_CONNECTED = 9  # TFLite schema's BuiltinOperator
 
 
 def is_block(name: str) -> bool:
@@ -71,9 +80,16 @@ def template(named: dict, hp: HParams, layers=None, seed: int = 0) -> tuple[dict
     return weights, stand_in
 
 
-def fill(data: bytes, stand_in: dict, named: dict, hp: HParams, layers=None) -> memoryview:
+def fill(
+    data: bytes, stand_in: dict, named: dict, hp: HParams, layers=None, int4=None
+) -> memoryview:
     """The converted template `data` with block i's weights `named.pop("model/h{i}/...")` where
-    it read the stand-ins: a .tflite file of the real model (of its blocks `layers`)."""
+    it read the stand-ins: a .tflite file of the real model (of its blocks `layers`).
+
+    `int4`: {} or, for a part that computes logits, {"output": the output layer's float
+    weights [vocab, embd] (`lite_layout`)}; every matrix a FULLY_CONNECTED reads, the blocks'
+    and the output layer's, is then stored in 4 bits (`int4_blocks`; `data` is the int8
+    template's conversion)."""
     first, end = layers or (0, hp.n_layer)
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     if len(model.subgraphs) != 1:
@@ -90,16 +106,99 @@ def fill(data: bytes, stand_in: dict, named: dict, hp: HParams, layers=None) -> 
             real = lite_layout(name, named.pop(f"model/h{layer}/{name}"))
             tensor = copy.copy(original)
             tensor.name = f"model/h{layer}/{name}".encode()
-            tensor.quantization, stored = _stored(real, original)
-            tensor.buffer = len(model.buffers)
-            model.buffers.append(schema.BufferT())
-            model.buffers[-1].data = stored.reshape(-1).view(np.uint8)
+            if int4 is not None and original.type == schema.TensorType.INT8:
+                _store_int4(model, graph, tensor, real)
+            else:
+                tensor.quantization, stored = _stored(real, original)
+                _add_buffer(model, tensor, stored)
             if layer == first:
                 graph.tensors[index] = tensor
             else:
                 op.inputs[k] = len(graph.tensors)
                 graph.tensors.append(tensor)
+    if int4 and "output" in int4:
+        _output_int4(model, graph, int4["output"])
     return _pack(model)
+
+
+def _add_buffer(model, tensor, stored: np.ndarray) -> None:
+    """Give `tensor` a new buffer holding `stored`."""
+    tensor.buffer = len(model.buffers)
+    model.buffers.append(schema.BufferT())
+    model.buffers[-1].data = stored.reshape(-1).view(np.uint8)
+
+
+def _output_int4(model, graph, output: np.ndarray) -> None:
+    """Store the output layer's matrix, which the converter wrote in int8 (the one int8
+    [vocab, embd] tensor a FULLY_CONNECTED reads as weights; the embedding's gather keeps its
+    own int8 copy), in 4 bits from its float values `output`."""
+    ops = {i for i, code in enumerate(model.operatorCodes) if _builtin(code) == FULLY_CONNECTED}
+    read = {op.inputs[1] for op in graph.operators if op.opcodeIndex in ops}
+    found = [
+        i
+        for i in sorted(read)
+        if graph.tensors[i].type == schema.TensorType.INT8
+        and tuple(graph.tensors[i].shape) == output.shape
+    ]
+    if len(found) != 1:
+        raise ConversionError(f"{len(found)} int8 output layers")
+    index = found[0]
+    tensor = copy.copy(graph.tensors[index])
+    for op in graph.operators:  # the fully connected reads get the new tensor, a gather not
+        if op.opcodeIndex in ops and op.inputs[1] == index:
+            op.inputs[1] = len(graph.tensors)
+    graph.tensors.append(tensor)
+    if not any(index in op.inputs for op in graph.operators):
+        model.buffers[tensor.buffer].data = None  # the int8 copy no one reads now
+    _store_int4(model, graph, tensor, output)
+
+
+def _builtin(code) -> int:
+    # Operator codes past 127 live in builtinCode; deprecatedBuiltinCode holds the rest.
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def int4_blocks(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w [out, in] in 4 bits: (values int8 in -8..7 [out, in], float16 scales [out,
+    in / BLOCK_SIZE]), w ~ values * scale of its block. A block's scale maps its largest
+    magnitude to -8 when that value is negative, else to 7 (so each uses the full signed range
+    where it can; XNNPACK takes only positive scales, unlike q4_0's signed ones). Scales are
+    rounded to float16 before the values are, so values and stored scales agree."""
+    out, inputs = w.shape
+    blocks = w.reshape(out, inputs // BLOCK_SIZE, BLOCK_SIZE)
+    extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)[..., 0]
+    scale = np.where(extreme < 0, -extreme / 8, extreme / 7).astype(np.float16)
+    tiny = np.float16(2**-24)  # float16's smallest: an all-zero or tiny block still gets one > 0
+    scale = np.maximum(scale, tiny)
+    values = np.clip(np.round(blocks / scale.astype(np.float32)[..., None]), -8, 7)
+    return values.astype(np.int8).reshape(out, inputs), scale
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """Signed 4-bit values, two to a byte, the first in the low nibble (TFLite's INT4)."""
+    flat = values.reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    return ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8)
+
+
+def _store_int4(model, graph, tensor, w: np.ndarray) -> None:
+    """Make `tensor` the 4-bit blockwise form of w [out, in], its scales a new float16 tensor."""
+    if w.ndim != 2 or w.shape[1] % BLOCK_SIZE:
+        raise ConversionError(f"a weight of shape {w.shape} for int4 blocks of {BLOCK_SIZE}")
+    values, scale = int4_blocks(np.asarray(w, np.float32))
+    scales = schema.TensorT()
+    scales.name, scales.shape = tensor.name + b"/scales", list(scale.shape)
+    scales.type = schema.TensorType.FLOAT16
+    _add_buffer(model, scales, scale)
+    graph.tensors.append(scales)
+    details = schema.BlockwiseQuantizationT()
+    details.scales, details.blockSize = len(graph.tensors) - 1, BLOCK_SIZE
+    params = schema.QuantizationParametersT()
+    params.detailsType = schema.QuantizationDetails.BlockwiseQuantization
+    params.details = details
+    tensor.type, tensor.quantization = schema.TensorType.INT4, params
+    _add_buffer(model, tensor, pack_int4(values))
 
 
 class ConversionError(RuntimeError):

@@ -10,27 +10,28 @@ import os
 
 from gpt2_tf2.errors import UserError
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "int4")
 SEED_LIMIT = 2**63  # seeds travel as int64 (the sampler's key, a run's data order)
 INT32_MAX = 2**31 - 1  # top_k and the n-gram size travel as int32 tensors
 BACKENDS = ("xla", "tflite")
-LITE_DTYPES = ("float32", "int8")
+LITE_DTYPES = ("float32", "int8", "int4")
+QUANTIZED = ("int8", "int4")  # weights only TensorFlow Lite's kernels multiply
 
 
 def check_dtype(dtype: str, backend: str | None = None) -> str:
-    """The backend for this dtype and backend (None: int8 takes tflite, the rest xla, which
+    """The backend for this dtype and backend (None: int8 and int4 take tflite, the rest xla, which
     runs every decoding strategy and was as fast at batch 1: docs/sampling.md, "TensorFlow
     Lite"), or a UserError."""
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if backend is None:
-        backend = "tflite" if dtype == "int8" else "xla"
+        backend = "tflite" if dtype in QUANTIZED else "xla"
     if backend not in BACKENDS:
         raise UserError(f"backend must be xla or tflite, got {backend!r}")
     if backend == "tflite" and dtype not in LITE_DTYPES:
-        raise UserError(f"the tflite backend runs float32 or int8, not {dtype}")
-    if backend == "xla" and dtype == "int8":
-        raise UserError("int8 weights run on the tflite backend, not xla")
+        raise UserError(f"the tflite backend runs float32, int8 or int4, not {dtype}")
+    if backend == "xla" and dtype in QUANTIZED:
+        raise UserError(f"{dtype} weights run on the tflite backend, not xla")
     return backend
 
 

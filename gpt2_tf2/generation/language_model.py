@@ -427,10 +427,11 @@ def load(
       checkpoint_dir: where run directories live.
       dtype: float32 (as released), or float16/bfloat16 weights and activations for inference
         (half the memory; fast on GPUs, slower than float32 on CPUs), or int8 weights on the
-        tflite backend (a quarter of the memory; on a CPU, about twice float32's speed).
+        tflite backend (a quarter of the memory; on a CPU, about twice float32's speed), or
+        int4 weights there (4 bits and a float16 scale per 32: an eighth of the memory).
       backend: xla (compiled TensorFlow loops) or tflite (TensorFlow Lite with XNNPACK, float32
-        or int8; the step is converted once per model and kept in a cache on disk: see
-        `formats.tflite.cache_dir`); default: tflite for int8, else xla.
+        int8 or int4; the step is converted once per model and kept in a cache on disk: see
+        `formats.tflite.cache_dir`); default: tflite for int8 and int4, else xla.
       progress: called with a message before long work (a conversion to TensorFlow Lite).
     """
     backend = check_dtype(dtype, backend)

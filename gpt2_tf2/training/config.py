@@ -11,7 +11,7 @@ import dataclasses
 
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import check_run_name
-from gpt2_tf2.generation.checks import check_seed
+from gpt2_tf2.generation.checks import QUANTIZED, check_seed
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adafactor")  # training/optimizers.py makes each
 MIXED_PRECISION = ("none", "bf16", "fp16")
@@ -149,9 +149,10 @@ class TrainConfig:
         _check(_is_number(self.grad_clip) and self.grad_clip >= 0, "--grad_clip must be >= 0")
         _check(_is_int(self.top_k, 0), f"--top_k must be an integer >= 0, got {self.top_k!r}")
         _check(
-            self.mixed_precision != "int8",
-            "int8 is for inference (sample and score --dtype int8, on the tflite backend); "
-            "training runs in float32, or --mixed_precision bf16 or fp16",
+            self.mixed_precision not in QUANTIZED,
+            f"{self.mixed_precision} is for inference (sample and score --dtype "
+            f"{self.mixed_precision}, on the tflite backend); training runs in float32, or "
+            "--mixed_precision bf16 or fp16",
         )
         _check(
             self.mixed_precision in MIXED_PRECISION,
