@@ -29,6 +29,8 @@ MEASURES = {  # name: (script, arguments, which rows and fields to read)
     "training": ("train_speed.py", ["--child", "ours", "--size", "124M", "--steps", "3"]),
     # The engine stepped 1 token per call, as the server's scheduler steps it: a call's cost.
     "steps": ("step_speed.py", ["--slots", "1,4", "--tokens", "1"]),
+    # TensorFlow Lite sampling: int8 and int4, greedy and top-k/top-p, batch 1 and 8.
+    "tflite": ("tflite_sample_speed.py", ["--dtypes", "int8,int4"]),
 }
 
 
@@ -52,6 +54,10 @@ def measure(tree: str, name: str) -> dict[str, float]:
     for row in rows:
         if name == "training":
             found["training 1 x 1024, tokens/s"] = row["tok_s"]
+            continue
+        if name == "tflite":
+            key = f"tflite {row['dtype']} {row['decoding']} batch {row['batch']}, tokens/s"
+            found[key] = row["tok_s"]
             continue
         found[f"{name} batch {row['batch']}, tokens/s"] = row["tok_s"]  # steps: slots x tokens
         if row.get("first_call_of_process") and name == "sampling":

@@ -17,8 +17,14 @@ import tensorflow as tf
 
 from conftest import REPO, run_cli, run_in_process
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.formats import tflite
+
+# TensorFlow before 2.21 has no 4-bit blocks or runs them wrongly: int4 is refused there
+# (test_tflite_template.py), not run.
+needs_int4 = pytest.mark.skipif(not tflite.int4_supported(), reason="no 4-bit blocks here")
 
 INT8_TOLERANCE = 0.05  # max abs logit difference on the tiny model (measured: 0.005)
+INT4_TOLERANCE = 0.2  # the same for int4 (measured: 0.056)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,8 @@ def lite(tiny_model_dir, cache):
     from gpt2_tf2.generation.language_model import load
 
     return {
-        dtype: load(tiny_model_dir, dtype=dtype, backend="tflite") for dtype in ("float32", "int8")
+        dtype: load(tiny_model_dir, dtype=dtype, backend="tflite")
+        for dtype in ("float32", "int8") + (("int4",) if tflite.int4_supported() else ())
     }
 
 
@@ -62,14 +69,16 @@ def step_logits(lm, tokens, prompt_len):
     return np.stack(out, axis=1)  # [batch, n - prompt_len + 1, vocab]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "int8", pytest.param("int4", marks=needs_int4)])
 def test_logits_equal_the_xla_model(xla, lite, dtype):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50257, [2, 30])
     full = xla.model(tf.constant(tokens, tf.int32))["logits"].numpy()[:, 9:]
     diff = np.max(np.abs(step_logits(lite[dtype], tokens, 10) - full))
-    assert diff < (1e-4 if dtype == "float32" else INT8_TOLERANCE), diff
-    if dtype == "int8":
+    print(f"{dtype}: max |tflite - xla| = {diff:.3g}")
+    tolerance = {"float32": 1e-4, "int8": INT8_TOLERANCE, "int4": INT4_TOLERANCE}[dtype]
+    assert diff < tolerance, diff
+    if dtype != "float32":
         assert diff > 1e-6  # the weights really are quantized
 
 
@@ -88,10 +97,31 @@ def test_float32_tokens_equal_the_xla_loop(xla, lite, settings):
     )
 
 
-def test_int8_greedy_follows_the_xla_loop(xla, lite):
-    """int8 may part from float32 where two logits are close; on this model it does not."""
-    got = lite["int8"].generate("Hello there, my friend", length=20, temperature=0)
+@pytest.mark.parametrize("dtype", ["int8", pytest.param("int4", marks=needs_int4)])
+def test_quantized_greedy_follows_the_xla_loop(xla, lite, dtype):
+    """int8 and int4 may part from float32 where two logits are close; here they do not."""
+    got = lite[dtype].generate("Hello there, my friend", length=20, temperature=0)
     assert got == xla.generate("Hello there, my friend", length=20, temperature=0)
+
+
+def test_plain_greedy_is_the_strategys_argmax_without_a_tensorflow_call(lite, monkeypatch):
+    """Rows that are all greedy with every processor off take the argmax in NumPy: the compiled
+    strategy's own tokens (ties to the first), and it is not called; a penalty calls it."""
+    from gpt2_tf2.generation.settings import Settings
+
+    lm = lite["float32"]
+    logits = np.random.default_rng(1).normal(size=[3, 50257]).astype(np.float32)
+    logits[1, [7, 9]] = logits[1].max() + 1  # a tie
+    zeros = np.zeros([3], np.int32)
+    settings = Settings.rows([Settings.make(temperature=0.0)] * 3)
+    chosen = lm.lite.choose(logits, np.zeros([3, 8], np.int32), zeros, settings, zeros, zeros)
+    assert chosen.tolist() == logits.argmax(-1).tolist() and chosen[1] == 7
+    calls, choose = [], lm.lite.choose
+    monkeypatch.setattr(lm.lite, "choose", lambda *args: calls.append(1) or choose(*args))
+    plain = lm.generate("Hello there", length=6, temperature=0)
+    assert calls == [] and plain
+    lm.generate("Hello there", length=6, temperature=0, repetition_penalty=1.3)
+    assert len(calls) == 6
 
 
 @pytest.mark.e2e
@@ -201,15 +231,34 @@ def test_exported_tflite_runs_without_gpt2_tf2(xla, tiny_model_dir, cache, tmp_p
     assert r.stdout.strip() == ",".join(map(str, greedy))
 
 
+@needs_int4
+def test_int4_exports_the_step_it_samples_with(lite, tiny_model_dir, cache, tmp_path):
+    """`export --format tflite --dtype int4` (in-process) writes the cached int4 step: 4-bit
+    matrices, the same logits as sampling's."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    out = tmp_path / "int4"
+    args = ["-m", "gpt2_tf2.export", "--format", "tflite", "--dtype", "int4"]
+    r = run_in_process(args + ["--model_name", tiny_model_dir, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    data = (out / "model.tflite").read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    types = [t.type for t in model.subgraphs[0].tensors]
+    assert types.count(schema.TensorType.INT4) == 4 * 2 + 1  # 4 per block, the output layer
+    assert data == open(lite["int4"].lite.step.path, "rb").read()
+
+
 def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
     """The commands' checks, in-process (the `cache` fixture names the conversion cache)."""
     sample = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--length", "3"]
     cases = [
-        (sample + ["--backend", "tflite", "--dtype", "float16"], "float32 or int8"),
+        (sample + ["--backend", "tflite", "--dtype", "float16"], "float32, int8 or int4"),
         (sample + ["--backend", "xla", "--dtype", "int8"], "tflite backend"),
+        (sample + ["--backend", "xla", "--dtype", "int4"], "int4 weights run on the tflite"),
         (sample + ["--backend", "onnx"], "xla or tflite"),
         (sample + ["--dtype", "int8", "--num_beams", "2"], "xla backend"),
         (["-m", "gpt2_tf2.train", "--dataset", "x.npz", "--mixed_precision", "int8"], "inference"),
+        (["-m", "gpt2_tf2.train", "--dataset", "x.npz", "--mixed_precision", "int4"], "inference"),
     ]
     for args, message in cases:
         r = run_in_process(args, cwd=str(tmp_path))
@@ -296,22 +345,42 @@ def test_each_part_of_a_large_float32_model_fits_a_file():
     assert sum(sizes) == whole + 4 * hp.n_vocab * hp.n_embd
 
 
+def load_in_parts(model_dir, cache, dtype):
+    """The model on the tflite backend in as many parts as blocks (PART_BYTES = 1), converted
+    into the new directory `cache`."""
+    from gpt2_tf2.formats import tflite as tflite_format
+    from gpt2_tf2.generation.language_model import load
+
+    old, previous = tflite_format.PART_BYTES, os.environ.get("GPT2_TF2_TFLITE_CACHE")
+    os.environ["GPT2_TF2_TFLITE_CACHE"] = str(cache)
+    tflite_format.PART_BYTES = 1  # as many parts as blocks: two for the tiny model
+    try:
+        return load(model_dir, dtype=dtype, backend="tflite")
+    finally:
+        tflite_format.PART_BYTES = old
+        if previous is None:
+            del os.environ["GPT2_TF2_TFLITE_CACHE"]
+        else:
+            os.environ["GPT2_TF2_TFLITE_CACHE"] = previous
+
+
+@pytest.mark.large
+@needs_int4
+def test_int4_in_parts_is_the_whole_int4_step(lite, tiny_model_dir, tmp_path):
+    """The first part holds only blocks in 4 bits, the last the output layer too: together the
+    whole file's logits."""
+    parts = load_in_parts(tiny_model_dir, tmp_path, "int4")
+    assert len(parts.lite.step.parts) == 2
+    tokens = np.random.default_rng(3).integers(0, 50000, (2, 12))
+    diff = np.abs(step_logits(parts, tokens, 5) - step_logits(lite["int4"], tokens, 5)).max()
+    assert diff < 1e-4, diff
+
+
 @pytest.mark.large
 def test_a_large_model_loads_in_parts_with_the_same_results(xla, tiny_model_dir, tmp_path):
     """A model past formats.tflite.PART_BYTES runs as several interpreters (one per part of its
     blocks, each packed and released before the next): the same logits and tokens."""
-    from gpt2_tf2.formats import tflite as tflite_format
-    from gpt2_tf2.generation.language_model import load
-
-    old, cache = tflite_format.PART_BYTES, os.environ.get("GPT2_TF2_TFLITE_CACHE")
-    os.environ["GPT2_TF2_TFLITE_CACHE"] = str(tmp_path)
-    tflite_format.PART_BYTES = 1  # as many parts as blocks: two for the tiny model
-    try:
-        parts = load(tiny_model_dir, dtype="float32", backend="tflite")
-    finally:
-        tflite_format.PART_BYTES = old
-        if cache is not None:
-            os.environ["GPT2_TF2_TFLITE_CACHE"] = cache
+    parts = load_in_parts(tiny_model_dir, tmp_path, "float32")
     assert len(parts.lite.step.parts) == xla.hparams.n_layer == 2
     assert len(os.listdir(tmp_path)) == 3  # two parts and the lock
     tokens = np.random.default_rng(3).integers(0, 50000, (2, 12))
