@@ -2,8 +2,11 @@
 I0000 lines about oneDNN, CUDA drivers, CPU features) is hidden, any other line shown after.
 The command line imports TensorFlow this way unless --verbose; the Python API (`gpt2_tf2.load`,
 `gpt2_tf2.api`) does too, unless GPT2_TF2_VERBOSE=1 or TF_CPP_MIN_LOG_LEVEL is set (the user's
-own choice of TensorFlow's log level is kept). A top-level module: the redirection it borrows
-from the command line's runner is process-wide state, which only that layer and this one touch."""
+own choice of TensorFlow's log level is kept). The API also keeps compiled programs in the
+command line's on-disk XLA cache (`cli.runner.configure_xla_cache`; GPT2_TF2_XLA_CACHE=''
+turns it off).
+A top-level module: the redirection it borrows from the command line's runner, and the cache's
+flag, are process-wide state, which only that layer and this one touch."""
 
 from __future__ import annotations
 
@@ -12,15 +15,18 @@ import sys
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow with its start-up log hidden (see the module docstring); nothing when
-    it is imported already or when its logging was asked for."""
+    """Point XLA at the on-disk cache of compiled programs, and import TensorFlow with its
+    start-up log hidden (see the module docstring): no import when it is imported already or
+    when its logging was asked for."""
+    from gpt2_tf2.cli.runner import configure_xla_cache, hidden_stderr
+
+    configure_xla_cache()  # also after TensorFlow's import: the flag is read at the first compile
     if "tensorflow" in sys.modules or os.environ.get("GPT2_TF2_VERBOSE") == "1":
         return
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
         return
     # 3, as on the command line: cuInit's E line comes at the first operation, after the import.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    from gpt2_tf2.cli.runner import hidden_stderr  # the one place that redirects stderr
 
     with hidden_stderr():
         import tensorflow as tf

@@ -370,3 +370,26 @@ def test_the_xla_cache_lives_in_the_users_cache_unless_told(monkeypatch, tmp_pat
     assert xla_cache_dir() is None
     monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "mine"))
     assert xla_cache_dir() == str(tmp_path / "mine")
+
+
+def test_the_xla_cache_flag_is_set_once_and_a_users_own_is_kept(monkeypatch, tmp_path):
+    """`configure_xla_cache` (the command line's runner and `gpt2_tf2.load` call it) adds the
+    cache's directory to TF_XLA_FLAGS beside the user's other flags, once; a directory the user
+    gave there wins, and GPT2_TF2_XLA_CACHE='' leaves the flags alone."""
+    from gpt2_tf2.cli import runner
+
+    monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow", "2.21.0"))
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
+    runner.configure_xla_cache()
+    runner.configure_xla_cache()
+    want = f"--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory={tmp_path / 'c'}"
+    assert os.environ["TF_XLA_FLAGS"] == want and (tmp_path / "c").is_dir()
+    mine = "--tf_xla_persistent_cache_directory=/elsewhere"
+    monkeypatch.setenv("TF_XLA_FLAGS", mine)
+    runner.configure_xla_cache()
+    assert os.environ["TF_XLA_FLAGS"] == mine
+    monkeypatch.delenv("TF_XLA_FLAGS")
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", "")
+    runner.configure_xla_cache()
+    assert "TF_XLA_FLAGS" not in os.environ

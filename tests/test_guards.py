@@ -344,6 +344,33 @@ def test_the_library_is_quiet_by_default(tiny_model_dir):
     assert loud.returncode == 0 and "I0000" in loud.stderr, loud.stderr
 
 
+@pytest.mark.e2e
+def test_the_library_keeps_compiled_loops_in_the_command_lines_cache(tiny_model_dir, tmp_path):
+    """Fresh interpreters (the first XLA compilation of a process is the subject): a program
+    `gpt2_tf2.load(...).generate` compiled is written to GPT2_TF2_XLA_CACHE, as the command line
+    does, and a second process reads it back (same text, nothing new written). Before
+    TensorFlow 2.21 the cache is off: nothing is written."""
+    import tensorflow as tf
+
+    from conftest import run_cli
+
+    cache = tmp_path / "xla"
+    code = (
+        f"import gpt2_tf2; lm = gpt2_tf2.load({tiny_model_dir!r}); "
+        "print(lm.generate('Hi', length=5, seed=3)[0])"
+    )
+    first = run_cli(["-c", code], env={"GPT2_TF2_XLA_CACHE": str(cache)})
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    stored = sorted(os.listdir(cache)) if cache.exists() else []
+    again = run_cli(["-c", code], env={"GPT2_TF2_XLA_CACHE": str(cache)})
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    if tuple(int(p) for p in tf.__version__.split(".")[:2]) < (2, 21):
+        assert not cache.exists()
+    else:
+        assert stored, "nothing was cached"
+        assert sorted(os.listdir(cache)) == stored  # read back, not compiled and written again
+
+
 def test_beam_search_shows_progress_on_a_terminal(tiny_model_dir):
     """It cannot stream: the README's --num_beams line printed nothing for over 300 s."""
     import contextlib

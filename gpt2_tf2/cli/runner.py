@@ -75,7 +75,9 @@ def xla_cache_dir() -> str | None:
 
 def configure_xla_cache() -> None:
     """Let TensorFlow keep compiled decode loops on disk, so that a later run with the same model
-    shape skips most of the compilation (measured at 124M: 3.0 -> 1.4 s). Before TF's import."""
+    shape skips most of the compilation (measured at 124M: 3.0 -> 1.4 s). The command line
+    calls it before TensorFlow's import, the Python API through `gpt2_tf2.quiet`; TensorFlow
+    reads the flag at the process's first XLA compilation, so until then is early enough."""
     flags = os.environ.get("TF_XLA_FLAGS", "")
     directory = xla_cache_dir()
     if directory is None or "tf_xla_persistent_cache_directory" in flags:
