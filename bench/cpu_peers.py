@@ -9,12 +9,13 @@ into `--work` in every peer's own format by that peer's own converter:
   here, which vendors llama.cpp) at f32, then `llama_model_quantize` to q8_0 and q4_0.
 
 Every implementation runs in a fresh process: greedy decoding of 128 new tokens after a
-16-token prompt (no early stop), at batch 1 and 8 (llama-cpp-python decodes one sequence at a
-time: batch 1 only). The f32 peers' greedy tokens are compared with ours before any speed is
-reported. The rounds interleave the implementations, so that the machine's drift falls on all;
-the table gives medians, ratios to ours, and each row as a share of the memory-bandwidth bound
-(measured in the same run): at batch 1 a token reads every weight once, so the bound is
-bandwidth / bytes of weights.
+16-token prompt (no early stop), at batch 1, 8 and 32 (llama.cpp at batch 1 through
+llama-cpp-python's generate, at 8 and 32 through llama.cpp's C API: a sequence per row in one
+context, as llama.cpp's examples/batched). The f32 peers' greedy tokens are compared with
+ours before any speed is reported. The rounds interleave the implementations, so that the
+machine's drift falls on all; the table gives medians, ratios to ours, and each row as a share
+of the memory-bandwidth bound (measured in the same run): at batch 1 a token reads every
+weight once, so the bound is bandwidth / bytes of weights.
 
     python bench/cpu_peers.py [--rounds 2] [--work DIR] [--out docs/benchmarks/cpu.md]
 
@@ -37,16 +38,16 @@ import time
 from _child import ROOT, bandwidth_gb_s, run_json, timed, write_random_124m  # bench/ is sys.path[0]
 
 PROMPT, NEW, BATCHES = 16, 128, (1, 8, 32)
-# The batch sizes each runs (llama-cpp-python decodes one sequence at a time).
+# The batch sizes each runs.
 IMPLS = {
     "gpt2_tf2 float32 (xla)": BATCHES,
     "gpt2_tf2 int8 (tflite)": BATCHES,
     "gpt2_tf2 int4 (tflite)": BATCHES,
     "ctranslate2 float32": BATCHES,
     "ctranslate2 int8": BATCHES,
-    "llama.cpp f32": (1,),
-    "llama.cpp q8_0": (1,),
-    "llama.cpp q4_0": (1,),
+    "llama.cpp f32": BATCHES,
+    "llama.cpp q8_0": BATCHES,
+    "llama.cpp q4_0": BATCHES,
 }
 
 
@@ -186,13 +187,21 @@ def ctranslate2_impl(paths: dict, quantization: str):
 
 
 def llama_impl(paths: dict, kind: str):
+    """Batch 1 through llama-cpp-python's own generate (its sampler chain at top-k 1); larger
+    batches through llama.cpp's C API as its examples/batched does: one context holding a
+    sequence per row, a batch of every row's next token per llama_decode, argmax of the logits."""
     from llama_cpp import Llama
 
     llm = Llama(
         paths[f"gguf_{kind}"], n_ctx=PROMPT + NEW, n_threads=2, n_threads_batch=2, verbose=False
     )
+    batched = {}
 
     def generate(ids):
+        if len(ids) > 1:
+            if len(ids) not in batched:
+                batched[len(ids)] = LlamaBatched(llm, len(ids))
+            return batched[len(ids)].generate(ids)
         (row,) = ids
         out = []
         for token in llm.generate(row, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
@@ -202,6 +211,53 @@ def llama_impl(paths: dict, kind: str):
         return [out]
 
     return generate
+
+
+class LlamaBatched:
+    """Greedy decoding of `rows` sequences at once on `llm`'s model, in a context of its own."""
+
+    def __init__(self, llm, rows: int):
+        import llama_cpp as lc
+
+        params = lc.llama_context_default_params()
+        params.n_ctx = rows * (PROMPT + NEW)  # each sequence its own part of the cache
+        params.n_batch = params.n_ubatch = rows * PROMPT
+        params.n_seq_max = rows
+        params.n_threads = params.n_threads_batch = 2
+        self.lc, self.rows = lc, rows
+        self.ctx = lc.llama_init_from_model(llm._model.model, params)
+        self.batch = lc.llama_batch_init(rows * PROMPT, 0, rows)
+        vocab = lc.llama_model_get_vocab(llm._model.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(vocab)
+
+    def _decode(self, rows: list[list[int]], start: int):
+        """Each row's tokens at positions start.. of its sequence; the logits after each row's
+        last token [rows, vocab]."""
+        import numpy as np
+
+        b, i = self.batch, 0
+        for seq, tokens in enumerate(rows):
+            for j, token in enumerate(tokens):
+                b.token[i], b.pos[i], b.n_seq_id[i] = token, start + j, 1
+                b.seq_id[i][0], b.logits[i] = seq, j == len(tokens) - 1
+                i += 1
+        b.n_tokens = i
+        if self.lc.llama_decode(self.ctx, b) != 0:
+            raise SystemExit("llama_decode failed")
+        logits = self.lc.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(logits, shape=(len(rows), self.n_vocab))
+
+    def generate(self, ids):
+        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
+        logits = self._decode([list(r) for r in ids], 0)
+        out = [[] for _ in ids]
+        for step in range(NEW):
+            chosen = logits.argmax(axis=-1).tolist()
+            for row, token in zip(out, chosen):
+                row.append(token)
+            if step + 1 < NEW:
+                logits = self._decode([[t] for t in chosen], len(ids[0]) + step)
+        return out
 
 
 def peak_mib() -> float:
@@ -362,6 +418,8 @@ TARGETS = [
     ("float32 at batch 8 >= 1.2x CTranslate2 float32", "float32", "ctranslate2 float32", 8, 1.2),
     ("int8 at batch 8 >= 1.3x CTranslate2 int8", "int8", "ctranslate2 int8", 8, 1.3),
     ("int4 at batch 8 ahead of CTranslate2 int8", "int4", "ctranslate2 int8", 8, 1.0),
+    ("int4 at batch 8 ahead of llama.cpp q8_0", "int4", "llama.cpp q8_0", 8, 1.0),
+    ("int4 at batch 8 ahead of llama.cpp q4_0", "int4", "llama.cpp q4_0", 8, 1.0),
     ("first call, float32: no slower than CTranslate2's", "float32", "ctranslate2 float32", 0, 1),
     ("first call, int8: no slower than CTranslate2's", "int8", "ctranslate2 int8", 0, 1),
 ]

@@ -218,6 +218,27 @@ def test_logprobs_are_the_models_own(lm, tiny_lm):
         Engine(lm, 1).scores(0)
 
 
+def test_the_fewest_rows_a_step_runs_are_those_from_which_rows_round_alike():
+    """A busy-rows step runs at least `exact_from`'s count: the smallest step size from which
+    every larger one gives a row the same products to the bit (else a request's tokens would
+    depend on who else runs); the largest when none below it agrees."""
+    from gpt2_tf2.generation.xla import exact_from, step_sizes
+
+    assert step_sizes(1) == [1] and step_sizes(3) == [2, 3] and step_sizes(16) == [2, 4, 8, 16]
+    assert step_sizes(20) == [2, 4, 8, 16, 20]
+
+    def kernels(same_from):  # each size's products; sizes below `same_from` round otherwise
+        return lambda m: [np.full([m, 3], 1.0 if m >= same_from else 1.0 + m * 2.0**-20)]
+
+    sizes = [2, 4, 8, 16]
+    assert exact_from(kernels(2), sizes) == 2
+    assert exact_from(kernels(8), sizes) == 8
+    assert exact_from(kernels(99), sizes) == 16
+    # 4 agrees with 16 but 8 does not: the rows would round otherwise at 8, so from 16.
+    odd = lambda m: [np.full([m, 3], 1.0 + (m == 8) * 2.0**-20)]  # noqa: E731
+    assert exact_from(odd, sizes) == 16
+
+
 def servers_engine(lm):
     """An engine as the server makes it: a growing cache, busy rows, log-probabilities kept."""
     return Engine(lm, SLOTS, grow_cache=True, busy_rows=True, logprobs=1)
@@ -259,7 +280,9 @@ def test_a_servers_engine_gives_the_same_tokens(tiny_lm, alone):
     run_on(engine, tiny_lm, range(len(REQUESTS)), together)
     assert {i: [t for t, _ in pairs] for i, pairs in together.items()} == dict(enumerate(alone))
     assert min(widths) < engine.cache_len and store.state is None  # narrow; reset when empty
-    assert min(rows_run) == 2 and max(rows_run) == SLOTS  # slots 0-1 ran without slot 2
+    # Slots 0-1 ran without slot 2 where the CPU's kernels give a row the same bits in a step of
+    # 2 rows as of 3 (TensorFlow 2.21 here; `exact_from` finds out), else every step ran all 3.
+    assert min(rows_run) == store.fewest and max(rows_run) == SLOTS
     by_itself = {}
     for i in range(len(REQUESTS)):
         run_on(servers_engine(tiny_lm), tiny_lm, [i], by_itself)

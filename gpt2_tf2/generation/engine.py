@@ -63,7 +63,8 @@ class Engine:
     again when the engine empties: every step attends over the columns in use, not cache_len
     (a server's engine, whose rows are mostly far shorter than the context). busy_rows (xla):
     each step runs the slots up to the last running one (rounded up to a power of two, at
-    least two, each a compilation), not all of them: rows start in the lowest free slots, so
+    least the size from which the CPU's kernels round a row alike in any larger step:
+    `xla.exact_from`; each a compilation), not all of them: rows start in the lowest free slots, so
     a server's engine sized for its busiest hour pays for the rows it runs (one row on 16
     slots cost 3.4 rows' time a step, docs/benchmarks/serving.md)."""
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from gpt2_tf2.core.model import conv1d
 from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
@@ -53,6 +54,9 @@ class XlaSlots:
     ):
         self.lm, self.slots, self.cache_len, self.logprobs = lm, slots, cache_len, logprobs
         self.grow, self.busy_rows = grow_cache, busy_rows
+        # With busy_rows, the fewest rows a step runs (`_rows`): from there up, a row's
+        # products are the same to the bit whatever the step's size (`exact_from`).
+        self.fewest = exact_from(model_products(lm), step_sizes(slots)) if busy_rows else slots
         self.state = None  # Slots without their cache (`cache`), made when the first rows start
         self.cache = None  # per layer, (keys, values) variables [slots * heads, width, head_dim]
         self._advance, self._insert = programs(lm)
@@ -186,13 +190,12 @@ class XlaSlots:
     def _rows(self, running) -> int:
         """How many slots a step runs, from the first: all, or with busy_rows the power of two
         that reaches the last running one (a Python int: one compilation per count), at least
-        two: a batch of one takes a matrix-vector kernel whose rounding differs from the
-        batched product's in the last digit (batches of 2 to 16 gave a row the same logits to
-        the bit, 1 did not), which would make a row's tokens depend on who else runs."""
+        `self.fewest`: a row's tokens must not depend on who else runs, and a CPU's product
+        kernels may round a row differently in batches of different sizes (`exact_from`)."""
         if not self.busy_rows or not running.any():
             return self.slots
         last = int(np.flatnonzero(running)[-1])
-        return min(self.slots, max(2, 1 << last.bit_length()))
+        return min(self.slots, max(self.fewest, 1 << last.bit_length()))
 
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
@@ -203,6 +206,52 @@ class XlaSlots:
         pos, done = state.pos.numpy(), state.done.numpy()
         self._pos[:], self._done[:] = pos, done
         return state.history.numpy(), pos, done, state.settings.stop_token.numpy()
+
+
+def step_sizes(slots: int) -> list[int]:
+    """The numbers of rows a busy-rows step may run on `slots` slots (`XlaSlots._rows`): the
+    powers of two from 2 below `slots`, and `slots`."""
+    return sorted({1 << k for k in range(1, slots.bit_length()) if 1 << k < slots} | {slots})
+
+
+def exact_from(products, sizes: list[int]) -> int:
+    """The fewest of `sizes` (ascending) from which every larger one gives the first rows the
+    same products to the bit: `products(m)` returns arrays whose leading dimension is m rows.
+    The largest size always qualifies (then every step runs every slot).
+
+    Whether it does is the CPU kernels' choice, not this package's: measured for the 124M
+    shape's products compiled by XLA, TensorFlow 2.21 gave a row the same bits at 2 to 16 rows
+    (1 and 32 differed), TensorFlow 2.17 on a CPU without AVX-512 only at 8 and 16 (on one
+    with AVX-512, at 2 to 16)."""
+    first = sizes[0]
+    results = [[np.asarray(a)[:first] for a in products(m)] for m in sizes]
+    i = len(sizes) - 1
+    while i > 0 and all((a == b).all() for a, b in zip(results[i - 1], results[-1])):
+        i -= 1
+    return sizes[i]
+
+
+def model_products(lm):
+    """`products(m)` for `exact_from`: the first block's attention input layer and the output
+    layer on m random rows, compiled as the engine's step is and from the same weights."""
+    weights = lm.model.read_weights(lm._cpu_matvec)
+    block = weights["h"][0]
+    head = lm.model._output_weights(weights["wte"], weights)
+    rows = tf.random.stateless_normal([64, lm.hparams.n_embd], [0, 0], dtype=lm.model.compute_dtype)
+
+    def products(x):
+        qkv = conv1d(x, block["attn/c_attn/w"], block["attn/c_attn/b"], lm._cpu_matvec)
+        return qkv, tf.matmul(x, tf.cast(head, x.dtype), transpose_b=True)
+
+    # Traced once for any number of rows (a trace per size would make TensorFlow warn of
+    # retracing); XLA still compiles each size apart, with the shapes the step has.
+    spec = tf.TensorSpec([None, lm.hparams.n_embd], rows.dtype)
+    run = tf.function(products, input_signature=[spec], jit_compile=lm.xla, autograph=False)
+
+    def of(m: int):
+        return [t.numpy() for t in run(tf.tile(rows, [m // 64 + 1, 1])[:m])]
+
+    return of
 
 
 def _width_of(cache) -> int:
