@@ -4,7 +4,8 @@ The command line imports TensorFlow this way unless --verbose; the Python API (`
 `gpt2_tf2.api`) does too, unless GPT2_TF2_VERBOSE=1 or TF_CPP_MIN_LOG_LEVEL is set (the user's
 own choice of TensorFlow's log level is kept). The API also keeps compiled programs in the
 command line's on-disk XLA cache (`cli.runner.configure_xla_cache`; GPT2_TF2_XLA_CACHE=''
-turns it off).
+turns it off). Either way TensorFlow is imported without the Keras it loads eagerly and this
+package never uses (`cli.runner.import_tensorflow_without_keras`: ~0.8 s of a start).
 A top-level module: the redirection it borrows from the command line's runner, and the cache's
 flag, are process-wide state, which only that layer and this one touch."""
 
@@ -18,7 +19,11 @@ def import_tensorflow() -> None:
     """Point XLA at the on-disk cache of compiled programs, and import TensorFlow with its
     start-up log hidden (see the module docstring): no import when it is imported already or
     when its logging was asked for."""
-    from gpt2_tf2.cli.runner import configure_xla_cache, hidden_stderr
+    from gpt2_tf2.cli.runner import (
+        configure_xla_cache,
+        hidden_stderr,
+        import_tensorflow_without_keras,
+    )
 
     configure_xla_cache()  # also after TensorFlow's import: the flag is read at the first compile
     if "tensorflow" in sys.modules or os.environ.get("GPT2_TF2_VERBOSE") == "1":
@@ -29,5 +34,5 @@ def import_tensorflow() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
     with hidden_stderr():
-        import tensorflow as tf
+        tf = import_tensorflow_without_keras()
     tf.get_logger().setLevel("ERROR")

@@ -332,7 +332,8 @@ def test_the_library_is_quiet_by_default_and_keeps_compiled_loops(tiny_model_dir
     command line hides; GPT2_TF2_VERBOSE=1 shows them. A program `load(...).generate` compiled
     is written to GPT2_TF2_XLA_CACHE, as the command line does, and a second process reads it
     back (same text, nothing new written). Before TensorFlow 2.21 the cache is off: nothing is
-    written."""
+    written. Keras, which TensorFlow imports eagerly and gpt2_tf2 does not use, is not imported
+    (`runner.import_tensorflow_without_keras`), and `tf.keras` still works when asked for."""
     import tensorflow as tf
 
     from conftest import run_cli
@@ -340,15 +341,18 @@ def test_the_library_is_quiet_by_default_and_keeps_compiled_loops(tiny_model_dir
     cache = tmp_path / "xla"
     env = {"GPT2_TF2_XLA_CACHE": str(cache)}
     code = (
-        f"import gpt2_tf2; lm = gpt2_tf2.load({tiny_model_dir!r}); "
-        "texts = lm.generate('Hi', length=5, seed=3); print(len(texts)); print(texts[0])"
+        f"import sys, gpt2_tf2; lm = gpt2_tf2.load({tiny_model_dir!r}); "
+        "texts = lm.generate('Hi', length=5, seed=3); print(len(texts)); print(texts[0]); "
+        "print('keras' in sys.modules)"
     )
     quiet = run_cli(["-c", code], env=env)
     assert quiet.returncode == 0 and quiet.stdout.startswith("1\n"), quiet.stderr
+    assert quiet.stdout.endswith("\nFalse\n"), quiet.stdout
     assert quiet.stderr == "", quiet.stderr
     stored = sorted(os.listdir(cache)) if cache.exists() else []
-    again = run_cli(["-c", code], env=env)
-    assert again.returncode == 0 and again.stdout == quiet.stdout, again.stderr
+    uses_keras = "; import tensorflow as tf; print(tf.keras.layers.Dense(2).units)"
+    again = run_cli(["-c", code + uses_keras], env=env)
+    assert again.returncode == 0 and again.stdout == quiet.stdout + "2\n", again.stderr
     assert again.stderr == "", again.stderr  # reading the cache back logs a line, hidden
     if tuple(int(p) for p in tf.__version__.split(".")[:2]) < (2, 21):
         assert not cache.exists()

@@ -101,13 +101,35 @@ def configure_logging(verbose: bool, xla: bool = False, setup=None):
         return setup() if setup else None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with hidden_stderr():
-        import tensorflow as tf
-
+        tf = import_tensorflow_without_keras()
         result = setup() if setup else None
         if xla:  # autograph=False: autograph writes its conversion to a file in TMPDIR
             tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.constant(1.0))
     tf.get_logger().setLevel("ERROR")
     return result
+
+
+def import_tensorflow_without_keras():
+    """`import tensorflow`, without the import of Keras that TensorFlow's `__init__` makes
+    eagerly (`keras.src.optimizers`, to register Keras' optimizers for SavedModels that hold
+    them: b/196254385; it ignores an ImportError there). gpt2_tf2 uses no Keras, and importing
+    it (with matplotlib, which Keras imports when installed) took ~0.8 s of every command's
+    ~4 s start. `tf.keras` still imports Keras when first used (TensorFlow's lazy loader)."""
+    import importlib
+
+    real = importlib.import_module
+
+    def deferred(name, package=None):
+        if name.endswith("keras.src.optimizers"):
+            raise ImportError(f"{name}: deferred by gpt2_tf2 until tf.keras is used")
+        return real(name, package)
+
+    importlib.import_module = deferred
+    try:
+        import tensorflow as tf
+    finally:
+        importlib.import_module = real
+    return tf
 
 
 @contextlib.contextmanager
