@@ -45,7 +45,7 @@ def check_run_name(run_name) -> str:
         or os.path.isabs(name)
     ):
         raise UserError(
-            f"run_name must be one directory name below the checkpoint directory (no '/', not "
+            f"`run_name` must be one directory name under `checkpoint_dir` (no '/', not "
             f"'.' or '..'), got {run_name!r}"
         )
     return name

@@ -143,7 +143,7 @@ def test_unconditional_full_context(lm, xla):
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"temperature": -1}, "temperature"),
-        ({"window_stride": 64}, "window_stride must be an integer in 1..63"),
+        ({"window_stride": 64}, "`window_stride` must be an integer in 1..63"),
         ({"length": 100, "num_beams": 2}, "exceeds the model's context of 64"),
         ({"batch_size": 0}, "batch_size"),
     ],
@@ -228,7 +228,7 @@ def test_low_precision_close_to_float32(lm, tiny_model_dir, dtype):
 
 
 def test_unknown_dtype(tiny_model_dir):
-    with pytest.raises(UserError, match="dtype must be one of float32, float16, bfloat16"):
+    with pytest.raises(UserError, match="`dtype` must be one of float32, float16, bfloat16"):
         gpt2_tf2.load(tiny_model_dir, dtype="int2")
 
 

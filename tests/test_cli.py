@@ -224,7 +224,7 @@ def test_score(models_root, tmp_path):
                 "--num_beams",
                 "2",
             ],
-            ["prompt (10 tokens) + length (60)"],
+            ["prompt (10 tokens) + --length (60)", "lower --length"],
         ),
         (["--prompt", " a" * 64], ["fills the model's context of 64"]),
         (["--prompt", "x", "--nsamples", "0"], ["unconditional sampling only"]),

@@ -45,26 +45,29 @@ def test_unknown_or_misplaced_settings_are_one_error():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(temperature=-1), "temperature must be >= 0"),
-        (dict(top_k=True), r"top_k must be an integer from 0 \(off\)"),
-        (dict(top_p=0), r"top_p must be in \(0, 1\]"),
-        (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
+        (dict(temperature=-1), "`temperature` must be >= 0"),
+        (dict(top_k=True), r"`top_k` must be an integer from 0 \(off\)"),
+        (dict(top_p=0), r"`top_p` must be in \(0, 1\]"),
+        (dict(repetition_penalty=0), "`repetition_penalty` must be > 0"),
         (
             dict(no_repeat_ngram_size=-1),
-            r"no_repeat_ngram_size must be an integer from 0 \(off\) to",
+            r"`no_repeat_ngram_size` must be an integer from 0 \(off\) to",
         ),
-        (dict(seed=-1), "seed must be an integer from 0 to 2"),
-        (dict(nsamples=-1), r"nsamples must be an integer >= 0 \(0 = until interrupted\)"),
-        (dict(batch_size=0), "batch_size must be a positive integer"),
-        (dict(length=0), "length must be a positive integer"),
-        (dict(window_stride=0), "window_stride must be a positive integer"),
-        (dict(num_beams=0), "num_beams must be a positive integer"),
-        (dict(num_return_sequences=2), "num_return_sequences counts the beams returned"),
-        (dict(num_beams=2, num_return_sequences=3), "from 1 to num_beams"),
-        (dict(num_beams=2, top_k=4), "beam search does not sample"),
-        (dict(num_beams=2, nsamples=2), "beam search is deterministic"),
-        (dict(early_stopping="yes"), "early_stopping must be true or false"),
-        (dict(stop_at_endoftext=1), "stop_at_endoftext must be true or false"),
+        (dict(seed=-1), "`seed` must be an integer from 0 to 2"),
+        (dict(nsamples=-1), r"`nsamples` must be an integer >= 0 \(0 = until interrupted\)"),
+        (dict(batch_size=0), "`batch_size` must be a positive integer"),
+        (dict(length=0), "`length` must be a positive integer"),
+        (dict(window_stride=0), "`window_stride` must be a positive integer"),
+        (dict(num_beams=0), "`num_beams` must be a positive integer"),
+        (dict(num_return_sequences=2), "`num_return_sequences` counts the beams returned"),
+        (dict(num_beams=2, num_return_sequences=3), "from 1 to `num_beams`"),
+        (dict(num_beams=2, top_k=4), "beam search does not sample: drop `top_k` and `top_p`"),
+        (
+            dict(num_beams=2, nsamples=2),
+            "beam search is deterministic: `nsamples` and `batch_size` stay 1",
+        ),
+        (dict(early_stopping="yes"), "`early_stopping` must be true or false"),
+        (dict(stop_at_endoftext=1), "`stop_at_endoftext` must be true or false"),
     ],
 )
 def test_validate_names_the_first_bad_value(settings, message):
@@ -81,7 +84,7 @@ def test_validate_with_the_model_resolves_length_and_stride():
         GenerationConfig().validate(64, 64)
     with pytest.raises(UserError, match=r"exceeds the model's context of 64 tokens"):
         GenerationConfig(num_beams=2, length=60).validate(64, 5)  # beams do not slide
-    with pytest.raises(UserError, match=r"window_stride must be an integer in 1..63"):
+    with pytest.raises(UserError, match=r"`window_stride` must be an integer in 1..63"):
         GenerationConfig(window_stride=64).validate(64, 5)
 
 
@@ -100,7 +103,10 @@ def test_the_loop_tensors_come_from_the_config():
     [
         (["--seed", "1.5"], "error: --seed must be an integer from 0 to 2**63 - 1, got 1.5"),
         (["--top_p", "2"], "error: --top_p must be in (0, 1] (1 = off), got 2"),
-        (["--num_beams", "2", "--top_k", "3"], "error: beam search does not sample: drop top_k"),
+        (
+            ["--num_beams", "2", "--top_k", "3"],
+            "error: beam search does not sample: drop --top_k and --top_p",
+        ),
     ],
 )
 def test_the_command_words_them_as_flags_before_tensorflow(args, want):

@@ -67,7 +67,7 @@ def test_a_run_name_is_one_directory_name(trained, tiny_model_dir, name):
     ]:
         code, out, err = run_main(main, argv)
         assert code == 2 and err.count("\n") == 1, err
-        assert "run_name must be one directory name" in err
+        assert "--run_name must be one directory name under --checkpoint_dir" in err
     assert tree_digest(trained) == before
 
 
@@ -76,7 +76,9 @@ def test_a_run_name_check_in_the_library():
 
     assert run_dir("r1", "ckpt") == os.path.join("ckpt", "r1")
     for bad in ["", " ", ".", "..", "../", "x/..", "/abs", "a/b", 5, None]:
-        with pytest.raises(UserError, match="run_name must be one directory name"):
+        with pytest.raises(
+            UserError, match="`run_name` must be one directory name under `checkpoint_dir`"
+        ):
             run_dir(bad, "ckpt")
 
 
@@ -210,14 +212,14 @@ def lm(tiny_lm):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda lm: lm.generate("Hi", length=2, top_k=2**40), "top_k must be an integer from 0"),
+        (lambda lm: lm.generate("Hi", length=2, top_k=2**40), "`top_k` must be an integer from 0"),
         (
             lambda lm: lm.generate("Hi", length=2, no_repeat_ngram_size=2**31),
-            "no_repeat_ngram_size must be an integer from 0",
+            "`no_repeat_ngram_size` must be an integer from 0",
         ),
-        (lambda lm: lm.generate("Hi", length=2, seed=2**70), "seed must be an integer from 0"),
-        (lambda lm: lm.generate("Hi", length=2, seed=-3), "seed must be an integer from 0"),
-        (lambda lm: list(lm.stream("Hi", length=2, seed="x")), "seed must be an integer from 0"),
+        (lambda lm: lm.generate("Hi", length=2, seed=2**70), "`seed` must be an integer from 0"),
+        (lambda lm: lm.generate("Hi", length=2, seed=-3), "`seed` must be an integer from 0"),
+        (lambda lm: list(lm.stream("Hi", length=2, seed="x")), "`seed` must be an integer from 0"),
         (lambda lm: lm.score_tokens([1, 2, 99999]), "token id 99999 is not a token of the"),
         (
             lambda lm: lm.generate_tokens([1, 2, -1], length=2).__next__(),
@@ -225,7 +227,7 @@ def lm(tiny_lm):
         ),
         (
             lambda lm: lm.generate("Hi", length=2, num_return_sequences=5),
-            "num_return_sequences counts the beams returned: it needs num_beams > 1",
+            "`num_return_sequences` counts the beams returned: it needs `num_beams` > 1",
         ),
         (lambda lm: lm.generate("Hi", length=2, batch_size=10**8), "batch_size 100000000 needs"),
     ],

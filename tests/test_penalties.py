@@ -106,9 +106,9 @@ def test_processors_order_and_defaults_are_off():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"presence_penalty": 2.5}, "presence_penalty must be a number in [-2, 2]"),
-        ({"frequency_penalty": "1"}, "frequency_penalty must be a number in [-2, 2]"),
-        ({"min_new_tokens": -1}, "min_new_tokens must be an integer"),
+        ({"presence_penalty": 2.5}, "`presence_penalty` must be a number in [-2, 2]"),
+        ({"frequency_penalty": "1"}, "`frequency_penalty` must be a number in [-2, 2]"),
+        ({"min_new_tokens": -1}, "`min_new_tokens` must be an integer"),
     ],
 )
 def test_bad_values(settings, message):

@@ -266,6 +266,7 @@ def test_bad_requests_get_openais_error(client, kw, param, words):
         client.completions.create(**kw)
     error = caught.value.body
     assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert "`" not in error["message"]  # the library's `name` said in the API's words
     assert caught.value.status_code == 400
 
 

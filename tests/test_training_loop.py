@@ -128,15 +128,16 @@ def test_the_command_takes_its_flags_and_defaults_from_the_config():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"dataset": None}, "--dataset is required"),
-        ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
-        ({"optimizer": "lion"}, "--optimizer must be adam, adamw, sgd or adafactor"),
-        ({"lr_schedule": "cosine"}, "--lr_schedule cosine needs --steps"),
-        ({"top_p": 2}, r"--top_p must be in \[0, 1\]"),
-        ({"seed": -1}, "--seed must be an integer from 0 to 2\\*\\*63 - 1"),
+        ({"dataset": None}, "`dataset` is required"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"optimizer": "lion"}, "`optimizer` must be adam, adamw, sgd or adafactor"),
+        ({"lr_schedule": "cosine"}, "`lr_schedule` cosine needs `steps`"),
+        ({"top_p": 2}, r"`top_p` must be in \[0, 1\]"),
+        ({"seed": -1}, "`seed` must be an integer from 0 to 2\\*\\*63 - 1"),
     ],
 )
 def test_config_is_validated_in_one_place(changes, message):
+    """In the library's words (`name`); the train command says --name (test_train_cli)."""
     cfg = dataclasses.replace(TrainConfig(dataset="d.txt"), **changes)
     with pytest.raises(UserError, match=message):
         cfg.validate()
@@ -151,3 +152,17 @@ def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path):
     drop_steps_after(str(log), 5)  # the checkpoint was at step 5; steps 6-8 are redone
     assert [line.split("\t")[0] for line in log.read_text().splitlines()] == list("12345")
     assert sorted(os.listdir(tmp_path)) == ["log.tsv"]
+
+
+def test_the_train_command_says_the_settings_as_its_flags(tmp_path):
+    """The same checks through the command: each `name` the library names is its flag."""
+    from conftest import run_main
+    from gpt2_tf2.cli import train as train_cli
+
+    for argv, line in [
+        (["--lr_schedule", "cosine"], "--lr_schedule cosine needs --steps"),
+        (["--batch_size", "0"], "--batch_size must be an integer >= 1, got 0"),
+        (["--run_name", "../x"], "--run_name must be one directory name under --checkpoint_dir"),
+    ]:
+        code, out, err = run_main(train_cli.main, ["--dataset", str(tmp_path / "d.txt"), *argv])
+        assert code == 2 and err.startswith(f"error: {line}") and err.count("\n") == 1, err

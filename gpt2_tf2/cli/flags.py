@@ -122,11 +122,3 @@ def config_fields(config_class, defaults: dict | None = None):
         (f.name, defaults.get(f.name, f.default), f.metadata["help"])
         for f in dataclasses.fields(config_class)
     ]
-
-
-def as_flags(error: UserError, names) -> UserError:
-    """A library's error about a setting, in the command line's words: a message that begins
-    with one of `names` begins with that flag (`seed must be ...` -> `--seed must be ...`)."""
-    message = str(error)
-    first = message.split(" ", 1)[0]
-    return UserError("--" + message) if first in names else error

@@ -65,10 +65,7 @@ def sample(*args, **kwargs):
     values = dict(bound.arguments)
     config = GenerationConfig(**{name: values.pop(name) for name in NAMES})
     opts = SampleFlags(**values)
-    try:  # plain Python: bad flags are answered before TensorFlow loads
-        config.validate()
-    except UserError as e:
-        raise flags.as_flags(e, NAMES) from None
+    config.validate()  # plain Python: bad flags are answered before TensorFlow loads
     prompt, prompts = check_flags(opts, config)
     runner.configure_logging(opts.verbose, xla=True)  # from here on, TensorFlow is imported
     check_before_loading(opts, config, [prompt] if prompt else prompts)

@@ -44,7 +44,9 @@ PART_BYTES = 512 * 2**20
 
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
-        raise UserError(f"dtype must be float32, int8 or int4 on the tflite backend, got {dtype!r}")
+        raise UserError(
+            f"`dtype` must be float32, int8 or int4 on the tflite backend, got {dtype!r}"
+        )
     return dtype
 
 

@@ -23,11 +23,11 @@ def check_dtype(dtype: str, backend: str | None = None) -> str:
     runs every decoding strategy and was as fast at batch 1: docs/sampling.md, "TensorFlow
     Lite"), or a UserError."""
     if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"`dtype` must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if backend is None:
         backend = "tflite" if dtype in QUANTIZED else "xla"
     if backend not in BACKENDS:
-        raise UserError(f"backend must be xla or tflite, got {backend!r}")
+        raise UserError(f"`backend` must be xla or tflite, got {backend!r}")
     if backend == "tflite" and dtype not in LITE_DTYPES:
         raise UserError(f"the tflite backend runs float32, int8 or int4, not {dtype}")
     if backend == "xla" and dtype in QUANTIZED:
@@ -41,7 +41,7 @@ def check_seed(seed, name: str = "seed") -> None:
     if seed is None:
         return
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"{name} must be an integer from 0 to 2**63 - 1, got {seed!r}")
+        raise UserError(f"`{name}` must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
 def check_token_ids(tokens, n_vocab: int) -> None:

@@ -166,7 +166,7 @@ class GenerationConfig:
             _check_fits(n_ctx, prompt_len, length, slide=not self.beams)
         stride = n_ctx // 2 if self.window_stride is None else self.window_stride
         if not _is_int(stride) or not 0 < stride < n_ctx:
-            raise UserError(f"window_stride must be an integer in 1..{n_ctx - 1}, got {stride!r}")
+            raise UserError(f"`window_stride` must be an integer in 1..{n_ctx - 1}, got {stride!r}")
         return dataclasses.replace(self, length=length, window_stride=stride)
 
     def help(self) -> list[tuple[str, str]]:
@@ -196,36 +196,36 @@ def _check_int(value, name: str, low: int, high: int | None = None, note: str = 
     if not _is_int(value) or value < low or (high is not None and value > high):
         if high is not None:
             bound = f"from {low} {note} to {high}".replace("  ", " ")
-            raise UserError(f"{name} must be an integer {bound}, got {value!r}")
+            raise UserError(f"`{name}` must be an integer {bound}, got {value!r}")
         if low == 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
+            raise UserError(f"`{name}` must be a positive integer, got {value!r}")
         raise UserError(
-            f"{name} must be an integer >= {low} {note}, got {value!r}".replace("  ", " ")
+            f"`{name}` must be an integer >= {low} {note}, got {value!r}".replace("  ", " ")
         )
 
 
 def _check_sampling(c: GenerationConfig) -> None:
     if not (_is_number(c.temperature) and c.temperature >= 0):
-        raise UserError(f"temperature must be >= 0 (0 = greedy), got {c.temperature!r}")
+        raise UserError(f"`temperature` must be >= 0 (0 = greedy), got {c.temperature!r}")
     if not _is_int(c.top_k) or not 0 <= c.top_k <= INT32_MAX:
         raise UserError(
-            f"top_k must be an integer from 0 (off) to {INT32_MAX} (any value past the "
+            f"`top_k` must be an integer from 0 (off) to {INT32_MAX} (any value past the "
             f"vocabulary's size keeps every token), got {c.top_k!r}"
         )
     if not (_is_number(c.top_p) and 0 < c.top_p <= 1):
-        raise UserError(f"top_p must be in (0, 1] (1 = off), got {c.top_p!r}")
+        raise UserError(f"`top_p` must be in (0, 1] (1 = off), got {c.top_p!r}")
     if not (_is_number(c.repetition_penalty) and c.repetition_penalty > 0):
-        raise UserError(f"repetition_penalty must be > 0 (1 = off), got {c.repetition_penalty!r}")
+        raise UserError(f"`repetition_penalty` must be > 0 (1 = off), got {c.repetition_penalty!r}")
     _check_int(c.no_repeat_ngram_size, "no_repeat_ngram_size", 0, INT32_MAX, "(off)")
     for name in ("presence_penalty", "frequency_penalty"):
         value = getattr(c, name)
         if not (_is_number(value) and -2 <= value <= 2):
-            raise UserError(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
+            raise UserError(f"`{name}` must be a number in [-2, 2] (0 = off), got {value!r}")
     _check_int(c.min_new_tokens, "min_new_tokens", 0, INT32_MAX, "(off)")
     if c.window_stride is not None and not (_is_int(c.window_stride) and c.window_stride > 0):
-        raise UserError(f"window_stride must be a positive integer, got {c.window_stride!r}")
+        raise UserError(f"`window_stride` must be a positive integer, got {c.window_stride!r}")
     if not isinstance(c.stop_at_endoftext, bool):
-        raise UserError(f"stop_at_endoftext must be true or false, got {c.stop_at_endoftext!r}")
+        raise UserError(f"`stop_at_endoftext` must be true or false, got {c.stop_at_endoftext!r}")
 
 
 def _check_beams(c: GenerationConfig) -> None:
@@ -234,26 +234,26 @@ def _check_beams(c: GenerationConfig) -> None:
     if not _is_int(n) or not 1 <= n <= c.num_beams:
         if not c.beams and _is_int(n):
             raise UserError(
-                "num_return_sequences counts the beams returned: it needs num_beams > 1 "
-                "(nsamples gives more samples)"
+                "`num_return_sequences` counts the beams returned: it needs `num_beams` > 1 "
+                "(`nsamples` gives more samples)"
             )
         raise UserError(
-            f"num_return_sequences must be an integer from 1 to num_beams ({c.num_beams}), "
+            f"`num_return_sequences` must be an integer from 1 to `num_beams` ({c.num_beams}), "
             f"got {n!r}"
         )
     if not _is_number(c.length_penalty):
-        raise UserError(f"length_penalty must be a number, got {c.length_penalty!r}")
+        raise UserError(f"`length_penalty` must be a number, got {c.length_penalty!r}")
     if not isinstance(c.early_stopping, bool):
-        raise UserError(f"early_stopping must be true or false, got {c.early_stopping!r}")
+        raise UserError(f"`early_stopping` must be true or false, got {c.early_stopping!r}")
     if not c.beams:
         return
     if c.nsamples != 1 or (c.batch_size or 1) != 1:
         raise UserError(
-            "beam search is deterministic: nsamples and batch_size stay 1; "
-            "num_return_sequences gives more beams"
+            "beam search is deterministic: `nsamples` and `batch_size` stay 1; "
+            "`num_return_sequences` gives more beams"
         )
     if c.top_k or c.top_p != 1.0:
-        raise UserError("beam search does not sample: drop top_k and top_p")
+        raise UserError("beam search does not sample: drop `top_k` and `top_p`")
 
 
 def _check_fits(n_ctx: int, prompt_len: int, length: int, slide: bool) -> None:
@@ -264,6 +264,6 @@ def _check_fits(n_ctx: int, prompt_len: int, length: int, slide: bool) -> None:
         )
     if not slide and prompt_len + length > n_ctx:
         raise UserError(
-            f"prompt ({prompt_len} tokens) + length ({length}) = {prompt_len + length} exceeds "
-            f"the model's context of {n_ctx} tokens; shorten the prompt or lower the length"
+            f"prompt ({prompt_len} tokens) + `length` ({length}) = {prompt_len + length} exceeds "
+            f"the model's context of {n_ctx} tokens; shorten the prompt or lower `length`"
         )

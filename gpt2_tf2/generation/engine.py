@@ -82,7 +82,7 @@ class Engine:
         if not 1 <= self.cache_len <= n_ctx or self.slots < 1:
             raise UserError(f"an engine needs slots >= 1 and cache_len in 1..{n_ctx}")
         if not isinstance(logprobs, int) or not 0 <= logprobs <= lm.hparams.n_vocab:
-            raise UserError(f"logprobs must be an integer from 0 to {lm.hparams.n_vocab}")
+            raise UserError(f"`logprobs` must be an integer from 0 to {lm.hparams.n_vocab}")
         self.logprobs = logprobs
         if lm.lite is not None:
             from gpt2_tf2.generation.tflite import LiteSlots
@@ -169,7 +169,7 @@ class Engine:
         length = config.validate(self.lm.hparams.n_ctx, len(tokens)).length
         if len(tokens) + length > self.cache_len:
             raise UserError(
-                f"prompt ({len(tokens)} tokens) + length ({length}) exceeds the engine's "
+                f"prompt ({len(tokens)} tokens) + `length` ({length}) exceeds the engine's "
                 f"{self.cache_len} positions"
             )
         key = request.key if request.key is not None else (config.seed or 0, 0)

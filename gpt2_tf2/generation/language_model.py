@@ -273,7 +273,7 @@ class LanguageModel:
             texts.check_destination(str(destination_path))  # before any work
         prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not prompts or not all(p is None or isinstance(p, str) for p in prompts):
-            raise UserError("prompt must be a string, None, or a non-empty list of strings")
+            raise UserError("`prompt` must be a string, None, or a non-empty list of strings")
         encoded = [self.encode(p) if p else [] for p in prompts]
         if config.batch_size is None and len(prompts) > 1 and not config.beams:
             rows = min(len(prompts) * config.nsamples, MAX_LIST_BATCH)

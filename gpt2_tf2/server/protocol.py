@@ -15,7 +15,7 @@ import dataclasses
 import secrets
 import time
 
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, first_setting, spelled
 from gpt2_tf2.generation.config import GenerationConfig
 
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -199,9 +199,9 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
         config = GenerationConfig(length=length, stop_at_endoftext=True, seed=seed, **settings)
         try:
             config = config.validate(limits.n_ctx, len(tokens))
-        except UserError as e:
-            name = str(e).split(" ", 1)[0]
-            raise APIError(400, str(e), _API_NAMES.get(name, name)) from None
+        except UserError as e:  # in the API's words: its names for the settings
+            param = first_setting(str(e))
+            raise APIError(400, spelled(str(e), _api_name), param and _api_name(param)) from None
         for i in range(n):
             # As `generate(prompt, seed=seed, nsamples=n, batch_size=n)` numbers its rows.
             choices.append(Choice(p * n + i, tokens, config, (seed, 0), i))
@@ -254,6 +254,11 @@ def _switch(body: dict, name: str) -> bool:
 
 # The library's setting names that the API spells otherwise.
 _API_NAMES = {"min_new_tokens": "min_tokens", "length": "max_tokens"}
+
+
+def _api_name(setting: str) -> str:
+    """A decoding setting's name in a request (`GenerationConfig`'s name, or the API's own)."""
+    return _API_NAMES.get(setting, setting)
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:

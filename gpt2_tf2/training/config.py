@@ -124,49 +124,49 @@ class TrainConfig:
     def validate(self) -> None:
         """One clear line for the first impossible value, before any work is done."""
         _check(
-            self.dataset is not None, "--dataset is required (a text file, directory, glob or .npz)"
+            self.dataset is not None, "`dataset` is required (a text file, directory, glob or .npz)"
         )
         for name, low in MINIMUM.items():
             value = getattr(self, name)
-            _check(_is_int(value, low), f"--{name} must be an integer >= {low}, got {value!r}")
+            _check(_is_int(value, low), f"`{name}` must be an integer >= {low}, got {value!r}")
         _check(
             self.steps is None or _is_int(self.steps, 1),
-            f"--steps must be a positive integer, got {self.steps!r}",
+            f"`steps` must be a positive integer, got {self.steps!r}",
         )
         _check(
             _is_number(self.learning_rate) and self.learning_rate > 0,
-            f"--learning_rate must be > 0, got {self.learning_rate!r}",
+            f"`learning_rate` must be > 0, got {self.learning_rate!r}",
         )
         _check(
             self.optimizer in OPTIMIZERS,
-            f"--optimizer must be {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}, "
+            f"`optimizer` must be {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}, "
             f"got {self.optimizer!r}",
         )
-        _check(self.lr_schedule in LR_SCHEDULES, "--lr_schedule must be constant or cosine")
-        _check(self.lr_schedule != "cosine" or self.steps, "--lr_schedule cosine needs --steps")
-        _check(_is_number(self.noise) and 0 <= self.noise < 1, "--noise must be in [0, 1)")
-        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, "--dropout must be in [0, 1)")
-        _check(_is_number(self.grad_clip) and self.grad_clip >= 0, "--grad_clip must be >= 0")
-        _check(_is_int(self.top_k, 0), f"--top_k must be an integer >= 0, got {self.top_k!r}")
+        _check(self.lr_schedule in LR_SCHEDULES, "`lr_schedule` must be constant or cosine")
+        _check(self.lr_schedule != "cosine" or self.steps, "`lr_schedule` cosine needs `steps`")
+        _check(_is_number(self.noise) and 0 <= self.noise < 1, "`noise` must be in [0, 1)")
+        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, "`dropout` must be in [0, 1)")
+        _check(_is_number(self.grad_clip) and self.grad_clip >= 0, "`grad_clip` must be >= 0")
+        _check(_is_int(self.top_k, 0), f"`top_k` must be an integer >= 0, got {self.top_k!r}")
         _check(
             self.mixed_precision not in QUANTIZED,
-            f"{self.mixed_precision} is for inference (sample and score --dtype "
+            f"{self.mixed_precision} is for inference (sampling and scoring with dtype "
             f"{self.mixed_precision}, on the tflite backend); training runs in float32, or "
-            "--mixed_precision bf16 or fp16",
+            "`mixed_precision` bf16 or fp16",
         )
         _check(
             self.mixed_precision in MIXED_PRECISION,
-            f"--mixed_precision must be none, bf16 or fp16, got {self.mixed_precision!r}",
+            f"`mixed_precision` must be none, bf16 or fp16, got {self.mixed_precision!r}",
         )
         _check(
             self.strategy in STRATEGIES,
-            f"--strategy must be one_device, mirrored or multi_worker, got {self.strategy!r}",
+            f"`strategy` must be one_device, mirrored or multi_worker, got {self.strategy!r}",
         )
-        _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, "--top_p must be in [0, 1]")
-        check_seed(self.seed, "--seed")  # one rule for seeds, sampling's too
+        _check(_is_number(self.top_p) and 0 <= self.top_p <= 1, "`top_p` must be in [0, 1]")
+        check_seed(self.seed)  # one rule for seeds, sampling's too
         _check(
             _is_run_name(self.run_name),
-            f"--run_name must be one directory name under --checkpoint_dir (no '/', not '.' "
+            f"`run_name` must be one directory name under `checkpoint_dir` (no '/', not '.' "
             f"or '..'), got {self.run_name!r}",
         )
 
@@ -175,7 +175,7 @@ class TrainConfig:
         seq_len = n_ctx if self.sequence_length is None else self.sequence_length
         _check(
             _is_int(seq_len, 1) and seq_len <= n_ctx,
-            f"--sequence_length must be in 1..{n_ctx}, got {self.sequence_length!r}",
+            f"`sequence_length` must be in 1..{n_ctx}, got {self.sequence_length!r}",
         )
         return seq_len
 
