@@ -128,7 +128,7 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
 @pytest.mark.parametrize("content", ["", '{"seed": 12', "[]", '{"optimizer": "adam"}'])
 def test_run_json_unreadable_is_refused(tmp_path, content):
     (tmp_path / "run.json").write_text(content)
-    with pytest.raises(UserError, match="run.json.*pass the run's --seed"):
+    with pytest.raises(UserError, match="run.json.*pass the run's `seed`"):
         runs.read_info(str(tmp_path))
 
 

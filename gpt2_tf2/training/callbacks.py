@@ -35,7 +35,7 @@ class Checkpoint(Callback):
         if bad is not None:
             raise UserError(
                 f"{self.directory}: not saving ckpt-{step}: weight {bad} is NaN or infinite; "
-                f"the checkpoints there are as they were; lower --learning_rate, or check the data"
+                f"the checkpoints there are as they were; lower `learning_rate`, or check the data"
             )
         try:
             self.manager.save(checkpoint_number=step)

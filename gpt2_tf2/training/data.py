@@ -109,7 +109,7 @@ def check_ids(tokens: np.ndarray, n_vocab: int, where: str) -> None:
         raise UserError(
             f"{where}: token id {int(tokens[bad[0]])} is outside the model's vocabulary of "
             f"{n_vocab} (ids 0..{n_vocab - 1}); was it encoded with another vocabulary? Encode "
-            f"the text again with this model's (gpt2_tf2.encode --model_name)"
+            f"the text again with this model's (gpt2_tf2.encode `model_name`)"
         )
 
 
@@ -147,8 +147,8 @@ class Sampler:
             longest = max(len(c) for c in chunks)
             raise UserError(
                 f"the dataset's longest chunk has {longest} tokens, fewer than one "
-                f"window of {length}; use more text, a larger --combine, or a smaller "
-                f"--sequence_length"
+                f"window of {length}; use more text, a larger `combine`, or a smaller "
+                f"`sequence_length`"
             )
         self.cumulative = np.cumsum(starts)
 
@@ -171,7 +171,7 @@ def split_validation(chunks: list[np.ndarray], length: int, fraction: float = 0.
     if total - want < length:
         raise UserError(
             f"the dataset ({total} tokens) is too small to hold out a validation "
-            f"split of {want}; pass --val_dataset or use --val_every 0"
+            f"split of {want}; pass `val_dataset` or use `val_every` 0"
         )
     train, val, need = list(chunks), [], want
     while need > 0:

@@ -44,7 +44,7 @@ def split_cpu(n: int) -> None:
         )
     except RuntimeError:
         raise UserError(
-            "--num_cpu_devices: TensorFlow's devices are already initialised in this process; "
+            "`num_cpu_devices`: TensorFlow's devices are already initialised in this process; "
             "pass it to a new process (the train command does)"
         ) from None
 
@@ -70,7 +70,7 @@ def check_tf_config(text: str | None) -> None:
         """"task": {"type": "worker", "index": 0}}'"""
     )
     if not text:
-        raise UserError(f"--strategy multi_worker needs TF_CONFIG in the environment, {example}")
+        raise UserError(f"`strategy` multi_worker needs TF_CONFIG in the environment, {example}")
     try:
         config = json.loads(text)
         workers = config["cluster"]["worker"]
@@ -109,7 +109,7 @@ def describe(strategy) -> str:
     if strategy.num_replicas_in_sync == 1:
         return (
             f"1 replica, on {devices[0]}: no second device to share the batch with (no second "
-            f"GPU; --num_cpu_devices N splits the CPU to try it)"
+            f"GPU; `num_cpu_devices` N splits the CPU to try it)"
         )
     return (
         f"{strategy.num_replicas_in_sync} replica(s){where} on {', '.join(devices)}: each step's "
@@ -120,7 +120,7 @@ def describe(strategy) -> str:
 def check_batch(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
         raise UserError(
-            f"--batch_size {batch_size} does not split across {replicas} replicas: use a "
+            f"`batch_size` {batch_size} does not split across {replicas} replicas: use a "
             f"multiple of {replicas} (it is the global batch; each replica gets batch_size / "
             f"{replicas})"
         )
@@ -152,7 +152,7 @@ def check_same_step(strategy, step: int) -> None:
     if chief_step != step:
         raise UserError(
             f"{worker_name(strategy)} starts at step {step} but the chief at step {chief_step}: "
-            f"every worker must see the run's checkpoints (a shared --checkpoint_dir, or a copy "
+            f"every worker must see the run's checkpoints (a shared `checkpoint_dir`, or a copy "
             f"of the chief's run directory on each machine)"
         )
 

@@ -22,7 +22,7 @@ def check_finite(loss: float, out: dict, step: int) -> None:
         return
     raise UserError(
         f"step {step}: the loss is {loss}: the weights are no longer finite, so the run stopped "
-        f"without saving (its checkpoints are as they were); lower --learning_rate, or check "
+        f"without saving (its checkpoints are as they were); lower `learning_rate`, or check "
         f"the data"
     )
 

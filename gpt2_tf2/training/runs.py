@@ -61,7 +61,7 @@ def check_hparams(directory: str, hparams: HParams) -> None:
     if os.path.exists(existing) and load_hparams(existing) != hparams:
         raise UserError(
             f"{directory} holds a run of a model with other hparams ({load_hparams(existing)}); "
-            f"use another --run_name or the run's base model"
+            f"use another `run_name` or the run's base model"
         )
 
 
@@ -73,14 +73,14 @@ def read_info(directory: str) -> dict:
             info = json.load(f)
     except FileNotFoundError:
         raise UserError(
-            f"{path} is missing; it records the run's seed: pass the run's --seed to resume"
+            f"{path} is missing; it records the run's seed: pass the run's `seed` to resume"
         ) from None
     except (OSError, ValueError) as e:
         raise UserError(
-            f"{path}: unreadable ({e}); it records the run's seed: pass the run's --seed to resume"
+            f"{path}: unreadable ({e}); it records the run's seed: pass the run's `seed` to resume"
         ) from None
     if not isinstance(info, dict) or not isinstance(info.get("seed"), int):
-        raise UserError(f"{path}: no seed recorded; pass the run's --seed to resume")
+        raise UserError(f"{path}: no seed recorded; pass the run's `seed` to resume")
     return info
 
 
@@ -109,7 +109,7 @@ class RunLock:
             os.close(self.fd)
             raise UserError(
                 f"{self.directory} is in use by another trainer (process {owner}); wait for it "
-                f"to finish, or use another --run_name"
+                f"to finish, or use another `run_name`"
             ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
@@ -171,8 +171,8 @@ def restore(ckpt: tf.train.Checkpoint, path: str, strict: bool = True) -> None:
     except AssertionError:
         raise UserError(
             f"{path}: does not match this run's model or optimizer; use the run's "
-            f"--optimizer and --only_train_transformer_layers, or export the run "
-            f"(gpt2_tf2 export) and start a new --run_name from it (--model_name DIR)"
+            f"`optimizer` and `only_train_transformer_layers`, or export the run "
+            f"(gpt2_tf2 export) and start a new `run_name` from it (`model_name` DIR)"
         ) from None
     except (tf.errors.OpError, ValueError) as e:
         raise UserError(f"{path}: cannot restore checkpoint ({first_line(e)})") from None
@@ -194,7 +194,7 @@ def starting_point(restore_from: str, newest: str | None, model_dir: str):
         return None, path
     source = latest(path) if os.path.isdir(path) else path
     if source is None or not os.path.exists(source + ".index"):
-        raise UserError(f"--restore_from {path}: no training checkpoint there")
+        raise UserError(f"`restore_from` {path}: no training checkpoint there")
     return source, model_dir
 
 

@@ -57,8 +57,8 @@ def check_start(cfg: TrainConfig, directory: str, newest: str | None) -> None:
         return
     raise UserError(
         f"{directory} already holds this run's checkpoints (newest: {os.path.basename(newest)}); "
-        f"--restore_from {cfg.restore_from} would start it over and replace them: use a new "
-        f"--run_name, or add --overwrite to discard them"
+        f"`restore_from` {cfg.restore_from} would start it over and replace them: use a new "
+        f"`run_name`, or add `overwrite` to discard them"
     )
 
 
@@ -184,8 +184,8 @@ def make_trainer(hparams, cfg: TrainConfig, strategy):
 def check_steps_left(cfg: TrainConfig, directory: str, step: int) -> None:
     if cfg.steps is not None and step >= cfg.steps:
         raise UserError(
-            f"{directory} is already at step {step}, and --steps {cfg.steps} asks for no more; "
-            f"raise --steps to train on"
+            f"{directory} is already at step {step}, and `steps` {cfg.steps} asks for no more; "
+            f"raise `steps` to train on"
         )
 
 
