@@ -67,3 +67,12 @@ def test_scores_travel_with_their_tokens(encoder):
     text, released, kept = stream.feed(tokens, scores)
     assert text == "One two" and released == tokens[: len(kept)]
     assert kept == scores[: len(released)] and encoder.decode(released).startswith("One two")
+
+
+def test_a_refusal_names_the_requests_fields():
+    """A library message's `name` is said as the request's field, in any refusal."""
+    from gpt2_tf2.server.protocol import APIError
+
+    e = APIError(400, "prompt (9 tokens) + `length` (60) exceeds; lower `length` or `top_p`")
+    assert e.message == "prompt (9 tokens) + max_tokens (60) exceeds; lower max_tokens or top_p"
+    assert str(e) == e.message

@@ -27,6 +27,7 @@ class APIError(Exception):
     """A request the server refuses: its HTTP status and OpenAI's error fields."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code=None):
+        message = spelled(message, _api_name)  # a library message's `name`: the request's field
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
@@ -199,9 +200,9 @@ def read_completion(body, encode, limits: Limits, chat: bool = False) -> Job:
         config = GenerationConfig(length=length, stop_at_endoftext=True, seed=seed, **settings)
         try:
             config = config.validate(limits.n_ctx, len(tokens))
-        except UserError as e:  # in the API's words: its names for the settings
+        except UserError as e:  # the setting it names is the parameter
             param = first_setting(str(e))
-            raise APIError(400, spelled(str(e), _api_name), param and _api_name(param)) from None
+            raise APIError(400, str(e), param and _api_name(param)) from None
         for i in range(n):
             # As `generate(prompt, seed=seed, nsamples=n, batch_size=n)` numbers its rows.
             choices.append(Choice(p * n + i, tokens, config, (seed, 0), i))
