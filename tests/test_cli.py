@@ -113,6 +113,10 @@ def test_interactive_long_prompt_is_reported_and_loop_goes_on(models_root):
     assert r.returncode == 0
     assert "fills the model's context of 64" in r.stderr
     assert len(HEADER.findall(r.stdout)) == 1
+    # A message naming a setting says it as the flag, as the command's other errors do.
+    args = ["--interactive", "--num_beams", "2", "--length", "60"]
+    r = sample(models_root, *args, input=" a" * 10 + "\n")
+    assert r.returncode == 0 and "prompt (10 tokens) + --length (60)" in r.stderr, r.stderr
 
 
 def test_stop_at_endoftext_flag(models_root):

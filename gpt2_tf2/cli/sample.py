@@ -13,7 +13,7 @@ import dataclasses
 import sys
 
 from gpt2_tf2.cli import flags, runner
-from gpt2_tf2.errors import UserError
+from gpt2_tf2.errors import UserError, flag_spelling
 from gpt2_tf2.generation.checks import check_dtype
 from gpt2_tf2.generation.config import NAMES, GenerationConfig
 
@@ -269,8 +269,9 @@ def interact(lm, config, opts: SampleFlags) -> None:
             return
         try:
             counter = print_samples(lm, raw_text, config, opts, counter)
-        except UserError as e:  # e.g. a prompt too long: say so and ask again
-            print(f"error: {e}", file=sys.stderr)
+        except UserError as e:  # e.g. a prompt too long: say so and ask again, as runner.run
+            own = sample.__signature__.parameters
+            print(f"error: {flag_spelling(str(e), own)}", file=sys.stderr)
             continue
         print(FOOTER)
 

@@ -109,7 +109,7 @@ def check_ids(tokens: np.ndarray, n_vocab: int, where: str) -> None:
         raise UserError(
             f"{where}: token id {int(tokens[bad[0]])} is outside the model's vocabulary of "
             f"{n_vocab} (ids 0..{n_vocab - 1}); was it encoded with another vocabulary? Encode "
-            f"the text again with this model's (gpt2_tf2.encode `model_name`)"
+            f"the text again with this model's (gpt2_tf2.encode --model_name)"
         )
 
 

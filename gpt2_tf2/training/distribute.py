@@ -109,7 +109,7 @@ def describe(strategy) -> str:
     if strategy.num_replicas_in_sync == 1:
         return (
             f"1 replica, on {devices[0]}: no second device to share the batch with (no second "
-            f"GPU; `num_cpu_devices` N splits the CPU to try it)"
+            f"GPU; --num_cpu_devices N splits the CPU to try it)"
         )
     return (
         f"{strategy.num_replicas_in_sync} replica(s){where} on {', '.join(devices)}: each step's "

@@ -43,10 +43,10 @@ def learning_rate(step, cfg: TrainConfig):
 def lm_loss(model, windows, recompute=False, inputs=None, replicas: int = 1, dropout=None):
     """Mean next-token cross-entropy (nats) of windows [batch, L + 1]: L predictions per row.
 
-    `inputs` (default: the windows) is what the model reads, e.g. the windows with `noise`.
+    `inputs` (default: the windows) is what the model reads, e.g. the windows with --noise.
     `replicas`: the windows are one replica's share of a global batch of `replicas` equal
     shares; the loss is then scaled by the global batch, so the replicas' sum is its mean.
-    `dropout`: a `Dropout` for the model (`dropout`), or None.
+    `dropout`: a `Dropout` for the model (--dropout), or None.
     """
     inputs = windows if inputs is None else inputs
     logits = model(inputs[:, :-1], recompute=recompute, dropout=dropout)["logits"]  # [b, L, v]
@@ -73,7 +73,7 @@ def sum_over_replicas(tensors):
 
 
 def add_noise(windows, p: float, n_vocab: int, seed, replica=0, replicas: int = 1):
-    """nshepperd's `noise`: each input token is replaced by a random one with probability p.
+    """nshepperd's --noise: each input token is replaced by a random one with probability p.
     On `replicas` replicas, the draw is made for the global batch and replica `replica` keeps
     its rows, so the noise does not depend on how the batch is split."""
     if p <= 0:
@@ -179,7 +179,7 @@ class Trainer(tf.Module):
         return total_loss * scale, [g * scale for g in total_grads]
 
     def dropout(self, micro_seed, replica):
-        """The micro-batch's `Dropout` (None without `dropout`). Its masks are keyed by seed,
+        """The micro-batch's `Dropout` (None without --dropout). Its masks are keyed by seed,
         step and micro-batch, like the noise, and by replica: each replica draws its own, so
         a run is reproducible for a given number of replicas (unlike the noise, they are not
         drawn for the global batch: that would be a mask for every activation of all of it)."""
