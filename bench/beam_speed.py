@@ -1,5 +1,5 @@
 """Beam search speed at the 124M shape: gpt2_tf2 next to transformers' beam search (PyTorch, and
-TensorFlow compiled with XLA), each in a fresh process.
+TensorFlow compiled with XLA), each in a fresh process; and ours on TensorFlow Lite.
 
 Random weights in the 124M shape (no download), a 16-token prompt, 4 beams at batch 1, 128 new
 tokens forced (no beam may end early: ours has no stop token, transformers' min_new_tokens
@@ -8,6 +8,9 @@ median of `--repeats` calls after a first one (tracing and compilation). Prints 
 per measurement; bench/benchmarks.py turns them into docs/benchmarks/all.md.
 
     python bench/beam_speed.py [--impls ours,hf_torch,hf_tf_xla] [--beams 4] [--repeats 3]
+
+`ours_tflite_float32` and `ours_tflite_int8` (not in the default set) run the same search on
+TensorFlow Lite; their first call includes no conversion (a warm-up process converts first).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import json
 import os
 
-from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
+from _child import run_json, timed, write_random_124m  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_torch", "hf_tf_xla")
@@ -38,6 +41,25 @@ def ours(beams: int):
 
     hp = PRESETS["124M"]
     lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+
+    def generate(ids):
+        (row,) = lm.beam_search(ids[0].tolist(), length=NEW, num_beams=beams, stop_token=-1)
+        assert len(row) == NEW
+
+    return generate, tf
+
+
+def ours_tflite(beams: int, dtype: str, work: str = "/tmp/gpt2_tf2_beam_speed"):
+    """The same search on TensorFlow Lite (`beams.LiteBeams`), GPT-2's vocabulary, the model
+    converted once into the conversion cache (outside the timed calls)."""
+    import tensorflow as tf
+
+    import gpt2_tf2
+
+    path = os.path.join(work, "openai-124M")
+    if not os.path.exists(path):
+        write_random_124m(path, "bench/beam_speed.py")
+    lm = gpt2_tf2.load(path, dtype=dtype, backend="tflite")
 
     def generate(ids):
         (row,) = lm.beam_search(ids[0].tolist(), length=NEW, num_beams=beams, stop_token=-1)
@@ -94,6 +116,8 @@ def hf_tf(beams: int, xla: bool):
 def child(impl: str, beams: int, repeats: int) -> None:
     build = {
         "ours": lambda: ours(beams),
+        "ours_tflite_float32": lambda: ours_tflite(beams, "float32"),
+        "ours_tflite_int8": lambda: ours_tflite(beams, "int8"),
         "hf_torch": lambda: hf_torch(beams),
         "hf_tf_xla": lambda: hf_tf(beams, True),
         "hf_tf": lambda: hf_tf(beams, False),

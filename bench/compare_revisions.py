@@ -31,6 +31,8 @@ MEASURES = {  # name: (script, arguments, which rows and fields to read)
     "steps": ("step_speed.py", ["--slots", "1,4", "--tokens", "1"]),
     # TensorFlow Lite sampling: int8 and int4, greedy and top-k/top-p, batch 1 and 8.
     "tflite": ("tflite_sample_speed.py", ["--dtypes", "int8,int4"]),
+    # Beam search, 4 beams, 128 tokens (no beam ends early), on xla.
+    "beams": ("beam_speed.py", ["--child", "ours", "--beams", "4", "--repeats", "3"]),
 }
 
 
@@ -54,6 +56,9 @@ def measure(tree: str, name: str) -> dict[str, float]:
     for row in rows:
         if name == "training":
             found["training 1 x 1024, tokens/s"] = row["tok_s"]
+            continue
+        if name == "beams":
+            found[f"beam search {row['beams']} beams, tokens/s"] = row["tok_s"]
             continue
         if name == "tflite":
             key = f"tflite {row['dtype']} {row['decoding']} batch {row['batch']}, tokens/s"

@@ -12,12 +12,12 @@ from gpt2_tf2.generation.config import GenerationConfig  # noqa: E402
 from gpt2_tf2.generation.language_model import (  # noqa: E402
     DTYPES,
     LanguageModel,
-    bucket,
     check_dtype,
     load,
     peek,
     perplexity,
 )
+from gpt2_tf2.generation.loop import bucket  # noqa: E402
 
 __all__ = [
     "DTYPES",

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 import gpt2_tf2
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.generation.language_model import LanguageModel, bucket
+from gpt2_tf2.generation.language_model import LanguageModel
+from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 from gpt2_tf2.generation.xla import programs

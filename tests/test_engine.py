@@ -163,7 +163,7 @@ def test_stop_token_and_bad_requests(lm):
         engine.add(list(range(60)), GenerationConfig(length=10))
     with pytest.raises(UserError, match="token id 99999 is not a token"):
         engine.add([99999], GenerationConfig(length=2))
-    with pytest.raises(UserError, match="beams search apart"):
+    with pytest.raises(UserError, match="beam search runs in a BeamSearch"):
         engine.add([1], GenerationConfig(num_beams=2, length=2))
     slot = engine.add([464], GenerationConfig(length=30, temperature=0, stop_at_endoftext=True))
     with pytest.raises(UserError, match="all 1 slots are busy"):

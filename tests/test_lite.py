@@ -5,6 +5,7 @@ tools/tflite_generate.py in a process without gpt2_tf2; bad input."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import shutil
@@ -57,7 +58,7 @@ def lite(tiny_model_dir, cache):
 
 def step_logits(lm, tokens, prompt_len):
     """Logits after the prompt, then after each later token fed one at a time."""
-    from gpt2_tf2.generation.language_model import bucket
+    from gpt2_tf2.generation.loop import bucket
 
     tokens = np.asarray(tokens, np.int32)
     offsets = np.zeros([len(tokens)], np.int32)
@@ -160,6 +161,23 @@ def test_the_server_on_tflite_equals_xla_echo_and_logprobs_included(lite, tiny_l
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         choice = client.completions.create(**kw).choices[0]
         streamed = "".join(c.choices[0].text for c in client.completions.create(**kw, stream=True))
+        # A beam search while a sampled stream runs: both on the one interpreter, the search's
+        # pieces on the engine's thread between its steps; each as on xla.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            beams = dict(use_beam_search=True, best_of=3)
+            searched = pool.submit(
+                client.completions.create, model="tiny", prompt=prompt, max_tokens=20, n=2,
+                extra_body=beams,
+            )  # fmt: skip
+            sampled = pool.submit(
+                client.completions.create, model="tiny", prompt=prompt, max_tokens=40, seed=5
+            )
+            searched, sampled = searched.result(), sampled.result()
+    want_beams = tiny_lm.beam_search(
+        tiny_lm.encode(prompt), num_beams=3, num_return_sequences=2, length=20
+    )
+    assert [c.text for c in searched.choices] == [tiny_lm.encoder.decode(t) for t in want_beams]
+    assert sampled.choices[0].text == tiny_lm.generate(prompt, length=40, seed=5)[0]
     want = tiny_lm.generate(prompt, length=6, temperature=0)[0]
     assert choice.text == streamed == prompt + want
     tokens = tiny_lm.encode(choice.text)
@@ -170,9 +188,69 @@ def test_the_server_on_tflite_equals_xla_echo_and_logprobs_included(lite, tiny_l
     assert all(len(top) == 2 for top in lp.top_logprobs[1:])
 
 
-def test_beam_search_says_it_needs_xla(lite):
-    with pytest.raises(UserError, match="xla backend"):
-        lite["float32"].generate("Hi", length=5, num_beams=2)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(num_beams=4, num_return_sequences=4, length=24),
+        dict(
+            num_beams=3,
+            num_return_sequences=2,
+            length=20,
+            length_penalty=-0.5,
+            early_stopping=True,
+            no_repeat_ngram_size=2,
+        ),
+    ],
+)
+def test_beam_search_finds_the_xla_loops_beams(xla, lite, settings):
+    """The same search (`beams.BeamSearch`) on the interpreter: the cache's rows reordered in
+    NumPy between the compiled choices, the beams as the compiled loop finds them (which match
+    transformers', test_reference.py); whole and in pieces. The stop token is one the beams
+    meet (greedy's fifth), so hypotheses end early too."""
+    prompt = xla.encode("Hello there, my friend")
+    stop = next(xla.generate_tokens(prompt, length=5, temperature=0))[0][4]
+    want = xla.beam_search(prompt, stop_token=stop, **settings)
+    assert lite["float32"].beam_search(prompt, stop_token=stop, **settings) == want
+    seen = []
+    pieces = lite["float32"].beam_search(
+        prompt, stop_token=stop, progress=lambda done, total: seen.append(done), **settings
+    )
+    assert pieces == want and seen[0] == min(16, seen[-1]), seen
+    assert len(want) == settings["num_return_sequences"]
+
+
+def test_the_sample_command_searches_beams_on_tflite(xla, tiny_model_dir, cache):
+    args = ["-m", "gpt2_tf2.sample", "--model_name", tiny_model_dir, "--backend", "tflite"]
+    args += ["--num_beams", "3", "--num_return_sequences", "2", "--length", "12"]
+    r = run_in_process(args + ["--prompt", "Hello there"])
+    assert r.returncode == 0, r.stderr
+    want = xla.generate("Hello there", length=12, num_beams=3, num_return_sequences=2)
+    assert all(text in r.stdout for text in want) and r.stdout.count("SAMPLE") == 2, r.stdout
+
+
+def test_a_beam_search_and_an_engine_share_the_interpreter(xla, lite):
+    """The interpreter holds one cache at a time: a beam search and an engine's rows running
+    in turn keep theirs aside (`evict`) and back; each gives what it gives alone."""
+    from gpt2_tf2.generation.beams import BeamSearch
+    from gpt2_tf2.generation.config import GenerationConfig
+    from gpt2_tf2.generation.engine import Engine, run_alone
+
+    lm = lite["float32"]
+    prompt = lm.encode("Sharing the interpreter")
+    beams_config = GenerationConfig(num_beams=3, num_return_sequences=3, length=12)
+    rows_config = GenerationConfig(length=12, top_k=20, seed=7)
+    alone_beams = lm.beam_search(prompt, beams_config)
+    alone_rows = run_alone(lm, prompt, rows_config, slots=2)
+    search, engine = BeamSearch(lm), Engine(lm, slots=2)
+    beam_slot, row_slot = search.add(prompt, beams_config), engine.add(prompt, rows_config)
+    tokens = []
+    while search.finished() != [beam_slot] or row_slot not in engine.finished():
+        search.step(2)
+        tokens += engine.step(3)[row_slot]
+    assert search.results(beam_slot) == alone_beams and tokens == alone_rows
+    search.remove(beam_slot)
+    with pytest.raises(UserError, match="not busy"):
+        search.results(beam_slot)
 
 
 def test_the_conversion_is_cached_and_redone_when_the_weights_change(
@@ -256,7 +334,6 @@ def test_bad_input_is_one_line(tiny_model_dir, cache, tmp_path):
         (sample + ["--backend", "xla", "--dtype", "int8"], "tflite backend"),
         (sample + ["--backend", "xla", "--dtype", "int4"], "int4 weights run on the tflite"),
         (sample + ["--backend", "onnx"], "xla or tflite"),
-        (sample + ["--dtype", "int8", "--num_beams", "2"], "xla backend"),
         (["-m", "gpt2_tf2.train", "--dataset", "x.npz", "--mixed_precision", "int8"], "inference"),
         (["-m", "gpt2_tf2.train", "--dataset", "x.npz", "--mixed_precision", "int4"], "inference"),
     ]

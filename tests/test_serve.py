@@ -187,33 +187,37 @@ def test_beam_search_is_the_librarys(client, tiny_lm):
 
 
 def test_a_beam_search_whose_client_left_stops_at_its_next_piece(tiny_lm):
-    """The server sets `gone` when the client disconnects: the search ends after the piece it
-    is in (16 steps), not at max_tokens; one that nobody left runs to the end."""
+    """The server sets `gone` when the client disconnects: the search stops before its next
+    piece (16 steps), not at max_tokens, and frees its slot; one nobody left runs to the end."""
     from gpt2_tf2.server import protocol
-    from gpt2_tf2.server.beams import Beams, Cancelled
+    from gpt2_tf2.server.beams import PIECE, Beams, Cancelled
 
     body = {"prompt": PROMPT, "max_tokens": 40, "use_beam_search": True}
     limits = protocol.Limits(n_ctx=tiny_lm.hparams.n_ctx, n_vocab=tiny_lm.hparams.n_vocab)
     job = protocol.read_completion(body, tiny_lm.encode, limits)
-    steps = []
-    beams = Beams(tiny_lm)
+    beams, steps = Beams(tiny_lm), []
+    step = beams.search.step
 
-    def counted(*args, progress, **kw):  # the steps each piece reports
-        def report(done, length):
-            steps.append(done)
-            progress(done, length)
+    def counted(n):  # the steps each piece took
+        out = step(n)
+        steps.append(beams.search.steps(0))
+        return out
 
-        return tiny_lm.beam_search(*args, progress=report, **kw)
-
-    beams.lm = type("Counted", (), {"beam_search": staticmethod(counted)})()
     gone = threading.Event()
-    gone.set()
+
+    def leaving(n):  # the client leaves during the first piece
+        gone.set()
+        return counted(n)
+
+    beams.search.step = leaving
     with pytest.raises(Cancelled):
         beams.run(job, gone)
-    assert steps == [16]
+    assert steps == [PIECE] and beams.search.busy() == []
     steps.clear()
+    beams.search.step = counted
     (tokens,) = beams.run(job, threading.Event())
-    assert steps[0] == 16 and len(steps) >= 2 and len(tokens) >= 1  # past its first piece
+    assert steps[0] == PIECE and len(steps) >= 2 and len(tokens) >= 1  # past its first piece
+    assert [tokens] == tiny_lm.beam_search(tiny_lm.encode(PROMPT), job.choices[0].config)
 
 
 def test_chat_is_the_template_as_a_completion(client, tiny_lm):

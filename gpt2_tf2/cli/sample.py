@@ -91,8 +91,7 @@ def check_flags(opts: SampleFlags, config: GenerationConfig):
             raise UserError("nsamples=0 (sample until interrupted) is for unconditional sampling")
         prompts = read_prompts(opts.prompts_file)
     prompt = read_prompt(opts.prompt, opts.prompt_file, opts.interactive, config.nsamples)
-    if check_dtype(opts.dtype, opts.backend) == "tflite" and config.beams:
-        raise UserError("beam search runs on the xla backend only: drop --backend tflite")
+    check_dtype(opts.dtype, opts.backend)
     if opts.destination_path is not None:
         if opts.interactive or config.nsamples == 0:
             raise UserError("--destination_path needs a fixed --nsamples and no --interactive")

@@ -125,87 +125,99 @@ def result(state: BeamState, prompt_len, slots: int):
     return out, state.finished_scores
 
 
+def going(s: BeamState, length, early_stopping: bool):
+    """bool scalar: the search goes on (a step to take, and a row whose best may still change)."""
+    open_rows = ~(tf.reduce_all(s.is_finished) & early_stopping)
+    return (s.step < length) & tf.reduce_any(s.improvable) & open_rows & ~s.all_ended
+
+
 def advance(model, state, prompt_len, length, settings, until, options, processors=PROCESSORS):
     """Steps of the search until `state.step` reaches `until` (int32 scalar; `length`: to the
     end) or the search is over: one compiled loop, or several in turn with the same result
     (a progress bar between them). options: (n_head, length_penalty, early_stopping)."""
-    n_head, length_penalty, early_stopping = options
-    batch, k, width = shape_list(state.running)
-    vocab = shape_list(state.logits)[-1]
+    n_head, _, early_stopping = options
+
+    def body(s):
+        s, rows, new_tokens = choose(s, prompt_len, length, settings, options, processors)
+        cache = reorder_cache(s.cache, tf.reshape(rows, [-1]), n_head)
+        cur = prompt_len + s.step - 1  # the column the new tokens are at
+
+        def forward():
+            out = model(tf.reshape(new_tokens, [-1, 1]), cache, cur, logits_at=0)
+            return out["logits"][:, -1], out["cache"]
+
+        logits, cache = tf.cond(s.step < length, forward, lambda: (s.logits, cache))
+        return (s._replace(logits=logits, cache=cache),)
+
+    (state,) = tf.while_loop(
+        lambda s: going(s, length, early_stopping) & (s.step < until), body, (state,)
+    )
+    return state
+
+
+def choose(s: BeamState, prompt_len, length, settings, options, processors=PROCESSORS):
+    """One step of the search without the model: (the state after it, its logits and cache
+    not yet those of the new tokens; rows int32 [B, K], the old cache row (beam) of each open
+    beam, which the cache must follow; new_tokens int32 [B, K], the token each open beam adds
+    at column prompt_len + s.step, which the model reads next). Either backend's loop calls it
+    (`advance` here, compiled with the model; on tflite between the interpreter's steps)."""
+    _, length_penalty, early_stopping = options
+    batch, k, width = shape_list(s.running)
+    vocab = shape_list(s.logits)[-1]
     stop = settings.stop_token
     penalty = tf.cast(length_penalty, tf.float32)
     max_length = prompt_len + length
     first_k = tf.range(2 * k) < k  # [2K]: only the best K continuations may finish
     columns = tf.range(width)
+    cur = prompt_len + s.step  # the column this step writes
+    flat = tf.reshape(s.running, [batch * k, width])  # [B * K, W]
+    log_probs = tf.nn.log_softmax(tf.cast(s.logits, tf.float32))  # [B * K, V]
+    log_probs = apply_processors(log_probs, settings, History(flat, cur, 0, prompt_len), processors)
+    total = tf.reshape(log_probs, [batch, k, vocab]) + s.running_scores[:, :, None]
+    top_scores, top_index = tf.math.top_k(tf.reshape(total, [batch, k * vocab]), 2 * k)
+    top_beam, token = top_index // vocab, top_index % vocab  # [B, 2K] each
+    candidates = gather_beams(s.running, top_beam)  # [B, 2K, W]
+    candidates = tf.where(columns == cur, token[:, :, None], candidates)
+    ended = (token == stop) | (cur + 1 >= max_length)  # [B, 2K]
 
-    def cond(s):
-        open_rows = ~(tf.reduce_all(s.is_finished) & early_stopping)
-        going = (s.step < length) & tf.reduce_any(s.improvable) & open_rows & ~s.all_ended
-        return going & (s.step < until)
+    # The K best continuations that did not end stay open.
+    open_scores = top_scores + tf.cast(ended, tf.float32) * NONE
+    _, keep = tf.math.top_k(open_scores, k)  # [B, K]
+    running = gather_beams(candidates, keep)
+    running_scores = gather_beams(open_scores, keep)
 
-    def body(s):
-        cur = prompt_len + s.step  # the column this step writes
-        flat = tf.reshape(s.running, [batch * k, width])  # [B * K, W]
-        log_probs = tf.nn.log_softmax(tf.cast(s.logits, tf.float32))  # [B * K, V]
-        log_probs = apply_processors(
-            log_probs, settings, History(flat, cur, 0, prompt_len), processors
-        )
-        total = tf.reshape(log_probs, [batch, k, vocab]) + s.running_scores[:, :, None]
-        top_scores, top_index = tf.math.top_k(tf.reshape(total, [batch, k * vocab]), 2 * k)
-        top_beam, token = top_index // vocab, top_index % vocab  # [B, 2K] each
-        candidates = gather_beams(s.running, top_beam)  # [B, 2K, W]
-        candidates = tf.where(columns == cur, token[:, :, None], candidates)
-        ended = (token == stop) | (cur + 1 >= max_length)  # [B, 2K]
+    # Those of the best K that ended join the finished list if they beat its worst.
+    just_ended = ended & first_k[None, :]
+    generated = tf.cast(s.step + 1, tf.float32)
+    scores = top_scores / generated**penalty
+    full = tf.reduce_all(s.is_finished, axis=-1, keepdims=True) & early_stopping
+    scores += tf.cast(full | ~s.improvable | ~just_ended, tf.float32) * NONE
+    merged_scores = tf.concat([s.finished_scores, scores], axis=1)  # [B, 3K]
+    _, best = tf.math.top_k(merged_scores, k)
+    finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best)
+    finished_scores = gather_beams(merged_scores, best)
+    is_finished = gather_beams(tf.concat([s.is_finished, just_ended], axis=1), best)
 
-        # The K best continuations that did not end stay open.
-        open_scores = top_scores + tf.cast(ended, tf.float32) * NONE
-        _, keep = tf.math.top_k(open_scores, k)  # [B, K]
-        running = gather_beams(candidates, keep)
-        running_scores = gather_beams(open_scores, keep)
+    # The open beams' cache rows follow them; the model reads their new tokens next.
+    source = gather_beams(top_beam, keep)  # [B, K]: the old beam each open one extends
+    rows = source + tf.range(batch)[:, None] * k  # [B, K]
+    new_tokens = gather_beams(token, keep)  # [B, K]
 
-        # Those of the best K that ended join the finished list if they beat its worst.
-        just_ended = ended & first_k[None, :]
-        generated = tf.cast(s.step + 1, tf.float32)
-        scores = top_scores / generated**penalty
-        full = tf.reduce_all(s.is_finished, axis=-1, keepdims=True) & early_stopping
-        scores += tf.cast(full | ~s.improvable | ~just_ended, tf.float32) * NONE
-        merged_scores = tf.concat([s.finished_scores, scores], axis=1)  # [B, 3K]
-        _, best = tf.math.top_k(merged_scores, k)
-        finished = gather_beams(tf.concat([s.finished, candidates], axis=1), best)
-        finished_scores = gather_beams(merged_scores, best)
-        is_finished = gather_beams(tf.concat([s.is_finished, just_ended], axis=1), best)
-
-        # The open beams' cache rows follow them; then the model reads their new tokens.
-        source = gather_beams(top_beam, keep)  # [B, K]: the old beam each open one extends
-        rows = tf.reshape(source + tf.range(batch)[:, None] * k, [-1])  # [B * K]
-        cache = reorder_cache(s.cache, rows, n_head)
-        new_tokens = tf.reshape(gather_beams(token, keep), [-1, 1])  # [B * K, 1]
-
-        def forward():
-            out = model(new_tokens, cache, cur, logits_at=0)
-            return out["logits"][:, -1], out["cache"]
-
-        logits, cache = tf.cond(s.step + 1 < length, forward, lambda: (s.logits, cache))
-
-        # Can an open beam still beat the worst finished hypothesis (at its current length)?
-        best_open = running_scores[:, :1] / generated**penalty  # [B, 1]
-        worst = tf.reduce_min(finished_scores, axis=1, keepdims=True)
-        worst = tf.where(is_finished, worst, NONE)  # [B, K]
-        improvable = s.improvable & tf.reduce_any(best_open > worst, axis=-1, keepdims=True)
-        return (
-            BeamState(
-                s.step + 1,
-                logits,
-                cache,
-                running,
-                running_scores,
-                finished,
-                finished_scores,
-                is_finished,
-                improvable,
-                tf.reduce_all(ended),
-            ),
-        )
-
-    (state,) = tf.while_loop(cond, body, (state,))
-    return state
+    # Can an open beam still beat the worst finished hypothesis (at its current length)?
+    best_open = running_scores[:, :1] / generated**penalty  # [B, 1]
+    worst = tf.reduce_min(finished_scores, axis=1, keepdims=True)
+    worst = tf.where(is_finished, worst, NONE)  # [B, K]
+    improvable = s.improvable & tf.reduce_any(best_open > worst, axis=-1, keepdims=True)
+    state = BeamState(
+        s.step + 1,
+        s.logits,
+        s.cache,
+        running,
+        running_scores,
+        finished,
+        finished_scores,
+        is_finished,
+        improvable,
+        tf.reduce_all(ended),
+    )
+    return state, rows, new_tokens

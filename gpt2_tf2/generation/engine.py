@@ -159,7 +159,9 @@ class Engine:
         """A request's prompt (as the model reads it), settings and length, checked."""
         config = GenerationConfig.of(request.config)
         if config.beams:
-            raise UserError("the decode engine samples or decodes greedily; beams search apart")
+            raise UserError(
+                "the decode engine samples or decodes greedily; a beam search runs in a BeamSearch"
+            )
         tokens = list(request.prompt_tokens or [])
         check_token_ids(tokens, self.lm.hparams.n_vocab)
         (tokens,), stop = contexts_and_stop(self.lm.encoder, [tokens], config.stop_at_endoftext)

@@ -21,6 +21,7 @@ from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.generation import beam, loop, sampler, texts
+from gpt2_tf2.generation.beams import BeamSearch
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
@@ -30,8 +31,6 @@ from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this mod
     contexts_and_stop,
 )
 from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
-from gpt2_tf2.generation.loop import bucket
-from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.tokenizer import Encoder
 
 BEAM_CHUNK = 16  # steps of a beam search between progress reports
@@ -88,12 +87,6 @@ class LanguageModel:
 
     # ---- generation -------------------------------------------------------------------------
 
-    def _check_beam_backend(self) -> None:
-        if self.lite is not None:
-            raise UserError(
-                "beam search runs on the xla backend only; this model was loaded for tflite"
-            )
-
     def encode(self, text: str) -> list[int]:
         """Text as the model reads it in prompts and scored texts (`encode_text`)."""
         return encode_text(self.encoder, text)
@@ -135,7 +128,7 @@ class LanguageModel:
             for piece in on_engine.sample(rows, (seed, batch_index), first=first):
                 for row, new in zip(out, piece):
                     row += new
-            yield [_cut(row, stop) for row in out[:real]]
+            yield [texts.cut(row, stop) for row in out[:real]]
 
     def _check(self, prompts, config: GenerationConfig):
         """(contexts, the config validated for this model and resolved, stop token) of a
@@ -206,39 +199,18 @@ class LanguageModel:
         if config is None:
             settings.setdefault("num_beams", 4)
         config = GenerationConfig.of(config, **settings)
-        self._check_beam_backend()
-        prompt_tokens = list(prompt_tokens or [])
-        check_token_ids(prompt_tokens, self.hparams.n_vocab)
-        config = config.validate(self.hparams.n_ctx, len(prompt_tokens))
-        length, num_beams = config.length, config.num_beams
-        eot = self.encoder.eot_token
-        if not prompt_tokens and eot is None:
-            raise UserError("beam search without a prompt needs <|endoftext|> in the vocabulary")
-        context = prompt_tokens or [eot]
-        stop = stop_token if stop_token is not None else (-1 if eot is None else eot)
-        n_ctx = self.hparams.n_ctx
-        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
-        context_t = tf.constant([padded] * num_beams, tf.int32)
-        slots = bucket(length, n_ctx)
-        prompt_len = tf.constant(len(context))
-        cache_len = min(len(padded) + slots, n_ctx)
-        logits, cache = self._prefill(context_t, prompt_len, cache_len, None)
-        settings = Settings.make(config, stop_token=stop)
-        state = beam.start(logits, cache, context_t, prompt_len, settings, slots, num_beams)
-        options = (self.hparams.n_head, float(config.length_penalty), config.early_stopping)
-        length_t = tf.constant(length)
-        chunk, until = (length if progress is None else BEAM_CHUNK), 0
-        while until < length:
-            until = min(until + chunk, length)
-            state = self._beam(state, prompt_len, length_t, settings, tf.constant(until), options)
-            done = int(state.step)
-            if progress is not None:
-                progress(done, length)
-            if done < until:  # the search ended before this piece did
-                break
-        out, _ = beam.result(state, prompt_len, slots)
-        best = out.numpy()[0, : config.num_return_sequences]
-        return [_cut(row[:length], stop) for row in best]
+        search = BeamSearch(self)
+        slot = search.add(prompt_tokens, config, stop_token)
+        length = search.config(slot).length  # validated: a default resolved
+        try:
+            chunk = length if progress is None else BEAM_CHUNK
+            while slot not in search.finished():
+                search.step(chunk)
+                if progress is not None:
+                    progress(search.steps(slot), length)
+            return search.results(slot)
+        finally:
+            search.remove(slot)
 
     def generate(
         self,
@@ -395,11 +367,6 @@ def batches(contexts, nsamples: int, batch_size: int):
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
         yield chunk + [chunk[-1]] * (batch_size - len(chunk)), len(chunk)
-
-
-def _cut(row, stop: int) -> list[int]:
-    row = [int(t) for t in row]
-    return row[: row.index(stop)] if stop >= 0 and stop in row else row
 
 
 def perplexity(mean_nll: float) -> float:

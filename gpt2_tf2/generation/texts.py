@@ -1,6 +1,7 @@
-"""What becomes of a generated text before the caller sees it: gpt-2-simple's conveniences
-(`truncate`, `include_prefix`, `sample_delim`, `destination_path`), with its names, so that its
-users' scripts port. Pure functions of strings; the files are written whole or not at all."""
+"""What becomes of generated tokens and text before the caller sees them: a row cut at its stop
+token, and gpt-2-simple's conveniences (`truncate`, `include_prefix`, `sample_delim`,
+`destination_path`), with its names, so that its users' scripts port. Pure functions; the files
+are written whole or not at all."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import write_atomically
 
 SAMPLE_DELIM = "=" * 20 + "\n"  # gpt-2-simple's default
+
+
+def cut(row, stop: int) -> list[int]:
+    """A row of generated ids (any integers) as Python ints, up to its first `stop` token (not
+    included; stop -1: none)."""
+    row = [int(t) for t in row]
+    return row[: row.index(stop)] if stop >= 0 and stop in row else row
 
 
 def finish(prompt: str | None, text: str, truncate: str | None, include_prefix: bool) -> str:

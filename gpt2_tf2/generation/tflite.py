@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError, first_line
+from gpt2_tf2.generation import beam
 from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.processors import apply_processors, every_processor_off
 from gpt2_tf2.generation.settings import History, Settings
@@ -134,11 +135,28 @@ class LiteStep:
         self.owner = None  # the engine whose cache the input buffers hold (`LiteSlots`)
 
     def take(self, owner) -> None:
-        """`owner` (an engine's `LiteSlots`, or None: a prompt or a score) uses the input
-        buffers next; the engine that held them keeps its cache first (`LiteSlots.evict`)."""
+        """`owner` (an engine's `LiteSlots`, a beam search's `LiteBeams`, or None: a prompt or
+        a score) uses the input buffers next; the one that held them keeps its cache first
+        (its `evict`, which calls `save`)."""
         if self.owner is not None and self.owner is not owner:
             self.owner.evict()
         self.owner = owner
+
+    def save(self) -> list:
+        """A copy of the cache in the input buffers (an owner's `evict`)."""
+        return [np.copy(part.interpreter.tensor(i)()) for part, i in self._past]
+
+    def claim(self, owner, batch: int, cache_len: int, saved) -> None:
+        """Hold the buffers for `owner`'s rows, one token at a time, its cache in them: `saved`
+        (from `save`), or zeros (None: nothing written yet). Nothing to do if it holds them."""
+        if self.owner is owner:
+            return
+        self.take(owner)
+        self._resize(batch, 1, cache_len, 1)
+        for i, (part, index) in enumerate(self._past):
+            past = part.interpreter.tensor(index)()
+            # Zeros, not what was there: a masked NaN would still poison the sum (0 * NaN).
+            past[...] = 0 if saved is None else saved[i]
 
     def _resize(self, batch: int, n: int, cache_len: int, k: int) -> None:
         if self._shape == (batch, n, cache_len, k):
@@ -231,13 +249,14 @@ class LiteStep:
 
 class LiteDecoder:
     """What `LanguageModel` asks of a decoding backend, on a `LiteStep`: scores; and for the
-    decode engine's rows (`LiteSlots`), the processors and strategy of the XLA engine's loop,
-    compiled on their own."""
+    decode engine's rows (`LiteSlots`) and a beam search's (`beams.LiteBeams`), the processors,
+    strategy and beam step of the XLA loops, compiled on their own."""
 
     def __init__(self, step: LiteStep, xla: bool = True):
         self.step = step
         self.choose_rows = tf.function(choose_rows, jit_compile=xla, autograph=False)
         self.token_scores = tf.function(token_scores, jit_compile=xla, autograph=False)
+        self.choose_beams = tf.function(choose_beams, jit_compile=xla, autograph=False)
         self._choose = {}  # concrete functions of `choose_rows` by (logits, history) shape
 
     def choose(self, logits, history, pos, settings, steps, rows) -> np.ndarray:
@@ -270,6 +289,14 @@ def choose_rows(logits, history, pos, settings, step, rows):
     (`xla.advance`): each row with its own settings, position, step and row number."""
     logits = apply_processors(logits, settings, History(history, pos, 0, pos - step))
     return choose_tokens(logits, settings, step, rows=rows)
+
+
+def choose_beams(state, prompt_len, length, settings, options):
+    """One step of a beam search without the model (`beam.choose`), and whether the search
+    goes on after it (`beam.going`): what `beams.LiteBeams` runs between the interpreter's
+    steps."""
+    state, rows, tokens = beam.choose(state, prompt_len, length, settings, options)
+    return state, rows, tokens, beam.going(state, length, options[2])
 
 
 class LiteSlots:
@@ -380,17 +407,10 @@ class LiteSlots:
 
     def _claim(self) -> None:
         """Hold the interpreter, sized for the slots, with this engine's cache in it."""
-        if self.step.owner is self:
-            return
-        self.step.take(self)
-        self.step._resize(self.slots, 1, self.cache_len, 1)
-        for i, (part, index) in enumerate(self.step._past):
-            past = part.interpreter.tensor(index)()
-            # Zeros, not what was there: a masked NaN would still poison the sum (0 * NaN).
-            past[...] = 0 if self._saved is None else self._saved[i]
+        self.step.claim(self, self.slots, self.cache_len, self._saved)
         self._saved = None
 
     def evict(self) -> None:
         """Another takes the interpreter: keep the cache, if any row still runs."""
         if not self.done.all():
-            self._saved = [np.copy(part.interpreter.tensor(i)()) for part, i in self.step._past]
+            self._saved = self.step.save()

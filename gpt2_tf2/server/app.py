@@ -73,7 +73,7 @@ class State:
                 self.metrics,
                 self.options.logprobs,
             )
-            self.beams = Beams(lm)
+            self.beams = Beams(lm, self.scheduler)
             self.lm = lm
         except UserError as e:
             self.error = str(e)
