@@ -182,3 +182,33 @@ def test_beam_search_equals_exhaustive_search(seed, length_penalty):
     ranked = sorted(found, key=found.get, reverse=True)
     assert [tuple(r) for r in out.numpy()[0].tolist()] == ranked
     np.testing.assert_allclose(scores.numpy()[0], [found[s] for s in ranked], rtol=1e-5)
+
+
+def test_a_search_behind_the_engines_interface(tiny_lm):
+    """`BeamSearch`: one search in its one slot, stepped in pieces; `step` gives the best
+    hypothesis once, when the search ends; the results are `beam_search`'s; a removed search's
+    slot is free again."""
+    from gpt2_tf2.errors import UserError
+    from gpt2_tf2.generation.beams import BeamSearch
+    from gpt2_tf2.generation.config import GenerationConfig
+
+    prompt = tiny_lm.encoder.encode("Beams and greedy")
+    config = GenerationConfig(num_beams=4, num_return_sequences=3, length=15)
+    search = BeamSearch(tiny_lm)
+    slot = search.add(prompt, config)
+    with pytest.raises(UserError, match="one search at a time"):
+        search.add(prompt, config)
+    with pytest.raises(UserError, match="positive number"):
+        search.step(0)
+    given = []
+    while slot not in search.finished():
+        given.append(search.step(4)[slot])
+    assert given[:-1] == [[]] * (len(given) - 1) and search.steps(slot) <= 15
+    assert search.step(4) == {slot: []}  # given once
+    assert search.results(slot) == tiny_lm.beam_search(prompt, config)
+    assert given[-1] == search.results(slot)[0]
+    search.remove(slot)
+    assert search.busy() == [] and search.step(1) == {}
+    with pytest.raises(UserError, match="slot 0 is not busy"):
+        search.results(slot)
+    assert search.add(prompt, config) == slot

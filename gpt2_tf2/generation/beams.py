@@ -104,8 +104,9 @@ class BeamSearch:
         return int(self._busy(slot).state.step)
 
     def step(self, n: int = 1) -> dict[int, list[int]]:
-        """Up to `n` more steps of the search; {slot: its best hypothesis} once it has ended,
-        {slot: []} while it runs (beams are known at the end), {} with no search."""
+        """Up to `n` more steps of the search; {slot: its best hypothesis} at the step it ends
+        (given once, as the engine gives each token once), else {slot: []} (beams are known at
+        the end); {} with no search."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise UserError(f"step takes a positive number of steps, got {n!r}")
         s = self._search
