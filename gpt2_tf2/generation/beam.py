@@ -1,4 +1,7 @@
-"""Beam search: one compiled `tf.while_loop` over a fixed-shape cache, as the sampling loop.
+"""Beam search's step and state: `choose` (everything but the model) and, on xla, `advance`, one
+compiled `tf.while_loop` of `choose` and the model over a fixed-shape cache (on tflite
+`beams.LiteBeams` runs `choose` between the interpreter's steps; `beams.BeamSearch` runs either
+behind the decode engine's interface).
 
 Follows transformers' vectorized beam search (`GenerationMixin._beam_search`, v4.50+), so that
 the same settings give the same beams: each step scores every (beam, token) continuation by its
