@@ -33,6 +33,8 @@ from gpt2_tf2.generation.config import GenerationConfig
 from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.settings import Settings
 
+PIECE = 16  # steps of a search between progress reports or checks for a cancel (same beams)
+
 
 class _Search(NamedTuple):
     state: beam.BeamState
@@ -74,10 +76,15 @@ class BeamSearch:
         stop = stop_token if stop_token is not None else (-1 if eot is None else eot)
         slots = bucket(config.length, hp.n_ctx)
         settings = Settings.make(config, stop_token=stop)
-        state = self._store.start(context, slots, config.num_beams, settings)
+        # The hypotheses' context padded to the prompt's bucket, one row per beam: one program
+        # (xla's prefill and loop, tflite's `choose`) for prompts of several lengths.
+        padded = context + [0] * (bucket(len(context), hp.n_ctx) - len(context))
+        context_t = tf.constant([padded] * config.num_beams, tf.int32)
+        prompt_len = tf.constant(len(context))
+        state = self._store.start(context, context_t, prompt_len, slots, settings)
         self._search = _Search(
             state,
-            tf.constant(len(context)),
+            prompt_len,
             tf.constant(config.length),
             settings,
             (hp.n_head, float(config.length_penalty), config.early_stopping),
@@ -146,12 +153,10 @@ class XlaBeams:
     def __init__(self, lm):
         self.lm = lm
 
-    def start(self, context, slots: int, k: int, settings) -> beam.BeamState:
-        n_ctx = self.lm.hparams.n_ctx
-        padded = context + [0] * (bucket(len(context), n_ctx) - len(context))
-        context_t = tf.constant([padded] * k, tf.int32)
-        prompt_len = tf.constant(len(context))
-        cache_len = min(len(padded) + slots, n_ctx)
+    def start(self, context, context_t, prompt_len, slots: int, settings) -> beam.BeamState:
+        """The search's first state: `context` (ids) padded in `context_t` [K, bucket]."""
+        k, width = context_t.shape
+        cache_len = min(width + slots, self.lm.hparams.n_ctx)
         logits, cache = self.lm._prefill(context_t, prompt_len, cache_len, None)
         return beam.start(logits, cache, context_t, prompt_len, settings, slots, k)
 
@@ -175,20 +180,17 @@ class LiteBeams:
         self._saved = None  # the cache while another holds the interpreter
         self._running = False
 
-    def start(self, context, slots: int, k: int, settings) -> beam.BeamState:
-        n, n_ctx = len(context), self.lm.hparams.n_ctx
+    def start(self, context, context_t, prompt_len, slots: int, settings) -> beam.BeamState:
+        """The search's first state: `context` (ids) padded in `context_t` [K, bucket]."""
+        n, k = len(context), context_t.shape[0]
         # One row of the prompt (the K beams start equal), its columns repeated for each beam.
         logits, columns = self.step.prompt(np.array([context], np.int32), np.zeros([1]), [n - 1])
-        self.batch, self.cache_len = k, min(n + slots, n_ctx)
+        self.batch, self.cache_len = k, min(n + slots, self.lm.hparams.n_ctx)
         self.step.start([np.tile(c, (k, 1, 1)) for c in columns], self.cache_len)
         self.step.take(self)
         self._running, self._saved = True, None
-        # The hypotheses' width as on xla (the prompt's bucket), so that `choose` compiles
-        # once for prompts of several lengths.
-        padded = context + [0] * (bucket(n, n_ctx) - n)
-        context_t = tf.constant([padded] * k, tf.int32)
         logits = tf.constant(np.repeat(logits[:, 0], k, axis=0))
-        return beam.start(logits, [], context_t, tf.constant(n), settings, slots, k)
+        return beam.start(logits, [], context_t, prompt_len, settings, slots, k)
 
     def advance(self, s: _Search, until) -> tuple[beam.BeamState, bool]:
         """(the state after the steps up to `until`, whether the search goes on)."""

@@ -21,7 +21,7 @@ from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
 from gpt2_tf2.generation import beam, loop, sampler, texts
-from gpt2_tf2.generation.beams import BeamSearch
+from gpt2_tf2.generation.beams import PIECE, BeamSearch
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
@@ -33,7 +33,6 @@ from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this mod
 from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
 from gpt2_tf2.tokenizer import Encoder
 
-BEAM_CHUNK = 16  # steps of a beam search between progress reports
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
 
 
@@ -192,7 +191,7 @@ class LanguageModel:
         its summed log-probability / length ** length_penalty (> 0 favours longer ones).
         early_stopping: stop once num_beams hypotheses have ended, instead of when no open
         beam can beat them. As transformers' beam search, step by step. `progress`: called
-        with (steps done, length) every BEAM_CHUNK steps (the same beams: the search runs in
+        with (steps done, length) every PIECE (16) steps (the same beams: the search runs in
         pieces), as beam search cannot stream. config and keywords as for `generate_tokens`;
         without a config, num_beams defaults to 4 here.
         """
@@ -203,7 +202,7 @@ class LanguageModel:
         slot = search.add(prompt_tokens, config, stop_token)
         length = search.config(slot).length  # validated: a default resolved
         try:
-            chunk = length if progress is None else BEAM_CHUNK
+            chunk = length if progress is None else PIECE
             while slot not in search.finished():
                 search.step(chunk)
                 if progress is not None:

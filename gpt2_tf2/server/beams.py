@@ -1,7 +1,7 @@
 """Beam search requests (vLLM's legacy `use_beam_search`): the library's beam search
 (`generation.beams.BeamSearch`, tested against transformers), run beside the decode engine, not
 in its slots: num_beams rows that reorder themselves every step are a different loop from the
-engine's independent rows. One search at a time, in pieces of PIECE steps; a client that goes
+engine's independent rows. One search at a time, in pieces (`beams.PIECE` steps); a client that goes
 away stops it before its next piece. On xla the pieces run in the request's worker thread,
 beside the engine's steps; on tflite the model is one interpreter, which the engine's thread
 owns, so each piece runs there, between the engine's steps (`Scheduler.call`)."""
@@ -12,10 +12,8 @@ import contextlib
 import threading
 
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.generation.beams import BeamSearch
+from gpt2_tf2.generation.beams import PIECE, BeamSearch
 from gpt2_tf2.server.protocol import APIError, Job
-
-PIECE = 16  # steps of a search between checks that its client is still there
 
 
 class Cancelled(Exception):
