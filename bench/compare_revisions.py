@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEASURES = {  # name: (script, arguments, which rows and fields to read)
+MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees])
     "sampling": ("sample_speed.py", ["--child", "ours", "--batches", "1,8", "--repeats", "5"]),
     "sampling+settings": (
         "sample_speed.py",
@@ -29,6 +29,17 @@ MEASURES = {  # name: (script, arguments, which rows and fields to read)
     "training": ("train_speed.py", ["--child", "ours", "--size", "124M", "--steps", "3"]),
     # The engine stepped 1 token per call, as the server's scheduler steps it: a call's cost.
     "steps": ("step_speed.py", ["--slots", "1,4", "--tokens", "1"]),
+    # The engine as the server makes it (logprobs kept for the rows that ask, none asking here,
+    # top-k 40), stepped 4 tokens a call: HEAD's script on both trees (the base's has no
+    # --server).
+    "server-steps": (
+        "step_speed.py",
+        ["--slots", "1,4", "--tokens", "4", "--server"],
+        "head's script",
+    ),
+    # One client on `serve --slots 1` against generate() (each in its own process, 124M, 64
+    # tokens, top-k 40): the server's overhead. HEAD's script, each tree's package and server.
+    "serving": ("serving_speed.py", ["--one", "--rounds", "5"], "head's script"),
     # TensorFlow Lite sampling: int8 and int4, greedy and top-k/top-p, batch 1 and 8.
     "tflite": ("tflite_sample_speed.py", ["--dtypes", "int8,int4"]),
     # Beam search, 4 beams, 128 tokens (no beam ends early), on xla.
@@ -38,9 +49,9 @@ MEASURES = {  # name: (script, arguments, which rows and fields to read)
 
 def measure(tree: str, name: str) -> dict[str, float]:
     """{metric: value} from one fresh process of `tree`'s own bench script."""
-    script, args = MEASURES[name]
+    script, args, *own = MEASURES[name]
     path = os.path.join(tree, "bench", script)
-    if not os.path.exists(path):  # a script newer than the base: HEAD's, on the base's package
+    if own or not os.path.exists(path):  # HEAD's script on the base's package
         path = os.path.join(ROOT, "bench", script)
     env = {**os.environ, "PYTHONPATH": tree, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
@@ -56,6 +67,12 @@ def measure(tree: str, name: str) -> dict[str, float]:
     for row in rows:
         if name == "training":
             found["training 1 x 1024, tokens/s"] = row["tok_s"]
+            continue
+        if name == "serving":  # a ratio of the same run: the machine's drift mostly cancels
+            if "ratio" in row:
+                found["serving: one client's server / generate()"] = row["ratio"]
+            else:
+                found[f"serving: {row['batch']}, tokens/s"] = row["tok_s"]
             continue
         if name == "beams":
             found[f"beam search {row['beams']} beams, tokens/s"] = row["tok_s"]

@@ -10,6 +10,10 @@ Per configuration: a warm-up round (compilations), then `--rounds` measured roun
 `generate()` runs in a fresh process too: load, one call to compile, then the measured calls.
 
     python bench/serving_speed.py [--rounds 2] [--out docs/benchmarks/serving.md]
+
+--one: only one client on --slots 1 and `generate()`, each a JSON line, no page (measure
+`serving` of bench/compare_revisions.py, which runs this script on both trees: the package is
+the one on PYTHONPATH, the server's too).
 """
 
 from __future__ import annotations
@@ -65,8 +69,13 @@ def child_generate(model: str, rounds: int) -> None:
     print(json.dumps({"tok_s": NEW / statistics.median(times)}))
 
 
+def package_root() -> str:
+    """The tree whose package is measured: PYTHONPATH's (compare_revisions), else this one."""
+    return os.environ.get("PYTHONPATH") or ROOT
+
+
 def start_server(model: str, slots: int):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = {**os.environ, "PYTHONPATH": package_root()}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -158,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="docs/benchmarks/serving.md")
+    parser.add_argument("--one", action="store_true", help="one client only, JSON lines")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,9 +190,15 @@ def main() -> None:
             ],
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": ROOT},
+            env={**os.environ, "PYTHONPATH": package_root()},
         )
         alone = json.loads(out.stdout.strip().splitlines()[-1])["tok_s"]
+        if args.one:
+            served = measure_server(model, 1, 1, args.rounds)["tok_s"]
+            for what, tok_s in (("generate()", alone), ("server", served)):
+                print(json.dumps({"batch": f"one client, {what}", "tok_s": tok_s}), flush=True)
+            print(json.dumps({"ratio": served / alone}), flush=True)
+            return
         print(f"generate(): {alone:.1f} tok/s", flush=True)
         rows = []
         for clients in (1, 4, 8, 16):

@@ -189,22 +189,35 @@ def test_greedy_alone_is_the_fixed_batch_loops_greedy(tiny_lm):
     assert run_alone(tiny_lm, prompt, config, slots=1) == want.numpy()[0].tolist()
 
 
-def test_logprobs_are_the_models_own(lm, tiny_lm):
+def test_logprobs_are_the_models_own(lm, tiny_lm, alone):
     """An engine made with logprobs=k keeps each token's log-probability and the k most likely
     tokens at its step: those of the model's logits over the whole text in one forward pass
-    (XLA's model, for either backend), before any processor; rows joining later get theirs."""
-    engine = Engine(lm, 2, logprobs=3)
+    (XLA's model, for either backend), before any processor; rows joining later get theirs.
+    A row added with scores=False keeps none (asking is a UserError), its tokens those it gives
+    alone, and the steps it runs while no row wants scores leave the scores' arrays untouched."""
+    engine = Engine(lm, SLOTS, logprobs=3)
+    plain = engine.add(lm.encode(REQUESTS[0][0]), REQUESTS[0][1], scores=False)
+    got, plain_tokens = {}, engine.step(2)[plain]
+    assert not any(np.abs(a).max() for a in engine._store.scores())  # computed for no one
     first = engine.add(lm.encode(REQUESTS[1][0]), REQUESTS[1][1])
-    got = {first: ([], [])}
+    got[first] = ([], [])
     for step in range(12):
         if step == 3:  # a second row joins a running engine
             got[engine.add(lm.encode(REQUESTS[2][0]), REQUESTS[2][1])] = ([], [])
         for slot, tokens in engine.step(2).items():
+            if slot == plain:
+                plain_tokens += tokens
+                with pytest.raises(UserError, match="keeps no log-probabilities"):
+                    engine.scores(slot)
+                continue
             got[slot][0].extend(tokens)
             got[slot][1].extend(engine.scores(slot))
             assert len(engine.scores(slot)) == len(tokens)
-    for slot, i in ((first, 1), (1 - first, 2)):
+    assert plain_tokens == alone[0]
+    for i in (1, 2):
+        slot = [s for s in got if s != first][0] if i == 2 else first
         prompt, (tokens, scores) = lm.encode(REQUESTS[i][0]), got[slot]
+        assert tokens == alone[i]
         text = tf.constant([prompt + tokens])
         logp = tf.nn.log_softmax(tiny_lm.model(text)["logits"][0]).numpy()
         want = logp[len(prompt) - 1 : -1]  # the distribution each token was drawn at

@@ -37,12 +37,14 @@ from gpt2_tf2.generation.settings import Settings
 
 class Request(NamedTuple):
     """A sequence to start (`Engine.add_many`): its prompt, settings, the sampler's (seed,
-    batch) key (default (config.seed or 0, 0)) and the row's number in that key's batch."""
+    batch) key (default (config.seed or 0, 0)), the row's number in that key's batch, and
+    whether it keeps its tokens' scores (an engine made with logprobs > 0: `Engine.scores`)."""
 
     prompt_tokens: list
     config: GenerationConfig | None = None
     key: tuple | None = None
     row: int = 0
+    scores: bool = True
 
 
 class Prefill(NamedTuple):
@@ -52,21 +54,24 @@ class Prefill(NamedTuple):
     row_numbers: list  # each row's number in its key's batch
     logits: tf.Tensor  # [k, vocab]: after each row's prompt
     cache: list  # [k * heads, cache_len, head_dim] per tensor
+    scores: tuple = ()  # each row's wish for its tokens' scores (none: every row's)
 
 
 class Engine:
     """`slots` sequences decoded together on `lm`'s model (a `LanguageModel`, on either
     backend); `cache_len` (default the model's context) bounds prompt + length of each.
     logprobs: with k > 0, each token's log-probability and the k most likely tokens at its
-    step are kept (`scores`). grow_cache (xla): the cache starts as wide as the rows need and
-    widens as they grow (powers of two up to cache_len, each a compilation), and narrows
-    again when the engine empties: every step attends over the columns in use, not cache_len
-    (a server's engine, whose rows are mostly far shorter than the context). busy_rows (xla):
-    each step runs the slots up to the last running one (rounded up to a power of two, at
-    least the size from which the CPU's kernels round a row alike in any larger step:
-    `xla.exact_from`; each a compilation), not all of them: rows start in the lowest free slots, so
-    a server's engine sized for its busiest hour pays for the rows it runs (one row on 16
-    slots cost 3.4 rows' time a step, docs/benchmarks/serving.md)."""
+    step are kept (`scores`), for the rows that ask (`Request.scores`): a step while none of
+    them runs skips computing them (a server's requests mostly do not ask). grow_cache (xla):
+    the cache starts as wide as the rows need and widens as they grow (powers of two up to
+    cache_len, each a compilation), and narrows again when the engine empties: every step
+    attends over the columns in use, not cache_len (a server's engine, whose rows are mostly
+    far shorter than the context). busy_rows (xla): each step runs the slots up to the last
+    running one (rounded up to a power of two, at least the size from which the CPU's kernels
+    round a row alike in any larger step: `xla.exact_from`; each a compilation), not all of
+    them: rows start in the lowest free slots, so a server's engine sized for its busiest hour
+    pays for the rows it runs (one row on 16 slots cost 3.4 rows' time a step,
+    docs/benchmarks/serving.md)."""
 
     def __init__(
         self,
@@ -96,17 +101,26 @@ class Engine:
         self._read = {}  # slot -> tokens of its history already returned
         self._stopped = set()  # slots whose sequence ended on its stop token
         self._scores = {}  # slot -> TokenScores of the tokens `step` returned last
+        self._scored = set()  # busy slots whose rows keep their scores
         self._done = None  # each slot's done flag as `step` last read it (None: read again)
 
     # ---- rows joining and leaving ---------------------------------------------------------
 
-    def add(self, prompt_tokens, config: GenerationConfig | None = None, key=None, row: int = 0):
+    def add(
+        self,
+        prompt_tokens,
+        config: GenerationConfig | None = None,
+        key=None,
+        row: int = 0,
+        scores: bool = True,
+    ):
         """Start a sequence in a free slot (a UserError if none is free); returns the slot.
 
         config: its sampling settings, length (default: up to the cache) and stop_at_endoftext;
         key: the sampler's (seed, batch) key, default (config.seed or 0, 0); row: the row's
-        number in that key's batch (`random.gumbel_noise`)."""
-        return self.add_many([Request(prompt_tokens, config, key, row)])[0]
+        number in that key's batch (`random.gumbel_noise`); scores: keep its tokens' scores
+        (with an engine made with logprobs > 0)."""
+        return self.add_many([Request(prompt_tokens, config, key, row, scores)])[0]
 
     def add_many(self, requests) -> list[int]:
         """Start several sequences at once (`Request`s, or tuples of their fields), each in a
@@ -128,7 +142,8 @@ class Engine:
             raise UserError("no sequences to start")
         rows = [self._checked(r) for r in requests]  # every request checked before any runs
         logits, cache = self._store.prefill([tokens for tokens, _, _ in rows])
-        return Prefill(rows, [int(r.row) for r in requests], logits, cache)
+        wishes = tuple(bool(r.scores) for r in requests)
+        return Prefill(rows, [int(r.row) for r in requests], logits, cache, wishes)
 
     def start(self, prefill: Prefill, keys=None) -> list[int]:
         """Start the rows of `prefill`, each in a free slot; returns their slots, in order.
@@ -142,8 +157,10 @@ class Engine:
         self._store.start(slots, prefill, settings)
         self._done = None
         del self._free[: len(rows)]
-        for slot, (tokens, _, _) in zip(slots, rows):
+        for i, (slot, (tokens, _, _)) in enumerate(zip(slots, rows)):
             self._read[slot] = len(tokens)
+            if self.logprobs and (not prefill.scores or prefill.scores[i]):
+                self._scored.add(slot)
         return slots
 
     def _check_free(self, n: int) -> None:
@@ -189,6 +206,7 @@ class Engine:
         self._free.sort()
         del self._read[slot]
         self._stopped.discard(slot)
+        self._scored.discard(slot)
         self._scores.pop(slot, None)
 
     # ---- decoding -------------------------------------------------------------------------
@@ -211,10 +229,11 @@ class Engine:
         busy slot (a stop token is not returned)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise UserError(f"step takes a positive number of tokens, got {n!r}")
-        self._store.advance(n)
+        scored = bool(self._scored)  # a row that asks is busy: the step computes the scores
+        self._store.advance(n, scored)
         history, pos, done, stops = self._store.read()
         self._done = done.copy()
-        scores = self._store.scores() if self.logprobs else None
+        scores = self._store.scores() if scored else None
         out = {}
         for slot in self.busy():
             first = self._read[slot]
@@ -224,15 +243,17 @@ class Engine:
                 new = new[: new.index(stops[slot])]
                 self._stopped.add(slot)
             out[slot] = new
-            if scores is not None:
+            if slot in self._scored:
                 self._scores[slot] = read_scores(scores, slot, first, len(new))
         return out
 
     def scores(self, slot: int) -> list[TokenScore]:
         """For the tokens `step` returned last for `slot`, each one's `TokenScore` (an engine
-        made with logprobs > 0)."""
+        made with logprobs > 0, a row added with scores=True)."""
         if not self.logprobs:
             raise UserError("this engine keeps no log-probabilities; make it with logprobs=k")
+        if slot in self._read and slot not in self._scored:
+            raise UserError(f"slot {slot} keeps no log-probabilities; add its row with scores=True")
         return self._scores.get(slot, [])
 
 

@@ -368,8 +368,9 @@ class LiteSlots:
     def reset(self) -> None:
         """Every slot free: nothing to do (the interpreter's shapes stay)."""
 
-    def advance(self, n: int) -> None:
-        """Up to n more tokens for every unfinished row, one step of the interpreter each."""
+    def advance(self, n: int, scores: bool = True) -> None:
+        """Up to n more tokens for every unfinished row, one step of the interpreter each;
+        scores: their scores too (with logprobs)."""
         if self.done.all():
             return
         self._claim()
@@ -387,7 +388,7 @@ class LiteSlots:
             token = np.where(active, chosen, np.maximum(stop, 0)).astype(np.int32)
             at = np.minimum(self.pos, last)  # a finished row's position may be past the end
             self.history[active, at[active]] = token[active]
-            if self.logprobs:
+            if self.logprobs and scores:
                 fresh = self.lm.lite.token_scores(self.logits, token, self.logprobs)
                 for array, value in zip(self._scores, fresh):
                     array[active, at[active]] = value.numpy()[active]

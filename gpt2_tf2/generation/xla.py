@@ -178,8 +178,9 @@ class XlaSlots:
         self.state = self.state._replace(done=done)
         self._done[slot] = True
 
-    def advance(self, n: int) -> None:
-        """Up to n more tokens for every unfinished row."""
+    def advance(self, n: int, scores: bool = True) -> None:
+        """Up to n more tokens for every unfinished row; scores: their scores too (with
+        logprobs; a flag of the loop, not a second program)."""
         if self.state is not None and not all(self.state.done.numpy()):
             running = ~self._done
             if self.grow:  # the columns the running rows reach in n steps (not past their end)
@@ -187,7 +188,8 @@ class XlaSlots:
                 width = self._width(int(reach.max())) if running.any() else 0
                 self._widen_to(width)
             rows = self._rows(running)
-            self.state = self._step_program(rows)(self.state, self.cache, tf.constant(n), rows)
+            program = self._step_program(rows)
+            self.state = program(self.state, self.cache, tf.constant(n), rows, tf.constant(scores))
 
     def _step_program(self, rows: int):
         """`_advance` for `rows` rows at the cache's width, as its concrete function: a server
@@ -196,7 +198,7 @@ class XlaSlots:
         Everything else in its signature is fixed for the engine (slots, cache_len, logprobs)."""
         key = (rows, self._cache_width())
         if key not in self._steps:
-            args = (self.state, self.cache, tf.constant(0), rows)
+            args = (self.state, self.cache, tf.constant(0), rows, tf.constant(True))
             self._steps[key] = self._advance.get_concrete_function(*args)
         return self._steps[key]
 
@@ -280,6 +282,15 @@ def _widen(cache, width: int) -> list:
     return [tuple(tf.pad(t, pad) for t in layer) for layer in cache]
 
 
+def _scores_at(logits, token, write, scores) -> tuple:
+    """The scores' arrays with each row's `token_scores` written where `write` is set."""
+    fresh = token_scores(logits, token, scores[1].shape[-1])
+    return tuple(
+        tf.where(tf.reshape(write, write.shape + [1] * (old.shape.rank - 2)), f[:, None], old)
+        for old, f in zip(scores, fresh)
+    )
+
+
 def programs(lm):
     """The engine's compiled functions for `lm`, made once and kept on it: engines of any size
     on one model share them (one trace and compilation per shape, not per engine)."""
@@ -322,10 +333,11 @@ def insert(n_head: int, state: Slots, cache_vars, slots, row_state, settings) ->
     )
 
 
-def advance(lm, state: Slots, cache_vars, n, rows: int) -> Slots:
+def advance(lm, state: Slots, cache_vars, n, rows: int, scored) -> Slots:
     """Up to `n` more tokens for every unfinished row among the first `rows` slots (the others
     finished or free: `XlaSlots._rows`), in one loop; their cache read from the variables
-    `cache_vars` and written back to them (in place under XLA, a slice as cheaply as all)."""
+    `cache_vars` and written back to them (in place under XLA, a slice as cheaply as all).
+    scored (bool scalar): write the tokens' scores (with logprobs), else leave them."""
     weights = lm.model.read_weights(lm._cpu_matvec)
     model = functools.partial(lm.model, weights=weights)
     whole, part = state, rows < state.pos.shape[0]
@@ -356,10 +368,8 @@ def advance(lm, state: Slots, cache_vars, n, rows: int) -> Slots:
         done = state.done | (token == s.stop_token) | (step >= state.limit)
         scores = state.scores
         if scores:  # the model's log-probabilities, written where the token is
-            fresh = token_scores(state.logits, token, scores[1].shape[-1])
-            scores = tuple(
-                tf.where(tf.reshape(write, write.shape + [1] * (old.shape.rank - 2)), f, old)
-                for old, f in zip(scores, (fresh[0][:, None], fresh[1][:, None], fresh[2][:, None]))
+            scores = tf.cond(
+                scored, lambda: _scores_at(state.logits, token, write, scores), lambda: scores
             )
 
         def forward():

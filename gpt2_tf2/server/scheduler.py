@@ -158,8 +158,8 @@ class Scheduler:
 
     def _start_group(self, starting: list[Sequence]) -> None:
         requests = [
-            Request(s.choice.prompt_tokens, s.choice.config, s.choice.key, s.choice.row)
-            for s in starting
+            Request(c.prompt_tokens, c.config, c.key, c.row, s.logprobs)
+            for s, c in ((s, s.choice) for s in starting)
         ]
         try:
             slots = self.engine.add_many(requests)
