@@ -145,7 +145,7 @@ def write_table(args, head: str, results) -> None:
         lines.append(f"| {metric} | {b:.2f} | {h:.2f} | {h / b:.3f} |")
     lines += ["", "Every round, in order (base, head):", ""]
     for metric, base_values in results["base"].items():
-        pairs = ", ".join(f"{b:.1f}/{h:.1f}" for b, h in zip(base_values, results["head"][metric]))
+        pairs = ", ".join(f"{b:.3g}/{h:.3g}" for b, h in zip(base_values, results["head"][metric]))
         lines.append(f"- {metric}: {pairs}")
     os.makedirs(os.path.dirname(os.path.join(ROOT, args.out)), exist_ok=True)
     with open(os.path.join(ROOT, args.out), "w", encoding="utf-8") as f:

@@ -3,8 +3,9 @@ call costs beside its tokens. 124M shape, random weights, `slots` rows busy, eac
 `Engine.step(n)` for n tokens; one JSON line per (slots, n) with tokens per second over the
 calls after the first (which compiles). Used by `bench/compare_revisions.py --measures steps`.
 With --server, the engine as `gpt2_tf2 serve` makes it (a growing cache, busy rows, the top-5
-log-probabilities kept for the rows that ask) and rows as its usual requests are: top-k 40, no
-log-probabilities asked (where the revision lets a row say so: `Request.scores`); measure
+log-probabilities kept for the rows that ask), rows as its usual requests are (top-k 40), in
+passes that alternate rows asking for no log-probabilities (where the revision lets a row say
+so: `Request.scores`) and rows asking (`logprobs asked`), medians of `--passes` each; measure
 `server-steps`.
 
     python bench/step_speed.py [--slots 1,4] [--tokens 1,4] [--calls 64] [--server]
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 
@@ -23,12 +25,13 @@ def main() -> None:
     parser.add_argument("--tokens", default="1", help="tokens per step call, comma-separated")
     parser.add_argument("--calls", type=int, default=64)
     parser.add_argument("--server", action="store_true", help="the engine as the server's")
+    parser.add_argument("--passes", type=int, default=3, help="with --server: passes of each")
     args = parser.parse_args()
 
     from gpt2_tf2.core.hparams import PRESETS
     from gpt2_tf2.core.model import GPT2
     from gpt2_tf2.generation.config import GenerationConfig
-    from gpt2_tf2.generation.engine import Engine, Request
+    from gpt2_tf2.generation.engine import Engine
     from gpt2_tf2.generation.language_model import LanguageModel
     from gpt2_tf2.tokenizer import Encoder
 
@@ -37,28 +40,47 @@ def main() -> None:
     for slots in (int(s) for s in args.slots.split(",")):
         for n in (int(t) for t in args.tokens.split(",")):
             length = n * (args.calls + 1)
-            if args.server:
-                engine = Engine(lm, slots, logprobs=5, grow_cache=True, busy_rows=True)
-                config = GenerationConfig(length=length, top_k=40, seed=0)
-                unscored = (False,) if "scores" in Request._fields else ()
-                row = ([1, 2, 3, 4, 5, 6, 7, 8], config, None, 0, *unscored)
-            else:
+            if not args.server:
                 engine = Engine(lm, slots, cache_len=512)
                 row = ([1, 2, 3, 4, 5, 6, 7, 8], GenerationConfig(length=length, temperature=0))
-            if args.server:  # a pass first: a growing cache compiles each width it reaches
-                for slot in engine.add_many([row] * slots):
-                    while slot not in engine.finished():
-                        engine.step(n)
-                for slot in engine.busy():
-                    engine.remove(slot)
-            engine.add_many([row] * slots)
-            engine.step(n)  # compiles
-            start = time.perf_counter()
-            for _ in range(args.calls):
-                engine.step(n)
-            seconds = time.perf_counter() - start
-            out = {"batch": f"{slots} x {n}", "tok_s": slots * n * args.calls / seconds}
-            print(json.dumps(out), flush=True)
+                report(f"{slots} x {n}", slots * n * args.calls / one_pass(engine, row, slots, n))
+                continue
+            engine = Engine(lm, slots, logprobs=5, grow_cache=True, busy_rows=True)
+            config = GenerationConfig(length=length, top_k=40, seed=0)
+            one_pass(engine, server_row(config, False), slots, n)  # compiles each cache width
+            times = {False: [], True: []}
+            for _ in range(args.passes):
+                for asked in (False, True):
+                    times[asked].append(one_pass(engine, server_row(config, asked), slots, n))
+            for asked, name in ((False, ""), (True, ", logprobs asked")):
+                tokens = slots * n * args.calls
+                report(f"{slots} x {n}{name}", tokens / statistics.median(times[asked]))
+
+
+def server_row(config, asked: bool) -> tuple:
+    """A row as a server's request starts it; `asked`: it wants log-probabilities."""
+    from gpt2_tf2.generation.engine import Request
+
+    scores = (asked,) if "scores" in Request._fields else ()  # older revisions: always kept
+    return ([1, 2, 3, 4, 5, 6, 7, 8], config, None, 0, *scores)
+
+
+def one_pass(engine, row, slots: int, n: int) -> float:
+    """Seconds of stepping `slots` copies of `row` by n a call to their end, after the first
+    call (which compiles, and with --server runs the prompts' first token as a server's)."""
+    started = engine.add_many([row] * slots)
+    engine.step(n)
+    start = time.perf_counter()
+    while any(slot not in engine.finished() for slot in started):
+        engine.step(n)
+    seconds = time.perf_counter() - start
+    for slot in started:
+        engine.remove(slot)
+    return seconds
+
+
+def report(batch: str, tok_s: float) -> None:
+    print(json.dumps({"batch": batch, "tok_s": tok_s}), flush=True)
 
 
 if __name__ == "__main__":
