@@ -179,6 +179,7 @@ class LiteBeams:
         self.batch = self.cache_len = 0
         self._saved = None  # the cache while another holds the interpreter
         self._running = False
+        self._written = 0  # the cache's columns written: the prompt's, then one per step
 
     def start(self, context, context_t, prompt_len, slots: int, settings) -> beam.BeamState:
         """The search's first state: `context` (ids) padded in `context_t` [K, bucket]."""
@@ -188,7 +189,7 @@ class LiteBeams:
         self.batch, self.cache_len = k, min(n + slots, self.lm.hparams.n_ctx)
         self.step.start([np.tile(c, (k, 1, 1)) for c in columns], self.cache_len)
         self.step.take(self)
-        self._running, self._saved = True, None
+        self._running, self._saved, self._written = True, None, n
         logits = tf.constant(np.repeat(logits[:, 0], k, axis=0))
         return beam.start(logits, [], context_t, prompt_len, settings, slots, k)
 
@@ -208,6 +209,7 @@ class LiteBeams:
             if done < length:
                 logits = self.step.next(tokens.numpy().reshape(-1), cur, offsets)
                 state = state._replace(logits=tf.constant(logits))
+                self._written = cur + 1
         return state, going
 
     def _reorder(self, rows, columns: int) -> None:
@@ -225,7 +227,7 @@ class LiteBeams:
     def evict(self) -> None:
         """Another takes the interpreter: keep the cache, if the search still runs."""
         if self._running:
-            self._saved = self.step.save()
+            self._saved = self.step.save(self._written)
 
     def close(self) -> None:
         self._running, self._saved = False, None

@@ -142,13 +142,16 @@ class LiteStep:
             self.owner.evict()
         self.owner = owner
 
-    def save(self) -> list:
-        """A copy of the cache in the input buffers (an owner's `evict`)."""
-        return [np.copy(part.interpreter.tensor(i)()) for part, i in self._past]
+    def save(self, columns: int) -> list:
+        """A copy of the cache's first `columns` columns in the input buffers (an owner's
+        `evict`: the columns its rows have written; a server's rows mostly use a few of the
+        cache's, and a beam search's pieces evict the engine's rows every 16 steps)."""
+        return [np.copy(part.interpreter.tensor(i)()[:, :columns]) for part, i in self._past]
 
     def claim(self, owner, batch: int, cache_len: int, saved) -> None:
         """Hold the buffers for `owner`'s rows, one token at a time, its cache in them: `saved`
-        (from `save`), or zeros (None: nothing written yet). Nothing to do if it holds them."""
+        (from `save`) in the first columns, zeros after (None: all zeros, nothing written
+        yet). Nothing to do if it holds them."""
         if self.owner is owner:
             return
         self.take(owner)
@@ -156,7 +159,10 @@ class LiteStep:
         for i, (part, index) in enumerate(self._past):
             past = part.interpreter.tensor(index)()
             # Zeros, not what was there: a masked NaN would still poison the sum (0 * NaN).
-            past[...] = 0 if saved is None else saved[i]
+            written = 0 if saved is None else saved[i].shape[1]
+            if written:
+                past[:, :written] = saved[i]
+            past[:, written:] = 0
 
     def _resize(self, batch: int, n: int, cache_len: int, k: int) -> None:
         if self._shape == (batch, n, cache_len, k):
@@ -412,6 +418,7 @@ class LiteSlots:
         self._saved = None
 
     def evict(self) -> None:
-        """Another takes the interpreter: keep the cache, if any row still runs."""
+        """Another takes the interpreter: keep the cache's columns the running rows have
+        written (those before each one's position), if any row still runs."""
         if not self.done.all():
-            self._saved = self.step.save()
+            self._saved = self.step.save(int(self.pos[~self.done].max()))
