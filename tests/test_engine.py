@@ -199,11 +199,12 @@ def test_logprobs_are_the_models_own(lm, tiny_lm, alone):
     plain = engine.add(lm.encode(REQUESTS[0][0]), REQUESTS[0][1], scores=False)
     got, plain_tokens = {}, engine.step(2)[plain]
     assert not any(np.abs(a).max() for a in engine._store.scores())  # computed for no one
-    first = engine.add(lm.encode(REQUESTS[1][0]), REQUESTS[1][1])
-    got[first] = ([], [])
+    slot_of = {1: engine.add(lm.encode(REQUESTS[1][0]), REQUESTS[1][1])}
+    got[slot_of[1]] = ([], [])
     for step in range(12):
         if step == 3:  # a second row joins a running engine
-            got[engine.add(lm.encode(REQUESTS[2][0]), REQUESTS[2][1])] = ([], [])
+            slot_of[2] = engine.add(lm.encode(REQUESTS[2][0]), REQUESTS[2][1])
+            got[slot_of[2]] = ([], [])
         for slot, tokens in engine.step(2).items():
             if slot == plain:
                 plain_tokens += tokens
@@ -214,8 +215,7 @@ def test_logprobs_are_the_models_own(lm, tiny_lm, alone):
             got[slot][1].extend(engine.scores(slot))
             assert len(engine.scores(slot)) == len(tokens)
     assert plain_tokens == alone[0]
-    for i in (1, 2):
-        slot = [s for s in got if s != first][0] if i == 2 else first
+    for i, slot in slot_of.items():
         prompt, (tokens, scores) = lm.encode(REQUESTS[i][0]), got[slot]
         assert tokens == alone[i]
         text = tf.constant([prompt + tokens])

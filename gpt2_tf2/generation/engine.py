@@ -54,7 +54,7 @@ class Prefill(NamedTuple):
     row_numbers: list  # each row's number in its key's batch
     logits: tf.Tensor  # [k, vocab]: after each row's prompt
     cache: list  # [k * heads, cache_len, head_dim] per tensor
-    scores: tuple = ()  # each row's wish for its tokens' scores (none: every row's)
+    scores: tuple  # each row's wish for its tokens' scores (`Request.scores`)
 
 
 class Engine:
@@ -159,7 +159,7 @@ class Engine:
         del self._free[: len(rows)]
         for i, (slot, (tokens, _, _)) in enumerate(zip(slots, rows)):
             self._read[slot] = len(tokens)
-            if self.logprobs and (not prefill.scores or prefill.scores[i]):
+            if self.logprobs and prefill.scores[i]:
                 self._scored.add(slot)
         return slots
 

@@ -157,10 +157,10 @@ class Scheduler:
             starting = starting[group:]
 
     def _start_group(self, starting: list[Sequence]) -> None:
-        requests = [
-            Request(c.prompt_tokens, c.config, c.key, c.row, s.logprobs)
-            for s, c in ((s, s.choice) for s in starting)
-        ]
+        requests = []
+        for s in starting:
+            c = s.choice
+            requests.append(Request(c.prompt_tokens, c.config, c.key, c.row, s.logprobs))
         try:
             slots = self.engine.add_many(requests)
         except UserError as e:  # checked by the protocol first; said, in case
