@@ -37,6 +37,13 @@ MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees
         ["--slots", "1,4", "--tokens", "4", "--server"],
         "head's script",
     ),
+    # The same with one row of the slots asking top-p 0.9 (the full-sort fallback on random
+    # weights) among rows asking top-k 40.
+    "server-steps+top-p": (
+        "step_speed.py",
+        ["--slots", "1,4,16", "--tokens", "4", "--calls", "16", "--server", "--top_p_rows", "1"],
+        "head's script",
+    ),
     # One client on `serve --slots 1` against generate() (each in its own process, 124M, 64
     # tokens, top-k 40): the server's overhead. HEAD's script, each tree's package and server.
     "serving": ("serving_speed.py", ["--one", "--rounds", "5"], "head's script"),

@@ -6,9 +6,12 @@ With --server, the engine as `gpt2_tf2 serve` makes it (a growing cache, busy ro
 log-probabilities kept for the rows that ask), rows as its usual requests are (top-k 40), in
 passes that alternate rows asking for no log-probabilities (where the revision lets a row say
 so: `Request.scores`) and rows asking (`logprobs asked`), medians of `--passes` each; measure
-`server-steps`.
+`server-steps`. With --top_p_rows K, K of the rows ask top-p 0.9 instead (on random weights
+their nucleus reaches past the top candidates: the full-sort fallback); measure
+`server-steps+top-p`.
 
     python bench/step_speed.py [--slots 1,4] [--tokens 1,4] [--calls 64] [--server]
+        [--top_p_rows K]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=64)
     parser.add_argument("--server", action="store_true", help="the engine as the server's")
     parser.add_argument("--passes", type=int, default=3, help="with --server: passes of each")
+    parser.add_argument("--top_p_rows", type=int, default=0, help="with --server: rows top-p 0.9")
     args = parser.parse_args()
 
     from gpt2_tf2.core.hparams import PRESETS
@@ -43,16 +47,22 @@ def main() -> None:
             if not args.server:
                 engine = Engine(lm, slots, cache_len=512)
                 row = ([1, 2, 3, 4, 5, 6, 7, 8], GenerationConfig(length=length, temperature=0))
-                report(f"{slots} x {n}", slots * n * args.calls / one_pass(engine, row, slots, n))
+                report(
+                    f"{slots} x {n}", slots * n * args.calls / one_pass(engine, [row] * slots, n)
+                )
                 continue
             engine = Engine(lm, slots, logprobs=5, grow_cache=True, busy_rows=True)
-            config = GenerationConfig(length=length, top_k=40, seed=0)
-            one_pass(engine, server_row(config, False), slots, n)  # compiles each cache width
+            top_p = min(args.top_p_rows, slots)
+            configs = [GenerationConfig(length=length, top_k=40, seed=0)] * (slots - top_p)
+            configs += [GenerationConfig(length=length, top_p=0.9, seed=0)] * top_p
+            one_pass(engine, [server_row(c, False) for c in configs], n)  # compiles each width
             times = {False: [], True: []}
             for _ in range(args.passes):
                 for asked in (False, True):
-                    times[asked].append(one_pass(engine, server_row(config, asked), slots, n))
-            for asked, name in ((False, ""), (True, ", logprobs asked")):
+                    rows = [server_row(c, asked) for c in configs]
+                    times[asked].append(one_pass(engine, rows, n))
+            top_p_name = f", {top_p} top-p" if top_p else ""
+            for asked, name in ((False, top_p_name), (True, f"{top_p_name}, logprobs asked")):
                 tokens = slots * n * args.calls
                 report(f"{slots} x {n}{name}", tokens / statistics.median(times[asked]))
 
@@ -65,10 +75,10 @@ def server_row(config, asked: bool) -> tuple:
     return ([1, 2, 3, 4, 5, 6, 7, 8], config, None, 0, *scores)
 
 
-def one_pass(engine, row, slots: int, n: int) -> float:
-    """Seconds of stepping `slots` copies of `row` by n a call to their end, after the first
+def one_pass(engine, rows, n: int) -> float:
+    """Seconds of stepping `rows` (one per slot) by n a call to their end, after the first
     call (which compiles, and with --server runs the prompts' first token as a server's)."""
-    started = engine.add_many([row] * slots)
+    started = engine.add_many(rows)
     engine.step(n)
     start = time.perf_counter()
     while any(slot not in engine.finished() for slot in started):

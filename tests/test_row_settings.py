@@ -85,3 +85,27 @@ def test_a_rows_noise_depends_on_its_key_step_and_number_only():
     other = gumbel_noise(ids, tf.constant([[7, 3], [7, 4], [7, 3], [7, 3]], tf.int64), [5, 5, 6, 5])
     same = np.all(other.numpy() == batch.numpy(), axis=1)
     assert same.tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_a_rows_full_sort_threshold_is_the_batchs(xla):
+    """The full-sort fallback for some rows only (one at a time up to half of them, else all
+    together): each asked row's top-k/top-p threshold is the one a sort of the whole batch gives,
+    to the bit; the other rows get none (-inf). GPT-2's vocabulary, own settings per row."""
+    from gpt2_tf2.generation.processors import full_threshold, full_thresholds_of
+
+    logits = tf.constant(np.random.default_rng(2).normal(size=(6, 50257)), tf.float32)
+    settings = Settings.rows(
+        [
+            Settings.make(top_k=k, top_p=p)
+            for k, p in [(0, 0.9), (300, 1.0), (0, 0.5), (400, 0.95), (0, 0.99), (50, 0.7)]
+        ]
+    )
+    run = tf.function(full_thresholds_of, jit_compile=xla, autograph=False)
+    everyone = tf.function(full_threshold, jit_compile=xla, autograph=False)(logits, settings)
+    for which in [[0] * 6, [0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 0, 1], [1, 1, 0, 1, 1, 0], [1] * 6]:
+        which = np.array(which, bool)
+        got = run(logits, settings, tf.constant(which)).numpy()[:, 0]
+        want = np.where(which, everyone.numpy()[:, 0], -np.inf)
+        np.testing.assert_array_equal(got, want, err_msg=str(which))
+    assert len(set(everyone.numpy()[:, 0].tolist())) == 6  # each row's own threshold

@@ -275,6 +275,36 @@ def full_threshold(logits, settings):
     return thresholds(logits, tf.sort(logits, direction="DESCENDING"), k, p)[0]
 
 
+def full_thresholds_of(logits, settings, which):
+    """`full_threshold` of the rows where `which` (bool [batch]), -inf for the others; settings:
+    each row its own ([batch]). Up to half the rows are sorted one at a time (a row's threshold
+    the same to the bit either way): a decode engine's rows each take their own path, and the
+    sort of one row whose nucleus reaches past its candidates (~10 ms under XLA on a CPU) must
+    not become a sort of every row (16 slots of the 124M shape: a step went from 86 to 285 ms
+    for one such row among them, measured; bench/step_speed.py --server --top_p_rows 1)."""
+    k, p, _ = truncation(logits, settings)  # [batch, 1] each
+    none = tf.fill(tf.shape(logits[:, :1]), tf.cast(NEG_INF, logits.dtype))
+
+    def row(i, found):
+        def sort():
+            # tf.slice with a constant size: a row of static shape [1, ...] under XLA.
+            one, k_i, p_i = (tf.slice(t, [i, 0], [1, -1]) for t in (logits, k, p))
+            ranked = tf.sort(one, direction="DESCENDING")
+            return tf.tensor_scatter_nd_update(found, [[i]], thresholds(one, ranked, k_i, p_i)[0])
+
+        return i + 1, tf.cond(which[i], sort, lambda: found)
+
+    def each():
+        return tf.while_loop(lambda i, _: i < rows, row, (tf.constant(0), none))[1]
+
+    def together():  # most rows: a sort of all costs less than as many of one (~10%, measured)
+        return tf.where(which[:, None], full_threshold(logits, settings), none)
+
+    rows = tf.shape(logits)[0]
+    many = 2 * tf.reduce_sum(tf.cast(which, tf.int32)) > rows
+    return tf.cond(many, together, each)
+
+
 def filter_logits(logits, temperature, top_k, top_p, candidates: int = CANDIDATES):
     """The warpers on full rows: temperature, then top-k, then top-p; masked logits are -inf.
 

@@ -15,6 +15,7 @@ from gpt2_tf2.generation.processors import (
     CANDIDATES,
     NEG_INF,
     full_threshold,
+    full_thresholds_of,
     mask_below,
     truncate,
     truncation,
@@ -87,20 +88,14 @@ def _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all)
     best = tf.argmax(mask_below(kept.values, kept.threshold) + noise, axis=-1, output_type=tf.int32)
     token = select_column(kept.indices, best[:, None])  # [batch]
     plain = ~on & sampled  # no threshold: noise over the whole row
-    sort = on & ~among & sampled  # a threshold past the candidates: a sort of the whole row
-    none = tf.fill(tf.shape(logits[:, :1]), NEG_INF)
-    zeros = tf.zeros_like(token)
-    token = tf.where(
-        plain[:, 0],
-        tf.cond(tf.reduce_any(plain), lambda: over_all(none), lambda: zeros),
-        token,
-    )
+    sort = (on & ~among & sampled)[:, 0]  # a threshold past the candidates: a sort of the row
+    whole = plain[:, 0] | sort  # drawn from the whole row, below its threshold (-inf: none)
+
+    def drawn():
+        return over_all(full_thresholds_of(scaled, settings, sort))
+
     return tf.where(
-        sort[:, 0],
-        tf.cond(
-            tf.reduce_any(sort), lambda: over_all(full_threshold(scaled, settings)), lambda: zeros
-        ),
-        token,
+        whole, tf.cond(tf.reduce_any(whole), drawn, lambda: tf.zeros_like(token)), token
     )
 
 
