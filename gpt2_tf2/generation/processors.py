@@ -272,6 +272,11 @@ def truncate(logits, settings, candidates: int = CANDIDATES) -> Truncated:
 def full_threshold(logits, settings):
     """Top-k then top-p thresholds [batch, 1] from a sort of the whole row: the fallback."""
     k, p, _ = truncation(logits, settings)
+    return _sorted_thresholds(logits, k, p)
+
+
+def _sorted_thresholds(logits, k, p):
+    """`thresholds` of rows of `logits` from their sort, for k and p as `truncation` gives them."""
     return thresholds(logits, tf.sort(logits, direction="DESCENDING"), k, p)[0]
 
 
@@ -289,8 +294,7 @@ def full_thresholds_of(logits, settings, which):
         def sort():
             # tf.slice with a constant size: a row of static shape [1, ...] under XLA.
             one, k_i, p_i = (tf.slice(t, [i, 0], [1, -1]) for t in (logits, k, p))
-            ranked = tf.sort(one, direction="DESCENDING")
-            return tf.tensor_scatter_nd_update(found, [[i]], thresholds(one, ranked, k_i, p_i)[0])
+            return tf.tensor_scatter_nd_update(found, [[i]], _sorted_thresholds(one, k_i, p_i))
 
         return i + 1, tf.cond(which[i], sort, lambda: found)
 
@@ -298,7 +302,7 @@ def full_thresholds_of(logits, settings, which):
         return tf.while_loop(lambda i, _: i < rows, row, (tf.constant(0), none))[1]
 
     def together():  # most rows: a sort of all costs less than as many of one (~10%, measured)
-        return tf.where(which[:, None], full_threshold(logits, settings), none)
+        return tf.where(which[:, None], _sorted_thresholds(logits, k, p), none)
 
     rows = tf.shape(logits)[0]
     many = 2 * tf.reduce_sum(tf.cast(which, tf.int32)) > rows
