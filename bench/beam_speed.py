@@ -40,7 +40,8 @@ def ours(beams: int):
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
 
     def generate(ids):
         (row,) = lm.beam_search(ids[0].tolist(), length=NEW, num_beams=beams, stop_token=-1)

@@ -36,7 +36,8 @@ def model():
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    return LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    return LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
 
 
 def fixed_loop(lm):

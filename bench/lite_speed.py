@@ -101,7 +101,8 @@ def language_model(impl: str, size: str, files: dict):
 
     hp, encoder = hparams(size), Encoder({"<|endoftext|>": 0}, [])
     if impl == "xla":
-        return LanguageModel(hp, encoder, GPT2(hp, seed=0))
+        model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+        return LanguageModel(hp, encoder, model)
     step = LiteStep(files[impl.split("-")[1]], hp)
     return LanguageModel(hp, encoder, None, lite=LiteDecoder(step))
 

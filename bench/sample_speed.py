@@ -42,7 +42,8 @@ def ours(settings: dict | None):
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
     kw = settings or {"temperature": 0.0}
 
     def generate(ids):

@@ -40,7 +40,8 @@ def main() -> None:
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), GPT2(hp, seed=0))
+    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
     for slots in (int(s) for s in args.slots.split(",")):
         for n in (int(t) for t in args.tokens.split(",")):
             length = n * (args.calls + 1)

@@ -36,8 +36,27 @@ def test_layout_and_round_trip(tmp_path, vocab_files):
     assert shapes["model/h1/attn/c_attn/w"] == [1, 32, 96]
     assert set(shapes) == set(name_table(model))
     loaded = api.load(str(tmp_path / "m"))
-    for name, var in name_table(loaded.model).items():
-        assert np.array_equal(var.numpy(), reader.get_tensor(name)), name
+    # load() keeps the conv1d weights as [nf, nx] (GPT2.transpose_weights): compared back in
+    # OpenAI's layout, every stored tensor exactly once.
+    assert loaded.model.transposed
+    m = loaded.model
+    values = {
+        "model/wte": m.wte,
+        "model/wpe": m.wpe,
+        "model/ln_f/g": m.ln_f.g,
+        "model/ln_f/b": m.ln_f.b,
+    }
+    for i, block in enumerate(m.h):
+        for key, var in block.params().items():
+            values[f"model/h{i}/{key}"] = var
+    compared = set()
+    for name, var in values.items():
+        value = var.numpy()
+        if name.endswith("/w_t"):
+            name, value = name[: -len("_t")], value.T[None]
+        assert np.array_equal(value, reader.get_tensor(name)), name
+        compared.add(name)
+    assert compared == set(shapes) and len(values) == len(m.variables)
     tokens = tf.constant([[464, 2068, 7586]], tf.int32)
     assert np.max(np.abs(loaded.model(tokens)["logits"] - model(tokens)["logits"])) == 0
 

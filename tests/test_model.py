@@ -149,3 +149,34 @@ def test_blocked_causal_attention_equals_cached_decoding():
 
     diff = np.max(np.abs(decode_all(tokens).numpy() - full))
     assert diff < 1e-5, diff
+
+
+def test_transposed_weights_compute_the_same_model():
+    """transpose_weights (what gpt2_tf2.load does) keeps each conv1d weight as [nf, nx] in place
+    of [1, nx, nf], not beside it, and the model computes the same logits: eagerly to the bit,
+    and decoding under XLA (another kernel, so only to rounding) as the full pass."""
+    a, b = GPT2(HP, seed=5), GPT2(HP, seed=5)
+    assert b.transpose_weights() is b and b.transposed and not a.transposed
+    assert len(b.variables) == len(a.variables)
+    assert sum(v.shape.num_elements() for v in b.variables) == sum(
+        v.shape.num_elements() for v in a.variables
+    )
+    assert not any(v.shape.rank == 3 for v in b.variables)
+    assert b.h[0].attn.c_attn.w_t.shape == [3 * HP.n_embd, HP.n_embd]
+    tokens = tf.constant(np.random.default_rng(3).integers(0, HP.n_vocab, (2, 9)), tf.int32)
+    full = a(tokens)["logits"].numpy()
+    assert np.array_equal(b(tokens)["logits"].numpy(), full)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def step(tokens, cache, pos):
+        out = b(tokens, cache, pos, weights=b.read_weights(cpu_matvec=True))
+        return out["logits"], out["cache"]
+
+    logits, cache = step(tokens[:, :4], b.init_cache(2, 12), tf.constant(0))
+    steps = [logits.numpy()]
+    for i in range(4, 9):
+        logits, cache = step(tokens[:, i : i + 1], cache, tf.constant(i))
+        steps.append(logits.numpy())
+    assert np.max(np.abs(np.concatenate(steps, axis=1) - full)) < 1e-5
+    with pytest.raises(ValueError, match="transposed for inference"):
+        b.named_variables()

@@ -35,17 +35,22 @@ def layer_norm(x, g, b, epsilon):
     return tf.cast((x - u) * tf.math.rsqrt(s + epsilon) * g + b, dtype)
 
 
-def conv1d(x, w, b, cpu_matvec: bool = False):
+def conv1d(x, w, b, cpu_matvec: bool = False, transposed: bool = False):
     """The original's `conv1d`: a dense layer whose weight has the TF1 shape [1, nx, nf].
 
     `w` may also come as [nx, nf], read once before a decoding loop (`GPT2.read_weights`), and
     only then `cpu_matvec` may pick the CPU's faster bias spelling (`kernels.add_bias`): reshaped
     inside the loop, XLA fused the reshape into the product instead, 10x slower.
+    `transposed`: `w` is [nf, nx], the inference layout of `Conv1D.transpose`.
     """
-    nx, nf = w.shape[-2:]
+    if transposed:
+        nf, nx = w.shape
+    else:
+        nx, nf = w.shape[-2:]
+        w = tf.reshape(w, [nx, nf])
     # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
     # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
-    out = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(tf.reshape(w, [nx, nf]), x.dtype))
+    out = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(w, x.dtype), transpose_b=transposed)
     out = add_bias(out, b, cpu_matvec and w.shape.rank == 2)  # [batch * seq, nf]
     return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
 
@@ -62,13 +67,32 @@ class LayerNorm(tf.Module):
 
 
 class Conv1D(tf.Module):
+    """A conv1d's weight `w` [1, nx, nf] and bias `b`; after `transpose()`, `w_t` [nf, nx]."""
+
     def __init__(self, nx: int, nf: int, name: str, init):
         super().__init__(name=name.replace("/", "_"))
+        self.name_ = name
         self.w = tf.Variable(init([1, nx, nf], 0.02), name=f"{name}/w")
         self.b = tf.Variable(init([nf], None), name=f"{name}/b")  # init gives zeros for biases
 
+    def transpose(self) -> None:
+        """Keep the weight as w_t [nf, nx] instead (freeing w): the layout in which XLA's CPU
+        matrix products read it fastest (`GPT2.transpose_weights`)."""
+        if hasattr(self, "w"):
+            w = self.w
+            self.w_t = tf.Variable(tf.transpose(w[0]), name=f"{self.name_}/w_t")
+            del self.w, w
+
     def __call__(self, x):
+        if hasattr(self, "w_t"):
+            return conv1d(x, self.w_t, self.b, transposed=True)
         return conv1d(x, self.w, self.b)
+
+
+def weight_key(p, name: str) -> str:
+    """The key of the conv1d `name`'s weight in the tensors `p`: `{name}/w` [1, nx, nf] or
+    [nx, nf], or `{name}/w_t` [nf, nx] (`Conv1D.transpose`)."""
+    return f"{name}/w_t" if f"{name}/w_t" in p else f"{name}/w"
 
 
 def split_heads(x, n_head: int):
@@ -163,7 +187,8 @@ def keep(x, site: int):
 
 def dense(x, p, name: str, cpu_matvec: bool = False):
     """The conv1d named `name` in the tensors `p` (`attn/c_attn`, `mlp/c_fc`, ...)."""
-    return conv1d(x, p[f"{name}/w"], p[f"{name}/b"], cpu_matvec)
+    key = weight_key(p, name)
+    return conv1d(x, p[key], p[f"{name}/b"], cpu_matvec, transposed=key.endswith("_t"))
 
 
 def attention(x, p, cache, pos, n_head: int, cpu_matvec: bool = False, offsets=None):
@@ -215,6 +240,10 @@ def block(x, p, cache, pos, n_head: int, epsilon: float, cpu_matvec=False, offse
     return x + drop(mlp(layer_norm(x, p["ln_2/g"], p["ln_2/b"], epsilon), p, cpu_matvec), 1), cache
 
 
+def weights_of(layer: Conv1D) -> tuple[str, str]:
+    return ("w_t", "b") if hasattr(layer, "w_t") else ("w", "b")
+
+
 class Block(tf.Module):
     """Holds one block's variables (under their TF1 names); the maths is `block()`."""
 
@@ -244,7 +273,7 @@ class Block(tf.Module):
         return {
             f"{name}/{attr}": getattr(layer, attr)
             for name, layer in layers.items()
-            for attr in (("g", "b") if isinstance(layer, LayerNorm) else ("w", "b"))
+            for attr in (("g", "b") if isinstance(layer, LayerNorm) else weights_of(layer))
         }
 
     def __call__(self, x, cache=None, pos=0, offsets=None, drop=keep):
@@ -289,6 +318,7 @@ class GPT2(tf.Module):
         self.wte = tf.Variable(init([hparams.n_vocab, hparams.n_embd], 0.02), name="model/wte")
         self.wpe = tf.Variable(init([hparams.n_ctx, hparams.n_embd], 0.01), name="model/wpe")
         self.lm_head = None  # GPT-2's logits use wte; a converted model may bring its own
+        self.transposed = False  # conv1d weights kept as [nf, nx] (transpose_weights)
         if not hparams.tie_word_embeddings:
             shape = [hparams.n_vocab, hparams.n_embd]
             self.lm_head = tf.Variable(init(shape, 0.02), name="model/lm_head")
@@ -308,8 +338,27 @@ class GPT2(tf.Module):
             hparams.n_embd, hparams.layer_norm_epsilon, "model/ln_f", tf.as_dtype(param_dtype)
         )
 
+    def transpose_weights(self) -> GPT2:
+        """Keep every conv1d weight as [nf, nx] (`Conv1D.transpose`), one at a time (memory
+        grows by one matrix, never by the model), and return the model. For inference only:
+        the model then computes the same functions, but has no OpenAI names to save or train
+        under (`named_variables` refuses). Why: XLA on a CPU multiplies activations by a
+        weight read along its rows faster (the output layer, wte [vocab, embd], is read so
+        already): at 124M a decode step 1.1-1.2x faster at batch 1, 1.3x at batch 8
+        (docs/benchmarks/ab-transposed-weights.md)."""
+        for block in self.h:
+            for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                layer.transpose()
+        self.transposed = True
+        return self
+
     def named_variables(self) -> dict[str, tf.Variable]:
         """Every variable by its name in OpenAI's checkpoints ("model/h0/attn/c_attn/w", ...)."""
+        if self.transposed:
+            raise ValueError(
+                "this model keeps its weights transposed for inference (transpose_weights): "
+                "it has no OpenAI names; load the directory again to save or convert it"
+            )
         table = {"model/wte": self.wte, "model/wpe": self.wpe}
         for i, block in enumerate(self.h):
             table.update({f"model/h{i}/{name}": var for name, var in block.params().items()})
@@ -345,7 +394,8 @@ class GPT2(tf.Module):
         ]
 
     def read_weights(self, cpu_matvec: bool = False) -> dict:
-        """wte and the blocks' weights as tensors, conv1d weights as [nx, nf]: for a compiled
+        """wte and the blocks' weights as tensors, conv1d weights as [nx, nf] (or as [nf, nx],
+        `{name}/w_t`, after `transpose_weights`): for a compiled
         decoding loop to read once, before it starts, and pass to every step (`weights=`).
         Read and reshaped inside the loop, XLA on a CPU ran slower matrix-vector products.
         `cpu_matvec`: the loop runs on a CPU (`kernels.add_bias`); the caller decides."""

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from gpt2_tf2.core.model import conv1d
+from gpt2_tf2.core.model import dense
 from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
@@ -255,7 +255,7 @@ def model_products(lm):
     rows = tf.random.stateless_normal([64, lm.hparams.n_embd], [0, 0], dtype=lm.model.compute_dtype)
 
     def products(x):
-        qkv = conv1d(x, block["attn/c_attn/w"], block["attn/c_attn/b"], lm._cpu_matvec)
+        qkv = dense(x, block, "attn/c_attn", lm._cpu_matvec)
         return qkv, tf.matmul(x, tf.cast(head, x.dtype), transpose_b=True)
 
     # Traced once for any number of rows (a trace per size would make TensorFlow warn of
