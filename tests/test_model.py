@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.model import GPT2, LayerNorm, gelu
+from gpt2_tf2.errors import UserError
 
 HP = HParams(n_vocab=97, n_ctx=40, n_embd=24, n_head=3, n_layer=2)
 
@@ -178,5 +179,5 @@ def test_transposed_weights_compute_the_same_model():
         logits, cache = step(tokens[:, i : i + 1], cache, tf.constant(i))
         steps.append(logits.numpy())
     assert np.max(np.abs(np.concatenate(steps, axis=1) - full)) < 1e-5
-    with pytest.raises(ValueError, match="transposed for inference"):
+    with pytest.raises(UserError, match="transposed for inference"):
         b.named_variables()

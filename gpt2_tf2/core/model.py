@@ -5,7 +5,9 @@ Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1
 `[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`. Two
 additions: dropout for training (`Dropout`; the original has none, its training code being
 unreleased), and a preallocated, fixed-shape key/value cache written in place at `pos`, so a
-whole generation compiles to one loop whose shapes never change. This file knows nothing of files,
+whole generation compiles to one loop whose shapes never change. For inference, `gpt2_tf2.load`
+keeps the conv1d weights as `[nf, nx]` instead (`GPT2.transpose_weights`: faster products on a
+CPU), the same maths. This file knows nothing of files,
 command lines or sampling; what only a compiler or device needs lives in `kernels.py`.
 """
 
@@ -18,6 +20,7 @@ import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.kernels import add_bias, in_xla, shape_list, update_rows, update_slice
+from gpt2_tf2.errors import UserError
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
 
@@ -355,9 +358,10 @@ class GPT2(tf.Module):
     def named_variables(self) -> dict[str, tf.Variable]:
         """Every variable by its name in OpenAI's checkpoints ("model/h0/attn/c_attn/w", ...)."""
         if self.transposed:
-            raise ValueError(
-                "this model keeps its weights transposed for inference (transpose_weights): "
-                "it has no OpenAI names; load the directory again to save or convert it"
+            raise UserError(
+                "this model keeps its conv1d weights transposed for inference, as "
+                "gpt2_tf2.load returns it, and has no OpenAI names to save, convert or train "
+                "under; read the directory with gpt2_tf2.formats.load_model_dir for that"
             )
         table = {"model/wte": self.wte, "model/wpe": self.wpe}
         for i, block in enumerate(self.h):
