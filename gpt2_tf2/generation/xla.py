@@ -237,7 +237,8 @@ def exact_from(products, sizes: list[int]) -> int:
     Whether it does is the CPU kernels' choice, not this package's: measured for the 124M
     shape's products compiled by XLA, TensorFlow 2.21 gave a row the same bits at 2 to 16 rows
     (1 and 32 differed), TensorFlow 2.17 on a CPU without AVX-512 only at 8 and 16 (on one
-    with AVX-512, at 2 to 16)."""
+    with AVX-512, at 2 to 16); with the weights transposed as `gpt2_tf2.load` keeps them,
+    2.21 on a CPU without AVX-512 at 2 to 32."""
     first = sizes[0]
     results = [[np.asarray(a)[:first] for a in products(m)] for m in sizes]
     i = len(sizes) - 1
