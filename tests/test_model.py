@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.kernels import transposed_product
 from gpt2_tf2.core.model import GPT2, LayerNorm, gelu
 from gpt2_tf2.errors import UserError
 
@@ -154,8 +155,8 @@ def test_blocked_causal_attention_equals_cached_decoding():
 
 def test_transposed_weights_compute_the_same_model():
     """transpose_weights (what gpt2_tf2.load does) keeps each conv1d weight as [nf, nx] in place
-    of [1, nx, nf], not beside it, and the model computes the same logits: eagerly to the bit,
-    and decoding under XLA (another kernel, so only to rounding) as the full pass."""
+    of [1, nx, nf], not beside it, and the model computes the same logits to rounding (other
+    kernels: kernels.transposed_product), eagerly and decoding under XLA."""
     a, b = GPT2(HP, seed=5), GPT2(HP, seed=5)
     assert b.transpose_weights() is b and b.transposed and not a.transposed
     assert len(b.variables) == len(a.variables)
@@ -166,7 +167,7 @@ def test_transposed_weights_compute_the_same_model():
     assert b.h[0].attn.c_attn.w_t.shape == [3 * HP.n_embd, HP.n_embd]
     tokens = tf.constant(np.random.default_rng(3).integers(0, HP.n_vocab, (2, 9)), tf.int32)
     full = a(tokens)["logits"].numpy()
-    assert np.array_equal(b(tokens)["logits"].numpy(), full)
+    assert np.max(np.abs(b(tokens)["logits"].numpy() - full)) < 1e-6
 
     @tf.function(jit_compile=True, autograph=False)
     def step(tokens, cache, pos):
@@ -181,3 +182,21 @@ def test_transposed_weights_compute_the_same_model():
     assert np.max(np.abs(np.concatenate(steps, axis=1) - full)) < 1e-5
     with pytest.raises(UserError, match="transposed for inference"):
         b.named_variables()
+
+
+@pytest.mark.parametrize("rows", [3, 600])
+def test_transposed_product_every_spelling(rows):
+    """kernels.transposed_product picks its spelling by place and row count (few rows and many
+    outside XLA, a static or an unknown count, and under XLA): each gives rows x w_t^T."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 5)).astype(np.float32)
+    w_t = rng.standard_normal((8, 5)).astype(np.float32)
+    want = x.astype(np.float64) @ w_t.T.astype(np.float64)
+    unknown = tf.function(
+        lambda a, b: transposed_product(a, b, many=16),
+        input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([8, 5])],
+    )
+    compiled = tf.function(lambda a, b: transposed_product(a, b, many=16), jit_compile=True)
+    for got in (transposed_product(x, w_t, many=16), unknown(x, w_t), compiled(x, w_t)):
+        assert got.shape == (rows, 8)
+        assert np.max(np.abs(got.numpy() - want)) < 1e-5

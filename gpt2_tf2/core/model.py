@@ -19,7 +19,14 @@ import math
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.kernels import add_bias, in_xla, shape_list, update_rows, update_slice
+from gpt2_tf2.core.kernels import (
+    add_bias,
+    in_xla,
+    shape_list,
+    transposed_product,
+    update_rows,
+    update_slice,
+)
 from gpt2_tf2.errors import UserError
 
 MASK_VALUE = -1e10  # the original's value for masked attention logits (float32)
@@ -53,7 +60,11 @@ def conv1d(x, w, b, cpu_matvec: bool = False, transposed: bool = False):
         w = tf.reshape(w, [nx, nf])
     # A 2-D matmul, as the original: einsum("...i,io->...o") has a gradient that TF computes
     # through a broadcast outer product (measured: 70x slower, 4x the memory at 124M).
-    out = tf.matmul(tf.reshape(x, [-1, nx]), tf.cast(w, x.dtype), transpose_b=transposed)
+    rows, w = tf.reshape(x, [-1, nx]), tf.cast(w, x.dtype)
+    if not transposed:
+        out = tf.matmul(rows, w)
+    else:
+        out = transposed_product(rows, w)
     out = add_bias(out, b, cpu_matvec and w.shape.rank == 2)  # [batch * seq, nf]
     return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
 
