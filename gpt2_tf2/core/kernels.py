@@ -2,12 +2,11 @@
 
 Everything else in the package is plain TensorFlow maths; what is here exists only because a
 compiler or a device runs one spelling of the same maths faster than another. Each helper runs
-the same eagerly, in a graph and under XLA, with the same results.
+the same eagerly, in a graph and under XLA, with the same results (`transposed_product`'s
+spellings: the same to rounding, as any two kernels).
 """
 
 from __future__ import annotations
-
-import functools
 
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
@@ -50,11 +49,12 @@ def add_bias(out, b, cpu_matvec: bool = False):
 def transposed_product(rows, w_t, many: int = 512):
     """rows [m, nx] x w_t [nf, nx] transposed: [m, nf], for weights kept as [nf, nx]
     (`GPT2.transpose_weights`). Measured at the 124M shapes on a 2-core CPU without AVX-512:
-    under XLA this spelling is the fast one (decoding 1.1-1.3x faster than with [nx, nf]
+    under XLA this spelling is the fast one (decoding 1.07-1.16x faster than with [nx, nf]
     weights). Outside XLA (oneDNN) it ran 1.3-1.8x slower than [nx, nf] weights at 16 to 512
     rows, where w_t x rows^T, transposed, ran as fast or faster; beyond 512 rows (a long text
-    scored, a long prompt) that one fell behind too, and the product alone compiled by XLA
-    (once per number of rows) is the fast one again."""
+    scored) that one fell behind and this one is the nearer (1.0-1.1x slower than [nx, nf]).
+    The product compiled by XLA alone was faster still there, but called from a plain graph's
+    tf.cond it cost more than it saved (a test's seven generate calls: 7 -> 17 s)."""
     if in_xla():
         return tf.matmul(rows, w_t, transpose_b=True)
 
@@ -62,24 +62,12 @@ def transposed_product(rows, w_t, many: int = 512):
         return tf.transpose(tf.matmul(w_t, rows, transpose_b=True))
 
     def lots():
-        return tf.ensure_shape(_xla_product(rows.dtype)(rows, w_t), [None, w_t.shape[0]])
+        return tf.matmul(rows, w_t, transpose_b=True)
 
     m = rows.shape[0]
     if m is not None:
         return few() if m <= many else lots()
     return tf.cond(tf.shape(rows)[0] <= many, few, lots)
-
-
-@functools.cache
-def _xla_product(dtype):
-    # Traced once per dtype for any shapes (XLA still compiles each shape apart).
-    spec = tf.TensorSpec([None, None], dtype)
-    return tf.function(
-        lambda rows, w_t: tf.matmul(rows, w_t, transpose_b=True),
-        input_signature=[spec, spec],
-        jit_compile=True,
-        autograph=False,
-    )
 
 
 def top_k(logits, n: int):
