@@ -53,6 +53,7 @@ def conv1d(x, w, b, cpu_matvec: bool = False, transposed: bool = False):
     inside the loop, XLA fused the reshape into the product instead, 10x slower.
     `transposed`: `w` is [nf, nx], the inference layout of `Conv1D.transpose`.
     """
+    read_before = w.shape.rank == 2  # [nx, nf] or [nf, nx]: read before a loop (read_weights)
     if transposed:
         nf, nx = w.shape
     else:
@@ -65,7 +66,7 @@ def conv1d(x, w, b, cpu_matvec: bool = False, transposed: bool = False):
         out = tf.matmul(rows, w)
     else:
         out = transposed_product(rows, w)
-    out = add_bias(out, b, cpu_matvec and w.shape.rank == 2)  # [batch * seq, nf]
+    out = add_bias(out, b, cpu_matvec and read_before)  # [batch * seq, nf]
     return tf.reshape(out, shape_list(x)[:-1] + [nf])  # [batch, seq, nf]
 
 
