@@ -41,15 +41,33 @@ def xla_cache_env() -> dict:
     }
 
 
+# The suite's XLA programs are compiled without LLVM's optimisations (XLA's backend level 0; its
+# own HLO passes, fusion included, run as always): most of the suite's time is compiling some 150
+# small programs, and this takes about a fifth off the default tier (docs/test-tiers.md, round
+# twelve). The programs compute the same things: test_compile_level.py checks that XLA's default
+# level, the one users get, gives the suite's tokens, scores and losses. An XLA_FLAGS that names
+# a level is left as it is (CI's TensorFlow 2.17 line runs at the users' level).
+SUITE_XLA_LEVEL = "--xla_backend_optimization_level=0"
+
+
+def suite_xla_flags(flags: str) -> str:
+    """XLA_FLAGS with the suite's optimisation level added, unless they name one."""
+    if "xla_backend_optimization_level" in flags:
+        return flags
+    return f"{flags} {SUITE_XLA_LEVEL}".strip()
+
+
 def pytest_configure(config):
     """The test process keeps compiled XLA programs on disk as the command line does (before
     TensorFlow is imported): the many tests that load the same tiny model compile each decode
     loop once per run instead of once per test (an in-process program's cache is per function
-    object; the on-disk one is keyed by the program itself)."""
+    object; the on-disk one is keyed by the program itself). XLA compiles at the suite's level
+    (SUITE_XLA_LEVEL), in this process and in the commands tests start (they inherit it)."""
     from gpt2_tf2.cli.runner import configure_xla_cache
 
     for name, value in xla_cache_env().items():
         os.environ.setdefault(name, value)
+    os.environ["XLA_FLAGS"] = suite_xla_flags(os.environ.get("XLA_FLAGS", ""))
     if "tensorflow" not in sys.modules:
         configure_xla_cache()
 
