@@ -43,7 +43,7 @@ def xla_cache_env() -> dict:
 
 # The suite's XLA programs are compiled without LLVM's optimisations (XLA's backend level 0; its
 # own HLO passes, fusion included, run as always): most of the suite's time is compiling some 150
-# small programs, and this takes about a fifth off the default tier (docs/test-tiers.md, round
+# small programs, and this takes 11-20% off the default tier (docs/test-tiers.md, round
 # twelve). The programs compute the same things: test_compile_level.py checks that XLA's default
 # level, the one users get, gives the suite's tokens, scores and losses. An XLA_FLAGS that names
 # a level is left as it is (CI's TensorFlow 2.17 line runs at the users' level).
