@@ -62,3 +62,12 @@ def write_random_124m(out: str, writer: str) -> None:
     vocab = {name: os.path.join(data, name) for name in ("encoder.json", "vocab.bpe")}
     hp = PRESETS["124M"]
     write_model_dir(GPT2(hp, seed=0), hp, vocab, out, writer)
+
+
+def loaded(model):
+    """`model` as `gpt2_tf2.load` keeps it, in whichever revision is on the path: `as_loaded`
+    (its weights transposed where that decodes faster), or in revisions before it the layout they
+    kept (transposed from 0939bdd, OpenAI's before)."""
+    if hasattr(model, "as_loaded"):
+        return model.as_loaded()
+    return model.transpose_weights() if hasattr(model, "transpose_weights") else model

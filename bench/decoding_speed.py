@@ -32,7 +32,9 @@ def build():
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    from _child import loaded  # bench/ is sys.path[0]
+
+    model = loaded(GPT2(hp, seed=0))  # as gpt2_tf2.load keeps it
     lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
     prompt = np.random.default_rng(0).integers(0, 50000, 16).tolist()
     return lm, prompt

@@ -101,7 +101,9 @@ def language_model(impl: str, size: str, files: dict):
 
     hp, encoder = hparams(size), Encoder({"<|endoftext|>": 0}, [])
     if impl == "xla":
-        model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+        from _child import loaded  # bench/ is sys.path[0]
+
+        model = loaded(GPT2(hp, seed=0))  # as gpt2_tf2.load keeps it
         return LanguageModel(hp, encoder, model)
     step = LiteStep(files[impl.split("-")[1]], hp)
     return LanguageModel(hp, encoder, None, lite=LiteDecoder(step))

@@ -40,7 +40,9 @@ def main() -> None:
     from gpt2_tf2.tokenizer import Encoder
 
     hp = PRESETS["124M"]
-    model = GPT2(hp, seed=0).transpose_weights()  # as gpt2_tf2.load keeps it
+    from _child import loaded  # bench/ is sys.path[0]
+
+    model = loaded(GPT2(hp, seed=0))  # as gpt2_tf2.load keeps it
     lm = LanguageModel(hp, Encoder({"<|endoftext|>": 0}, []), model)
     for slots in (int(s) for s in args.slots.split(",")):
         for n in (int(t) for t in args.tokens.split(",")):

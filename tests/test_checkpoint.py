@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from conftest import write_random_model
 from gpt2_tf2 import api
+from gpt2_tf2.core import kernels
 from gpt2_tf2.core.hparams import HParams, load_hparams
 from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
@@ -27,7 +28,9 @@ def test_name_table_covers_every_variable_once():
     assert all(v.name.split(":")[0] == n for n, v in table.items())
 
 
-def test_layout_and_round_trip(tmp_path, vocab_files):
+@pytest.mark.parametrize("transposed", [True, False])  # load()'s choice by CPU, both ways
+def test_layout_and_round_trip(tmp_path, vocab_files, monkeypatch, transposed):
+    monkeypatch.setattr(kernels, "transposed_weights_faster", lambda: transposed)
     model = write_random_model(tmp_path / "m", vocab_files, seed=11)
     # OpenAI's seven files, and the hidden marker that lets a later export replace them.
     assert set(os.listdir(tmp_path / "m")) == RELEASE_FILES | {".gpt2_tf2.json"}
@@ -36,9 +39,9 @@ def test_layout_and_round_trip(tmp_path, vocab_files):
     assert shapes["model/h1/attn/c_attn/w"] == [1, 32, 96]
     assert set(shapes) == set(name_table(model))
     loaded = api.load(str(tmp_path / "m"))
-    # load() keeps the conv1d weights as [nf, nx] (GPT2.transpose_weights): compared back in
-    # OpenAI's layout, every stored tensor exactly once.
-    assert loaded.model.transposed
+    # load() keeps the conv1d weights as [nf, nx] where that decodes faster (GPT2.as_loaded):
+    # compared back in OpenAI's layout, every stored tensor exactly once.
+    assert loaded.model.transposed == transposed
     m = loaded.model
     values = {
         "model/wte": m.wte,
@@ -58,7 +61,7 @@ def test_layout_and_round_trip(tmp_path, vocab_files):
         compared.add(name)
     assert compared == set(shapes) and len(values) == len(m.variables)
     tokens = tf.constant([[464, 2068, 7586]], tf.int32)
-    model.transpose_weights()  # the written model kept as load() keeps it: the same kernels
+    model.as_loaded()  # the written model kept as load() keeps it: the same kernels
     assert np.max(np.abs(loaded.model(tokens)["logits"] - model(tokens)["logits"])) == 0
 
 

@@ -200,3 +200,25 @@ def test_transposed_product_every_spelling(rows):
     for got in (transposed_product(x, w_t, many=16), unknown(x, w_t), compiled(x, w_t)):
         assert got.shape == (rows, 8)
         assert np.max(np.abs(got.numpy() - want)) < 1e-5
+
+
+def test_load_transposes_where_measured_faster(tmp_path):
+    """kernels.transposed_weights_faster, which decides GPT2.as_loaded: transposed on an x86 CPU
+    without AVX-512 (measured faster there), OpenAI's layout with AVX-512 (measured slower) and
+    wherever the CPU's flags cannot be read."""
+    from gpt2_tf2.core.kernels import transposed_weights_faster
+
+    def cpuinfo(text):
+        path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        path.write_text(text)
+        return str(path)
+
+    head = "processor\t: 0\nmodel name\t: AMD EPYC\n"
+    assert transposed_weights_faster(cpuinfo(head + "flags\t\t: fpu sse2 avx avx2 fma\n"))
+    assert not transposed_weights_faster(cpuinfo(head + "flags\t\t: avx2 fma avx512f avx512bw\n"))
+    assert not transposed_weights_faster(cpuinfo(head + "Features\t: fp asimd\n"))  # no x86 flags
+    assert not transposed_weights_faster(cpuinfo(head))
+    assert not transposed_weights_faster(str(tmp_path / "missing"))
+    model = GPT2(HP, seed=1)
+    assert model.as_loaded() is model
+    assert model.transposed == transposed_weights_faster()  # this machine's answer

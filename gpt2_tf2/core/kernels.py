@@ -46,9 +46,29 @@ def add_bias(out, b, cpu_matvec: bool = False):
     return out + tf.cast(b, out.dtype)
 
 
+def transposed_weights_faster(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether decoding on this machine reads the blocks' weights faster kept as [nf, nx]
+    (`GPT2.transpose_weights`) than in OpenAI's [1, nx, nf]. Measured at 124M on TensorFlow 2.21,
+    both layouts in one process (docs/benchmarks/ab-transposed-weights.md): on an AMD EPYC
+    without AVX-512, sampling, engine steps and beams 1.07-1.16x faster transposed; on one with
+    AVX-512, XLA's products at 4 to 16 rows ran slower transposed (engine steps 0.76x at 4 rows,
+    0.85x at 16, 1.06x at one) and scoring 0.87-0.94x. So: transposed on an x86 CPU without
+    AVX-512 (Linux's /proc/cpuinfo; WSL2's too), OpenAI's layout elsewhere, and on GPUs (not
+    measured) and wherever the CPU's flags cannot be read."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration, IndexError):
+        return False
+    return "avx2" in flags and "avx512f" not in flags
+
+
 def transposed_product(rows, w_t, many: int = 512):
     """rows [m, nx] x w_t [nf, nx] transposed: [m, nf], for weights kept as [nf, nx]
-    (`GPT2.transpose_weights`). Measured at the 124M shapes on a 2-core CPU without AVX-512:
+    (`GPT2.transpose_weights`, on the CPUs where `transposed_weights_faster`). Measured at the
+    124M shapes on a 2-core CPU without AVX-512:
     under XLA this spelling is the fast one (decoding 1.07-1.16x faster than with [nx, nf]
     weights). Outside XLA (oneDNN) it ran 1.3-1.8x slower than [nx, nf] weights at 16 to 512
     rows, where w_t x rows^T, transposed, ran as fast or faster; beyond 512 rows (a long text

@@ -6,8 +6,8 @@ Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1
 additions: dropout for training (`Dropout`; the original has none, its training code being
 unreleased), and a preallocated, fixed-shape key/value cache written in place at `pos`, so a
 whole generation compiles to one loop whose shapes never change. For inference, `gpt2_tf2.load`
-keeps the conv1d weights as `[nf, nx]` instead (`GPT2.transpose_weights`: faster products on a
-CPU), the same maths. This file knows nothing of files,
+keeps the conv1d weights as `[nf, nx]` instead (`GPT2.transpose_weights`: faster products on some
+CPUs), the same maths. This file knows nothing of files,
 command lines or sampling; what only a compiler or device needs lives in `kernels.py`.
 """
 
@@ -18,6 +18,7 @@ import math
 
 import tensorflow as tf
 
+from gpt2_tf2.core import kernels
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.core.kernels import (
     add_bias,
@@ -360,12 +361,19 @@ class GPT2(tf.Module):
         under (`named_variables` refuses). Why: XLA on a CPU multiplies activations by a
         weight read along its rows faster (the output layer, wte [vocab, embd], is read so
         already): at 124M sampling 1.13x at batch 1 and 1.07x at batch 8, a decode step
-        1.16x, beam search 1.14x (docs/benchmarks/ab-transposed-weights.md)."""
+        1.16x, beam search 1.14x on a CPU without AVX-512; slower on one with it, where `load`
+        keeps OpenAI's layout (`as_loaded`, docs/benchmarks/ab-transposed-weights.md)."""
         for block in self.h:
             for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
                 layer.transpose()
         self.transposed = True
         return self
+
+    def as_loaded(self) -> GPT2:
+        """The model as `gpt2_tf2.load` keeps it for inference: `transpose_weights()` on the
+        machines where decoding reads the weights faster so (`kernels.transposed_weights_faster`),
+        else as it is."""
+        return self.transpose_weights() if kernels.transposed_weights_faster() else self
 
     def named_variables(self) -> dict[str, tf.Variable]:
         """Every variable by its name in OpenAI's checkpoints ("model/h0/attn/c_attn/w", ...)."""

@@ -405,7 +405,7 @@ def load(
     if backend == "tflite":
         return load_lite(directory, dtype, progress)
     opened, model = formats.load_model_dir(directory, tf.as_dtype(dtype))
-    return LanguageModel(opened.hparams, opened.encoder, model.transpose_weights(), directory)
+    return LanguageModel(opened.hparams, opened.encoder, model.as_loaded(), directory)
 
 
 def load_lite(directory: str, dtype: str, progress=None) -> LanguageModel:
