@@ -5,10 +5,10 @@ Vaswani et al. 2017): tanh-approximate GELU, layer norm with epsilon 1e-5, conv1
 `[1, nx, nf]`, attention logits masked to -1e10, output projection tied to `wte`. Two
 additions: dropout for training (`Dropout`; the original has none, its training code being
 unreleased), and a preallocated, fixed-shape key/value cache written in place at `pos`, so a
-whole generation compiles to one loop whose shapes never change. For inference, `gpt2_tf2.load`
-keeps the conv1d weights as `[nf, nx]` instead (`GPT2.transpose_weights`: faster products on some
-CPUs), the same maths. This file knows nothing of files,
-command lines or sampling; what only a compiler or device needs lives in `kernels.py`.
+whole generation compiles to one loop whose shapes never change. For inference on the CPUs where
+that decodes faster, `gpt2_tf2.load` keeps the conv1d weights as `[nf, nx]` instead
+(`GPT2.as_loaded`), the same maths. This file knows nothing of files, command lines or sampling;
+what only a compiler or device needs lives in `kernels.py`.
 """
 
 from __future__ import annotations
