@@ -32,6 +32,9 @@ import time
 from _child import ROOT, bandwidth_gb_s, write_random_124m  # bench/ is sys.path[0]
 
 PROMPT, NEW = 16, 64
+# The page's hand-written part (the targets, the history of earlier runs) starts at this line;
+# a new run rewrites what is above it and keeps the rest.
+NOTES = "<!-- Written by hand from here on: bench/serving_speed.py keeps it. -->"
 
 
 def prompt(i: int) -> list[int]:
@@ -226,10 +229,17 @@ def write(args, bandwidth: float, alone: float, rows) -> None:
         "overhead: HTTP, streaming, a step per engine call).",
         "",
     ]
-    os.makedirs(os.path.dirname(os.path.join(ROOT, args.out)), exist_ok=True)
-    with open(os.path.join(ROOT, args.out), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
     print("\n".join(lines))
+    path = os.path.join(ROOT, args.out)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    notes = ""  # what people wrote below NOTES, about this run and earlier ones: kept
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        notes = old[old.index(NOTES) :] if NOTES in old else ""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + ("\n" + notes if notes else ""))
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
