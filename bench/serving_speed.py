@@ -229,6 +229,8 @@ def write(args, bandwidth: float, alone: float, rows) -> None:
         "overhead: HTTP, streaming, a step per engine call).",
         "",
     ]
+    from gpt2_tf2.files import write_atomically
+
     print("\n".join(lines))
     path = os.path.join(ROOT, args.out)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -237,9 +239,7 @@ def write(args, bandwidth: float, alone: float, rows) -> None:
         with open(path, encoding="utf-8") as f:
             old = f.read()
         notes = old[old.index(NOTES) :] if NOTES in old else ""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + ("\n" + notes if notes else ""))
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "\n".join(lines) + ("\n" + notes if notes else ""))
 
 
 if __name__ == "__main__":

@@ -202,11 +202,17 @@ def test_transposed_product_every_spelling(rows):
         assert np.max(np.abs(got.numpy() - want)) < 1e-5
 
 
-def test_load_transposes_where_measured_faster(tmp_path):
+def test_load_transposes_where_measured_faster(tmp_path, monkeypatch):
     """kernels.transposed_weights_faster, which decides GPT2.as_loaded: transposed on an x86 CPU
-    without AVX-512 (measured faster there), OpenAI's layout with AVX-512 (measured slower) and
-    wherever the CPU's flags cannot be read."""
+    without AVX-512 (measured faster there), OpenAI's layout with AVX-512 (measured slower), on
+    GPUs and wherever the CPU's flags cannot be read."""
     from gpt2_tf2.core.kernels import transposed_weights_faster
+
+    model = GPT2(HP, seed=1)
+    assert model.as_loaded() is model
+    assert model.transposed == transposed_weights_faster()  # this machine's answer
+    gpus = []  # the CPU's rule below, whether or not this machine has a GPU
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
 
     def cpuinfo(text):
         path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
@@ -219,6 +225,7 @@ def test_load_transposes_where_measured_faster(tmp_path):
     assert not transposed_weights_faster(cpuinfo(head + "Features\t: fp asimd\n"))  # no x86 flags
     assert not transposed_weights_faster(cpuinfo(head))
     assert not transposed_weights_faster(str(tmp_path / "missing"))
-    model = GPT2(HP, seed=1)
-    assert model.as_loaded() is model
-    assert model.transposed == transposed_weights_faster()  # this machine's answer
+    without_avx512 = cpuinfo(head + "flags\t\t: avx2 fma\n")
+    assert transposed_weights_faster(without_avx512)
+    gpus.append("a GPU")
+    assert not transposed_weights_faster(without_avx512)
