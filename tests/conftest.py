@@ -229,17 +229,65 @@ def cli_env(extra=None) -> dict:
 def run_main(main, argv):
     """A command's entry point (`gpt2_tf2.<command>.main`) run in this process, as the console
     script runs it: (exit status, stdout, stderr). For tests whose subject is the command's logic
-    (flags, checks, messages, files written), not the process: TensorFlow is imported once."""
+    (flags, checks, messages, files written), not the process: TensorFlow is imported once, and
+    a model the command loads as an earlier command in this worker did is that one (`_COMMANDS`).
+    """
     import contextlib
     import io
 
     out, err, code = io.StringIO(), io.StringIO(), None
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _COMMANDS.running():
         try:
             main([str(a) for a in argv])
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+class _CommandLoads:
+    """Commands run in-process share their loaded models, as tests share `tiny_lm`: a command's
+    `language_model.load` with the arguments and working directory of an earlier command's in
+    this worker, of a model directory whose files are byte for byte what they were then, gets
+    that command's `LanguageModel` back instead of loading it again. A model's compiled programs
+    belong to the loaded model (docs/test-tiers.md, round five), so each load traced and compiled
+    its programs again: about 30 in-process loads of the default tier, most of them of one
+    model. Only commands share (`run_main`): a test that calls `gpt2_tf2.load` itself gets its
+    own model, as a test that counts traces needs; a changed file, flag or directory is a load."""
+
+    def __init__(self):
+        self.loaded = {}  # (cwd, load's arguments) -> (the model's files' digests, model)
+        self.original = None
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def running(self):
+        from gpt2_tf2.generation import language_model
+
+        if self.original is None:
+            self.original = language_model.load
+        if language_model.load is self.original:  # not a test's own stand-in
+            language_model.load = self.load
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def load(self, *args, **kwargs):
+        if not self.depth:  # outside a command: the test's own call
+            return self.original(*args, **kwargs)
+        progress = kwargs.pop("progress", None)  # the command's way to print: not a setting
+        key = (os.getcwd(), repr(args), repr(sorted(kwargs.items())))
+        if key in self.loaded:
+            digests, lm = self.loaded[key]
+            if tree_digest(lm.model_dir) == digests:
+                return lm
+        lm = self.original(*args, progress=progress, **kwargs)
+        self.loaded[key] = (tree_digest(lm.model_dir), lm)
+        return lm
+
+
+_COMMANDS = _CommandLoads()
 
 
 def run_in_process(args, input=None, cwd=None):

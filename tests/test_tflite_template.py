@@ -43,6 +43,12 @@ def reference(dtype: str) -> bytes:
 
 
 @functools.cache
+def ours(dtype: str) -> bytes:
+    """The low-memory conversion of the same weights: once per dtype for the tests below."""
+    return tflite.convert(random_weights(), HP, dtype)
+
+
+@functools.cache
 def template_alone() -> tuple[bytes, dict]:
     """The template converted as it is (stand-ins in every block), and its stand-ins."""
     template, stand_in = tflite_template.template(random_weights(), HP)
@@ -72,16 +78,16 @@ def tensors(data):
     "dtype", [pytest.param("float32", marks=pytest.mark.large), "int8"]
 )
 def test_the_template_gives_the_converters_own_model(dtype):
-    ours = tflite.convert(random_weights(), HP, dtype)
-    diff = np.abs(logits(ours) - logits(reference(dtype))).max()
+    converted = ours(dtype)
+    diff = np.abs(logits(converted) - logits(reference(dtype))).max()
     print(f"{dtype}: max |template - converter| = {diff:.3g}")
     assert diff <= 1e-6
-    names = {t.name.decode(): t for t in tensors(ours)}
+    names = {t.name.decode(): t for t in tensors(converted)}
     for i in range(HP.n_layer):
         for part in ("attn/c_attn/w", "attn/c_proj/w", "mlp/c_fc/w", "mlp/c_proj/w"):
             tensor = names[f"model/h{i}/{part}"]  # every block has its own weights
             assert tensor.type == (9 if dtype == "int8" else 0)  # int8 only when quantized
-    assert len(ours) < 1.05 * len(reference(dtype))  # no stand-in left behind
+    assert len(converted) < 1.05 * len(reference(dtype))  # no stand-in left behind
 
 
 def test_the_template_is_not_the_real_model():
@@ -157,9 +163,8 @@ def int4_references() -> tuple[np.ndarray, np.ndarray]:
         if tflite_template.is_block(name) and name.endswith("/w"):
             rounded[name] = through_4_bits(value)
     rounded["model/lm_head"] = through_4_bits(direct["model/wte"])
-    return tuple(
-        logits(tflite._converted(tflite._variables(w), HP, "float32")) for w in (direct, rounded)
-    )
+    on_rounded = tflite._converted(tflite._variables(rounded), HP, "float32")
+    return logits(reference("float32")), logits(on_rounded)  # reference: the real weights
 
 
 @needs_int4
@@ -167,19 +172,19 @@ def test_int4_is_the_model_on_its_4_bit_weights():
     """The int4 file's logits are the float model's on the weights after 4 bits (up to the
     activations' on-the-fly int8, as in int8), far nearer than to the float32 weights': the
     values, their nibble order, sign and scales are read as written."""
-    ours = tflite.convert(random_weights(), HP, "int4")
+    int4 = ours("int4")
     plain, rounded = int4_references()
-    near, far = np.abs(logits(ours) - rounded).max(), np.abs(logits(ours) - plain).max()
+    near, far = np.abs(logits(int4) - rounded).max(), np.abs(logits(int4) - plain).max()
     print(f"int4: max |ours - 4-bit weights| = {near:.3g}, |ours - float32| = {far:.3g}")
     assert near < 0.2 * far, (near, far)  # measured: 0.029 and 0.30
     assert near < 0.05  # test_lite's int8 tolerance: the activations' rounding
-    names = {t.name.decode(): t for t in tensors(ours)}
+    names = {t.name.decode(): t for t in tensors(int4)}
     for i in range(HP.n_layer):
         for part in ("attn/c_attn/w", "attn/c_proj/w", "mlp/c_fc/w", "mlp/c_proj/w"):
             tensor = names[f"model/h{i}/{part}"]
             assert tensor.type == 17  # INT4
             assert tensor.quantization.details.blockSize == 32
-    assert len(ours) < 0.75 * len(tflite.convert(random_weights(), HP, "int8"))
+    assert len(int4) < 0.75 * len(ours("int8"))
 
 
 def test_int4_values_pack_two_to_a_byte_low_nibble_first():
