@@ -89,6 +89,30 @@ def test_model_name_as_path(tiny_model_dir):
     assert len(HEADER.findall(r.stdout)) == 1
 
 
+def test_commands_in_process_share_a_model_only_while_its_files_are_unchanged(
+    model_copy, vocab_files
+):
+    """conftest's `_CommandLoads`: a command run in-process again on the same model gets the
+    model an earlier one loaded (its programs compiled); once a weight file changes, a new load
+    whose samples are the new weights'."""
+    from conftest import _COMMANDS, write_random_model
+
+    args = ["-m", "gpt2_tf2.sample", "--model_name", str(model_copy), "--length", "6"]
+    args += ["--top_k", "1"]  # greedy: near-uniform logits leave a sample to the seed
+
+    def sample_and_model():
+        r = run_in_process(args)
+        assert r.returncode == 0, r.stderr
+        (lm,) = [lm for _, lm in _COMMANDS.loaded.values() if lm.model_dir == str(model_copy)]
+        return r.stdout, lm
+
+    first, lm = sample_and_model()
+    assert sample_and_model() == (first, lm)  # the same model object, the same samples
+    write_random_model(model_copy, vocab_files, seed=1)  # other weights, same names and sizes
+    other, new_lm = sample_and_model()
+    assert new_lm is not lm and other != first
+
+
 def test_interactive(models_root):
     r = sample(
         models_root,
