@@ -112,6 +112,51 @@ def test_from_hf_and_back_keeps_every_tensor_and_the_vocabulary(vocab_files, tmp
     assert gen["eos_token_id"] == 50256
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_to_hf_writes_the_safetensors_file_a_weight_at_a_time(tmp_path, tied):
+    """`huggingface.SafetensorsFile` (to-hf's weights) takes each weight once, just before it
+    writes it (the bytes before it are in the file when it is taken), so no more than one is
+    held; here from a run's variables (the round trips above read a checkpoint). The file is
+    what the safetensors package reads, every tensor equal, its size the one said before."""
+    import tensorflow as tf
+
+    from gpt2_tf2.core.hparams import HParams
+    from gpt2_tf2.formats import huggingface, openai
+
+    hp = HParams(n_vocab=40, n_ctx=8, n_embd=16, n_head=2, n_layer=2, tie_word_embeddings=tied)
+    rng = np.random.default_rng(0)
+    values = {
+        n: rng.standard_normal(shape, np.float32) for n, shape in openai.weight_shapes(hp).items()
+    }
+    names = huggingface.hf_names(hp.n_layer, tied)
+    hf_of = {ours: hf for hf, ours in names.items()}
+
+    class OneAtATime(dict):  # a run's variables (tf.Variable), each to be handed over once
+        taken, out, file = (), None, None
+
+        def pop(self, name):
+            assert name not in self.taken, f"{name} taken twice"
+            begin = self.file.header[hf_of[name]]["data_offsets"][0]
+            assert self.out.tell() == 8 + len(self.file.head) + begin, f"{name} taken early"
+            self.taken = (*self.taken, name)
+            return super().pop(name)
+
+    weights = OneAtATime({n: tf.Variable(v) for n, v in values.items()})
+    weights.file = huggingface.SafetensorsFile(weights, hp)
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as weights.out:
+        weights.file.write(weights.out)
+    assert sorted(weights.taken) == sorted(values) and not weights  # each taken once, all
+    assert path.stat().st_size == weights.file.size
+    back = safetensors_numpy.load_file(str(path))
+    assert set(back) == set(names) and ("lm_head.weight" in back) != tied
+    for hf, ours in names.items():
+        want = (
+            values[ours].reshape(values[ours].shape[-2:]) if ours.endswith("/w") else values[ours]
+        )
+        assert np.array_equal(back[hf], want), hf
+
+
 def test_a_converted_model_samples_and_matches_a_numpy_forward(vocab_files, tmp_path):
     """The converted weights in our model give the logits of GPT-2's maths written in NumPy
     on transformers' tensors (an independent reading of the mapping)."""

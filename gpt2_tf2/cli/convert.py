@@ -112,7 +112,7 @@ def to_hf(
     from gpt2_tf2.formats import model_dir as formats
 
     directory = formats.locate(str(model_name or ""), models_dir, False, run_name, checkpoint_dir)
-    opened, model = formats.load_model_dir(directory)
+    opened = formats.open_model_dir(directory)
     files = opened.vocabulary_files
     if "encoder.json" not in files:
         raise UserError(
@@ -121,9 +121,9 @@ def to_hf(
         )
     encoder = opened.encoder
     eos = None if encoder.eot_token is None else encoder.decoder[encoder.eot_token]
-    tensors = {name: var.numpy() for name, var in model.named_variables().items()}
+    weights = formats.read_weights(opened)  # a weight at a time, as written (SafetensorsFile)
     content = huggingface.hf_files(
-        opened.hparams, tensors, directory, list(encoder.special_tokens), eos
+        opened.hparams, weights, directory, list(encoder.special_tokens), eos
     )
     write_new_dir(out, content)
     print(f"wrote {out}: {', '.join(sorted(content))}")
@@ -135,7 +135,9 @@ def write_new_dir(out: str, content: dict) -> None:
     from gpt2_tf2.files import replace_into
     from gpt2_tf2.formats import huggingface
 
-    needed = sum(len(v) if isinstance(v, (bytes, str)) else 0 for v in content.values())
+    needed = sum(
+        len(v) if isinstance(v, (bytes, str)) else getattr(v, "size", 0) for v in content.values()
+    )
     replace_into(out, lambda tmp: huggingface.write_files(tmp, content), needed)
 
 

@@ -189,16 +189,48 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams, source: st
     return out
 
 
-def to_hf_tensors(tensors: dict[str, np.ndarray], hparams: HParams) -> dict[str, np.ndarray]:
-    """transformers' state dict (tied: without lm_head, which transformers restores) from
-    OpenAI's tensors; the inverse of `from_hf_tensors`."""
-    out = {}
-    for hf, ours in hf_names(hparams.n_layer, hparams.tie_word_embeddings).items():
-        value = np.asarray(tensors[ours], np.float32)
-        if ours.endswith("/w"):
-            value = value.reshape(value.shape[-2:])  # [1, nx, nf] -> Conv1D's [nx, nf]
-        out[hf] = np.ascontiguousarray(value)
-    return out
+def to_hf_tensor(ours: str, value) -> np.ndarray:
+    """OpenAI's tensor `ours` as transformers stores it: float32, a Conv1D's weight [nx, nf]."""
+    value = np.asarray(value, np.float32)
+    if ours.endswith("/w"):
+        value = value.reshape(value.shape[-2:])  # [1, nx, nf] -> Conv1D's [nx, nf]
+    return np.ascontiguousarray(value)
+
+
+class SafetensorsFile:
+    """model.safetensors of OpenAI's weights in transformers' names (tied: without lm_head,
+    which transformers restores), written a tensor at a time: `weights` gives each by OpenAI
+    name when it is taken (`pop`: a checkpoint read a weight at a time), so the file is written
+    without the model or the file in memory (1558M: 6.2 GB of float32 weights, which built whole,
+    with the safetensors package's bytes beside them, did not fit 24 GiB).
+
+    The format (huggingface/safetensors' README): an 8-byte little-endian header size, the
+    header (JSON: each tensor's dtype, shape and [begin, end) offsets in the data that follows;
+    `__metadata__`), padded with spaces to a multiple of 8, then the tensors' bytes."""
+
+    def __init__(self, weights, hparams: HParams):
+        self.weights = weights
+        self.names = hf_names(hparams.n_layer, hparams.tie_word_embeddings)  # hf -> ours
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for hf, ours in self.names.items():
+            shape = expected_shape(ours, hparams)
+            shape = list(shape[-2:] if ours.endswith("/w") else shape)
+            end = offset + 4 * int(np.prod(shape))
+            header[hf] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}
+            offset = end
+        self.header = header
+        head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        self.head = head + b" " * (-len(head) % 8)
+        self.size = 8 + len(self.head) + offset
+
+    def write(self, f) -> None:
+        f.write(len(self.head).to_bytes(8, "little"))
+        f.write(self.head)
+        for hf, ours in self.names.items():
+            value = to_hf_tensor(ours, self.weights.pop(ours))
+            if list(value.shape) != self.header[hf]["shape"]:
+                raise UserError(f"{ours}: shape {list(value.shape)}, not this model's")
+            f.write(memoryview(value.astype("<f4", copy=False)).cast("B"))
 
 
 def expected_shape(name: str, hp: HParams) -> tuple[int, ...]:
@@ -417,12 +449,11 @@ def write_vocabulary(directory: str, vocab, merges: str, specials, eos) -> dict[
     return {name: os.path.join(directory, name) for name in files}
 
 
-def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[str, object]:
+def hf_files(hparams: HParams, weights, vocab_dir: str, specials, eos) -> dict[str, object]:
     """{file name: content} of a Hugging Face directory for `GPT2LMHeadModel.from_pretrained`
-    and `AutoTokenizer.from_pretrained`: weights (safetensors bytes), config, generation
-    config, tokenizer. `vocab_dir` holds the model's encoder.json and vocab.bpe."""
-    from safetensors.numpy import save
-
+    and `AutoTokenizer.from_pretrained`: weights (a `SafetensorsFile` of `weights`, OpenAI's by
+    name, taken one at a time), config, generation config, tokenizer. `vocab_dir` holds the
+    model's encoder.json and vocab.bpe."""
     vocab = read_json_object(os.path.join(vocab_dir, "encoder.json"))
     with open(os.path.join(vocab_dir, "vocab.bpe"), encoding="utf-8") as f:
         merges = f.read()
@@ -446,7 +477,7 @@ def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[s
     if pad is not None:
         generation["pad_token_id"] = pad
     return {
-        "model.safetensors": save(to_hf_tensors(tensors, hparams), metadata={"format": "pt"}),
+        "model.safetensors": SafetensorsFile(weights, hparams),
         "config.json": config_from_hparams(hparams, eot, pad, bos),
         "generation_config.json": generation,
         "vocab.json": vocab,
@@ -463,13 +494,16 @@ def hf_files(hparams: HParams, tensors, vocab_dir: str, specials, eos) -> dict[s
 
 
 def write_files(directory: str, files: dict[str, object]) -> None:
-    """Each file written whole into `directory`: bytes as they are, str as UTF-8 text, dicts
-    as JSON."""
+    """Each file written whole into `directory`: bytes as they are, a `SafetensorsFile` by its
+    `write`, str as UTF-8 text, dicts as JSON."""
     for name, content in files.items():
         path = os.path.join(directory, name)
-        if isinstance(content, bytes):
+        if isinstance(content, (bytes, SafetensorsFile)):
             with open(path, "wb") as f:
-                f.write(content)
+                if isinstance(content, SafetensorsFile):
+                    content.write(f)
+                else:
+                    f.write(content)
             continue
         with open(path, "w", encoding="utf-8") as f:
             if isinstance(content, str):
