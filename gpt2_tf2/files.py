@@ -9,7 +9,6 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 
 from gpt2_tf2.errors import UserError, reason
 
@@ -82,7 +81,7 @@ def replace_into(out: str, write, needed: int | None = None) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise UserError(f"{out}: directory {parent} does not exist")
-    tmp = tempfile.mkdtemp(prefix=".gpt2_tf2-tmp-", dir=parent)
+    tmp = _new_dir(parent)
     try:
         write(tmp)
         if os.path.isdir(out):
@@ -94,6 +93,23 @@ def replace_into(out: str, write, needed: int | None = None) -> None:
         raise UserError(f"{out}: cannot write ({reason(e)}){_needed(e, needed)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _new_dir(parent: str) -> str:
+    """A new directory of a name of its own in `parent`, with the permissions of any directory
+    made there (0755 under umask 022): renamed into place, it is the output. mkdtemp's are 0700,
+    and exports and converted models came out readable by their owner only (a server in another
+    account or container could not read them)."""
+    for _ in range(100):
+        path = os.path.join(parent, f".gpt2_tf2-tmp-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"{parent}: cannot write there ({reason(e)})") from None
+    raise UserError(f"{parent}: cannot make a temporary directory there")
 
 
 def _needed(e: Exception, needed: int | None) -> str:

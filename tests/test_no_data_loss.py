@@ -212,3 +212,14 @@ def test_overwrite_and_cleanup_remove_only_what_a_run_wrote(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(ours + theirs + ["logs"])
     runs.discard(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(theirs)
+
+
+def test_a_directory_written_whole_has_the_usual_permissions(tmp_path):
+    """`files.replace_into` (to-hf, the SavedModel and TFLite exports): the output directory is
+    as readable as any directory made there (0755 under umask 022), not mkdtemp's 0700 (a server
+    in another account or container could not read it), and no temporary is left."""
+    from gpt2_tf2.files import replace_into
+
+    replace_into(str(tmp_path / "out"), lambda tmp: open(os.path.join(tmp, "a"), "w").close())
+    assert oct(os.stat(tmp_path / "out").st_mode & 0o777) == oct(0o777 & ~_umask())
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(tmp_path / "out") == ["a"]
