@@ -209,6 +209,26 @@ def lm(tiny_lm):
     return tiny_lm  # shared: read only
 
 
+def test_the_memory_check_counts_the_cache_a_call_allocates(lm, monkeypatch):
+    """The batch's estimate holds the key/value cache sampling allocates (the prompt's bucket
+    and the length's, `checks.cache_columns`), not the whole context's: with memory between the
+    two, a short sample of a big batch is let through and one as long as the context refused.
+    (At 1558M, batch 32 of 32 tokens was refused for 20 GB of cache it would not allocate.)"""
+    from gpt2_tf2.generation import checks
+    from gpt2_tf2.generation.config import GenerationConfig
+
+    hp, batch = lm.hparams, 1000
+    per_column = batch * 2 * hp.n_layer * hp.n_embd * 4
+    rest = lm.weight_bytes() + batch * 4 * hp.n_vocab * 4  # the weights and the logits
+    assert checks.cache_columns(hp.n_ctx, 1, 3) == 32 < hp.n_ctx == 64
+    between = rest + per_column * (32 + hp.n_ctx) // 2
+    monkeypatch.setattr(checks, "_physical_memory", lambda: between)
+    prompt = [lm.encoder.encode("Hi")]
+    lm._check(prompt, GenerationConfig(length=3, batch_size=batch, nsamples=batch))
+    with pytest.raises(UserError, match="batch_size 1000 needs about"):
+        lm._check(prompt, GenerationConfig(length=60, batch_size=batch, nsamples=batch))
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

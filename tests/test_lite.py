@@ -140,6 +140,17 @@ def test_mixed_lengths_window_stream_and_batches(xla, lite):
     assert lm.generate("Once", **kw) == xla.generate("Once", **kw)
 
 
+def test_weight_bytes_are_what_each_backend_holds(xla, lite):
+    """`LanguageModel.weight_bytes` (the memory check's weights): float32's variables; on
+    tflite the converted step's file, which int8 and int4 make smaller (the tiny model's is
+    mostly its embedding, which int8's file holds twice: the lookup and the output layer)."""
+    assert xla.weight_bytes() == xla.hparams.num_params() * 4
+    int8 = lite["int8"].weight_bytes()
+    assert int8 < 0.65 * xla.weight_bytes() <= 0.65 * lite["float32"].weight_bytes()
+    if "int4" in lite:
+        assert lite["int4"].weight_bytes() < int8
+
+
 def test_score_equals_the_xla_path(xla, lite):
     text = "Hello world, this is a test of scoring. " * 8  # several windows of 64 tokens
     assert abs(lite["float32"].score(text) - xla.score(text)) < 1e-4

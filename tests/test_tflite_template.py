@@ -187,6 +187,14 @@ def test_int4_is_the_model_on_its_4_bit_weights():
     assert len(int4) < 0.75 * len(ours("int8"))
 
 
+def test_the_int4_size_said_everywhere_is_the_blocks():
+    """hparams.WEIGHT_BYTES (memory estimates, conversions' sizes) holds int4's 4 bits and a
+    float16 scale per BLOCK_SIZE weights."""
+    from gpt2_tf2.core.hparams import WEIGHT_BYTES
+
+    assert WEIGHT_BYTES["int4"] == tflite.BYTES["int4"] == 0.5 + 2 / tflite_template.BLOCK_SIZE
+
+
 def test_int4_values_pack_two_to_a_byte_low_nibble_first():
     packed = tflite_template.pack_int4(np.array([1, -2, 7, -8, 3], np.int8))
     assert packed.tolist() == [0xE1, 0x87, 0x03]

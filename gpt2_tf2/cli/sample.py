@@ -105,16 +105,22 @@ def check_before_loading(opts: SampleFlags, config: GenerationConfig, prompts) -
     """A model already on disk: the prompts' lengths (`prompts`: a list, or None) and the
     batch's memory checked against its hparams before its weights are read (a release about to
     be downloaded is checked after)."""
+    from gpt2_tf2.core.hparams import WEIGHT_BYTES
     from gpt2_tf2.generation import language_model as api
-    from gpt2_tf2.generation.checks import check_memory
+    from gpt2_tf2.generation.checks import cache_columns, check_memory
 
     known = api.peek(opts.model_name, opts.models_dir, opts.run_name, opts.checkpoint_dir)
     if known is None:
         return
     hparams, encoder = known
     prompt_len = max((len(api.encode_text(encoder, t)) for t in prompts or []), default=0)
-    config.validate(hparams.n_ctx, prompt_len or (1 if opts.interactive else 0))
-    check_memory(hparams.num_params(), hparams, config.batch_size or 1, hparams.n_ctx)
+    resolved = config.validate(hparams.n_ctx, prompt_len or (1 if opts.interactive else 0))
+    # Interactive prompts are not known yet: as long as the context allows.
+    columns = hparams.n_ctx
+    if not opts.interactive:
+        columns = cache_columns(hparams.n_ctx, prompt_len, resolved.length)
+    weights = hparams.num_params() * WEIGHT_BYTES.get(opts.dtype, 4)
+    check_memory(weights, hparams, config.batch_size or 1, columns)
 
 
 def print_samples(lm, prompt, config, opts: SampleFlags, counter: int = 0) -> int:

@@ -21,6 +21,11 @@ from gpt2_tf2.files import read_json_object
 OPENAI_FIELDS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 
 
+# Bytes a weight takes in memory, by dtype (int4: 4 bits and a float16 scale per 32 weights,
+# formats/tflite_template.BLOCK_SIZE): memory estimates and conversions' sizes.
+WEIGHT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5 + 2 / 32}
+
+
 @dataclasses.dataclass(frozen=True)
 class HParams:
     n_vocab: int = 50257

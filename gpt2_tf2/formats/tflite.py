@@ -30,12 +30,13 @@ import tempfile
 import tensorflow as tf
 
 from gpt2_tf2.core import tflite_step
+from gpt2_tf2.core.hparams import WEIGHT_BYTES
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
 from gpt2_tf2.formats import openai, tflite_template
 
 DTYPES = ("float32", "int8", "int4")
-BYTES = {"float32": 4, "int8": 1, "int4": 0.5 + 2 / tflite_template.BLOCK_SIZE}  # per weight
+BYTES = {dtype: WEIGHT_BYTES[dtype] for dtype in DTYPES}  # per weight (int4's: BLOCK_SIZE's)
 FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, at most 2 GB
 # Sampling opens a model of more weights than this in parts (`cached_parts`): measured at 1558M
 # int8, one file peaked at 3.51 GB while XNNPACK packed it (the file and the packed copy).

@@ -54,14 +54,36 @@ def check_token_ids(tokens, n_vocab: int) -> None:
             )
 
 
-def check_memory(num_params: int, hparams, batch_size: int, columns: int) -> None:
+def bucket(n: int, limit: int, smallest: int = 16) -> int:
+    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
+
+    Shapes come in these sizes only, so the number of compilations stays small: at most
+    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
+    """
+    size = smallest
+    while size < n:
+        size *= 2
+    return max(n, min(size, limit))
+
+
+def cache_columns(n_ctx: int, prompt_len: int, length: int) -> int:
+    """The positions per row of the key/value cache that sampling `length` tokens after a
+    prompt of `prompt_len` allocates: the prompt's size bucket and the length's, at most n_ctx
+    (`sampler.EngineRows.prefill`); past the context, windows of up to n_ctx."""
+    if prompt_len + length > n_ctx:
+        return n_ctx
+    return min(bucket(max(prompt_len, 1), n_ctx) + bucket(length, n_ctx), n_ctx)
+
+
+def check_memory(weight_bytes: float, hparams, batch_size: int, columns: int) -> None:
     """Refuse, before allocating, a batch whose weights, key/value cache and logits exceed the
     machine's memory (a batch of 10**8 rows grew to 8 GB before it was killed); one line with
-    the estimate. columns: the positions the cache holds per row."""
+    the estimate. weight_bytes: the weights' bytes in memory; columns: the positions the cache
+    holds per row (`cache_columns`)."""
     total = _physical_memory()
     if total is None:
         return
-    weights = num_params * 4
+    weights = int(weight_bytes)
     cache = 2 * hparams.n_layer * batch_size * columns * hparams.n_embd * 4  # keys and values
     logits = 4 * batch_size * hparams.n_vocab * 4  # the logits and the processors' copies
     need = weights + cache + logits

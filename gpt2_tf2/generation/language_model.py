@@ -25,6 +25,7 @@ from gpt2_tf2.generation.beams import PIECE, BeamSearch
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
+    cache_columns,
     check_dtype,
     check_memory,
     check_token_ids,
@@ -129,14 +130,23 @@ class LanguageModel:
                     row += new
             yield [texts.cut(row, stop) for row in out[:real]]
 
+    def weight_bytes(self) -> int:
+        """What its weights take in memory: its variables, or on tflite its converted step's
+        files (XNNPACK packs a copy of each and the file's pages are released)."""
+        if self.lite is not None:
+            return sum(os.path.getsize(part.path) for part in self.lite.step.parts)
+        return sum(v.shape.num_elements() * v.dtype.size for v in self.model.variables)
+
     def _check(self, prompts, config: GenerationConfig):
         """(contexts, the config validated for this model and resolved, stop token) of a
         sampling call, or a UserError."""
         n_ctx = self.hparams.n_ctx
         for p in prompts:
             check_token_ids(p, self.hparams.n_vocab)
-        config = config.validate(n_ctx, max(len(p) for p in prompts))
-        check_memory(self.hparams.num_params(), self.hparams, config.batch_size or 1, n_ctx)
+        prompt_len = max(len(p) for p in prompts)
+        config = config.validate(n_ctx, prompt_len)
+        columns = cache_columns(n_ctx, prompt_len, config.length)
+        check_memory(self.weight_bytes(), self.hparams, config.batch_size or 1, columns)
         contexts, stop = contexts_and_stop(self.encoder, prompts, config.stop_at_endoftext)
         return contexts, config, stop
 

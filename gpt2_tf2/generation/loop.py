@@ -14,6 +14,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from gpt2_tf2.core.kernels import shape_list
+from gpt2_tf2.generation.checks import bucket  # noqa: F401 (loop.bucket: its public name)
 from gpt2_tf2.generation.processors import PROCESSORS, apply_processors
 from gpt2_tf2.generation.settings import History
 from gpt2_tf2.generation.strategies import choose_tokens
@@ -26,18 +27,6 @@ class LoopState(NamedTuple):
     history: tf.Tensor  # int32 [batch, P + slots]: prompt in [0, prompt_len), then the output
     done: tf.Tensor  # bool [batch]: the row emitted the stop token
     start: tf.Tensor  # int32 [batch]: the row's first column (a mixed-length batch is left-padded)
-
-
-def bucket(n: int, limit: int, smallest: int = 16) -> int:
-    """n rounded up to a power of two (at least `smallest`), but not past `limit` (>= n).
-
-    Shapes come in these sizes only, so the number of compilations stays small: at most
-    log2(n_ctx / 16) + 1 prompt sizes times as many length sizes, per batch size.
-    """
-    size = smallest
-    while size < n:
-        size *= 2
-    return max(n, min(size, limit))
 
 
 def prefill(model, context, prompt_len, cache_len: int, offsets=None):
