@@ -100,16 +100,12 @@ def _new_dir(parent: str) -> str:
     made there (0755 under umask 022): renamed into place, it is the output. mkdtemp's are 0700,
     and exports and converted models came out readable by their owner only (a server in another
     account or container could not read them)."""
-    for _ in range(100):
-        path = os.path.join(parent, f".gpt2_tf2-tmp-{os.getpid()}-{os.urandom(4).hex()}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise UserError(f"{parent}: cannot write there ({reason(e)})") from None
-    raise UserError(f"{parent}: cannot make a temporary directory there")
+    path = os.path.join(parent, f".gpt2_tf2-tmp-{os.getpid()}-{os.urandom(8).hex()}")
+    try:
+        os.mkdir(path)  # fails if it exists: 64 random bits and the process id make that moot
+    except OSError as e:
+        raise UserError(f"{parent}: cannot write there ({reason(e)})") from None
+    return path
 
 
 def _needed(e: Exception, needed: int | None) -> str:

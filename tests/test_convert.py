@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, run_in_process
+from gpt2_tf2.errors import UserError
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")  # requirements-test.txt
 
@@ -155,6 +157,10 @@ def test_to_hf_writes_the_safetensors_file_a_weight_at_a_time(tmp_path, tied):
             values[ours].reshape(values[ours].shape[-2:]) if ours.endswith("/w") else values[ours]
         )
         assert np.array_equal(back[hf], want), hf
+    # A weight of another shape than the header says is an error, not a file that lies.
+    wrong = dict(values, **{"model/wpe": values["model/wpe"][:-1]})
+    with pytest.raises(UserError, match=r"model/wpe: shape \[7, 16\], not this model's"):
+        huggingface.SafetensorsFile(wrong, hp).write(io.BytesIO())
 
 
 def test_a_converted_model_samples_and_matches_a_numpy_forward(vocab_files, tmp_path):

@@ -223,3 +223,19 @@ def test_a_directory_written_whole_has_the_usual_permissions(tmp_path):
     replace_into(str(tmp_path / "out"), lambda tmp: open(os.path.join(tmp, "a"), "w").close())
     assert oct(os.stat(tmp_path / "out").st_mode & 0o777) == oct(0o777 & ~_umask())
     assert os.listdir(tmp_path) == ["out"] and os.listdir(tmp_path / "out") == ["a"]
+
+
+def test_a_directory_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """`files.replace_into` where its temporary directory cannot be made (a read-only parent: root
+    is not refused by permissions, so mkdir is made to fail as it would): one UserError naming the
+    parent and why, nothing written."""
+    from gpt2_tf2.files import replace_into
+
+    def refused(path, *args):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    with pytest.raises(UserError, match=r"cannot write there \(Permission denied\)") as e:
+        replace_into(str(tmp_path / "out"), lambda tmp: None)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []

@@ -494,16 +494,13 @@ def hf_files(hparams: HParams, weights, vocab_dir: str, specials, eos) -> dict[s
 
 
 def write_files(directory: str, files: dict[str, object]) -> None:
-    """Each file written whole into `directory`: bytes as they are, a `SafetensorsFile` by its
-    `write`, str as UTF-8 text, dicts as JSON."""
+    """Each file written whole into `directory`: a `SafetensorsFile` by its `write`, str as
+    UTF-8 text, dicts as JSON."""
     for name, content in files.items():
         path = os.path.join(directory, name)
-        if isinstance(content, (bytes, SafetensorsFile)):
+        if isinstance(content, SafetensorsFile):
             with open(path, "wb") as f:
-                if isinstance(content, SafetensorsFile):
-                    content.write(f)
-                else:
-                    f.write(content)
+                content.write(f)
             continue
         with open(path, "w", encoding="utf-8") as f:
             if isinstance(content, str):
