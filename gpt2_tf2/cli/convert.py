@@ -135,9 +135,7 @@ def write_new_dir(out: str, content: dict) -> None:
     from gpt2_tf2.files import replace_into
     from gpt2_tf2.formats import huggingface
 
-    needed = sum(
-        len(v) if isinstance(v, (bytes, str)) else getattr(v, "size", 0) for v in content.values()
-    )
+    needed = sum(len(v) if isinstance(v, str) else getattr(v, "size", 0) for v in content.values())
     replace_into(out, lambda tmp: huggingface.write_files(tmp, content), needed)
 
 

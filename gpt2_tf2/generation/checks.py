@@ -69,7 +69,8 @@ def bucket(n: int, limit: int, smallest: int = 16) -> int:
 def cache_columns(n_ctx: int, prompt_len: int, length: int) -> int:
     """The positions per row of the key/value cache that sampling `length` tokens after a
     prompt of `prompt_len` allocates: the prompt's size bucket and the length's, at most n_ctx
-    (`sampler.EngineRows.prefill`); past the context, windows of up to n_ctx."""
+    (what `sampler.EngineRows.prefill` sizes each window's cache by); past the context, windows
+    of up to n_ctx."""
     if prompt_len + length > n_ctx:
         return n_ctx
     return min(bucket(max(prompt_len, 1), n_ctx) + bucket(length, n_ctx), n_ctx)

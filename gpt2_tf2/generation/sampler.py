@@ -11,9 +11,9 @@ holds that logic once, for both backends.
 
 from __future__ import annotations
 
+from gpt2_tf2.generation.checks import cache_columns
 from gpt2_tf2.generation.config import GenerationConfig
 from gpt2_tf2.generation.engine import Engine, Request
-from gpt2_tf2.generation.loop import bucket
 
 
 class EngineRows:
@@ -62,8 +62,8 @@ class EngineRows:
 
     def prefill(self, contexts, length):
         """The prompts (one per row) run once, ready for `run` to make `length` tokens."""
-        width = bucket(max(len(c) for c in contexts), self.n_ctx)
-        cache_len = min(width + bucket(length, self.n_ctx), self.n_ctx)
+        # A window's prompt and length fit the context: the buckets' sum, at most n_ctx.
+        cache_len = cache_columns(self.n_ctx, max(len(c) for c in contexts), length)
         shape = (len(contexts), cache_len)
         if shape not in self.engines:
             self.engines[shape] = Engine(self.lm, *shape)
