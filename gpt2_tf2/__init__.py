@@ -1,7 +1,10 @@
 """gpt2_tf2: OpenAI's GPT-2 in native TensorFlow 2.
 
 `gpt2_tf2.load(...)` is imported lazily so that the command-line faces can silence TensorFlow's
-start-up logging before TensorFlow is first imported.
+start-up logging before TensorFlow is first imported. `load` itself imports TensorFlow (quietly)
+only when the model needs it: the xla backend always, the tflite backend to convert, sample,
+score or search beams, but not to decode greedily from a cached conversion with LiteRT's
+interpreter installed (`core.lazy`).
 """
 
 __version__ = "0.1.0"
@@ -15,8 +18,9 @@ def __getattr__(name):
         return GenerationConfig
     if name == "load":
         from gpt2_tf2 import quiet
+        from gpt2_tf2.core import lazy
 
-        quiet.import_tensorflow()  # its start-up log hidden, as on the command line
+        lazy.import_with(quiet.import_tensorflow)  # its start-up log hidden, when first needed
         from gpt2_tf2.generation.language_model import load
 
         return load

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -93,9 +94,13 @@ def test_the_loop_tensors_come_from_the_config():
     s = Settings.make(config, key=(9, 2), stop_token=50256, no_repeat_ngram_size=3)
     assert set(TENSORS) | {"seed", "stop_token"} == set(Settings._fields)
     for name, dtype in TENSORS.items():
-        assert getattr(s, name).dtype == tf.as_dtype(dtype), name
+        assert getattr(s, name).dtype == np.dtype(dtype), name
     assert float(s.temperature) == 0 and int(s.top_k) == 7 and int(s.no_repeat_ngram_size) == 3
-    assert s.seed.numpy().tolist() == [9, 2] and int(s.stop_token) == 50256
+    assert s.seed.tolist() == [9, 2] and int(s.stop_token) == 50256
+    assert (s.seed.dtype, s.stop_token.dtype) == (np.int64, np.int32)
+    # Inside a compiled function each is the tensor of that dtype.
+    seen = tf.function(lambda s: s)(s)
+    assert seen.temperature.dtype == tf.float32 and seen.seed.dtype == tf.int64
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import tensorflow as tf
 
 from conftest import run_in_process, write_random_model
 from gpt2_tf2.errors import UserError
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
-from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.settings import Settings
 
 
 @pytest.fixture()

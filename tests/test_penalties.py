@@ -13,13 +13,14 @@ import tensorflow as tf
 
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import (
     PROCESSORS,
     apply_processors,
     min_new_tokens,
     presence_frequency_penalty,
 )
-from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.settings import Settings
 
 INF = float("inf")
 LOGITS = [2.0, -1.0, 0.5, 3.0, -2.0, 1.0]

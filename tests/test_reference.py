@@ -198,8 +198,9 @@ def test_own_vocabulary_tokenizes_as_gpt2_tokenizer_fast(tmp_path):
 def test_repetition_controls_match_transformers_processors(penalty, ngram):
     """Our processors against transformers' RepetitionPenaltyLogitsProcessor and
     NoRepeatNGramLogitsProcessor, on random logits and repetitive random histories."""
+    from gpt2_tf2.generation.history import History
     from gpt2_tf2.generation.processors import apply_processors
-    from gpt2_tf2.generation.settings import History, Settings
+    from gpt2_tf2.generation.settings import Settings
 
     rng = np.random.default_rng(ngram * 10 + int(penalty * 10))
     batch, vocab, length, width = 4, 12, 15, 20

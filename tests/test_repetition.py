@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_in_process
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import no_repeat_ngram, repetition_penalty
-from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.settings import Settings
 
 INF = float("inf")
 LOGITS = tf.constant([[2.0, -1.0, 0.5, 3.0, -2.0, 1.0]])

@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.generation.config import GenerationConfig
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import apply_processors
-from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
 VOCAB, WIDTH = 300, 24
@@ -48,11 +49,11 @@ def test_rows_with_their_own_settings_equal_each_row_alone(xla, candidates):
     steps = tf.constant([s for _, _, _, s, _ in ROWS])
     lengths = tf.constant([n for *_, n in ROWS])
 
-    def together(logits):
+    def together(logits, settings):  # an argument, as the engines pass it: not a constant
         processed = apply_processors(logits, settings, History(tokens, lengths))
         return processed, choose_tokens(processed, settings, steps, candidates, rows)
 
-    processed, chosen = tf.function(together, jit_compile=xla, autograph=False)(logits)
+    processed, chosen = tf.function(together, jit_compile=xla, autograph=False)(logits, settings)
     for i, (config, key, row, step, length) in enumerate(ROWS):
         one = Settings.make(GenerationConfig(**config), key=key)  # scalars: the batch path
         want, token = alone(  # tensors, not ints: an int argument would retrace per row

@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from gpt2_tf2.cli import flags
+from gpt2_tf2.core.lazy import installed as tf_version  # read without importing TensorFlow
 
 # Flags without a default string that still take text or a path, never a number or a list.
 # Flags whose default is a string are text too; flags whose default is a bool are switches.
@@ -44,18 +45,6 @@ _TF_NOISE = re.compile(
     r"^([IWEF]\d{4} \d\d:\d\d:|WARNING: All log messages before absl::"
     r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
-
-
-def tf_version() -> tuple[str, str] | None:
-    """(distribution, version) of the installed TensorFlow, read without importing it."""
-    from importlib import metadata
-
-    for dist in ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"):
-        try:
-            return dist, metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def xla_cache_dir() -> str | None:

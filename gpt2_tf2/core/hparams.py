@@ -21,9 +21,12 @@ from gpt2_tf2.files import read_json_object
 OPENAI_FIELDS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
 
 
-# Bytes a weight takes in memory, by dtype (int4: 4 bits and a float16 scale per 32 weights,
-# formats/tflite_template.BLOCK_SIZE): memory estimates and conversions' sizes.
-WEIGHT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5 + 2 / 32}
+# int4's block: inputs per float16 scale (llama.cpp's q4_0 blocks; XNNPACK takes multiples of
+# 32), formats/tflite_template.BLOCK_SIZE.
+INT4_BLOCK = 32
+# Bytes a weight takes in memory, by dtype (int4: 4 bits and a float16 scale per block):
+# memory estimates and conversions' sizes.
+WEIGHT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5 + 2 / INT4_BLOCK}
 
 
 @dataclasses.dataclass(frozen=True)

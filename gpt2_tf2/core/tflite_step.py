@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.layout import part_layers  # noqa: F401 (tflite_step.part_layers: its name before)
 from gpt2_tf2.core.model import MASK_VALUE, gelu, layer_norm
 
 DENSE = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
@@ -123,13 +124,6 @@ def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list, laye
     out = w.get("model/lm_head", w["model/wte"])  # [vocab, embd]: tied to wte in GPT-2
     logits = tf.matmul(tf.reshape(x, [-1, hp.n_embd]), out, transpose_b=True)  # [b * k, vocab]
     return tf.reshape(logits, [tf.shape(x)[0], -1, hp.n_vocab]), new
-
-
-def part_layers(hp: HParams, parts: int) -> list[tuple[int, int]]:
-    """The blocks of each of `parts` parts, as even as they split: [(first, end), ...]."""
-    parts = max(1, min(parts, hp.n_layer))
-    edges = [round(i * hp.n_layer / parts) for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> tf.Module:

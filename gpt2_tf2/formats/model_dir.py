@@ -5,6 +5,10 @@ Sampling, scoring, training and export all go through `open_model_dir` (no weigh
 `load_weights` / `load_model_dir`. Formats today: OpenAI's TF1 layout (`openai.py`: a release,
 or an export), and a fine-tuning run's newest checkpoint (`run.py`). A new format is one module
 with a reader, and one more branch in `ModelDir.format`.
+
+Finding a directory and reading its hparams and vocabulary need no TensorFlow; the checkpoint
+formats (TensorFlow reads checkpoints) are imported when a checkpoint is first read
+(`core.lazy`): the tflite backend runs a cached conversion without TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,16 +17,25 @@ import dataclasses
 import functools
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
-
+from gpt2_tf2.core import lazy
 from gpt2_tf2.core.hparams import ALIASES, PRESETS, HParams, canonical_name, load_hparams
-from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
-from gpt2_tf2.formats import openai, run
 from gpt2_tf2.tokenizer import Encoder, load_encoder, vocabulary_files
 
+if TYPE_CHECKING:
+    from gpt2_tf2.core.model import GPT2
+
 FORMATS = ("openai", "run")
+
+
+def checkpoint_formats():
+    """The modules that read checkpoints (`openai`, `run`), TensorFlow imported first."""
+    lazy.tensorflow()
+    from gpt2_tf2.formats import openai, run
+
+    return openai, run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +49,12 @@ class ModelDir:
     @functools.cached_property
     def checkpoint(self) -> str:
         """The checkpoint prefix the weights are read from."""
-        return openai.find_checkpoint(self.path)
+        return checkpoint_formats()[0].find_checkpoint(self.path)
 
     @functools.cached_property
     def format(self) -> str:
         """One of FORMATS, told by the checkpoint's variable names."""
-        return "run" if run.is_run_checkpoint(self.checkpoint) else "openai"
+        return "run" if checkpoint_formats()[1].is_run_checkpoint(self.checkpoint) else "openai"
 
     @property
     def vocabulary_files(self) -> dict[str, str]:
@@ -63,6 +76,7 @@ def open_model_dir(path: str) -> ModelDir:
 
 def load_weights(model_dir: ModelDir, model: GPT2) -> None:
     """Assign every variable of `model` (built from `model_dir.hparams`) from the directory."""
+    openai, run = checkpoint_formats()
     if model_dir.format == "run":
         run.load_run_weights(model, model_dir.checkpoint)
     else:
@@ -73,14 +87,18 @@ def read_weights(model_dir: ModelDir):
     """The weights by OpenAI name, for work that takes them one at a time (a conversion): an
     OpenAI-layout checkpoint is read a weight at a time (`openai.CheckpointWeights`); a run's
     checkpoint is restored into a model first."""
+    openai = checkpoint_formats()[0]
     if model_dir.format == "run":
         return load_model_dir(model_dir.path)[1].named_variables()
     return openai.CheckpointWeights(model_dir.checkpoint, model_dir.hparams)
 
 
-def load_model_dir(path: str, dtype=tf.float32) -> tuple[ModelDir, GPT2]:
+def load_model_dir(path: str, dtype="float32") -> tuple[ModelDir, GPT2]:
     """(what the directory holds, the model with its weights) with weights and activations in
     `dtype` (layer norms, softmax and logits stay float32)."""
+    tf = lazy.tensorflow()
+    from gpt2_tf2.core.model import GPT2
+
     model_dir = open_model_dir(path)
     dtype = tf.as_dtype(dtype)
     if model_dir.format == "run" and dtype != tf.float32:
@@ -96,6 +114,10 @@ def load_model_dir(path: str, dtype=tf.float32) -> tuple[ModelDir, GPT2]:
 def cast_model(model: GPT2, dtype) -> GPT2:
     """A copy of `model` whose weights and activations are `dtype` (layer norms, softmax and
     logits stay float32); the weights are cast once, here."""
+    tf = lazy.tensorflow()
+    from gpt2_tf2.core.model import GPT2
+
+    openai = checkpoint_formats()[0]
     cast = GPT2(model.hparams, seed=None, compute_dtype=dtype, param_dtype=dtype)
     source = openai.name_table(model)
     for name, var in openai.name_table(cast).items():
@@ -164,5 +186,5 @@ def locate(
 ) -> str:
     """The directory the commands' model flags name: a run's (`run_name`), else a model's."""
     if run_name is not None:
-        return run.locate_run(run_name, checkpoint_dir)
+        return checkpoint_formats()[1].locate_run(run_name, checkpoint_dir)
     return find_model_dir(model_name, models_dir, download)

@@ -5,8 +5,9 @@ A release directory holds `checkpoint`, `hparams.json`, `encoder.json`, `vocab.b
 `model/h0/attn/c_attn/w` (shape `[1, nx, 3nx]`) to float32 tensors. The downloader
 (`download.py`) fetches OpenAI's releases in this layout. `name_table` is the single
 source of truth for those names (a block's own, below `model/hN/`, come from `Block.params()`,
-which the block's maths reads too; `weight_shapes` spells the same names and shapes without
-building a model, for reading a checkpoint one weight at a time, and a test keeps the two equal);
+which the block's maths reads too; `core.layout.weight_shapes` spells the same names and shapes
+without building a model, for reading a checkpoint one weight at a time, and a test keeps the two
+equal);
 loading is strict: every stored variable is used exactly once with the right shape. Saving writes
 the same layout, and never removes a file it did not write.
 """
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams, save_hparams
+from gpt2_tf2.core.layout import weight_shapes  # noqa: F401 (openai.weight_shapes: its name before)
 from gpt2_tf2.errors import UserError, first_line, reason
 from gpt2_tf2.files import human_size, write_atomically
 
@@ -64,25 +66,6 @@ def named_checkpoint(directory: str) -> str | None:
         raise UserError(f"{directory}/checkpoint: unreadable ({first_line(e)})") from None
     prefix = state.model_checkpoint_path if state is not None else ""
     return prefix if prefix and os.path.exists(prefix + ".index") else None
-
-
-def weight_shapes(hp: HParams) -> dict[str, list[int]]:
-    """Every variable's TF1 name and shape for these hparams, without building the model (the
-    shapes `name_table` of a model with these hparams holds; a test keeps the two equal)."""
-    e = hp.n_embd
-    shapes = {"model/wte": [hp.n_vocab, e], "model/wpe": [hp.n_ctx, e]}
-    block = {
-        "ln_1/g": [e], "ln_1/b": [e], "attn/c_attn/w": [1, e, 3 * e], "attn/c_attn/b": [3 * e],
-        "attn/c_proj/w": [1, e, e], "attn/c_proj/b": [e], "ln_2/g": [e], "ln_2/b": [e],
-        "mlp/c_fc/w": [1, e, 4 * e], "mlp/c_fc/b": [4 * e], "mlp/c_proj/w": [1, 4 * e, e],
-        "mlp/c_proj/b": [e],
-    }  # fmt: skip
-    for i in range(hp.n_layer):
-        shapes.update({f"model/h{i}/{name}": shape for name, shape in block.items()})
-    shapes.update({"model/ln_f/g": [e], "model/ln_f/b": [e]})
-    if not hp.tie_word_embeddings:
-        shapes["model/lm_head"] = [hp.n_vocab, e]
-    return shapes
 
 
 def open_checkpoint(prefix: str, shapes: dict[str, list[int]]):

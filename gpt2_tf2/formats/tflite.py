@@ -14,6 +14,9 @@ activations quantized on the fly; layer norms, softmax and the logits' accumulat
 (TFLite's post-training quantization guide). int4 is int8's conversion with every matrix of the
 blocks and the output layer then stored in 4 bits, a float16 scale per 32 inputs
 (`tflite_template.int4_blocks`); the embedding's lookup stays int8.
+
+Finding a cached conversion needs no TensorFlow (its version is read from its distribution,
+the code's files are hashed by path): TensorFlow is imported to convert (`core.lazy`).
 """
 
 from __future__ import annotations
@@ -21,19 +24,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 
-import tensorflow as tf
-
-from gpt2_tf2.core import tflite_step
-from gpt2_tf2.core.hparams import WEIGHT_BYTES
+from gpt2_tf2.core import layout, lazy
+from gpt2_tf2.core.hparams import INT4_BLOCK, WEIGHT_BYTES
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.files import user_cache_dir, write_atomically
-from gpt2_tf2.formats import openai, tflite_template
 
 DTYPES = ("float32", "int8", "int4")
 BYTES = {dtype: WEIGHT_BYTES[dtype] for dtype in DTYPES}  # per weight (int4's: BLOCK_SIZE's)
@@ -41,6 +43,8 @@ FLATBUFFER_LIMIT = 2**31  # a .tflite file holds its weights in one flatbuffer, 
 # Sampling opens a model of more weights than this in parts (`cached_parts`): measured at 1558M
 # int8, one file peaked at 3.51 GB while XNNPACK packed it (the file and the packed copy).
 PART_BYTES = 512 * 2**20
+# A TF checkpoint's files: prefix.index, prefix.data-00000-of-00001.
+CHECKPOINT_FILE = re.compile(r"\.(index|data-\d+-of-\d+)$")
 
 
 def check_dtype(dtype: str) -> str:
@@ -51,24 +55,25 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
 def int4_supported() -> bool:
     """Whether 4-bit blocks can be written (TFLite schema's BlockwiseQuantization: TensorFlow
     2.19 and later) and are multiplied right by the interpreter `generation.tflite` uses:
     LiteRT's (ai-edge-litert) when installed, measured right at 2.3; else TensorFlow's own,
-    right from 2.21 (measured: 2.19 crashed on them, 2.20 gave wrong products)."""
+    right from 2.21 (measured: 2.19 crashed on them, 2.20 gave wrong products). Read from the
+    installed versions: no TensorFlow imported."""
     from importlib import metadata
 
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    def version(text: str) -> tuple:
-        return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
-
-    if not hasattr(schema, "BlockwiseQuantizationT"):
+    tensorflow = _version(lazy.version())
+    if tensorflow < (2, 19):
         return False
     try:
-        return version(metadata.version("ai-edge-litert")) >= (2, 3)
+        return _version(metadata.version("ai-edge-litert")) >= (2, 3)
     except metadata.PackageNotFoundError:
-        return version(tf.__version__) >= (2, 21)
+        return tensorflow >= (2, 21)
 
 
 def check_int4(hparams) -> None:
@@ -77,11 +82,11 @@ def check_int4(hparams) -> None:
     if not int4_supported():
         raise UserError(
             f"int4 weights need TensorFlow 2.21 or later, or ai-edge-litert 2.3 or later "
-            f"(this is TensorFlow {tf.__version__}); upgrade, or use int8"
+            f"(this is TensorFlow {lazy.version()}); upgrade, or use int8"
         )
-    if hparams.n_embd % tflite_template.BLOCK_SIZE:
+    if hparams.n_embd % INT4_BLOCK:
         raise UserError(
-            f"int4 weights need n_embd a multiple of {tflite_template.BLOCK_SIZE} (this model's "
+            f"int4 weights need n_embd a multiple of {INT4_BLOCK} (this model's "
             f"is {hparams.n_embd}); use int8"
         )
 
@@ -90,8 +95,8 @@ def weight_bytes(hparams, dtype: str, layers=None) -> int:
     """What the step's weights, or those of its part running the blocks `layers` (first, end),
     take in a .tflite file in `dtype` (a part computing logits holds its own copy of wte)."""
     layers = layers or (0, hparams.n_layer)
-    shapes = openai.weight_shapes(hparams).items()
-    count = sum(math.prod(s) for name, s in shapes if tflite_template.needed(name, hparams, layers))
+    shapes = layout.weight_shapes(hparams).items()
+    count = sum(math.prod(s) for name, s in shapes if layout.needed(name, hparams, layers))
     return math.ceil(count * BYTES[dtype])
 
 
@@ -117,8 +122,11 @@ def convert(named, hparams, dtype: str, layers=None) -> memoryview:
     same names, or `model_dir.read_weights`; emptied as it goes) as .tflite bytes, in float32
     int8 or int4 (see the module doc). The converter sees a template whose blocks share stand-in
     weights; the real ones are written in after (`tflite_template`). `layers` (first, end): only
-    that part of the step (`tflite_step.part_layers`)."""
+    that part of the step (`layout.part_layers`)."""
     check_size(hparams, dtype, layers)
+    lazy.tensorflow()  # quietly, before the modules that convert import it
+    from gpt2_tf2.formats import tflite_template
+
     weights, stand_in = tflite_template.template(named, hparams, layers)
     int4 = None
     if dtype == "int4":
@@ -134,6 +142,7 @@ def convert(named, hparams, dtype: str, layers=None) -> memoryview:
 def _variables(weights: dict) -> dict:
     """tf.Variables for arrays by name; names holding the same array share one variable (the
     template's blocks: one stand-in constant for the converter, read by every block)."""
+    tf = lazy.tensorflow()
     made = {}
     for array in weights.values():
         if id(array) not in made:
@@ -143,6 +152,9 @@ def _variables(weights: dict) -> dict:
 
 def _converted(weights: dict, hparams, dtype: str, layers=None) -> bytes:
     """TFLite's converter on the step of these variables, through a temporary SavedModel."""
+    tf = lazy.tensorflow()
+    from gpt2_tf2.core import tflite_step
+
     module = tflite_step.step_module(weights, hparams, layers=layers)
     tmp = tempfile.mkdtemp(prefix="gpt2_tf2-tflite-")
     try:
@@ -168,24 +180,25 @@ def cache_dir() -> str:
 def cache_key(model_dir, dtype: str, layers=None) -> str:
     """A name for the converted step of this model directory's current weights: it changes when
     a weight file, hparams.json, the dtype, TensorFlow or the code that writes the step
-    (`core.tflite_step`, `formats.tflite_template`) do."""
-    prefix = model_dir.checkpoint
-    folder = os.path.dirname(prefix)
+    (`core.tflite_step`, `formats.tflite_template`) do. Found without TensorFlow: the weight
+    files are every checkpoint's in the directory and the `checkpoint` file that names one
+    (a run's older checkpoints too: the name changes more often than needed, never less)."""
+    folder = model_dir.path
     files = sorted(
         name
         for name in os.listdir(folder)
-        if name.startswith(os.path.basename(prefix) + ".") or name == "hparams.json"
+        if name in ("checkpoint", "hparams.json") or CHECKPOINT_FILE.search(name)
     )
     stamp = []
     for name in files:
         st = os.stat(os.path.join(folder, name))
         stamp.append([name, st.st_size, st.st_mtime_ns])
     code = hashlib.sha256()
-    for module in (tflite_step, tflite_template):  # what the file holds is their work
-        with open(module.__file__, "rb") as f:
+    for module in ("gpt2_tf2.core.tflite_step", "gpt2_tf2.formats.tflite_template"):
+        with open(importlib.util.find_spec(module).origin, "rb") as f:  # what the file holds
             code.update(f.read())
     code = code.hexdigest()
-    identity = [os.path.realpath(prefix), stamp, dtype, tf.__version__, code]
+    identity = [os.path.realpath(folder), stamp, dtype, lazy.version(), code]
     digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     base = os.path.basename(os.path.realpath(folder)) or "model"
     part = "" if layers is None else f"-h{layers[0]}-{layers[1] - 1}"
@@ -234,11 +247,11 @@ def cached_step(model_dir, dtype: str, load_weights, progress=print, layers=None
 
 def cached_parts(model_dir, dtype: str, load_weights, progress=print) -> list[str]:
     """The converted step for sampling, in parts of at most about PART_BYTES of weights each
-    (`tflite_step.part_layers`; one part for most models): each part's interpreter packs its
+    (`layout.part_layers`; one part for most models): each part's interpreter packs its
     weights and releases its file's pages before the next is opened, so a large model never
     holds its file and XNNPACK's copy whole at once (`generation.tflite.LiteStep`)."""
     hp = model_dir.hparams
-    parts = tflite_step.part_layers(hp, math.ceil(weight_bytes(hp, dtype) / PART_BYTES))
+    parts = layout.part_layers(hp, math.ceil(weight_bytes(hp, dtype) / PART_BYTES))
     if len(parts) == 1:
         return [cached_step(model_dir, dtype, load_weights, progress)]
     return [cached_step(model_dir, dtype, load_weights, progress, layers) for layers in parts]

@@ -30,30 +30,17 @@ import flatbuffers
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-from gpt2_tf2.core.hparams import HParams
+from gpt2_tf2.core.hparams import INT4_BLOCK, HParams
+from gpt2_tf2.core.layout import is_block, needed  # noqa: F401 (their names here before)
 from gpt2_tf2.core.tflite_step import lite_layout
 
 ALIGNMENT = 16  # TFLite's schema: Buffer.data (force_align: 16)
-BLOCK_SIZE = 32  # int4: inputs per scale (llama.cpp's q4_0 blocks; XNNPACK takes multiples of 32)
+BLOCK_SIZE = INT4_BLOCK  # int4: inputs per scale
 FULLY_CONNECTED = 9  # TFLite schema's BuiltinOperator
-
-
-def is_block(name: str) -> bool:
-    return name.startswith("model/h") and name.split("/")[1][1:].isdigit()
 
 
 def suffix(name: str) -> str:
     return name.split("/", 2)[2]  # model/h7/attn/c_attn/w -> attn/c_attn/w
-
-
-def needed(name: str, hp: HParams, layers) -> bool:
-    """Whether the part of the step running blocks `layers` (first, end) reads weight `name`."""
-    first, end = layers
-    if is_block(name):
-        return first <= int(name.split("/")[1][1:]) < end
-    if name in ("model/wte", "model/wpe") and first == 0:
-        return True  # the embedding
-    return end == hp.n_layer and name != "model/wpe"  # the final norm and the output layer
 
 
 def template(named: dict, hp: HParams, layers=None, seed: int = 0) -> tuple[dict, dict]:

@@ -23,8 +23,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from gpt2_tf2.core.kernels import shape_list
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import PROCESSORS, apply_processors
-from gpt2_tf2.generation.settings import History
 
 NONE = -1.0e9  # transformers' score of an empty or excluded hypothesis
 

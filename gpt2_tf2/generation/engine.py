@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import tensorflow as tf
+import numpy as np
 
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.generation.checks import check_token_ids, contexts_and_stop
@@ -52,7 +52,7 @@ class Prefill(NamedTuple):
 
     rows: list  # (prompt tokens, Settings, length) per row, checked
     row_numbers: list  # each row's number in its key's batch
-    logits: tf.Tensor  # [k, vocab]: after each row's prompt
+    logits: object  # [k, vocab] (a tensor, or a NumPy array on tflite): after each row's prompt
     cache: list  # [k * heads, cache_len, head_dim] per tensor
     scores: tuple  # each row's wish for its tokens' scores (`Request.scores`)
 
@@ -153,7 +153,7 @@ class Engine:
         slots = self._free[: len(rows)]
         settings = Settings.rows([s for _, s, _ in rows])
         if keys is not None:
-            settings = settings._replace(seed=tf.constant(keys, tf.int64))
+            settings = settings._replace(seed=np.asarray(keys, np.int64))
         self._store.start(slots, prefill, settings)
         self._done = None
         del self._free[: len(rows)]

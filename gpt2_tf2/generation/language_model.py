@@ -11,17 +11,15 @@ import functools
 import math
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-from gpt2_tf2.core import kernels
+from gpt2_tf2.core import lazy
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.model import GPT2
 from gpt2_tf2.errors import UserError
 from gpt2_tf2.formats import model_dir as formats
-from gpt2_tf2.generation import beam, loop, sampler, texts
-from gpt2_tf2.generation.beams import PIECE, BeamSearch
+from gpt2_tf2.generation import sampler, texts
 from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this module before)
     BACKENDS,
     DTYPES,
@@ -33,6 +31,9 @@ from gpt2_tf2.generation.checks import (  # noqa: F401 (public names of this mod
 )
 from gpt2_tf2.generation.config import MAX_LIST_BATCH, GenerationConfig
 from gpt2_tf2.tokenizer import Encoder
+
+if TYPE_CHECKING:
+    from gpt2_tf2.core.model import GPT2
 
 STREAM_CHUNK = 16  # tokens per piece of a stream: the loop's state crosses to Python per piece
 
@@ -55,6 +56,13 @@ class LanguageModel:
         self.lite, self.xla = lite, xla
         self.backend = "xla" if lite is None else "tflite"
         self._engine_programs = None  # the decode engine's compiled functions (xla.programs)
+        if lite is not None:  # scoring on the interpreter (sampling: the engine's LiteSlots)
+            self._token_nll = lite.token_nll
+            return  # and no TensorFlow imported for it (`core.lazy`)
+        tf = lazy.tensorflow()
+        from gpt2_tf2.core import kernels
+        from gpt2_tf2.generation import loop
+
         # Decided here, on the machine that runs the loop, never while tracing (kernels.add_bias).
         self._cpu_matvec = kernels.cpu_only()
         # Sampling runs on the decode engine (`sampler.EngineRows`), whose loop is traced (and
@@ -77,10 +85,10 @@ class LanguageModel:
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
             autograph=False,
         )
-        if lite is not None:  # scoring on the interpreter (sampling: the engine's LiteSlots)
-            self._token_nll = lite.token_nll
 
     def _beam_advance(self, state, prompt_len, length, settings, until, options):
+        from gpt2_tf2.generation import beam
+
         weights = self.model.read_weights(self._cpu_matvec)
         model = functools.partial(self.model, weights=weights)
         return beam.advance(model, state, prompt_len, length, settings, until, options)
@@ -208,6 +216,9 @@ class LanguageModel:
         if config is None:
             settings.setdefault("num_beams", 4)
         config = GenerationConfig.of(config, **settings)
+        lazy.tensorflow()  # quietly, before the beams' modules import it
+        from gpt2_tf2.generation.beams import PIECE, BeamSearch
+
         search = BeamSearch(self)
         slot = search.add(prompt_tokens, config, stop_token)
         length = search.config(slot).length  # validated: a default resolved
@@ -283,7 +294,8 @@ class LanguageModel:
     def _token_nll_eager(self, tokens):
         """NLL of tokens[:, 1:] given what precedes them: [batch, seq - 1] nats."""
         logits = self.model(tokens[:, :-1])["logits"]
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
+        nn = lazy.tensorflow().nn
+        return nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:], logits=logits)
 
     def score_tokens(self, tokens, progress: bool = False) -> tuple[float, int]:
         """(sum of NLL in nats, number of tokens scored).
@@ -309,7 +321,7 @@ class LanguageModel:
         bar = tqdm(total=windows, unit="window", disable=not progress or windows < 2, leave=False)
         while True:
             start = max(0, end - n_ctx)
-            nll = self._token_nll(tf.constant([ids[start:end]], tf.int32)).numpy()[0]
+            nll = np.asarray(self._token_nll(np.array([ids[start:end]], np.int32)))[0]
             part = nll[scored - start - 1 :]  # nll[j] scores ids[start + j + 1]
             total += float(np.sum(part, dtype=np.float64))
             counted += len(part)
@@ -414,7 +426,8 @@ def load(
     directory = formats.locate(model_name_or_dir, models_dir, download, run_name, checkpoint_dir)
     if backend == "tflite":
         return load_lite(directory, dtype, progress)
-    opened, model = formats.load_model_dir(directory, tf.as_dtype(dtype))
+    lazy.tensorflow()  # the xla backend's: quietly, as the face registered (`core.lazy`)
+    opened, model = formats.load_model_dir(directory, dtype)
     return LanguageModel(opened.hparams, opened.encoder, model.as_loaded(), directory)
 
 

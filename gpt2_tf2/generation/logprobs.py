@@ -7,9 +7,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
-
-from gpt2_tf2.core.kernels import select_column
 
 
 class TokenScore(NamedTuple):
@@ -22,7 +19,12 @@ class TokenScore(NamedTuple):
 def token_scores(logits, token, k: int):
     """The model's own log-probabilities at a step, before any processor or warper (what vLLM
     returns by default): the chosen token's [batch], and the k most likely tokens' ids (int32
-    [batch, k]) and log-probabilities [batch, k]."""
+    [batch, k]) and log-probabilities [batch, k]. (TensorFlow imported here, at tracing: the
+    engine reads the scores without it, `read_scores`.)"""
+    import tensorflow as tf
+
+    from gpt2_tf2.core.kernels import select_column
+
     logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
     top_logp, top_ids = tf.math.top_k(logp, k)
     return select_column(logp, token[:, None]), top_ids, top_logp
@@ -46,6 +48,9 @@ def prompt_scores(lm, tokens: list[int], k: int) -> list[TokenScore | None]:
     decode engine (a server's scheduler, `Scheduler.call`)."""
     if len(tokens) < 2:
         return [None] * len(tokens)
+    from gpt2_tf2.core import lazy
+
+    tf = lazy.tensorflow()
     context = tokens[:-1]
     if lm.lite is not None:
         logits = lm.lite.logits([context])[0]

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from gpt2_tf2.core.kernels import shape_list
 from gpt2_tf2.generation.checks import bucket  # noqa: F401 (loop.bucket: its public name)
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.processors import PROCESSORS, apply_processors
-from gpt2_tf2.generation.settings import History
 from gpt2_tf2.generation.strategies import choose_tokens
 
 

@@ -164,22 +164,8 @@ def _no_repeat_ngram_rows(logits, n, history):
 
 # For every strategy, in this order (vLLM's: the stop token's ban, then the penalties).
 PROCESSORS = (min_new_tokens, repetition_penalty, presence_frequency_penalty, no_repeat_ngram)
-
-
-# Each processor's setting and the value that turns it off (`every_processor_off`).
-OFF = {
-    "min_new_tokens": 0,
-    "repetition_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "no_repeat_ngram_size": 0,
-}
-
-
-def every_processor_off(settings) -> bool:
-    """Whether `PROCESSORS` leave every row's logits as they are (eager settings, read once,
-    outside any compiled function): then greedy decoding is the argmax of the model's logits."""
-    return all(bool(tf.reduce_all(getattr(settings, name) == off)) for name, off in OFF.items())
+# The value of each one's setting that turns it off: `settings.OFF` (plain NumPy, read by the
+# tflite backend's greedy path before TensorFlow is imported).
 
 
 def apply_processors(logits, settings, history, processors=PROCESSORS):

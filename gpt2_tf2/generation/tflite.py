@@ -2,7 +2,9 @@
 XNNPACK, driven token by token from Python; the processors and strategies are the XLA loop's.
 When every row decodes greedily with every processor off, a token is the argmax of its logits,
 taken in NumPy: calling the compiled strategy cost ~1 ms a token at batch 1 (124M, int4: a
-fifth of the token), almost all of it TensorFlow's call, not the choosing.
+fifth of the token), almost all of it TensorFlow's call, not the choosing. That path imports no
+TensorFlow at all when LiteRT's interpreter is installed (`core.lazy`): the processors,
+strategies and scores are compiled, and TensorFlow imported, when a row first needs them.
 
 The key/value cache lives in the interpreter's own input buffers (`past_key_i`, `past_value_i`):
 each step writes only its new column there, through NumPy views of those buffers, so no step
@@ -18,19 +20,16 @@ never both resident whole.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
+from gpt2_tf2.core import lazy
 from gpt2_tf2.core.hparams import HParams
 from gpt2_tf2.errors import UserError, first_line
-from gpt2_tf2.generation import beam
-from gpt2_tf2.generation.logprobs import token_scores
-from gpt2_tf2.generation.processors import apply_processors, every_processor_off
-from gpt2_tf2.generation.settings import History, Settings
-from gpt2_tf2.generation.strategies import choose_tokens
+from gpt2_tf2.generation.settings import Settings, every_processor_off
 
 MADV_DONTNEED = 4  # Linux's <sys/mman.h>
 
@@ -78,7 +77,7 @@ def make_interpreter(path: str, num_threads: int | None = None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        Interpreter = tf.lite.Interpreter
+        Interpreter = lazy.tensorflow().lite.Interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's notice that LiteRT replaces it
         try:
@@ -113,7 +112,7 @@ class LiteStep:
     large model, `formats.tflite.cached_parts`), the cache in their input buffers (module doc)."""
 
     def __init__(self, paths, hparams: HParams, num_threads: int | None = None):
-        from gpt2_tf2.core.tflite_step import part_layers
+        from gpt2_tf2.core.layout import part_layers
 
         paths = [paths] if isinstance(paths, str) else list(paths)
         self.hparams, self.path = hparams, paths[0]
@@ -259,17 +258,34 @@ class LiteDecoder:
     strategy and beam step of the XLA loops, compiled on their own."""
 
     def __init__(self, step: LiteStep, xla: bool = True):
-        self.step = step
-        self.choose_rows = tf.function(choose_rows, jit_compile=xla, autograph=False)
-        self.token_scores = tf.function(token_scores, jit_compile=xla, autograph=False)
-        self.choose_beams = tf.function(choose_beams, jit_compile=xla, autograph=False)
+        self.step, self.xla = step, xla
         self._choose = {}  # concrete functions of `choose_rows` by (logits, history) shape
+
+    # Compiled on first use, TensorFlow imported then: greedy decoding with every processor
+    # off needs none of them (`LiteSlots.advance`), and so no TensorFlow at all.
+    @functools.cached_property
+    def choose_rows(self):
+        return self._compiled(choose_rows)
+
+    @functools.cached_property
+    def token_scores(self):
+        from gpt2_tf2.generation.logprobs import token_scores
+
+        return self._compiled(token_scores)
+
+    @functools.cached_property
+    def choose_beams(self):
+        return self._compiled(choose_beams)
+
+    def _compiled(self, fn):
+        return lazy.tensorflow().function(fn, jit_compile=self.xla, autograph=False)
 
     def choose(self, logits, history, pos, settings, steps, rows) -> np.ndarray:
         """`choose_rows` on the rows' NumPy state and their `Settings` ([rows] each): one token
         per row. It calls the concrete function of these shapes, traced once: a tf.function's
         own call matches every argument's type against its traces first, which at batch 1 cost
         as much as the choosing (measured at 124M's vocabulary: 0.50 -> 0.33 ms a token)."""
+        tf = lazy.tensorflow()
         args = (logits, history, pos, settings, steps, rows)
         args = tf.nest.map_structure(tf.convert_to_tensor, args)
         key = (logits.shape, history.shape)
@@ -287,12 +303,16 @@ class LiteDecoder:
         """As `LanguageModel._token_nll`: NLL of tokens[:, 1:] given what precedes them."""
         tokens = np.asarray(tokens, np.int32)
         logits = self.logits(tokens[:, :-1])
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
+        return lazy.tensorflow().nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
 
 
 def choose_rows(logits, history, pos, settings, step, rows):
     """One token per slot from its logits, as the XLA engine's loop chooses it
     (`xla.advance`): each row with its own settings, position, step and row number."""
+    from gpt2_tf2.generation.history import History
+    from gpt2_tf2.generation.processors import apply_processors
+    from gpt2_tf2.generation.strategies import choose_tokens
+
     logits = apply_processors(logits, settings, History(history, pos, 0, pos - step))
     return choose_tokens(logits, settings, step, rows=rows)
 
@@ -301,6 +321,8 @@ def choose_beams(state, prompt_len, length, settings, options):
     """One step of a beam search without the model (`beam.choose`), and whether the search
     goes on after it (`beam.going`): what `beams.LiteBeams` runs between the interpreter's
     steps."""
+    from gpt2_tf2.generation import beam
+
     state, rows, tokens = beam.choose(state, prompt_len, length, settings, options)
     return state, rows, tokens, beam.going(state, length, options[2])
 
@@ -361,11 +383,11 @@ class LiteSlots:
             self.pos[slot], self.steps[slot], self.limit[slot] = n, 0, length
             self.rows[slot], self.done[slot] = prefill.row_numbers[i], False
             self.logits[slot] = np.asarray(prefill.logits[i])
-        where = tf.constant(slots)[:, None]
-        self.settings = Settings(
-            *(tf.tensor_scatter_nd_update(f, where, v) for f, v in zip(self.settings, settings))
-        )
-        greedy = bool(tf.reduce_all(self.settings.temperature == 0))
+        fields = [np.array(field) for field in self.settings]  # copies: a Settings is shared
+        for field, value in zip(fields, settings):
+            field[slots] = value
+        self.settings = Settings(*fields)
+        greedy = bool(np.all(self.settings.temperature == 0))
         self._argmax = greedy and every_processor_off(self.settings)
 
     def cancel(self, slot: int) -> None:
@@ -380,7 +402,7 @@ class LiteSlots:
         if self.done.all():
             return
         self._claim()
-        stop, last = self.settings.stop_token.numpy(), self.cache_len - 1
+        stop, last = np.asarray(self.settings.stop_token), self.cache_len - 1
         offsets = np.zeros([self.slots], np.int32)
         for _ in range(n):
             if self.done.all():
@@ -406,7 +428,7 @@ class LiteSlots:
 
     def read(self):
         """(history [slots, cache_len], pos, done, stop token per slot), as NumPy arrays."""
-        return self.history, self.pos, self.done, self.settings.stop_token.numpy()
+        return self.history, self.pos, self.done, np.asarray(self.settings.stop_token)
 
     def scores(self):
         """The scores' arrays (chosen log-probability, top ids, top log-probabilities)."""

@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.model import dense
+from gpt2_tf2.generation.history import History
 from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.loop import bucket
 from gpt2_tf2.generation.processors import apply_processors
-from gpt2_tf2.generation.settings import History, Settings
+from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
 
@@ -220,7 +221,7 @@ class XlaSlots:
         state = self.state
         pos, done = state.pos.numpy(), state.done.numpy()
         self._pos[:], self._done[:] = pos, done
-        return state.history.numpy(), pos, done, state.settings.stop_token.numpy()
+        return state.history.numpy(), pos, done, np.asarray(state.settings.stop_token)
 
 
 def step_sizes(slots: int) -> list[int]:

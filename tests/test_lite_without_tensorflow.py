@@ -1,0 +1,58 @@
+"""The tflite backend's first call without TensorFlow (issue 32): from a cached conversion, with
+LiteRT's interpreter installed, `gpt2_tf2.load` and greedy decoding import no TensorFlow at all
+(its import alone takes 2.4-3.8 s on 2 cores); sampling then imports it, quietly, and draws what
+it draws with TensorFlow there from the start. The process is the subject here (what a fresh
+interpreter imports), so the decoding runs in a child process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli_env
+
+CHILD = """
+import json, sys
+import gpt2_tf2
+
+lm = gpt2_tf2.load(sys.argv[1], dtype="int8")
+greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
+print(json.dumps({"greedy": greedy, "tensorflow": "tensorflow" in sys.modules}), flush=True)
+sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
+print(json.dumps({"sampled": sampled, "tensorflow": "tensorflow" in sys.modules}), flush=True)
+"""
+
+
+@pytest.fixture()
+def converted(tiny_model_dir, tmp_path, monkeypatch):
+    """A private conversion cache holding the tiny model's int8 step, converted in this process
+    (as a first run converts it), and what that model gives there: greedy and sampled tokens."""
+    import gpt2_tf2
+
+    cache = str(tmp_path / "tflite-cache")
+    monkeypatch.setenv("GPT2_TF2_TFLITE_CACHE", cache)
+    lm = gpt2_tf2.load(tiny_model_dir, dtype="int8")
+    greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
+    sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
+    return cache, greedy, sampled
+
+
+def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_model_dir, converted):
+    cache, greedy, sampled = converted
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, tiny_model_dir],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=cli_env({"GPT2_TF2_TFLITE_CACHE": cache}),
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    first, second = (json.loads(line) for line in r.stdout.splitlines())
+    assert first == {"greedy": greedy, "tensorflow": False}
+    assert second == {"sampled": sampled, "tensorflow": True}  # imported when first needed
+    noise = [line for line in r.stderr.splitlines() if line.startswith(("I0000", "W0000", "E0000"))]
+    assert noise == []  # and quietly, as `gpt2_tf2.load` imports it on the xla backend
