@@ -98,6 +98,24 @@ def configure_logging(verbose: bool, xla: bool = False, setup=None):
     return result
 
 
+def configure_tensorflow(verbose: bool, dtype: str, backend: str | None) -> None:
+    """`configure_logging` for a command that runs a model (xla: its loops are compiled), now;
+    on the tflite backend, when TensorFlow is first needed (`core.lazy`): greedy decoding from
+    a cached conversion needs none, and its import takes seconds. Devices are set up then too."""
+    from gpt2_tf2.core import lazy
+    from gpt2_tf2.generation.checks import check_dtype
+
+    if check_dtype(dtype, backend) == "xla" or verbose or "tensorflow" in sys.modules:
+        configure_logging(verbose, xla=True)
+        return
+
+    def quietly():
+        configure_logging(False, xla=True)
+        setup_devices(False)
+
+    lazy.import_with(quietly)
+
+
 def import_tensorflow_without_keras():
     """`import tensorflow`, without the import of Keras that TensorFlow's `__init__` makes
     eagerly (`keras.src.optimizers`, to register Keras' optimizers for SavedModels that hold
@@ -232,7 +250,8 @@ def load_model(
     from gpt2_tf2.generation import language_model
 
     backend = language_model.check_dtype(dtype, backend)  # before any download
-    setup_devices(verbose)
+    if backend == "xla" or "tensorflow" in sys.modules:  # else when imported (configure_tensorflow)
+        setup_devices(verbose)
     args = (model_name, models_dir, not offline, run_name, checkpoint_dir, dtype, backend)
     if backend == "xla" or verbose:
         return language_model.load(*args, progress=say)

@@ -67,7 +67,7 @@ def sample(*args, **kwargs):
     opts = SampleFlags(**values)
     config.validate()  # plain Python: bad flags are answered before TensorFlow loads
     prompt, prompts = check_flags(opts, config)
-    runner.configure_logging(opts.verbose, xla=True)  # from here on, TensorFlow is imported
+    runner.configure_tensorflow(opts.verbose, opts.dtype, opts.backend)
     check_before_loading(opts, config, [prompt] if prompt else prompts)
     lm = runner.load_chosen(opts, opts.verbose)
     if prompts:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-_importers = []  # how the face wants TensorFlow imported (the last registered), if any
+_importer = [None]  # how the face wants TensorFlow imported (the last registered), if any
 
 
 def installed() -> tuple[str, str] | None:
@@ -34,16 +34,21 @@ def version() -> str:
     return found[1] if found else tensorflow().__version__
 
 
+def version_tuple(text: str) -> tuple:
+    """(major, minor) of a version string: '2.21.0' -> (2, 21)."""
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
 def import_with(importer) -> None:
-    """Have `tensorflow()` import TensorFlow by calling `importer()` first (once)."""
-    if importer not in _importers:
-        _importers.append(importer)
+    """Have `tensorflow()` import TensorFlow by calling `importer()` (in place of any earlier
+    one): `gpt2_tf2.load` registers the library's quiet import, a command its own."""
+    _importer[0] = importer
 
 
 def tensorflow():
     """The tensorflow module, imported now if it is not yet (by the registered importer)."""
-    if "tensorflow" not in sys.modules and _importers:
-        _importers[-1]()
+    if "tensorflow" not in sys.modules and _importer[0] is not None:
+        _importer[0]()
     import tensorflow as tf
 
     return tf

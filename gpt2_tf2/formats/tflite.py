@@ -55,10 +55,6 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def _version(text: str) -> tuple:
-    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
-
-
 def int4_supported() -> bool:
     """Whether 4-bit blocks can be written (TFLite schema's BlockwiseQuantization: TensorFlow
     2.19 and later) and are multiplied right by the interpreter `generation.tflite` uses:
@@ -67,11 +63,11 @@ def int4_supported() -> bool:
     installed versions: no TensorFlow imported."""
     from importlib import metadata
 
-    tensorflow = _version(lazy.version())
+    tensorflow = lazy.version_tuple(lazy.version())
     if tensorflow < (2, 19):
         return False
     try:
-        return _version(metadata.version("ai-edge-litert")) >= (2, 3)
+        return lazy.version_tuple(metadata.version("ai-edge-litert")) >= (2, 3)
     except metadata.PackageNotFoundError:
         return tensorflow >= (2, 21)
 
