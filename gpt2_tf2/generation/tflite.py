@@ -294,6 +294,12 @@ class LiteDecoder:
     def _compiled(self, fn):
         return lazy.tensorflow().function(fn, jit_compile=self.xla, autograph=False)
 
+    @staticmethod
+    def tensors(settings):
+        """`settings` (NumPy arrays) as tensors, for `choose` to take without converting."""
+        tf = lazy.tensorflow()
+        return tf.nest.map_structure(tf.convert_to_tensor, settings)
+
     def choose(self, logits, history, pos, settings, steps, rows) -> np.ndarray:
         """`choose_rows` on the rows' NumPy state and their `Settings` ([rows] each): one token
         per row. It calls the concrete function of these shapes, traced once: a tf.function's
@@ -369,6 +375,7 @@ class LiteSlots:
         self.logits = np.zeros([slots, lm.hparams.n_vocab], np.float32)
         self.settings = Settings.rows([Settings.make(temperature=0.0)] * slots)  # free: greedy
         self._argmax = True  # every row greedy, every processor off (`advance`)
+        self._tensors = None  # `settings` as tensors, made when a token is first chosen by TF
         self._saved = None  # the cache while another holds the interpreter; None: zeros
 
     def prefill(self, prompts):
@@ -403,6 +410,7 @@ class LiteSlots:
         self.settings = Settings(*fields)
         greedy = bool(np.all(self.settings.temperature == 0))
         self._argmax = greedy and every_processor_off(self.settings)
+        self._tensors = None
 
     def cancel(self, slot: int) -> None:
         self.done[slot] = True
@@ -425,7 +433,9 @@ class LiteSlots:
             if self._argmax:  # `strategies.greedy`, in NumPy: no TensorFlow call a token
                 chosen = self.logits.argmax(axis=-1)
             else:
-                args = (self.logits, self.history, self.pos, self.settings, self.steps)
+                if self._tensors is None:  # once per start: converting each token cost ~60 us
+                    self._tensors = self.lm.lite.tensors(self.settings)
+                args = (self.logits, self.history, self.pos, self._tensors, self.steps)
                 chosen = self.lm.lite.choose(*args, self.rows)
             token = np.where(active, chosen, np.maximum(stop, 0)).astype(np.int32)
             at = np.minimum(self.pos, last)  # a finished row's position may be past the end
