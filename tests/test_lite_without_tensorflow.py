@@ -50,17 +50,25 @@ def converted(tiny_model_dir, tmp_path, monkeypatch):
     return cache, greedy, sampled
 
 
-def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_model_dir, converted):
-    cache, greedy, sampled = converted
+def fresh_process(script: str, args: list, cache: str) -> subprocess.CompletedProcess:
+    """`script` run by a new interpreter with `args`, the conversion cache `cache`; it must
+    succeed."""
+    env = cli_env({"GPT2_TF2_TFLITE_CACHE": cache})
     r = subprocess.run(
-        [sys.executable, "-c", CHILD, tiny_model_dir],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=cli_env({"GPT2_TF2_TFLITE_CACHE": cache}),
+        env=env,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_model_dir, converted):
+    cache, greedy, sampled = converted
+    r = fresh_process(CHILD, [tiny_model_dir], cache)
     first, second = (json.loads(line) for line in r.stdout.splitlines())
     assert first == {"greedy": greedy, "tensorflow": False}
     assert second == {"sampled": sampled, "tensorflow": True}  # imported when first needed
@@ -76,14 +84,6 @@ def test_the_sample_command_decodes_greedily_without_tensorflow(tiny_model_dir, 
     argv += ["--prompt", "Hello", "--length", "12", "--nsamples", "2"]
     code, want, _ = run_main(main, argv)  # in this process, TensorFlow imported
     assert code == 0
-    r = subprocess.run(
-        [sys.executable, "-c", COMMAND, *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=cli_env({"GPT2_TF2_TFLITE_CACHE": cache}),
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
+    r = fresh_process(COMMAND, argv, cache)
     assert r.stdout == want
     assert r.stderr == "tensorflow imported: False\n"  # and nothing else: quiet as ever
