@@ -87,3 +87,60 @@ def test_the_sample_command_decodes_greedily_without_tensorflow(tiny_model_dir, 
     r = fresh_process(COMMAND, argv, cache)
     assert r.stdout == want
     assert r.stderr == "tensorflow imported: False\n"  # and nothing else: quiet as ever
+
+
+def test_which_interpreter_runs_the_steps(monkeypatch):
+    """TensorFlow's own when it is imported (2.21+: right on int4 and faster at batches),
+    else LiteRT's if installed, else TensorFlow's, imported then."""
+    import ai_edge_litert.interpreter as litert
+    import tensorflow as tf
+
+    from gpt2_tf2.generation.tflite import interpreter_class
+
+    assert interpreter_class() is tf.lite.Interpreter
+    monkeypatch.setattr(tf, "__version__", "2.20.0")  # wrong on int4: not used
+    assert interpreter_class() is litert.Interpreter
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # not installed
+    assert interpreter_class() is tf.lite.Interpreter
+
+
+@pytest.mark.parametrize(
+    "tensorflow,litert,supported",
+    [("2.18.0", "2.3.0", False), ("2.20.1", "2.3.0", True), ("2.20.1", None, False)]
+    + [("2.21.0", None, True), ("2.21.0", "2.2.0", False)],
+)
+def test_int4_is_supported_as_the_installed_versions_say(
+    monkeypatch, tensorflow, litert, supported
+):
+    """Written from TensorFlow 2.19 (the schema's 4-bit blocks); run right by LiteRT from 2.3,
+    by TensorFlow's own interpreter from 2.21; read off the distributions, nothing imported."""
+    from importlib import metadata
+
+    from gpt2_tf2.formats import tflite
+
+    versions = {"tensorflow": tensorflow, "ai-edge-litert": litert}
+
+    def version(dist):
+        if versions.get(dist) is None:
+            raise metadata.PackageNotFoundError(dist)
+        return versions[dist]
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert tflite.int4_supported() is supported
+
+
+def test_tensorflow_version_without_a_known_distribution(monkeypatch):
+    """A build under another name (none of the distributions looked for): the version is the
+    imported module's."""
+    from importlib import metadata
+
+    import tensorflow as tf
+
+    from gpt2_tf2.core import lazy
+
+    def version(dist):
+        raise metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert lazy.installed() is None
+    assert lazy.version() == tf.__version__
