@@ -8,12 +8,11 @@ child process."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, cli_env, run_main
+from conftest import run_cli, run_main
 
 CHILD = """
 import json, sys
@@ -50,18 +49,10 @@ def converted(tiny_model_dir, tmp_path, monkeypatch):
     return cache, greedy, sampled
 
 
-def fresh_process(script: str, args: list, cache: str) -> subprocess.CompletedProcess:
-    """`script` run by a new interpreter with `args`, the conversion cache `cache`; it must
+def fresh_process(script: str, args: list, cache: str):
+    """`script` run by a new interpreter with `args` and the conversion cache `cache`; it must
     succeed."""
-    env = cli_env({"GPT2_TF2_TFLITE_CACHE": cache})
-    r = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
+    r = run_cli(["-c", script, *args], env={"GPT2_TF2_TFLITE_CACHE": cache})
     assert r.returncode == 0, r.stderr
     return r
 
