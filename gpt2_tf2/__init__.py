@@ -21,6 +21,7 @@ def __getattr__(name):
         from gpt2_tf2.core import lazy
 
         lazy.import_with(quiet.import_tensorflow)  # its start-up log hidden, when first needed
+        quiet.hide_native_output()  # TFLite's notice of its XNNPACK delegate, as on the CLI
         from gpt2_tf2.generation.language_model import load
 
         return load

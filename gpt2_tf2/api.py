@@ -6,6 +6,7 @@ The code lives in `generation.language_model` (and `formats.model_dir` for findi
 from gpt2_tf2 import quiet
 
 quiet.import_tensorflow()  # its start-up log hidden, as on the command line (gpt2_tf2.quiet)
+quiet.hide_native_output()  # and TFLite's notice of its XNNPACK delegate
 
 from gpt2_tf2.formats.model_dir import cast_model, find_model_dir, resolve_model_dir  # noqa: E402
 from gpt2_tf2.generation.config import GenerationConfig  # noqa: E402

@@ -36,3 +36,15 @@ def import_tensorflow() -> None:
     with hidden_stderr():
         tf = import_tensorflow_without_keras()
     tf.get_logger().setLevel("ERROR")
+
+
+def hide_native_output() -> None:
+    """Unless GPT2_TF2_VERBOSE=1, have the package hide what native code prints where it knows
+    it will (`core.lazy.native_output_hidden`: TFLite's "INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." as it makes an interpreter), through the command line's filter of stderr,
+    as the command line hides it."""
+    from gpt2_tf2.cli.runner import hidden_stderr
+    from gpt2_tf2.core import lazy
+
+    if os.environ.get("GPT2_TF2_VERBOSE") != "1":
+        lazy.hide_native_output_with(hidden_stderr)

@@ -5,14 +5,18 @@ The tflite backend's greedy decoding runs on NumPy and LiteRT's interpreter alon
 CTranslate2's whole first call (docs/benchmarks/cpu.md). Modules on that path import TensorFlow
 through `tensorflow()` inside the functions that need it. How it is imported is the face's
 choice: `gpt2_tf2.load` registers `quiet.import_tensorflow` (its start-up log hidden), so this
-layer itself touches no process-wide state.
+layer itself touches no process-wide state. The face likewise says how to hide what native
+code prints where the package knows it will (TFLite's notice of its XNNPACK delegate, printed
+when an interpreter is made: `native_output_hidden`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 _importer = [None]  # how the face wants TensorFlow imported (the last registered), if any
+_hider = [None]  # a context manager that hides native code's output, as the face wants it
 
 
 def installed() -> tuple[str, str] | None:
@@ -43,6 +47,17 @@ def import_with(importer) -> None:
     """Have `tensorflow()` import TensorFlow by calling `importer()` (in place of any earlier
     one): `gpt2_tf2.load` registers the library's quiet import, a command its own."""
     _importer[0] = importer
+
+
+def hide_native_output_with(context) -> None:
+    """Have `native_output_hidden()` be `context()` (`quiet`: the command line's filter of
+    stderr, which shows any line that is not known noise afterwards)."""
+    _hider[0] = context
+
+
+def native_output_hidden():
+    """A context in which what native code writes to stderr is hidden, if the face asked."""
+    return _hider[0]() if _hider[0] is not None else contextlib.nullcontext()
 
 
 def tensorflow():

@@ -105,11 +105,12 @@ class _Part:
 
     def __init__(self, path: str, layers: tuple[int, int], step, num_threads: int | None):
         self.path, self.layers = path, layers
-        self.interpreter = make_interpreter(path, num_threads)
-        try:  # TFLite applies XNNPACK here, at the first allocation: within load(), not later
-            self.interpreter.allocate_tensors()
-        except RuntimeError as e:
-            raise step.damaged(path, e) from None
+        with lazy.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter = make_interpreter(path, num_threads)
+            try:  # TFLite applies XNNPACK here, at the first allocation: within load()
+                self.interpreter.allocate_tensors()
+            except RuntimeError as e:
+                raise step.damaged(path, e) from None
         release_file_pages(path)  # before the next part is packed: one copy of each at a time
         if "serving_default" not in self.interpreter.get_signature_list():
             raise UserError(f"{path}: not a gpt2_tf2 decode step (it has no serving_default)")
