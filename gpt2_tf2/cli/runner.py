@@ -18,6 +18,7 @@ import tempfile
 
 from gpt2_tf2.cli import flags
 from gpt2_tf2.core.lazy import installed as tf_version  # read without importing TensorFlow
+from gpt2_tf2.core.lazy import version_tuple
 
 # Flags without a default string that still take text or a path, never a number or a list.
 # Flags whose default is a string are text too; flags whose default is a bool are switches.
@@ -53,7 +54,7 @@ def xla_cache_dir() -> str | None:
     writes entries it cannot read back ("Error parsing text-format XlaSerializedCacheEntry" on
     every later run); 2.21 was tested to work."""
     found = tf_version()
-    if found is None or tuple(int(p) for p in re.findall(r"\d+", found[1])[:2]) < (2, 21):
+    if found is None or version_tuple(found[1]) < (2, 21):
         return None
     if "GPT2_TF2_XLA_CACHE" in os.environ:
         return os.environ["GPT2_TF2_XLA_CACHE"] or None
