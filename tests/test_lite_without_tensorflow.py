@@ -35,17 +35,19 @@ main(sys.argv[1:])
 """
 
 
-@pytest.fixture()
-def converted(tiny_model_dir, tmp_path, monkeypatch):
-    """A private conversion cache holding the tiny model's int8 step, converted in this process
-    (as a first run converts it), and what that model gives there: greedy and sampled tokens."""
+@pytest.fixture(scope="module")
+def converted(tiny_model_dir, tmp_path_factory):
+    """A private conversion cache holding the tiny model's int8 step, converted once in this
+    process (as a first run converts it), and what that model gives there: greedy and sampled
+    tokens. Tests that load from it set GPT2_TF2_TFLITE_CACHE to it."""
     import gpt2_tf2
 
-    cache = str(tmp_path / "tflite-cache")
-    monkeypatch.setenv("GPT2_TF2_TFLITE_CACHE", cache)
-    lm = gpt2_tf2.load(tiny_model_dir, dtype="int8")
-    greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
-    sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
+    cache = str(tmp_path_factory.mktemp("tflite-cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPT2_TF2_TFLITE_CACHE", cache)
+        lm = gpt2_tf2.load(tiny_model_dir, dtype="int8")
+        greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
+        sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
     return cache, greedy, sampled
 
 
@@ -68,10 +70,13 @@ def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_mod
     assert r.stderr == ""
 
 
-def test_the_sample_command_decodes_greedily_without_tensorflow(tiny_model_dir, converted):
+def test_the_sample_command_decodes_greedily_without_tensorflow(
+    tiny_model_dir, converted, monkeypatch
+):
     from gpt2_tf2.cli.sample import main
 
     cache = converted[0]
+    monkeypatch.setenv("GPT2_TF2_TFLITE_CACHE", cache)  # the in-process command's too
     argv = ["--model_name", tiny_model_dir, "--dtype", "int8", "--temperature", "0"]
     argv += ["--prompt", "Hello", "--length", "12", "--nsamples", "2"]
     code, want, _ = run_main(main, argv)  # in this process, TensorFlow imported
