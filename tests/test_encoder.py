@@ -116,10 +116,12 @@ def test_vocabulary_checks(tmp_path, vocab_files):
         load_encoder(str(tmp_path))
 
 
-def test_tiktoken_fast_path_equals_reference(tiny_model_dir, enc):
-    """GPT-2's own files (checked by hash) encode through tiktoken; tokens equal the pure BPE's."""
+def test_tiktoken_fast_path_equals_reference(tiny_model_dir, enc, tiktoken_gpt2):
+    """GPT-2's own files (checked by hash) encode through tiktoken; tokens equal the pure BPE's,
+    and the ranks handed to tiktoken are its own gpt2 encoding's, token for token."""
     fast = load_encoder(tiny_model_dir)
     assert fast.fast is not None and enc.fast is None
+    assert fast.fast._mergeable_ranks == tiktoken_gpt2._mergeable_ranks
     rng = random.Random(7)
     texts = CORPUS + [
         "".join(rng.choice("ab Пж日🤖'\n\t.,1") for _ in range(80)) for _ in range(300)
