@@ -18,7 +18,7 @@ CHILD = """
 import json, sys
 import gpt2_tf2
 
-lm = gpt2_tf2.load(sys.argv[1], dtype="int8")
+lm = gpt2_tf2.load(sys.argv[1], dtype=sys.argv[2], backend="tflite")
 greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
 print(json.dumps({"greedy": greedy, "tensorflow": "tensorflow" in sys.modules}), flush=True)
 sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
@@ -36,19 +36,28 @@ main(sys.argv[1:])
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_model_dir, tmp_path_factory):
-    """A private conversion cache holding the tiny model's int8 step, converted once in this
-    process (as a first run converts it), and what that model gives there: greedy and sampled
-    tokens. Tests that load from it set GPT2_TF2_TFLITE_CACHE to it."""
+def conversions(tiny_model_dir, tmp_path_factory):
+    """`conversions(dtype)`: a private conversion cache holding the tiny model's step in `dtype`
+    (int8 or float32), converted once in this process (as a first run converts it), and what
+    that model gives there: greedy and sampled tokens. Tests that load from it set
+    GPT2_TF2_TFLITE_CACHE to it."""
     import gpt2_tf2
 
-    cache = str(tmp_path_factory.mktemp("tflite-cache"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPT2_TF2_TFLITE_CACHE", cache)
-        lm = gpt2_tf2.load(tiny_model_dir, dtype="int8")
-        greedy = next(lm.generate_tokens([[5, 6, 7], [8]], length=12, temperature=0, batch_size=2))
-        sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
-    return cache, greedy, sampled
+    made = {}
+
+    def converted(dtype: str):
+        if dtype not in made:
+            cache = str(tmp_path_factory.mktemp(f"tflite-cache-{dtype}"))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("GPT2_TF2_TFLITE_CACHE", cache)
+                lm = gpt2_tf2.load(tiny_model_dir, dtype=dtype, backend="tflite")
+                rows = [[5, 6, 7], [8]]
+                greedy = next(lm.generate_tokens(rows, length=12, temperature=0, batch_size=2))
+                sampled = next(lm.generate_tokens([5, 6, 7], length=12, seed=7, top_k=5))
+            made[dtype] = cache, greedy, sampled
+        return made[dtype]
+
+    return converted
 
 
 def fresh_process(script: str, args: list, cache: str):
@@ -59,9 +68,12 @@ def fresh_process(script: str, args: list, cache: str):
     return r
 
 
-def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_model_dir, converted):
-    cache, greedy, sampled = converted
-    r = fresh_process(CHILD, [tiny_model_dir], cache)
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
+def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(
+    tiny_model_dir, conversions, dtype
+):
+    cache, greedy, sampled = conversions(dtype)
+    r = fresh_process(CHILD, [tiny_model_dir, dtype], cache)
     first, second = (json.loads(line) for line in r.stdout.splitlines())
     assert first == {"greedy": greedy, "tensorflow": False}
     assert second == {"sampled": sampled, "tensorflow": True}  # imported when first needed
@@ -71,11 +83,11 @@ def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(tiny_mod
 
 
 def test_the_sample_command_decodes_greedily_without_tensorflow(
-    tiny_model_dir, converted, monkeypatch
+    tiny_model_dir, conversions, monkeypatch
 ):
     from gpt2_tf2.cli.sample import main
 
-    cache = converted[0]
+    cache = conversions("int8")[0]
     monkeypatch.setenv("GPT2_TF2_TFLITE_CACHE", cache)  # the in-process command's too
     argv = ["--model_name", tiny_model_dir, "--dtype", "int8", "--temperature", "0"]
     argv += ["--prompt", "Hello", "--length", "12", "--nsamples", "2"]
