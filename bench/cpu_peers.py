@@ -386,7 +386,11 @@ def cold_firsts(impls: list[str], m: Measured, args, paths: dict) -> dict[str, f
                     colds[impl] = rows[0]["first_s"]
             elif impl.startswith("ctranslate2") and m.firsts.get(impl):
                 began = time.perf_counter()
-                _python(["-c", CT2_CONVERT.format(paths["hf"], empty, impl.split()[1])])
+                try:
+                    _python(["-c", CT2_CONVERT.format(paths["hf"], empty, impl.split()[1])])
+                except SystemExit as e:  # the rounds' results are still written
+                    print(f"{impl}: its converter failed: {e}", file=sys.stderr)
+                    continue
                 colds[impl] = time.perf_counter() - began + m.firsts[impl][-1]
         print(json.dumps({"impl": impl, "cold": colds.get(impl)}), flush=True)
     return colds
