@@ -215,9 +215,10 @@ class ModelFlags:
     backend: str | None = flag(
         None,
         "xla (TensorFlow's compiled loops) or tflite (TensorFlow Lite with XNNPACK; the model is "
-        "converted once, about a minute at 124M, and cached). Default: tflite for --dtype int8 "
-        "and int4, else xla (as fast at batch 1 on a CPU; for float32 batches of 8, tflite was "
-        "1.4x faster here).",
+        "converted once, 10-15 s at 124M, and cached). Default: tflite for --dtype int8 and "
+        "int4, else xla (float32 as earlier releases, bit for bit). float32 on tflite starts "
+        "sooner, greedy decoding without TensorFlow once converted (124M's first 128 tokens: "
+        "1.6 s against 6.3 s), and decodes about as fast (docs/benchmarks/cpu.md).",
     )
 
 

@@ -45,9 +45,8 @@ def score(
         tflite backend, an eighth of the memory; on the demo model's held-out text 0.03-0.04
         nats a token worse than float32 (int8: 0.002).
       backend: xla (TensorFlow's compiled loops) or tflite (TensorFlow Lite with XNNPACK; the
-        model is converted once, about a minute at 124M, and cached). Default: tflite for
-        --dtype int8 and int4, else xla (as fast at batch 1 on a CPU; for float32 batches of 8,
-        tflite was 1.4x faster here).
+        model is converted once, 10-15 s at 124M, and cached). Default: tflite for --dtype int8
+        and int4, else xla (float32 as earlier releases, bit for bit).
       verbose: show TensorFlow's log messages.
     """
     from gpt2_tf2.generation.checks import check_dtype  # plain Python, before TensorFlow
