@@ -302,13 +302,16 @@ class LiteDecoder:
         return tf.nest.map_structure(tf.convert_to_tensor, settings)
 
     def choose(self, logits, history, pos, settings, steps, rows) -> np.ndarray:
-        """`choose_rows` on the rows' NumPy state and their `Settings` ([rows] each): one token
-        per row. It calls the concrete function of these shapes, traced once: a tf.function's
-        own call matches every argument's type against its traces first, which at batch 1 cost
-        as much as the choosing (measured at 124M's vocabulary: 0.50 -> 0.33 ms a token)."""
+        """`choose_rows` on the rows' NumPy state and their `Settings` ([rows] each, as
+        `tensors`: converted once, not at every token): one token per row. It calls the
+        concrete function of these shapes, traced once: a tf.function's own call matches every
+        argument's type against its traces first, which at batch 1 cost as much as the choosing
+        (measured at 124M's vocabulary: 0.50 -> 0.33 ms a token)."""
         tf = lazy.tensorflow()
+        logits, history, pos, steps, rows = map(
+            tf.convert_to_tensor, (logits, history, pos, steps, rows)
+        )
         args = (logits, history, pos, settings, steps, rows)
-        args = tf.nest.map_structure(tf.convert_to_tensor, args)
         key = (logits.shape, history.shape)
         if key not in self._choose:
             self._choose[key] = self.choose_rows.get_concrete_function(*args)
