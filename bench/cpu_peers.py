@@ -343,8 +343,7 @@ def main() -> None:
     m = Measured(bandwidth=[bandwidth_gb_s()])
     for _ in range(args.rounds):
         for impl in impls:
-            flags = ["--work", args.work, "--repeats", str(args.repeats), "--size", SIZE]
-            rows, error = run_json(__file__, ["--child", impl, *flags, "--new", str(NEW)])
+            rows, error = run_json(__file__, child_args(impl, args, args.repeats))
             if error:
                 m.errors[impl] = error
             for row in rows:
@@ -364,6 +363,12 @@ def main() -> None:
     print(section)
 
 
+def child_args(impl: str, args, repeats: int) -> list[str]:
+    """The flags of a child process that runs `impl` as this run's flags say."""
+    flags = ["--work", args.work, "--repeats", str(repeats), "--size", SIZE, "--new", str(NEW)]
+    return ["--child", impl, *flags]
+
+
 def cold_firsts(impls: list[str], m: Measured, args, paths: dict) -> dict[str, float]:
     """A first call from nothing cached. Ours: each row's first call at batch 1 once more, in a
     fresh process given empty cache directories (the XLA programs compiled, the TFLite step
@@ -373,7 +378,6 @@ def cold_firsts(impls: list[str], m: Measured, args, paths: dict) -> dict[str, f
     import tempfile
 
     colds = {}
-    flags = ["--work", args.work, "--repeats", "1", "--size", SIZE, "--new", str(NEW)]
     for impl in impls:
         with tempfile.TemporaryDirectory(prefix="gpt2_tf2_cold_") as empty:
             if impl.startswith("gpt2_tf2"):
@@ -381,7 +385,7 @@ def cold_firsts(impls: list[str], m: Measured, args, paths: dict) -> dict[str, f
                     "GPT2_TF2_XLA_CACHE": os.path.join(empty, "xla"),
                     "GPT2_TF2_TFLITE_CACHE": os.path.join(empty, "tflite"),
                 }
-                rows, _ = run_json(__file__, ["--child", impl, *flags, "--batches", "1"], env)
+                rows, _ = run_json(__file__, [*child_args(impl, args, 1), "--batches", "1"], env)
                 if rows and "first_s" in rows[0]:
                     colds[impl] = rows[0]["first_s"]
             elif impl.startswith("ctranslate2") and m.firsts.get(impl):
