@@ -72,8 +72,10 @@ def step_logits(lm, tokens, prompt_len):
 
 @pytest.mark.parametrize("dtype", ["float32", "int8", pytest.param("int4", marks=needs_int4)])
 def test_logits_equal_the_xla_model(xla, lite, dtype):
+    """Past column 32 too: the cache's buffers grow from 32 columns to 64 on the way
+    (`cache_width`), keeping what they hold."""
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 50257, [2, 30])
+    tokens = rng.integers(0, 50257, [2, 60])
     full = xla.model(tf.constant(tokens, tf.int32))["logits"].numpy()[:, 9:]
     diff = np.max(np.abs(step_logits(lite[dtype], tokens, 10) - full))
     print(f"{dtype}: max |tflite - xla| = {diff:.3g}")
@@ -262,6 +264,61 @@ def test_a_beam_search_and_an_engine_share_the_interpreter(xla, lite):
     search.remove(beam_slot)
     with pytest.raises(UserError, match="not busy"):
         search.results(beam_slot)
+
+
+def test_the_cache_is_as_wide_as_the_rows_need():
+    """Multiples of 32 up to 128, then of a quarter of the power of two below: never past the
+    capacity, never narrower than the columns."""
+    from gpt2_tf2.generation.tflite import cache_width
+
+    assert [cache_width(c, 1024) for c in (1, 32, 33, 100, 129, 300, 600, 1000)] == [
+        32, 32, 64, 128, 160, 320, 640, 1024,
+    ]  # fmt: skip
+    assert cache_width(40, 36) == 36 and cache_width(1, 1) == 1
+    for columns in range(1, 1025):
+        width = cache_width(columns, 1024)
+        assert 0 <= width - columns < max(32, columns / 4), columns
+
+
+def test_engine_rows_equal_xla_as_the_cache_widens_and_narrows(xla, lite, monkeypatch):
+    """A long row takes the cache's buffers past 32 columns; a shorter row that joins it runs
+    on narrower ones once the long one ends (a finished row no longer counts). Each step's
+    logits are the XLA model's on the row's tokens (float32, within 1e-4), its tokens XLA's."""
+    from gpt2_tf2.generation.config import GenerationConfig
+    from gpt2_tf2.generation.engine import Engine
+
+    lm, step = lite["float32"], lite["float32"].lite.step
+    steps, next_ = [], step.next
+
+    def recorded(tokens, pos, offsets):
+        steps.append((np.copy(pos), next_(tokens, pos, offsets)))
+        return steps[-1][1]
+
+    monkeypatch.setattr(step, "next", recorded)
+    prompts = [lm.encode("Hello there"), lm.encode("A short one")]
+    engine = Engine(lm, 2)
+    slots = [engine.add(prompts[0], GenerationConfig(length=45, temperature=0))]
+    out, widths = {slots[0]: []}, []
+    while engine.busy():
+        if len(widths) == 7:  # the long row is at column 30
+            slots.append(engine.add(prompts[1], GenerationConfig(length=30, temperature=0)))
+            out[slots[1]] = []
+        for slot, tokens in engine.step(4).items():
+            out[slot] += tokens
+        widths.append(step._shape[2])
+        for slot in engine.finished():
+            engine.remove(slot)
+    assert 64 in widths and widths[-1] == 32, widths
+    for slot, prompt, length in zip(slots, prompts, (45, 30)):
+        tokens = prompt + out[slot]
+        assert len(out[slot]) == length
+        full = xla.model(tf.constant([tokens], tf.int32))["logits"].numpy()[0]
+        mine = [(int(pos[slot]), logits[slot]) for pos, logits in steps if pos[slot] >= len(prompt)]
+        assert len(mine) == len(out[slot]) - 1
+        diff = max(np.max(np.abs(logits - full[pos])) for pos, logits in mine)
+        assert diff < 1e-4, diff
+        greedy = np.argmax(full[len(prompt) - 1 : len(tokens) - 1], axis=-1)
+        assert out[slot] == greedy.tolist()  # XLA's greedy tokens on the same text
 
 
 def test_the_conversion_is_cached_and_redone_when_the_weights_change(
