@@ -162,6 +162,7 @@ class LiteStep:
             raise UserError(f"{where}: its inputs do not match a {hparams.n_layer}-layer model")
         self._shape = None  # (batch, tokens, the cache's width, logits asked)
         self._capacity = 1  # the most columns the owner's rows may use (`start`, `claim`)
+        self._planned = set()  # (batch, capacity) the arena was planned for (`_open`)
         self.owner = None  # the engine whose cache the input buffers hold (`LiteSlots`)
 
     def take(self, owner) -> None:
@@ -186,9 +187,20 @@ class LiteStep:
             return
         self.take(owner)
         written = 0 if saved is None else saved[0].shape[1]
-        self._capacity = cache_len
-        self._resize(batch, 1, cache_width(written + 1, cache_len), 1)
+        self._open(batch, cache_len, written + 1)
         self._fill(saved)
+
+    def _open(self, batch: int, cache_len: int, columns: int) -> None:
+        """Size the buffers for `batch` rows of one token, at most `cache_len` columns, of which
+        `columns` in use. Planned once at the full `cache_len` first: TFLite's arena only
+        grows, and widening past what it holds cost a new arena and its first touch at every
+        width (124M, batch 8: 0.1-0.2 s each; 0.5 ms within it). Its pages not yet touched
+        take no memory."""
+        self._capacity = cache_len
+        if (batch, cache_len) not in self._planned:
+            self._resize(batch, 1, cache_len, 1)
+            self._planned.add((batch, cache_len))
+        self._resize(batch, 1, cache_width(columns, cache_len), 1)
 
     def _fill(self, saved) -> None:
         """The cache's buffers hold `saved` (from `save`, or None) in their first columns, zeros
@@ -279,8 +291,7 @@ class LiteStep:
         buffer may hold NaNs, and a masked NaN still poisons the weighted sum (0 * NaN)."""
         batch = columns[0].shape[0] // self.hparams.n_head
         self.take(None)
-        self._capacity = cache_len
-        self._resize(batch, 1, cache_width(columns[0].shape[1] + 1, cache_len), 1)
+        self._open(batch, cache_len, columns[0].shape[1] + 1)
         self._fill(columns)
 
     def next(self, tokens, pos, offsets) -> np.ndarray:
