@@ -223,8 +223,10 @@ class LiteStep:
             self._resize(batch, n, wanted, k)
             self._fill(kept)
 
-    def _resize(self, batch: int, n: int, cache_len: int, k: int) -> None:
-        if self._shape == (batch, n, cache_len, k):
+    def _resize(self, batch: int, n: int, width: int, k: int) -> None:
+        """The inputs sized for `batch` rows of `n` tokens, a cache `width` columns wide and `k`
+        logits asked; TFLite re-plans (`allocate_tensors`) only when a size changed."""
+        if self._shape == (batch, n, width, k):
             return
         hp = self.hparams
         for part in self.parts:
@@ -238,13 +240,13 @@ class LiteStep:
             if "logits_at" in part.inputs:
                 it.resize_tensor_input(part.inputs["logits_at"], [k])
         for part, index in self._past:
-            part.interpreter.resize_tensor_input(index, [batch * hp.n_head, cache_len, hp.head_dim])
+            part.interpreter.resize_tensor_input(index, [batch * hp.n_head, width, hp.head_dim])
         for part in self.parts:
             try:
                 part.interpreter.allocate_tensors()
             except RuntimeError as e:
                 raise self.damaged(part.path, e) from None
-        self._shape = (batch, n, cache_len, k)
+        self._shape = (batch, n, width, k)
 
     def _invoke(self, tokens, pos, offsets, logits_at) -> np.ndarray:
         pos = np.broadcast_to(np.asarray(pos, np.int32), np.shape(offsets))  # [batch]
@@ -286,9 +288,8 @@ class LiteStep:
         return logits, [part.interpreter.get_tensor(index) for part, index in self._new]
 
     def start(self, columns: list, cache_len: int) -> None:
-        """Size the cache for one token at a time and fill its first columns with `columns`
-        (from `prompt`), the rest with zeros: a column not yet written is masked, but a fresh
-        buffer may hold NaNs, and a masked NaN still poisons the weighted sum (0 * NaN)."""
+        """Size the cache for one token at a time, room for `cache_len` columns, and fill its
+        first columns with `columns` (from `prompt`), zeros after them (`_fill`)."""
         batch = columns[0].shape[0] // self.hparams.n_head
         self.take(None)
         self._open(batch, cache_len, columns[0].shape[1] + 1)
