@@ -342,12 +342,38 @@ def test_the_conversion_is_cached_and_redone_when_the_weights_change(
     os.utime(data, ns=(1, 1))  # as if the weights were written again
     load(str(model_copy), dtype="int8", progress=said.append)
     assert len(said) == 2
+    # The new weights' file took the place of the earlier one: no pile of a run's checkpoints.
+    (added,) = set(os.listdir(cache)) - set(files)
+    (removed,) = set(files) - set(os.listdir(cache))
+    assert added.rsplit("-", 1)[0] == removed.rsplit("-", 1)[0]  # the same directory and dtype
     assert not [f for f in os.listdir(cache) if ".tmp-" in f]
     # Its own temporary directories removed, only those. TensorFlow's autograph writes its
     # generated code there too, the first time it runs in a process, and removes it at exit
     # (autograph/pyct/loader.py): not ours, and present only when this test runs first.
     left = [f for f in os.listdir(scratch) if not f.startswith("__autograph_generated_file")]
     assert left == ["theirs"]
+
+
+def test_a_conversion_of_new_weights_removes_only_the_entries_it_supersedes(tmp_path):
+    where, other = "0123456789abcdef", "fedcba9876543210"
+    names = {
+        "old": f"run1-int8-{where}-{other}.tflite",  # the same directory, earlier weights
+        "old part": f"run1-int8-{where}-{other}-h0-5.tflite",
+        "other dtype": f"run1-int4-{where}-{other}.tflite",
+        "other directory": f"run1-int8-{other}-{other}.tflite",  # or TensorFlow, or code
+        "another model": f"run2-int8-{where}-{other}.tflite",
+        "earlier naming": f"run1-int8-{other}.tflite",
+        "not ours": "run1-int8-notes.txt",
+        "its other part": f"run1-int8-{where}-{where}-h6-11.tflite",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("x")
+    new = f"run1-int8-{where}-{where}-h0-5.tflite"
+    (tmp_path / new).write_text("x")
+    tflite.prune_superseded(str(tmp_path), new)
+    kept = {label for label, name in names.items() if (tmp_path / name).exists()}
+    assert kept == set(names) - {"old", "old part"}
+    assert (tmp_path / new).exists()
 
 
 @pytest.mark.e2e

@@ -178,7 +178,12 @@ def cache_key(model_dir, dtype: str, layers=None) -> str:
     a weight file, hparams.json, the dtype, TensorFlow or the code that writes the step
     (`core.tflite_step`, `formats.tflite_template`) do. Found without TensorFlow: the weight
     files are every checkpoint's in the directory and the `checkpoint` file that names one
-    (a run's older checkpoints too: the name changes more often than needed, never less)."""
+    (a run's older checkpoints too: the name changes more often than needed, never less).
+
+    Two hashes: `<dir>-<dtype>-<where>-<weights>[-h<first>-<last>].tflite`, `where` of the
+    directory's path, TensorFlow's version and the code, `weights` of the weight files (their
+    sizes and times) and hparams.json: a conversion of new weights supersedes the entries of
+    the same `where` (`prune_superseded`)."""
     folder = model_dir.path
     files = sorted(
         name
@@ -193,12 +198,39 @@ def cache_key(model_dir, dtype: str, layers=None) -> str:
     for module in ("gpt2_tf2.core.tflite_step", "gpt2_tf2.formats.tflite_template"):
         with open(importlib.util.find_spec(module).origin, "rb") as f:  # what the file holds
             code.update(f.read())
-    code = code.hexdigest()
-    identity = [os.path.realpath(folder), stamp, dtype, lazy.version(), code]
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    where = _digest([os.path.realpath(folder), lazy.version(), code.hexdigest()])
     base = os.path.basename(os.path.realpath(folder)) or "model"
     part = "" if layers is None else f"-h{layers[0]}-{layers[1] - 1}"
-    return f"{base}-{dtype}-{digest}{part}.tflite"
+    return f"{base}-{dtype}-{where}-{_digest(stamp)}{part}.tflite"
+
+
+def _digest(identity) -> str:
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+# A cached step's name (`cache_key`): what it was converted from and where it is kept.
+CACHED = re.compile(
+    r"^(?P<base>.+)-(?P<dtype>float32|int8|int4)-(?P<where>[0-9a-f]{16})"
+    r"-(?P<weights>[0-9a-f]{16})(?P<part>-h\d+-\d+)?\.tflite$"
+)
+
+
+def prune_superseded(directory: str, name: str) -> None:
+    """Remove from the cache the steps that the one just written as `name` supersedes: those of
+    the same model directory, dtype, TensorFlow and code converted from earlier weights (a
+    fine-tuning run's older checkpoints: one file each, 165 MB at 124M in int8, would
+    otherwise pile up). Entries of another directory, TensorFlow or code version (another
+    checkout of this package may still use them) are left, as is every file not named as an
+    entry; `rm -r` of the whole cache is always safe (docs/tflite.md)."""
+    new = CACHED.match(name)
+    for other in os.listdir(directory):
+        old = CACHED.match(other)
+        if old is None or other == name:
+            continue
+        same = all(old[k] == new[k] for k in ("base", "dtype", "where"))
+        if same and old["weights"] != new["weights"]:
+            with contextlib.suppress(OSError):  # gone already: another process pruned it
+                os.remove(os.path.join(directory, other))
 
 
 @contextlib.contextmanager
@@ -233,6 +265,7 @@ def cached_step(model_dir, dtype: str, load_weights, progress=print, layers=None
                 progress(f"converting {model_dir.path} to TensorFlow Lite ({dtype}{what}), once")
                 data = convert(load_weights(), model_dir.hparams, dtype, layers)
                 write_atomically(path, data)
+                prune_superseded(directory, os.path.basename(path))
     except OSError as e:
         raise UserError(
             f"{directory}: cannot write the converted model ({e.strerror}); "
