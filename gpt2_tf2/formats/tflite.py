@@ -223,7 +223,11 @@ def prune_superseded(directory: str, name: str) -> None:
     checkout of this package may still use them) are left, as is every file not named as an
     entry; `rm -r` of the whole cache is always safe (docs/tflite.md)."""
     new = CACHED.match(name)
-    for other in os.listdir(directory):
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return  # the step is written: leaving the old ones is no reason to fail
+    for other in names:
         old = CACHED.match(other)
         if old is None or other == name:
             continue
