@@ -374,6 +374,7 @@ def test_a_conversion_of_new_weights_removes_only_the_entries_it_supersedes(tmp_
     kept = {label for label, name in names.items() if (tmp_path / name).exists()}
     assert kept == set(names) - {"old", "old part"}
     assert (tmp_path / new).exists()
+    tflite.prune_superseded(str(tmp_path / "gone"), new)  # no listing: nothing pruned, no error
 
 
 @pytest.mark.e2e
