@@ -15,8 +15,9 @@ process: greedy decoding of 128 new tokens (`--new`) after
 a 16-token prompt (no early stop), at batch 1, 8 and 32 (llama.cpp at batch 1 through
 llama-cpp-python's generate, at 8 and 32 through llama.cpp's C API: a sequence per row in one
 context, as llama.cpp's examples/batched). The f32 peers' greedy tokens are compared with
-ours before any speed is reported. The rounds interleave the implementations, so that the
-machine's drift falls on all; the table gives medians, ratios to ours, and each row as a share
+ours before any speed is reported. The rounds interleave the implementations, every other
+round in reverse order, so that the machine's drift falls on all; the table gives medians,
+ratios to ours (a target's: the median of each round's own), and each row as a share
 of the memory-bandwidth bound (measured in the same run): at batch 1 a token reads every
 weight once, so the bound is bandwidth / bytes of weights. After the rounds, each of our rows
 runs its first call once more with empty caches, and CTranslate2's converter runs once, timed
