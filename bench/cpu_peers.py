@@ -351,7 +351,6 @@ def main() -> None:
             if error:
                 m.errors[impl] = error
             for row in rows:
-                m.speeds.setdefault((impl, row["batch"]), []).append(row["tok_s"])
                 m.rounds[-1][(impl, row["batch"])] = row["tok_s"]
                 m.peaks[impl] = max(m.peaks.get(impl, 0), row["peak_mib"])
                 if "first_s" in row:
@@ -444,12 +443,11 @@ def weight_bytes(impl: str, paths: dict) -> int:
 
 @dataclasses.dataclass
 class Measured:
-    """What the rounds measured: tokens/s per (implementation, batch), first calls per
-    implementation (a round each; `colds`: ours with empty caches), greedy tokens at batch 1,
-    errors, peak memory, the bandwidth before and after each round, and each round's speeds
-    (`rounds`: a target's ratio is taken within a round, its two rows minutes apart at most)."""
+    """What the rounds measured: tokens/s per (implementation, batch) in each round (`rounds`:
+    a target's ratio is taken within a round, its two rows minutes apart at most), first calls
+    per implementation (a round each; `colds`: ours with empty caches), greedy tokens at batch
+    1, errors, peak memory, and the bandwidth before and after each round."""
 
-    speeds: dict = dataclasses.field(default_factory=dict)
     firsts: dict = dataclasses.field(default_factory=dict)
     colds: dict = dataclasses.field(default_factory=dict)
     tokens: dict = dataclasses.field(default_factory=dict)
@@ -457,6 +455,10 @@ class Measured:
     peaks: dict = dataclasses.field(default_factory=dict)
     bandwidth: list = dataclasses.field(default_factory=list)
     rounds: list = dataclasses.field(default_factory=list)  # {(impl, batch): tok/s} per round
+
+    def speeds(self, key) -> list:
+        """The tokens/s of `key` (implementation, batch), one per round that ran it."""
+        return [r[key] for r in self.rounds if key in r]
 
 
 def render(impls, m: Measured, rounds: int, paths) -> str:
@@ -468,7 +470,7 @@ def render(impls, m: Measured, rounds: int, paths) -> str:
     base = "gpt2_tf2 float32 (xla)"
 
     def med(key):
-        return statistics.median(m.speeds[key]) if key in m.speeds else None
+        return statistics.median(m.speeds(key)) if m.speeds(key) else None
 
     def cell(value, fmt="{:.1f}"):
         return fmt.format(value) if value is not None else "-"
