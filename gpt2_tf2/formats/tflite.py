@@ -198,8 +198,9 @@ def cache_key(model_dir, dtype: str, layers=None) -> str:
     for module in ("gpt2_tf2.core.tflite_step", "gpt2_tf2.formats.tflite_template"):
         with open(importlib.util.find_spec(module).origin, "rb") as f:  # what the file holds
             code.update(f.read())
-    where = _digest([os.path.realpath(folder), lazy.version(), code.hexdigest()])
-    base = os.path.basename(os.path.realpath(folder)) or "model"
+    real = os.path.realpath(folder)
+    where = _digest([real, lazy.version(), code.hexdigest()])
+    base = os.path.basename(real) or "model"
     part = "" if layers is None else f"-h{layers[0]}-{layers[1] - 1}"
     return f"{base}-{dtype}-{where}-{_digest(stamp)}{part}.tflite"
 
@@ -229,10 +230,10 @@ def prune_superseded(directory: str, name: str) -> None:
         return  # the step is written: leaving the old ones is no reason to fail
     for other in names:
         old = CACHED.match(other)
-        if old is None or other == name:
+        if old is None:
             continue
         same = all(old[k] == new[k] for k in ("base", "dtype", "where"))
-        if same and old["weights"] != new["weights"]:
+        if same and old["weights"] != new["weights"]:  # never `name` itself: its own weights
             with contextlib.suppress(OSError):  # gone already: another process pruned it
                 os.remove(os.path.join(directory, other))
 
