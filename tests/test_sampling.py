@@ -5,12 +5,19 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.generation.loop import decode
-from gpt2_tf2.generation.processors import CANDIDATES, filter_logits, top_k_filter, top_p_filter
+from gpt2_tf2.generation.processors import (
+    CANDIDATES,
+    filter_logits,
+    full_threshold,
+    full_thresholds_of,
+    top_k_filter,
+    top_p_filter,
+)
 from gpt2_tf2.generation.settings import Settings
 from gpt2_tf2.generation.strategies import choose_tokens
 
 NEG = -np.inf
-# The filters' fast path looks at the top CANDIDATES logits; 1 and 2 force the full-sort fallback
+# The filters' fast path looks at the top CANDIDATES logits; 1 and 2 force the whole-row fallback
 # on these 4-token rows (top-k > candidates, or a nucleus reaching past them).
 PATHS = pytest.mark.parametrize("c", [CANDIDATES, 1, 2])
 
@@ -66,6 +73,73 @@ def test_top_k_then_top_p_combine(c):
     logits = logits_of([0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4])
     assert kept(filter_logits(logits, 1.0, 3, 0.75, c)) == [[1, 1, 0, 0], [0, 0, 1, 1]]
     assert kept(filter_logits(logits, 1.0, 0, 0.75, c)) == [[1, 1, 1, 0], [0, 1, 1, 1]]
+
+
+def whole_rows(seed):
+    """Rows of GPT-2's vocabulary size as the whole-row fallback meets them: flat (a random
+    model's), peaked, rounded to ties, and with banned (-inf) tokens."""
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(6, 50257)) * np.array([[0.5], [1], [3], [10], [1], [3]])
+    rows[4] = np.round(rows[4] * 4) / 4  # many ties
+    rows[5, rng.random(50257) < 0.4] = NEG  # banned tokens
+    return rows.astype(np.float32)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_the_whole_row_thresholds_are_top_k_and_the_nucleus(xla):
+    """The fallback's thresholds (a search, not a sort) against float64 by hand: top-k's is the
+    k-th largest logit exactly (ties stay); top-p's is the smallest logit whose tokens strictly
+    more likely hold less than p of the mass after top-k, up to float32's sums (1e-5)."""
+
+    def threshold(logits, k, p):
+        s = settings_of(1.0, k, p)
+        return full_threshold(logits, s)
+
+    run = tf.function(threshold, jit_compile=True) if xla else threshold
+    for seed in range(2):
+        rows = whole_rows(seed)
+        for k, p in [
+            (1, 1.0),
+            (40, 1.0),
+            (300, 1.0),
+            (50257, 1.0),
+            (0, 0.9),
+            (0, 0.5),
+            (0, 1e-6),
+            (0, 0.99),
+            (1000, 0.9),
+            (3, 0.5),
+        ]:
+            got = run(tf.constant(rows), tf.constant(k), tf.constant(p, tf.float32)).numpy()
+            for row, t in zip(rows.astype(np.float64), got[:, 0]):
+                assert t in row  # a logit of the row
+                ranked = np.sort(row)[::-1]
+                kth = ranked[k - 1] if k else -np.inf
+                if p == 1.0:
+                    assert t == kth, (k, p)
+                    continue
+                probs = np.where(row >= kth, np.exp(row - row.max()), 0)
+                probs /= probs.sum()
+                above = probs[row > t].sum()  # the mass strictly more likely than the threshold
+                assert t >= kth and above < p + 1e-5, (k, p, above)
+                smaller = row[(row < t) & (row >= kth)]
+                if len(smaller):  # the next logit down would not be kept: t is the smallest
+                    assert probs[row > smaller.max()].sum() >= p - 1e-5, (k, p)
+
+
+def test_rows_searched_alone_or_together_get_the_same_thresholds():
+    """The engine's rows with their own settings: searched one at a time (few rows need it) or
+    all at once (most do), each row's threshold is the same to the bit, and -inf where not asked."""
+    rows = tf.constant(whole_rows(2))
+    settings = settings_of(
+        tf.ones([6]), tf.constant([0, 40, 0, 300, 2, 0]), tf.constant([0.9, 1, 0.5, 0.8, 1, 0.99])
+    )
+    every = full_thresholds_of(rows, settings, tf.constant([True] * 6)).numpy()
+    few = tf.constant([False, True, False, False, False, True])
+    for which in (few, ~few):  # 2 of 6 one at a time; 4 of 6 together
+        got = full_thresholds_of(rows, settings, which).numpy()
+        assert np.array_equal(got[which.numpy()], every[which.numpy()])
+        assert np.all(got[~which.numpy()] == NEG)
 
 
 def test_temperature_scales_logits():

@@ -16,9 +16,10 @@ Two kinds, as in Hugging Face's generation code:
   al. 2019, nucleus sampling), top-k and top-p combine, temperature 0 is greedy (no warper).
 
 Top-k and top-p look for their thresholds among the top CANDIDATES logits of a row first: under
-XLA on a CPU, tf.math.top_k(256) costs ~0.2 ms a row, a sort of the 50257-token vocabulary
-~10 ms. A full sort is the fallback, taken only when top_k > CANDIDATES or the nucleus reaches
-past them. The sampling strategy draws among the same candidates.
+XLA on a CPU, tf.math.top_k(256) costs ~0.2 ms a row. Only when top_k > CANDIDATES or the
+nucleus reaches past them is the whole row searched (`full_threshold`): by bisection over the
+logits' ordered bits, not a sort (a sort of the 50257-token vocabulary takes ~7 ms a row under
+XLA on a CPU). The sampling strategy draws among the same candidates.
 """
 
 from __future__ import annotations
@@ -256,39 +257,101 @@ def truncate(logits, settings, candidates: int = CANDIDATES) -> Truncated:
 
 
 def full_threshold(logits, settings):
-    """Top-k then top-p thresholds [batch, 1] from a sort of the whole row: the fallback."""
+    """Top-k then top-p thresholds [batch, 1] of the whole row: the fallback."""
     k, p, _ = truncation(logits, settings)
-    return _sorted_thresholds(logits, k, p)
+    return _searched_thresholds(logits, k, p)
 
 
-def _sorted_thresholds(logits, k, p):
-    """`thresholds` of rows of `logits` from their sort, for k and p as `truncation` gives them."""
-    return thresholds(logits, tf.sort(logits, direction="DESCENDING"), k, p)[0]
+def _float_keys(x):
+    """int32 keys in the order of the float32 values x (IEEE 754's bits, the negatives' magnitude
+    bits flipped: the sortable-integer map radix sorts use), and back (`_key_floats`)."""
+    bits = tf.bitcast(x, tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits)
+
+
+def _key_floats(keys):
+    bits = tf.where(keys < 0, tf.bitwise.bitwise_xor(keys, 0x7FFFFFFF), keys)
+    return tf.bitcast(bits, tf.float32)
+
+
+def _smallest_key(lo, hi, holds):
+    """The smallest int32 key K in [lo, hi] ([batch, 1] each) for which holds(K) ([batch, 1]
+    bool, false below some key and true from it on; true at hi): bisection, at most 32 rounds
+    (the midpoint in int64: hi - lo can pass int32's range)."""
+    lo, hi = tf.cast(lo, tf.int64), tf.cast(hi, tf.int64)
+
+    def halve(lo, hi):
+        mid = lo + (hi - lo) // 2
+        true = holds(tf.cast(mid, tf.int32))
+        return tf.where(true, lo, mid + 1), tf.where(true, mid, hi)
+
+    lo, _ = tf.while_loop(lambda lo, hi: tf.reduce_any(lo < hi), halve, (lo, hi))
+    return tf.cast(lo, tf.int32)
+
+
+def _searched_thresholds(logits, k, p):
+    """`thresholds` of whole rows of `logits`, for k and p as `truncation` gives them, found by
+    bisection over the values' keys instead of a sort (under XLA on a CPU a sort of 50257
+    logits takes ~7 ms a row; each of the at most 32 rounds here is one masked count or sum).
+
+    The k-th largest logit is the smallest key with fewer than k keys above it (ties with it
+    stay, as in `kth_largest`). The nucleus is the smallest key whose logit keeps its token:
+    the mass of the tokens strictly more likely than it (after top-k) is below p; that mass
+    only changes at a logit, so the key found is a logit's. Both keys are logits of the row;
+    the masses are sums in another order than a sort's running sum (equal to float32's last
+    bits)."""
+    x = tf.cast(logits, tf.float32)
+    keys = _float_keys(x)  # [batch, vocab]
+    lo = tf.reduce_min(keys, axis=-1, keepdims=True)
+    hi = tf.reduce_max(keys, axis=-1, keepdims=True)
+    none = tf.fill(tf.shape(x[:, :1]), NEG_INF)  # [batch, 1]
+    k = tf.broadcast_to(k, tf.shape(none))
+    p = tf.broadcast_to(tf.cast(p, tf.float32), tf.shape(none))
+
+    def kth():
+        def fewer_above(key):
+            return tf.reduce_sum(tf.cast(keys > key, tf.int32), -1, keepdims=True) < k
+
+        found = _key_floats(_smallest_key(lo, hi, fewer_above))
+        return tf.where(k > 0, found, none)
+
+    kth = tf.cond(tf.reduce_any(k > 0), kth, lambda: none)
+    probs = tf.exp(mask_below(x, kth) - tf.reduce_logsumexp(mask_below(x, kth), -1, keepdims=True))
+
+    def nucleus():
+        def mass_above_below_p(key):
+            return tf.reduce_sum(tf.where(keys > key, probs, 0.0), -1, keepdims=True) < p
+
+        found = _key_floats(_smallest_key(lo, hi, mass_above_below_p))
+        return tf.where(p < 1.0, found, none)
+
+    nucleus = tf.cond(tf.reduce_any(p < 1.0), nucleus, lambda: none)
+    return tf.cast(tf.maximum(kth, nucleus), logits.dtype)
 
 
 def full_thresholds_of(logits, settings, which):
     """`full_threshold` of the rows where `which` (bool [batch]), -inf for the others; settings:
-    each row its own ([batch]). Up to half the rows are sorted one at a time (a row's threshold
-    the same to the bit either way): a decode engine's rows each take their own path, and the
-    sort of one row whose nucleus reaches past its candidates (~10 ms under XLA on a CPU) must
-    not become a sort of every row (16 slots of the 124M shape: a step went from 86 to 285 ms
-    for one such row among them, measured; bench/step_speed.py --server --top_p_rows 1)."""
+    each row its own ([batch]). Up to half the rows are searched one at a time (a row's
+    threshold the same to the bit either way): a decode engine's rows each take their own path,
+    and the search of one row whose nucleus reaches past its candidates must not become a
+    search of every row (with a sort instead, 16 slots of the 124M shape: a step went from 86
+    to 285 ms for one such row among them; bench/step_speed.py --server --top_p_rows 1)."""
     k, p, _ = truncation(logits, settings)  # [batch, 1] each
     none = tf.fill(tf.shape(logits[:, :1]), tf.cast(NEG_INF, logits.dtype))
 
     def row(i, found):
-        def sort():
+        def search():
             # tf.slice with a constant size: a row of static shape [1, ...] under XLA.
             one, k_i, p_i = (tf.slice(t, [i, 0], [1, -1]) for t in (logits, k, p))
-            return tf.tensor_scatter_nd_update(found, [[i]], _sorted_thresholds(one, k_i, p_i))
+            return tf.tensor_scatter_nd_update(found, [[i]], _searched_thresholds(one, k_i, p_i))
 
-        return i + 1, tf.cond(which[i], sort, lambda: found)
+        return i + 1, tf.cond(which[i], search, lambda: found)
 
     def each():
         return tf.while_loop(lambda i, _: i < rows, row, (tf.constant(0), none))[1]
 
-    def together():  # most rows: a sort of all costs less than as many of one (~10%, measured)
-        return tf.where(which[:, None], _sorted_thresholds(logits, k, p), none)
+    def together():  # most rows: one search of all costs less than as many of one
+        return tf.where(which[:, None], _searched_thresholds(logits, k, p), none)
 
     rows = tf.shape(logits)[0]
     many = 2 * tf.reduce_sum(tf.cast(which, tf.int32)) > rows
