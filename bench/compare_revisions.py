@@ -37,7 +37,7 @@ MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees
         ["--slots", "1,4", "--tokens", "4", "--server"],
         "head's script",
     ),
-    # The same with one row of the slots asking top-p 0.9 (the full-sort fallback on random
+    # The same with one row of the slots asking top-p 0.9 (the whole-row fallback on random
     # weights) among rows asking top-k 40.
     "server-steps+top-p": (
         "step_speed.py",

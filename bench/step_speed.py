@@ -7,7 +7,7 @@ log-probabilities kept for the rows that ask), rows as its usual requests are (t
 passes that alternate rows asking for no log-probabilities (where the revision lets a row say
 so: `Request.scores`) and rows asking (`logprobs asked`), medians of `--passes` each; measure
 `server-steps`. With --top_p_rows K, K of the rows ask top-p 0.9 instead (on random weights
-their nucleus reaches past the top candidates: the full-sort fallback); measure
+their nucleus reaches past the top candidates: the whole-row fallback); measure
 `server-steps+top-p`.
 
     python bench/step_speed.py [--slots 1,4] [--tokens 1,4] [--calls 64] [--server]
