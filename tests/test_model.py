@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from gpt2_tf2.core.hparams import HParams
-from gpt2_tf2.core.kernels import transposed_product
+from gpt2_tf2.core.kernels import first_argmax, transposed_product
 from gpt2_tf2.core.model import GPT2, LayerNorm, gelu
 from gpt2_tf2.errors import UserError
 
@@ -230,3 +230,24 @@ def test_load_transposes_where_measured_faster(tmp_path, monkeypatch):
     assert transposed_weights_faster(without_avx512)
     gpus.append("a GPU")
     assert not transposed_weights_faster(without_avx512)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_first_argmax_is_numpys_argmax(xla):
+    """The sampling strategies' argmax (two reductions under XLA): the first largest value's
+    index, as NumPy's, with ties, -inf rows and ops fused into it; NaN ignored (np.nanargmax)."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(7, 50257)).astype(np.float32)
+    rows[1] = np.round(rows[1])  # ties: the first of them
+    rows[2, ::3] = -np.inf
+    rows[3] = -np.inf  # every token banned: index 0, as tf.argmax
+    rows[4, [5, 70, 50000]] = 9.0
+    rows[5, 123] = np.inf
+    rows[6, [3, 40000]] = np.nan
+
+    def argmax(x):  # a producer fused into the reduction, as the Gumbel noise is
+        return first_argmax(x * 2.0 + 1.0)
+
+    got = (tf.function(argmax, jit_compile=True) if xla else argmax)(tf.constant(rows)).numpy()
+    want = [np.argmax(r) for r in rows[:6]] + [np.nanargmax(rows[6])]
+    assert got.dtype == np.int32 and got.tolist() == want

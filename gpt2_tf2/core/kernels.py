@@ -90,6 +90,21 @@ def transposed_product(rows, w_t, many: int = 512):
     return tf.cond(tf.shape(rows)[0] <= many, few, lots)
 
 
+def first_argmax(x):
+    """tf.argmax(x, -1) as int32 for x [batch, n]: each row's first largest value's index (NaN
+    ignored), as two plain reductions, the largest value then the smallest index holding it.
+    XLA on a CPU runs an argmax as one reduction over (value, index) pairs that it does not
+    vectorise, and fuses the ops producing x into it: the Gumbel-noised logits of 8 x 50257
+    took 3.0 ms under tf.argmax, 0.7 ms so (measured). Rows without NaN get tf.argmax's index;
+    outside XLA it is tf.argmax (one kernel)."""
+    if not in_xla():
+        return tf.argmax(x, axis=-1, output_type=tf.int32)
+    x = tf.where(tf.math.is_nan(x), tf.cast(float("-inf"), x.dtype), x)
+    n = tf.shape(x)[-1]
+    top = tf.reduce_max(x, axis=-1, keepdims=True)
+    return tf.reduce_min(tf.where(x == top, tf.range(n), n), axis=-1)
+
+
 def top_k(logits, n: int):
     """tf.math.top_k(logits, n) as (values, indices). Under XLA behind an optimization barrier:
     XLA on a CPU runs a top-k as a fast TopK (1 ms for 8 x 50257) only while its sort-and-slice
