@@ -1,6 +1,6 @@
 """Our speed at two git revisions, measured interleaved on this machine, as a table in docs/.
 
-A change to a hot path is judged by this: sampling (greedy, and with temperature/top-k/top-p) at
+A change to a hot path is judged by this: sampling (greedy, with temperature/top-k/top-p, plain) at
 batch 1 and 8, the first call of a fresh process, and one 1 x 1024 training step at 124M, each
 measured in a fresh process by the revision's own bench scripts, the two revisions alternating
 (A B B A ...) because this machine drifts 10-20% from minute to minute. Ratios are medians of
@@ -25,6 +25,13 @@ MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees
     "sampling+settings": (
         "sample_speed.py",
         ["--child", "ours", "--batches", "1,8", "--repeats", "5", "--settings"],
+    ),
+    # The command line's default sampling (temperature 1, no top-k or top-p: a draw from the
+    # whole vocabulary). HEAD's script on both trees (the base's may have no --plain).
+    "sampling+plain": (
+        "sample_speed.py",
+        ["--child", "ours", "--batches", "1,8", "--repeats", "5", "--plain"],
+        "head's script",
     ),
     "training": ("train_speed.py", ["--child", "ours", "--size", "124M", "--steps", "3"]),
     # The engine stepped 1 token per call, as the server's scheduler steps it: a call's cost.

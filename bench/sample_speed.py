@@ -24,6 +24,8 @@ PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_tf_xla", "hf_torch", "keras_hub_xla", "keras_hub")
 # Ours with sampling settings on, to show what top-k/top-p/temperature cost over greedy.
 SETTINGS = {"temperature": 1.0, "top_k": 40, "top_p": 0.9}
+# The command line's defaults (openai/gpt-2's sample.py): a draw from the whole vocabulary.
+PLAIN = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def prompt_ids(batch: int):
@@ -133,10 +135,10 @@ def keras_hub(xla: bool):
     return generate, None, keras
 
 
-def child(impl: str, batches: list[int], repeats: int, settings: bool) -> None:
+def child(impl: str, batches: list[int], repeats: int, settings: bool, plain=False) -> None:
     began = time.perf_counter()
     build = {
-        "ours": lambda: ours(SETTINGS if settings else None),
+        "ours": lambda: ours(PLAIN if plain else SETTINGS if settings else None),
         "hf_tf_xla": lambda: hf_tf(True),
         "hf_tf": lambda: hf_tf(False),
         "hf_torch": hf_torch,
@@ -150,7 +152,7 @@ def child(impl: str, batches: list[int], repeats: int, settings: bool) -> None:
         first, times = timed(generate, ids, repeats)
         times.sort()
         row = {
-            "impl": impl + ("+sampling" if settings else ""),
+            "impl": impl + ("+plain" if plain else "+sampling" if settings else ""),
             "batch": batch,
             "tok_s": batch * NEW / (times[len(times) // 2] if times else first),
             "first_s": first,
@@ -180,11 +182,14 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--settings", action="store_true")
+    parser.add_argument(
+        "--plain", action="store_true", help="with --child ours: temperature 1, no top-k/top-p"
+    )
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.child:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        return child(args.child, batches, args.repeats, args.settings)
+        return child(args.child, batches, args.repeats, args.settings, args.plain)
     for impl in args.impls.split(","):
         for row in run(impl, batches, args.repeats):
             print(json.dumps(row), flush=True)

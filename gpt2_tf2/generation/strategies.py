@@ -27,7 +27,7 @@ from gpt2_tf2.generation.random import gumbel_noise
 def greedy(logits, settings=None, step=0):
     """The most likely token of each row."""
     del settings, step
-    return first_argmax(logits)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
 def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
@@ -44,7 +44,7 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
 
     def over_all(threshold):
         noisy = mask_below(scaled, threshold) + gumbel_noise(vocab_ids, settings.seed, step, rows)
-        return first_argmax(noisy)
+        return first_argmax(noisy)  # not tf.argmax: the noise fused into it (`first_argmax`)
 
     def truncated():
         kept = truncate(scaled, settings, candidates)
@@ -56,7 +56,7 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
         def among_candidates():
             noise = gumbel_noise(kept.indices, settings.seed, step, rows)
             noisy = mask_below(kept.values, kept.threshold) + noise
-            best = first_argmax(noisy)[:, None]  # [batch, 1]
+            best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
             return select_column(kept.indices, best)
 
         def fallback():  # the thresholds from a sort of the whole row, noise for every token
@@ -85,7 +85,7 @@ def _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all)
     ties = kept.values[:, -1:] >= kept.threshold  # [batch, 1]
     among = kept.exact & ((n == vocab) | ~ties)
     noise = gumbel_noise(kept.indices, settings.seed, step, rows)
-    best = first_argmax(mask_below(kept.values, kept.threshold) + noise)
+    best = tf.argmax(mask_below(kept.values, kept.threshold) + noise, axis=-1, output_type=tf.int32)
     token = select_column(kept.indices, best[:, None])  # [batch]
     plain = ~on & sampled  # no threshold: noise over the whole row
     sort = (on & ~among & sampled)[:, 0]  # a threshold past the candidates: a sort of the row
