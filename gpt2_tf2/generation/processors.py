@@ -297,9 +297,10 @@ def _searched_thresholds(logits, k, p):
     The k-th largest logit is the smallest key with fewer than k keys above it (ties with it
     stay, as in `kth_largest`). The nucleus is the smallest key whose logit keeps its token:
     the mass of the tokens strictly more likely than it (after top-k) is below p; that mass
-    only changes at a logit, so the key found is a logit's. Both keys are logits of the row;
-    the masses are sums in another order than a sort's running sum (equal to float32's last
-    bits)."""
+    only changes at a logit, so the key found is a logit's. Both keys are logits of the row.
+    The masses are sums in another order than a sort's running sum: they can part in float32's
+    last bits, and so, on a flat row, the nucleus's last few tokens (as XLA's running sum and
+    an eager one already did)."""
     x = tf.cast(logits, tf.float32)
     keys = _float_keys(x)  # [batch, vocab]
     lo = tf.reduce_min(keys, axis=-1, keepdims=True)

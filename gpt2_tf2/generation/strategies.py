@@ -59,7 +59,7 @@ def sample(logits, settings, step=0, candidates: int = CANDIDATES, rows=None):
             best = tf.argmax(noisy, axis=-1, output_type=tf.int32)[:, None]  # [batch, 1]
             return select_column(kept.indices, best)
 
-        def fallback():  # the thresholds from a sort of the whole row, noise for every token
+        def fallback():  # the thresholds of the whole row (a search), noise for every token
             return over_all(full_threshold(scaled, settings))
 
         return tf.cond(among, among_candidates, fallback)
@@ -76,7 +76,7 @@ def _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all)
     own path, so that another row (or a free slot) never sends it down a dearer one. A row whose
     top-k/top-p survivors lie among its candidates draws among them; a row without top-k or
     top-p draws from its whole row; only a row whose nucleus reaches past its candidates needs
-    the sort of its whole row. The token is the same on every path (the noise is keyed by
+    the search of its whole row. The token is the same on every path (the noise is keyed by
     token id), so the choice of path is speed only."""
     vocab = shape_list(logits)[1]
     sampled = tf.convert_to_tensor(settings.temperature)[:, None] > 0  # [batch, 1]
@@ -88,11 +88,11 @@ def _sample_rows(logits, scaled, settings, step, candidates, rows, on, over_all)
     best = tf.argmax(mask_below(kept.values, kept.threshold) + noise, axis=-1, output_type=tf.int32)
     token = select_column(kept.indices, best[:, None])  # [batch]
     plain = ~on & sampled  # no threshold: noise over the whole row
-    sort = (on & ~among & sampled)[:, 0]  # a threshold past the candidates: a sort of the row
-    whole = plain[:, 0] | sort  # drawn from the whole row, below its threshold (-inf: none)
+    search = (on & ~among & sampled)[:, 0]  # a threshold past the candidates: search the row
+    whole = plain[:, 0] | search  # drawn from the whole row, below its threshold (-inf: none)
 
     def drawn():
-        return over_all(full_thresholds_of(scaled, settings, sort))
+        return over_all(full_thresholds_of(scaled, settings, search))
 
     return tf.where(
         whole, tf.cond(tf.reduce_any(whole), drawn, lambda: tf.zeros_like(token)), token
