@@ -369,8 +369,8 @@ def test_a_conversion_of_new_weights_removes_only_the_entries_it_supersedes(tmp_
     for name in names.values():
         (tmp_path / name).write_text("x")
     # A directory named as a superseded entry: os.remove never takes a directory.
-    (tmp_path / f"run1-int8-{where}-{other}-h6-11.tflite").mkdir()
     names["a directory"] = f"run1-int8-{where}-{other}-h6-11.tflite"
+    (tmp_path / names["a directory"]).mkdir()
     new = f"run1-int8-{where}-{where}-h0-5.tflite"
     (tmp_path / new).write_text("x")
     tflite.prune_superseded(str(tmp_path), new)

@@ -234,7 +234,7 @@ def test_load_transposes_where_measured_faster(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("xla", [False, True])
 def test_first_argmax_is_numpys_argmax(xla):
-    """The sampling strategies' argmax (two reductions under XLA): the first largest value's
+    """The whole-row draw's argmax (two reductions under XLA): the first largest value's
     index, as NumPy's, with ties, -inf rows and ops fused into it; NaN ignored (np.nanargmax)."""
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(7, 50257)).astype(np.float32)

@@ -317,9 +317,11 @@ def _searched_thresholds(logits, k, p):
         return tf.where(k > 0, found, none)
 
     kth = tf.cond(tf.reduce_any(k > 0), kth, lambda: none)
-    probs = tf.exp(mask_below(x, kth) - tf.reduce_logsumexp(mask_below(x, kth), -1, keepdims=True))
 
     def nucleus():
+        after_k = mask_below(x, kth)  # probabilities after top-k, over the whole row
+        probs = tf.exp(after_k - tf.reduce_logsumexp(after_k, -1, keepdims=True))
+
         def mass_above_below_p(key):
             return tf.reduce_sum(tf.where(keys > key, probs, 0.0), -1, keepdims=True) < p
 
