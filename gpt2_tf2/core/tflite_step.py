@@ -43,43 +43,54 @@ def dense(x, w, b):
     return tf.matmul(x, w, transpose_b=True) + b  # [rows, out]
 
 
-def attend(q, k, v, past_k, past_v, pos, first):
+def masks(pos, first, n, width):
+    """Which keys each new query sees, the same in every block: (over the cache [bh, 1, T]:
+    columns first .. pos - 1, over the new keys [n, n]: key j <= query i). pos, first: int32
+    [batch * heads, 1, 1] (`attend`); n: new columns; width: the cache's T."""
+    columns = tf.range(width)
+    rows = tf.range(n)
+    return (columns < pos) & (columns >= first), rows[None, :] <= rows[:, None]
+
+
+def attend(q, k, v, past_k, past_v, visible, split):
     """Causal attention of new queries over the cache and the new keys.
 
     q, k, v: [batch * heads, n, head_dim], the new columns pos .. pos + n - 1.
-    past_k, past_v: [batch * heads, T, head_dim]; columns first .. pos - 1 are valid (`first`
-    and `pos`, int32 [batch * heads, 1, 1]: a left-padded row's first real column, and each
-    row's own column: the rows of a decode engine stand at columns of their own), the rest is
-    ignored.
+    past_k, past_v: [batch * heads, T, head_dim], read only where `visible` says (`masks`:
+    a left-padded row's first real column to its own column; the rows of a decode engine stand
+    at columns of their own). split: [T, n], the widths of the scores over the two.
     """
+    old_visible, new_visible = visible
     scale = 1 / math.sqrt(q.shape[-1])
-    old = tf.matmul(q, past_k, transpose_b=True) * scale  # [bh, n, T]
-    new = tf.matmul(q, k, transpose_b=True) * scale  # [bh, n, n]
-    columns = tf.range(tf.shape(past_k)[1])
-    old_visible = (columns < pos) & (columns >= first)  # [bh, 1, T]
-    rows = tf.range(tf.shape(q)[1])
-    new_visible = rows[None, :] <= rows[:, None]  # [n, n]: query i sees new key j <= i
-    old = tf.where(old_visible, old, MASK_VALUE)
-    new = tf.where(new_visible, new, MASK_VALUE)
+    old = tf.where(old_visible, tf.matmul(q, past_k, transpose_b=True) * scale, MASK_VALUE)
+    new = tf.where(new_visible, tf.matmul(q, k, transpose_b=True) * scale, MASK_VALUE)
     probs = tf.nn.softmax(tf.concat([old, new], axis=-1), axis=-1)  # [bh, n, T + n]
-    p_old, p_new = tf.split(probs, [tf.shape(past_k)[1], tf.shape(q)[1]], axis=-1)
+    p_old, p_new = tf.split(probs, split, axis=-1)
     return tf.matmul(p_old, past_v) + tf.matmul(p_new, v)  # [bh, n, head_dim]
 
 
-def block(x, w: dict, prefix: str, past_k, past_v, pos, first, hp: HParams):
-    """One transformer block on x [batch, n, embd]: (x, new keys, new values)."""
-    b, n, e = tf.shape(x)[0], tf.shape(x)[1], hp.n_embd
-    h, d = hp.n_head, hp.head_dim
+def block(x, w: dict, prefix: str, past_k, past_v, visible, dims, hp: HParams):
+    """One transformer block on x [batch, n, embd]: (x, new keys, new values).
+
+    dims: (batch, n, T) as int32 scalars, computed once a step: a shape built from them is the
+    same tensor in every block, so the converter keeps one of each instead of recomputing every
+    shape from every block's input (at 124M int4 batch 1, a third of the step's operators).
+    """
+    b, n, width = dims
+    e, h, d = hp.n_embd, hp.n_head, hp.head_dim
 
     def p(name):
         return w[f"{prefix}/{name}"]
 
+    # Layer norms on [batch, n, embd], then reshaped for the products: a layer norm feeding a
+    # FULLY_CONNECTED directly, the converter folded its gain and bias into the weights, which
+    # the template's stand-ins must reach unchanged (`tflite_template`).
     x_ln = layer_norm(x, p("ln_1/g"), p("ln_1/b"), hp.layer_norm_epsilon)
     c = dense(tf.reshape(x_ln, [-1, e]), p("attn/c_attn/w"), p("attn/c_attn/b"))  # [b*n, 3e]
     c = tf.reshape(c, [b, n, 3, h, d])  # [batch, n, (q, k, v), heads, head_dim]
     c = tf.transpose(c, [2, 0, 3, 1, 4])  # [3, batch, heads, n, head_dim]
-    q, k, v = (tf.reshape(c[i], [b * h, n, d]) for i in range(3))  # [batch * heads, n, head_dim]
-    a = attend(q, k, v, past_k, past_v, pos, first)  # [batch * heads, n, head_dim]
+    q, k, v = tf.unstack(tf.reshape(c, [3, b * h, n, d]))  # [batch * heads, n, head_dim] each
+    a = attend(q, k, v, past_k, past_v, visible, [width, n])  # [batch * heads, n, head_dim]
     a = tf.transpose(tf.reshape(a, [b, h, n, d]), [0, 2, 1, 3])  # [batch, n, heads, head_dim]
     a = dense(tf.reshape(a, [-1, e]), p("attn/c_proj/w"), p("attn/c_proj/b"))  # [b*n, e]
     x = x + tf.reshape(a, [b, n, e])
@@ -105,17 +116,20 @@ def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list, laye
     logits when end < n_layer (`part_layers`: a large model loads in parts).
     """
     first_layer, end = layers or (0, hp.n_layer)
-    pos = tf.broadcast_to(pos, tf.shape(offsets))  # [batch]: [1] is every row's
+    b = tf.shape(offsets)[0]
+    n = tf.shape(tokens if x is None else x)[1]
+    dims = (b, n, tf.shape(past[0])[1])
+    pos = tf.broadcast_to(pos, [b])  # [batch]: [1] is every row's
     if x is None:
-        n = tf.shape(tokens)[1]
         columns = pos[:, None] + tf.range(n)[None, :]  # [batch, n]
         positions = tf.maximum(columns - offsets[:, None], 0)
         x = tf.gather(w["model/wte"], tokens) + tf.gather(w["model/wpe"], positions)  # [b, n, e]
     first = tf.reshape(tf.repeat(offsets, hp.n_head), [-1, 1, 1])  # [batch * heads, 1, 1]
     pos = tf.reshape(tf.repeat(pos, hp.n_head), [-1, 1, 1])
+    visible = masks(pos, first, n, dims[2])
     new = []
     for j, i in enumerate(range(first_layer, end)):
-        x, k, v = block(x, w, f"model/h{i}", past[2 * j], past[2 * j + 1], pos, first, hp)
+        x, k, v = block(x, w, f"model/h{i}", past[2 * j], past[2 * j + 1], visible, dims, hp)
         new += [k, v]
     if end < hp.n_layer:
         return x, new
@@ -123,7 +137,7 @@ def step(w: dict, hp: HParams, tokens, pos, offsets, logits_at, past: list, laye
     x = tf.gather(x, logits_at, axis=1)  # [batch, k, embd]
     out = w.get("model/lm_head", w["model/wte"])  # [vocab, embd]: tied to wte in GPT-2
     logits = tf.matmul(tf.reshape(x, [-1, hp.n_embd]), out, transpose_b=True)  # [b * k, vocab]
-    return tf.reshape(logits, [tf.shape(x)[0], -1, hp.n_vocab]), new
+    return tf.reshape(logits, [b, -1, hp.n_vocab]), new
 
 
 def step_module(w: dict, hp: HParams, batch: int | None = None, layers=None) -> tf.Module:
