@@ -56,6 +56,8 @@ MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees
     "serving": ("serving_speed.py", ["--one", "--rounds", "5"], "head's script"),
     # TensorFlow Lite sampling: int8 and int4, greedy and top-k/top-p, batch 1 and 8.
     "tflite": ("tflite_sample_speed.py", ["--dtypes", "int8,int4"]),
+    # The same in float32 (the step every dtype shares; float32 reads 4 bytes a weight).
+    "tflite+float32": ("tflite_sample_speed.py", ["--dtypes", "float32"]),
     # Beam search, 4 beams, 128 tokens (no beam ends early), on xla.
     "beams": ("beam_speed.py", ["--child", "ours", "--beams", "4", "--repeats", "3"]),
 }
@@ -91,7 +93,7 @@ def measure(tree: str, name: str) -> dict[str, float]:
         if name == "beams":
             found[f"beam search {row['beams']} beams, tokens/s"] = row["tok_s"]
             continue
-        if name == "tflite":
+        if name.startswith("tflite"):
             key = f"tflite {row['dtype']} {row['decoding']} batch {row['batch']}, tokens/s"
             found[key] = row["tok_s"]
             continue
