@@ -6,13 +6,17 @@ tokens' keys and values only. The caller keeps the cache (in the interpreter's o
 buffers, `generation.tflite`) and writes the new columns into it: TFLite has no in-place update of
 an input, and returning the whole cache copied it at every step.
 
-Two spellings differ from `model.py`, for TFLite's kernels, with the same results:
+Three spellings differ from `model.py`, for TFLite, with the same results:
 - Weights are stored [out, in] and multiplied with `transpose_b=True`: TFLite's FULLY_CONNECTED
   takes [out, in]; from our conv1d layout [in, out] the converter added a TRANSPOSE of every
   weight at every step (measured on 124M's 48 block matrices at batch 1, int8: 13.8 -> 5.05 ms).
 - Attention scores the cache and the new keys separately and takes one softmax over both
   (`attend`), so the cache is only read: writing the new keys into a copy of it first cost a
   copy of every layer's cache per token.
+- Every shape and mask is built once a step, from (batch, n, T) (`step`), not from each block's
+  input: TFLite runs shape arithmetic outside XNNPACK, an operator at a time, and per block it
+  was a third of the step (124M: 941 -> 620 operators; int4's step 1.13x at batch 1, 1.19x at
+  8, docs/benchmarks/ab-tflite-step.md).
 """
 
 from __future__ import annotations
@@ -72,9 +76,8 @@ def attend(q, k, v, past_k, past_v, visible, split):
 def block(x, w: dict, prefix: str, past_k, past_v, visible, dims, hp: HParams):
     """One transformer block on x [batch, n, embd]: (x, new keys, new values).
 
-    dims: (batch, n, T) as int32 scalars, computed once a step: a shape built from them is the
-    same tensor in every block, so the converter keeps one of each instead of recomputing every
-    shape from every block's input (at 124M int4 batch 1, a third of the step's operators).
+    dims: (batch, n, T) as int32 scalars, taken once a step (`step`): a shape built from them
+    is the same tensor in every block, which the converter keeps once (module doc).
     """
     b, n, width = dims
     e, h, d = hp.n_embd, hp.n_head, hp.head_dim
