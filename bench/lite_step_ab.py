@@ -47,8 +47,10 @@ def converted(tree: str, model_dir: str, dtype: str) -> str:
         env=env,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"{tree}: converting {dtype} failed: {last}")
     (paths,) = [json.loads(line)["paths"] for line in out.stdout.splitlines() if "paths" in line]
     if len(paths) != 1:
         raise SystemExit(f"{dtype}: {len(paths)} parts; this script times single files")
