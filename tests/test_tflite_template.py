@@ -109,7 +109,10 @@ def operator_counts(data) -> dict:
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if name.isupper()}
-    codes = [model.operatorCodes[op.opcodeIndex].builtinCode for op in model.subgraphs[0].operators]
+    codes = [
+        tflite_template._builtin(model.operatorCodes[op.opcodeIndex])
+        for op in model.subgraphs[0].operators
+    ]
     return {name: codes.count(code) for code, name in names.items() if code in codes}
 
 
