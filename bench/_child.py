@@ -1,13 +1,15 @@
 """What the bench scripts share: running one measurement in a fresh Python process of this
 environment and collecting the JSON objects it prints, one per line; timing a call; the
-machine's memory bandwidth."""
+machine's memory bandwidth; another revision's tree beside this one, for an A/B."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +25,27 @@ def run_json(script: str, args: list[str], env: dict | None = None) -> tuple[lis
     if out.returncode == 0 and rows:
         return rows, ""
     return rows, (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
+
+
+def short_rev(name: str = "HEAD") -> str:
+    """The short hash of the revision `name` in this checkout."""
+    out = subprocess.run(["git", "rev-parse", "--short", name], cwd=ROOT, capture_output=True)
+    return out.stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def worktree(rev: str):
+    """A detached git worktree of `rev` in a temporary directory (its path), removed after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = os.path.join(scratch, "base")
+        git = ["git", "worktree"]
+        subprocess.run(
+            [*git, "add", "--detach", tree, rev], cwd=ROOT, check=True, capture_output=True
+        )
+        try:
+            yield tree
+        finally:
+            subprocess.run([*git, "remove", "--force", tree], cwd=ROOT)
 
 
 def timed(call, arg, repeats: int) -> tuple[float, list[float]]:

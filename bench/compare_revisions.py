@@ -17,9 +17,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _child import ROOT, short_rev, worktree  # bench/ is sys.path[0] when run as a script
+
 MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees])
     "sampling": ("sample_speed.py", ["--child", "ours", "--batches", "1,8", "--repeats", "5"]),
     "sampling+settings": (
@@ -118,28 +118,16 @@ def main() -> None:
     unknown = set(measures) - set(MEASURES)
     if unknown:
         raise SystemExit(f"--measures: unknown {sorted(unknown)}; one of {', '.join(MEASURES)}")
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    head = short_rev()
     results: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
-    with tempfile.TemporaryDirectory() as scratch:
-        base_tree = os.path.join(scratch, "base")
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", base_tree, args.base],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        try:
-            for r in range(args.rounds):
-                order = [("base", base_tree), ("head", ROOT)]
-                for which, tree in order if r % 2 == 0 else order[::-1]:
-                    for name in measures:
-                        for metric, value in measure(tree, name).items():
-                            results[which].setdefault(metric, []).append(value)
-                            print(f"round {r + 1} {which} {metric}: {value:.2f}", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", base_tree], cwd=ROOT)
+    with worktree(args.base) as base_tree:
+        for r in range(args.rounds):
+            order = [("base", base_tree), ("head", ROOT)]
+            for which, tree in order if r % 2 == 0 else order[::-1]:
+                for name in measures:
+                    for metric, value in measure(tree, name).items():
+                        results[which].setdefault(metric, []).append(value)
+                        print(f"round {r + 1} {which} {metric}: {value:.2f}", flush=True)
     write_table(args, head, results)
 
 

@@ -21,10 +21,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from _child import ROOT, bandwidth_gb_s  # bench/ is sys.path[0]
+from _child import ROOT, bandwidth_gb_s, short_rev, worktree  # bench/ is sys.path[0]
 
 CHILD = """
 import json, sys
@@ -111,25 +110,14 @@ def main() -> None:
 
     from gpt2_tf2.core.hparams import PRESETS
 
-    def rev(name: str) -> str:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", name], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-
-    base, head, hp = rev(args.base), rev("HEAD"), PRESETS["124M"]
+    base, head, hp = short_rev(args.base), short_rev(), PRESETS["124M"]
     path = model_dir(args.work)
     rows, bandwidth = [], [bandwidth_gb_s()]
-    with tempfile.TemporaryDirectory() as scratch:
-        tree = os.path.join(scratch, "base")
-        git = ["git", "worktree"]
-        subprocess.run([*git, "add", "--detach", tree, base], cwd=ROOT, check=True)
-        try:
-            files = {
-                dtype: {base: converted(tree, path, dtype), head: converted(ROOT, path, dtype)}
-                for dtype in args.dtypes.split(",")
-            }
-        finally:
-            subprocess.run([*git, "remove", "--force", tree], cwd=ROOT, check=True)
+    with worktree(base) as tree:
+        files = {
+            dtype: {base: converted(tree, path, dtype), head: converted(ROOT, path, dtype)}
+            for dtype in args.dtypes.split(",")
+        }
     for dtype, pair in files.items():
         for batch in map(int, args.batches.split(",")):
             interpreters = {name: filled(f, batch, args.width, hp) for name, f in pair.items()}
