@@ -120,6 +120,26 @@ def test_stop_sequences_cut_the_text(client):
     assert reply.usage.completion_tokens < full.usage.completion_tokens
 
 
+def test_tokens_after_a_stop_sequence_are_neither_sent_nor_counted(tiny_lm):
+    """The engine may hand a reply tokens past a stop sequence before the row's cancel lands (a
+    step of several tokens, or the next step's): the reply drops them, its usage counts up to the
+    stop. Whether a served request meets this depends on timing, so the reply is fed here."""
+    from gpt2_tf2.server import protocol
+    from gpt2_tf2.server.app import Reply
+
+    tokens = tiny_lm.encode(" one two three four five")
+    choice = protocol.Choice(0, tiny_lm.encode(PROMPT), GenerationConfig(), (0, 0), 0)
+    job = protocol.Job([choice], False, False, [" three"], None, False, [choice.prompt_tokens], 1)
+    reply = Reply(job, tiny_lm, "tiny")
+    first = reply.handle(("tokens", 0, tokens[:4], [None] * 4))
+    assert first.text == " one two" and first.finish == "stop"
+    counted, sent = list(reply.counted), [list(t) for t in reply.tokens]
+    assert reply.handle(("tokens", 0, tokens[4:], [None] * len(tokens[4:]))) is None
+    assert reply.handle(("end", 0, "length")) is None
+    assert reply.counted == counted and reply.tokens == sent and reply.finish == ["stop"]
+    assert reply.open == 0
+
+
 def test_logprobs_and_echo(client, tiny_lm):
     """With echo, the prompt's tokens come first with their own log-probabilities (the first
     has none, as in OpenAI's replies), equal to scoring's; a stream gives the same pieces."""
