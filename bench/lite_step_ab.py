@@ -153,8 +153,9 @@ def write(args, base: str, head: str, rows: list, bandwidth: list[float]) -> Non
     for dtype, batch, times in rows:
         pairs = ", ".join(f"{o:.2f}/{n:.2f}" for o, n in zip(times[base], times[head]))
         lines.append(f"- {dtype} batch {batch}: {pairs}")
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    from gpt2_tf2.files import write_atomically
+
+    write_atomically(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -67,11 +67,15 @@ def logits(data) -> np.ndarray:
     return runner(**feed)["logits"]
 
 
-def tensors(data):
+def parsed(data):
+    """The converted step `data` as TFLite schema's object tree (its one subgraph is the step)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    return model.subgraphs[0].tensors
+    return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+
+
+def tensors(data):
+    return parsed(data).subgraphs[0].tensors
 
 
 @pytest.mark.parametrize(  # int8 (quantised weights in the template) in the default tier
@@ -107,7 +111,7 @@ def operator_counts(data) -> dict:
     """{TFLite builtin operator name: how many} in the converted step `data`."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    model = parsed(data)
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if name.isupper()}
     codes = [
         tflite_template._builtin(model.operatorCodes[op.opcodeIndex])
@@ -127,7 +131,6 @@ def test_the_steps_shapes_are_built_once_not_in_every_block():
         operator_counts(template_alone()[0]),
         operator_counts(tflite._converted(tflite._variables(template), one, "float32")),
     ]
-    print(counts)
     for name in ("SHAPE", "PACK", "STRIDED_SLICE", "RANGE", "LESS", "GREATER_EQUAL"):
         assert counts[0].get(name) == counts[1].get(name), name
     assert counts[0]["FULLY_CONNECTED"] == counts[1]["FULLY_CONNECTED"] + 8  # 4 a block
