@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli, run_in_process
+from conftest import run_cli, run_in_process, tree_digest
 
 HEADER = re.compile(r"={40} SAMPLE (\d+) ={40}\n")
 
@@ -364,14 +364,16 @@ def test_dtype_and_persistent_xla_cache(models_root, tmp_path):
     first = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
     assert first.returncode == 0 and first.stderr == "", first.stderr
     assert len(bodies(first.stdout)) == 1
-    stored = sorted(os.listdir(cache)) if cache.exists() else []
+    stored = sorted(tree_digest(cache)) if cache.exists() else []
     again = run_cli(["-m", "gpt2_tf2.sample", *args, "--dtype", "bfloat16"], env=env)
     assert again.stdout == first.stdout and again.stderr == "", again.stderr
     if tuple(int(p) for p in tf.__version__.split(".")[:2]) < (2, 21):
         assert not cache.exists()
     else:
         assert stored, "nothing was cached"
-        assert sorted(os.listdir(cache)) == stored  # read back, not compiled and written again
+        assert sorted(tree_digest(cache)) == stored  # read back, not compiled and written again
+        # The suite's XLA_FLAGS (its level): their own subdirectory (xla_cache_dir).
+        assert all(path.startswith("xla_flags-") for path in stored), stored
     off = run_cli(["-m", "gpt2_tf2.sample", *args], env={"GPT2_TF2_XLA_CACHE": ""})
     assert off.returncode == 0, off.stderr
 
@@ -385,6 +387,7 @@ def test_the_xla_cache_lives_in_the_users_cache_unless_told(monkeypatch, tmp_pat
     # The installed TensorFlow decides whether the cache is on (off before 2.21, whose cache
     # entries 2.17 cannot read back): pin it, so that both sides are tested on either line.
     monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow", "2.17.1"))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the suite's own level: below
     monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "mine"))
     assert xla_cache_dir() is None
     monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow-cpu", "2.21.0"))
@@ -400,6 +403,39 @@ def test_the_xla_cache_lives_in_the_users_cache_unless_told(monkeypatch, tmp_pat
     assert xla_cache_dir() == str(tmp_path / "mine")
 
 
+def test_programs_compiled_under_other_xla_flags_are_kept_apart(monkeypatch, tmp_path):
+    """TensorFlow's on-disk cache keys a program by itself, not by the XLA_FLAGS it was compiled
+    under: each set of flags gets a subdirectory of its own (the same flags in any order the
+    same one), in the user's cache and in a directory GPT2_TF2_XLA_CACHE names alike."""
+    from gpt2_tf2.cli import runner
+    from gpt2_tf2.cli.runner import xla_cache_dir
+
+    monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow-cpu", "2.21.0"))
+    monkeypatch.delenv("GPT2_TF2_XLA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    plain = str(tmp_path / "gpt2_tf2" / "xla" / "tensorflow-cpu-2.21.0")
+    seen = {}
+    for flags in [
+        "",
+        "  ",
+        "--xla_backend_optimization_level=0",
+        "--xla_backend_optimization_level=3",
+        "--xla_cpu_enable_fast_math=true --xla_backend_optimization_level=0",
+        "--xla_backend_optimization_level=0  --xla_cpu_enable_fast_math=true",
+    ]:
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        seen[flags] = xla_cache_dir()
+    assert seen[""] == seen["  "] == plain
+    levels = [seen[f"--xla_backend_optimization_level={n}"] for n in (0, 3)]
+    assert all(os.path.dirname(d) == plain for d in levels) and levels[0] != levels[1]
+    both = [d for f, d in seen.items() if "fast_math" in f]
+    assert both[0] == both[1] and both[0] not in levels
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "mine"))
+    assert os.path.dirname(xla_cache_dir()) == str(tmp_path / "mine")
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", "")
+    assert xla_cache_dir() is None
+
+
 def test_the_xla_cache_flag_is_set_once_and_a_users_own_is_kept(monkeypatch, tmp_path):
     """`configure_xla_cache` (the command line's runner and `gpt2_tf2.load` call it) adds the
     cache's directory to TF_XLA_FLAGS beside the user's other flags, once; a directory the user
@@ -407,6 +443,7 @@ def test_the_xla_cache_flag_is_set_once_and_a_users_own_is_kept(monkeypatch, tmp
     from gpt2_tf2.cli import runner
 
     monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow", "2.21.0"))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the suite's level: a subdirectory
     monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "c"))
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
     runner.configure_xla_cache()

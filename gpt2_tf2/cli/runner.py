@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import os
 import re
@@ -52,15 +53,26 @@ def xla_cache_dir() -> str | None:
     """Where compiled XLA programs persist between runs: $GPT2_TF2_XLA_CACHE ('' turns it off),
     else ~/.cache/gpt2_tf2/xla/<TensorFlow version>. None (off) before TensorFlow 2.21: 2.17
     writes entries it cannot read back ("Error parsing text-format XlaSerializedCacheEntry" on
-    every later run); 2.21 was tested to work."""
+    every later run); 2.21 was tested to work.
+
+    Under an XLA_FLAGS, a subdirectory named by its hash: TensorFlow's key for an entry is the
+    program, not the flags it was compiled with, so a run with other flags (fast math, another
+    optimisation level) would otherwise read programs compiled under the earlier run's (seen:
+    a run at --xla_backend_optimization_level=0 stepped at level 3's speed, and the reverse)."""
     found = tf_version()
     if found is None or version_tuple(found[1]) < (2, 21):
         return None
     if "GPT2_TF2_XLA_CACHE" in os.environ:
-        return os.environ["GPT2_TF2_XLA_CACHE"] or None
-    from gpt2_tf2.files import user_cache_dir
+        directory = os.environ["GPT2_TF2_XLA_CACHE"] or None
+    else:
+        from gpt2_tf2.files import user_cache_dir
 
-    return user_cache_dir("xla", "-".join(found))
+        directory = user_cache_dir("xla", "-".join(found))
+    flags = sorted(os.environ.get("XLA_FLAGS", "").split())
+    if directory is None or not flags:
+        return directory
+    digest = hashlib.sha256(" ".join(flags).encode("utf-8")).hexdigest()[:16]
+    return os.path.join(directory, f"xla_flags-{digest}")
 
 
 def configure_xla_cache() -> None:
