@@ -11,6 +11,7 @@ ends with pytest's summary line.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import sys
 
@@ -53,5 +54,21 @@ def table(runs: list[tuple[str, str]]) -> str:
     return "\n".join(rows)
 
 
+def main(args: list[str]) -> int:
+    if args in (["--help"], ["-h"]):
+        print(__doc__.strip())
+        return 0
+    runs = [arg.split("=", 1) for arg in args]
+    if not runs or any(len(run) != 2 for run in runs):
+        print("error: give each run as NAME=LOG (a pytest log with --durations=0)", file=sys.stderr)
+        return 2
+    missing = [path for _, path in runs if not os.path.isfile(path)]
+    if missing:
+        print(f"error: no such log: {missing[0]} (a pytest run's output)", file=sys.stderr)
+        return 2
+    print(table(runs))
+    return 0
+
+
 if __name__ == "__main__":
-    print(table([arg.split("=", 1) for arg in sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))
