@@ -21,6 +21,8 @@ import time
 
 from _child import run_json  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 RAW = os.path.join(ROOT, "docs", "benchmarks", "all.jsonl")
@@ -139,8 +141,7 @@ def measure(quick: bool) -> None:
         add("train", run("train_speed.py", "--size", size, "--impls", impls))
     add("encode", run("encode_speed.py", "--megabytes", "20" if quick else "100"))
     add("beam", run("beam_speed.py", "--repeats", repeats))
-    with open(RAW, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_atomically(RAW, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 SECTIONS = {"beam": ("beam_speed.py",)}  # what --only re-measures on its own
@@ -159,8 +160,7 @@ def measure_only(section: str, quick: bool) -> None:
         row["date"] = time.strftime("%Y-%m-%d")
         print(json.dumps(row), flush=True)
     rows = [r for r in rows if r["bench"] != section] + new
-    with open(RAW, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_atomically(RAW, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def bandwidth(limits: dict) -> float:
@@ -211,8 +211,7 @@ def render() -> None:
     if errors:
         lines += ["## Failed measurements", ""]
         lines += [f"- {r.get('impl', r['bench'])}: {r['error']}" for r in errors] + [""]
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+    write_atomically(OUT, "\n".join(lines))
     print(f"wrote {OUT}")
 
 
@@ -415,8 +414,7 @@ def main() -> None:
         with open(RAW, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
         rows = [machine_limits() if r["bench"] == "machine" else r for r in rows]
-        with open(RAW, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_atomically(RAW, "".join(json.dumps(r) + "\n" for r in rows))
     elif not args.render:
         measure(args.quick)
     render()

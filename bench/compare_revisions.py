@@ -20,6 +20,8 @@ import sys
 
 from _child import ROOT, short_rev, worktree  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 MEASURES = {  # name: (script, arguments[, "head's script": HEAD's on both trees])
     "sampling": ("sample_speed.py", ["--child", "ours", "--batches", "1,8", "--repeats", "5"]),
     "sampling+settings": (
@@ -152,8 +154,7 @@ def write_table(args, head: str, results) -> None:
         pairs = ", ".join(f"{b:.3g}/{h:.3g}" for b, h in zip(base_values, results["head"][metric]))
         lines.append(f"- {metric}: {pairs}")
     os.makedirs(os.path.dirname(os.path.join(ROOT, args.out)), exist_ok=True)
-    with open(os.path.join(ROOT, args.out), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomically(os.path.join(ROOT, args.out), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -20,6 +20,8 @@ import json
 import statistics
 import time
 
+from gpt2_tf2.files import write_atomically
+
 NEW = 128
 
 
@@ -118,8 +120,7 @@ def write(path: str, rows: list[dict], rounds: int) -> None:
     ]
     for row in rows:
         lines.append(f"| {row['variant']} | {row['tok_s']:.1f} | {row['time_ratio']:.3f} |")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 
 from _child import ROOT  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 OUT = os.path.join(ROOT, "docs", "benchmarks", "distributed.md")
 # Parameters of each release (float32 gradients: 4 bytes each).
 SIZES = {"124M": 124.4e6, "355M": 354.8e6, "774M": 774.0e6, "1558M": 1557.6e6}
@@ -203,8 +205,7 @@ itself, and the cure is more tokens per all-reduce: `--accumulate_gradients N` a
 per N micro-batches, dividing its share by N. Larger models grow compute and gradients alike, so
 the share stays about the same. Not measured: no GPU is available where this is developed.
 """
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_atomically(OUT, text)
     print(f"wrote {OUT}")
 
 

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from gpt2_tf2.files import write_atomically
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -95,8 +97,7 @@ def main() -> None:
     ]
     for name, (speed, count) in results.items():
         lines.append(f"| {name} | {speed:.2f} | {count} | {speed / results['tiktoken'][0]:.3f} |")
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomically(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"ratio {ratio:.3f}; wrote {args.out}")
     speeds = {

@@ -26,6 +26,8 @@ import time
 
 from _child import bandwidth_gb_s  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 PROMPT, NEW = 16, 128
 
 
@@ -238,8 +240,7 @@ def main() -> None:
         ]
     )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_atomically(args.out, text)
 
 
 if __name__ == "__main__":

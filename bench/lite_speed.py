@@ -25,6 +25,8 @@ import time
 
 from _child import ROOT, run_json, timed  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 OUT = os.path.join(ROOT, "docs", "benchmarks", "tflite.md")
 PROMPT = 16
 NEW = {"124M": 128, "1558M": 32}  # new tokens per call (1558M: fewer, it is slow everywhere)
@@ -240,8 +242,7 @@ def measure(script_args: list[str], env: dict | None = None) -> list[dict]:
 def write(results: dict, args) -> None:
     from lite_report import report  # the page's text, beside this script
 
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(report(results, args, NAMES, NEW, PROMPT))
+    write_atomically(OUT, report(results, args, NAMES, NEW, PROMPT))
     print(f"wrote {OUT}")
 
 
@@ -333,8 +334,7 @@ def main() -> None:
                 results["measured"][size] = when + results["measured"].get(size, [])
         args.sizes = ",".join(dict.fromkeys(old.get("sizes", []) + sizes))
     results["sizes"] = args.sizes.split(",")
-    with open(saved, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    write_atomically(saved, json.dumps(results, indent=1))
     write(results, args)
 
 

@@ -19,6 +19,8 @@ import time
 
 from _child import run_json  # bench/ is sys.path[0] when run as a script
 
+from gpt2_tf2.files import write_atomically
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ("adam", "adafactor", "sgd")
 
@@ -140,8 +142,7 @@ def write_table(rows: list[dict], args) -> None:
             f"{r['tok_s']:.0f} | {r['first_s']:.1f} |"
         )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomically(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 
