@@ -316,10 +316,22 @@ def child(impl: str, work: str, repeats: int, batches=None) -> None:
 
 def main() -> None:
     global NEW, SIZE
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child")
-    parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--rounds", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--child", help="internal: run this one implementation and print its rows as JSON"
+    )
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="the implementations to run, comma-separated (default every one: "
+        + "; ".join(IMPLS)
+        + ")",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of every implementation (default 2)"
+    )
     parser.add_argument(
         "--no-cold",
         action="store_true",
@@ -327,11 +339,20 @@ def main() -> None:
         "call converts or compiles: minutes at 1558M)",
     )
     parser.add_argument("--batches", help="a child's batch sizes, comma-separated (default all)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs of each batch size in a round (default 3)",
+    )
     parser.add_argument("--size", default="124M", help="the release whose shape the model has")
     parser.add_argument("--new", type=int, default=NEW, help="tokens decoded after the prompt")
     parser.add_argument("--work", help="default: /tmp/gpt2_tf2_cpu_peers (-SIZE but for 124M)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu.md"))
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "docs", "benchmarks", "cpu.md"),
+        help="the page whose section for --size this run rewrites (default docs/benchmarks/cpu.md)",
+    )
     args = parser.parse_args()
     NEW, SIZE = args.new, args.size
     suffix = "" if SIZE == "124M" else f"-{SIZE}"
@@ -339,8 +360,11 @@ def main() -> None:
     if args.child:
         batches = [int(b) for b in args.batches.split(",")] if args.batches else None
         return child(args.child, args.work, args.repeats, batches)
-    paths = prepare(args.work)
     impls = args.impls.split(",")
+    unknown = [name for name in impls if name not in IMPLS]
+    if unknown:
+        parser.error(f"--impls: no implementation named {', '.join(map(repr, unknown))}")
+    paths = prepare(args.work)
     m = Measured(bandwidth=[bandwidth_gb_s()])
     for r in range(args.rounds):
         m.rounds.append({})
