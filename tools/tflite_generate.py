@@ -98,9 +98,21 @@ def main():
     parser.add_argument("directory", help="what export --format tflite wrote")
     parser.add_argument("--prompt", help="text to continue (needs the tokenizers package)")
     parser.add_argument("--ids", help="token ids to continue, comma-separated; prints ids")
-    parser.add_argument("--length", type=int, default=40)
-    parser.add_argument("--top_k", type=int, default=40, help="0: greedy")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--length", type=int, default=40, help="tokens generated after the prompt (default 40)"
+    )
+    parser.add_argument(
+        "--top_k",
+        type=int,
+        default=40,
+        help="draw among the k likeliest tokens (default 40; 0: greedy)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the draws: the same seed, the same text (default 0)",
+    )
     args = parser.parse_args()
     if args.ids:
         ids = [int(i) for i in args.ids.split(",")]
