@@ -147,10 +147,16 @@ def run(impl: str, beams: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child")
-    parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--beams", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="implementations to time, comma-separated (default ours,hf_torch,hf_tf_xla)",
+    )
+    parser.add_argument("--beams", type=int, default=4, help="beams of each search (default 4)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed searches of each implementation (default 3)"
+    )
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -108,8 +108,17 @@ def measure(tree: str, name: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="the revision to compare HEAD with")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="docs/benchmarks/ab.md")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, each running every measure on the base and then on HEAD (default 3)",
+    )
+    parser.add_argument(
+        "--out",
+        default="docs/benchmarks/ab.md",
+        help="the page to write, relative to the repository (default docs/benchmarks/ab.md)",
+    )
     parser.add_argument(
         "--measures",
         default=",".join(MEASURES),

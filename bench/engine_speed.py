@@ -195,8 +195,14 @@ def part2(lm, rounds: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="docs/benchmarks/engine.md")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every configuration (default 3)"
+    )
+    parser.add_argument(
+        "--out",
+        default="docs/benchmarks/engine.md",
+        help="the page to write (default docs/benchmarks/engine.md)",
+    )
     args = parser.parse_args()
     bandwidth = bandwidth_gb_s()
     lm = model()

@@ -31,8 +31,14 @@ def cycle(step, store, columns: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="docs/benchmarks/tflite-evict.md")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs of each case (default 5)"
+    )
+    parser.add_argument(
+        "--out",
+        default="docs/benchmarks/tflite-evict.md",
+        help="the page to write (default docs/benchmarks/tflite-evict.md)",
+    )
     args = parser.parse_args()
 
     import gpt2_tf2

@@ -248,16 +248,33 @@ def write(results: dict, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child")
-    parser.add_argument("--size", default="124M")
-    parser.add_argument("--sizes", default="124M,1558M")
-    parser.add_argument("--dtype")
-    parser.add_argument("--out")
-    parser.add_argument("--model_dir")
-    parser.add_argument("--files")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--child",
+        help="internal: the child's job (write, convert, quality, threads, demo or a row's name)",
+    )
+    parser.add_argument(
+        "--size",
+        default="124M",
+        help="with --child: the release whose shape the model has (default 124M)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="124M,1558M",
+        help="the releases to measure, comma-separated (default 124M,1558M)",
+    )
+    parser.add_argument("--dtype", help="with --child convert: the dtype to convert to")
+    parser.add_argument(
+        "--out", help="with --child: where the child writes its model or conversion"
+    )
+    parser.add_argument("--model_dir", help="with --child convert: the model directory to convert")
+    parser.add_argument("--files", help="with --child: JSON of the files the parent prepared")
+    parser.add_argument(
+        "--batches", default="1,8", help="batch sizes to time, comma-separated (default 1,8)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each batch size (default 3)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every row (default 2)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the last run's rows of the sizes not measured"
     )

@@ -98,13 +98,29 @@ def timed_turns(interpreters: dict, calls: int, rounds: int) -> dict[str, list[f
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", required=True, help="the revision to compare HEAD with")
-    parser.add_argument("--dtypes", default="int4,int8,float32")
-    parser.add_argument("--batches", default="1,8")
+    parser.add_argument(
+        "--dtypes",
+        default="int4,int8,float32",
+        help="the conversions to compare, comma-separated (default int4,int8,float32)",
+    )
+    parser.add_argument(
+        "--batches", default="1,8", help="batch sizes to time, comma-separated (default 1,8)"
+    )
     parser.add_argument("--width", type=int, default=144, help="the cache's columns (16 + 128)")
     parser.add_argument("--calls", type=int, default=200, help="invokes per turn")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--work", default="/tmp/gpt2_tf2_tflite_sample_speed")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks/ab-tflite-step.md"))
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="turns of the two revisions' steps (default 8)"
+    )
+    parser.add_argument(
+        "--work",
+        default="/tmp/gpt2_tf2_tflite_sample_speed",
+        help="where the models and conversions are kept between runs",
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "docs/benchmarks/ab-tflite-step.md"),
+        help="the page to write (default docs/benchmarks/ab-tflite-step.md)",
+    )
     args = parser.parse_args()
     from tflite_sample_speed import model_dir
 

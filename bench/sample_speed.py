@@ -177,11 +177,25 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child")
-    parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--batches", default="1,8,32")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--settings", action="store_true")
+    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="implementations to time, comma-separated (default every one: "
+        + ", ".join(IMPLS)
+        + ")",
+    )
+    parser.add_argument(
+        "--batches", default="1,8,32", help="batch sizes to time, comma-separated (default 1,8,32)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed generations of each batch size (default 5)"
+    )
+    parser.add_argument(
+        "--settings",
+        action="store_true",
+        help="ours with temperature 1, top-k 40 and top-p 0.9 (default: greedy)",
+    )
     parser.add_argument(
         "--plain", action="store_true", help="with --child ours: temperature 1, no top-k/top-p"
     )

@@ -157,8 +157,12 @@ def measure_server(model: str, slots: int, clients: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default="docs/benchmarks/serving.md")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every load (default 2)")
+    parser.add_argument(
+        "--out",
+        default="docs/benchmarks/serving.md",
+        help="the page to write (default docs/benchmarks/serving.md)",
+    )
     parser.add_argument("--one", action="store_true", help="one client only, JSON lines")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

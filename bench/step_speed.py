@@ -24,9 +24,13 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--slots", default="1,4")
+    parser.add_argument(
+        "--slots", default="1,4", help="busy rows of the engine, comma-separated (default 1,4)"
+    )
     parser.add_argument("--tokens", default="1", help="tokens per step call, comma-separated")
-    parser.add_argument("--calls", type=int, default=64)
+    parser.add_argument(
+        "--calls", type=int, default=64, help="timed step calls after the first (default 64)"
+    )
     parser.add_argument("--server", action="store_true", help="the engine as the server's")
     parser.add_argument("--passes", type=int, default=3, help="with --server: passes of each")
     parser.add_argument("--top_p_rows", type=int, default=0, help="with --server: rows top-p 0.9")

@@ -32,10 +32,22 @@ def model_dir(work: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dtypes", default="int8,int4")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--work", default="/tmp/gpt2_tf2_tflite_sample_speed")
+    parser.add_argument(
+        "--dtypes",
+        default="int8,int4",
+        help="conversions to time, comma-separated (default int8,int4)",
+    )
+    parser.add_argument(
+        "--batches", default="1,8", help="batch sizes to time, comma-separated (default 1,8)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed generations of each batch size (default 3)"
+    )
+    parser.add_argument(
+        "--work",
+        default="/tmp/gpt2_tf2_tflite_sample_speed",
+        help="where the model and its conversions are kept between runs",
+    )
     args = parser.parse_args()
     import numpy as np
 

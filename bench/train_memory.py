@@ -71,13 +71,29 @@ def fits(peak_gb: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child")
-    parser.add_argument("--sizes", default="124M,355M")
-    parser.add_argument("--precisions", default="none,bf16")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--child", help="internal: the child's configuration as JSON")
     parser.add_argument(
-        "--out", default=os.path.join(ROOT, "docs", "benchmarks", "training-memory.md")
+        "--sizes",
+        default="124M,355M",
+        help="releases whose shapes to train, comma-separated (default 124M,355M)",
+    )
+    parser.add_argument(
+        "--precisions",
+        default="none,bf16",
+        help="mixed precisions, comma-separated: none, bf16, fp16 (default none,bf16)",
+    )
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(OPTIMIZERS),
+        help="optimizers, comma-separated (default adam,adafactor,sgd)",
+    )
+    parser.add_argument(
+        "--seq", type=int, default=1024, help="tokens a sequence has (default 1024)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join(ROOT, "docs", "benchmarks", "training-memory.md"),
+        help="the page to write (default docs/benchmarks/training-memory.md)",
     )
     parser.add_argument("--rows", help="render the table from JSON lines printed by a run")
     parser.add_argument("--note", default="", help="a sentence on the conditions of the run")

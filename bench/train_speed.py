@@ -163,12 +163,27 @@ def run(impl: str, size: str, batch: int, seq: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child")
-    parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--size", default="124M", choices=sorted(SHAPES))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="implementations to time, comma-separated (default every one: "
+        + ", ".join(IMPLS)
+        + ")",
+    )
+    parser.add_argument(
+        "--size",
+        default="124M",
+        choices=sorted(SHAPES),
+        help="the release whose shape to train (default 124M)",
+    )
+    parser.add_argument("--batch", type=int, default=1, help="sequences a batch has (default 1)")
+    parser.add_argument(
+        "--seq", type=int, default=1024, help="tokens a sequence has (default 1024)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3, help="timed steps after the first (default 3)"
+    )
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.size, args.batch, args.seq, args.steps)
