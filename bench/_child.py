@@ -1,6 +1,7 @@
 """What the bench scripts share: running one measurement in a fresh Python process of this
-environment and collecting the JSON objects it prints, one per line; timing a call; the
-machine's memory bandwidth; another revision's tree beside this one, for an A/B."""
+environment and collecting the JSON objects it prints, one per line, and the flags that say
+which; timing a call; the machine's memory bandwidth; another revision's tree beside this one,
+for an A/B."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def run_json(script: str, args: list[str], env: dict | None = None) -> tuple[lis
     if out.returncode == 0 and rows:
         return rows, ""
     return rows, (out.stderr.strip().splitlines() or ["failed"])[-1][:200]
+
+
+def add_child_flags(parser, impls) -> None:
+    """--child (the job `run_json` gives a child) and --impls (which of `impls` a parent runs,
+    each in a child of its own), for a script that measures implementations side by side."""
+    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
+    parser.add_argument(
+        "--impls",
+        default=",".join(impls),
+        help=f"implementations to time, comma-separated (default every one: {', '.join(impls)})",
+    )
 
 
 def short_rev(name: str = "HEAD") -> str:

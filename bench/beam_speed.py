@@ -19,7 +19,12 @@ import argparse
 import json
 import os
 
-from _child import run_json, timed, write_random_124m  # bench/ is sys.path[0] when run as a script
+from _child import (
+    add_child_flags,
+    run_json,
+    timed,
+    write_random_124m,
+)  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_torch", "hf_tf_xla")
@@ -147,12 +152,7 @@ def run(impl: str, beams: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
-    parser.add_argument(
-        "--impls",
-        default=",".join(IMPLS),
-        help="implementations to time, comma-separated (default ours,hf_torch,hf_tf_xla)",
-    )
+    add_child_flags(parser, IMPLS)
     parser.add_argument("--beams", type=int, default=4, help="beams of each search (default 4)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed searches of each implementation (default 3)"

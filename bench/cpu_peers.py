@@ -46,7 +46,14 @@ import sys
 import tarfile
 import time
 
-from _child import ROOT, bandwidth_gb_s, run_json, timed, write_random_124m  # bench/ is sys.path[0]
+from _child import (
+    ROOT,
+    add_child_flags,
+    bandwidth_gb_s,
+    run_json,
+    timed,
+    write_random_124m,
+)  # bench/ is sys.path[0]
 
 PROMPT, NEW, BATCHES = 16, 128, (1, 8, 32)
 SIZE = "124M"  # the model's shape; NEW and SIZE are set from the flags (main)
@@ -319,16 +326,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--child", help="internal: run this one implementation and print its rows as JSON"
-    )
-    parser.add_argument(
-        "--impls",
-        default=",".join(IMPLS),
-        help="the implementations to run, comma-separated (default every one: "
-        + "; ".join(IMPLS)
-        + ")",
-    )
+    add_child_flags(parser, IMPLS)
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of every implementation (default 2)"
     )

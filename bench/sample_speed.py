@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 
-from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
+from _child import add_child_flags, run_json, timed  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 16, 128
 IMPLS = ("ours", "hf_tf_xla", "hf_torch", "keras_hub_xla", "keras_hub")
@@ -177,14 +177,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
-    parser.add_argument(
-        "--impls",
-        default=",".join(IMPLS),
-        help="implementations to time, comma-separated (default every one: "
-        + ", ".join(IMPLS)
-        + ")",
-    )
+    add_child_flags(parser, IMPLS)
     parser.add_argument(
         "--batches", default="1,8,32", help="batch sizes to time, comma-separated (default 1,8,32)"
     )

@@ -15,7 +15,7 @@ import argparse
 import json
 import resource
 
-from _child import run_json, timed  # bench/ is sys.path[0] when run as a script
+from _child import add_child_flags, run_json, timed  # bench/ is sys.path[0] when run as a script
 
 IMPLS = ("ours", "ours_recompute", "hf_torch", "hf_tf", "hf_tf_xla", "keras_hub_xla")
 SHAPES = {"124M": (768, 12, 12), "355M": (1024, 16, 24)}  # n_embd, n_head, n_layer
@@ -163,14 +163,7 @@ def run(impl: str, size: str, batch: int, seq: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", help="internal: the child process's job (the parent passes it)")
-    parser.add_argument(
-        "--impls",
-        default=",".join(IMPLS),
-        help="implementations to time, comma-separated (default every one: "
-        + ", ".join(IMPLS)
-        + ")",
-    )
+    add_child_flags(parser, IMPLS)
     parser.add_argument(
         "--size",
         default="124M",
