@@ -355,7 +355,8 @@ def test_the_library_is_quiet_by_default_and_keeps_compiled_loops(tiny_model_dir
     is written to GPT2_TF2_XLA_CACHE, as the command line does, and a second process reads it
     back (same text, nothing new written). Before TensorFlow 2.21 the cache is off: nothing is
     written. Keras, which TensorFlow imports eagerly and gpt2_tf2 does not use, is not imported
-    (`runner.import_tensorflow_without_keras`), and `tf.keras` still works when asked for."""
+    (`runner.import_tensorflow_without_keras`), and `tf.keras` still works when asked for. A
+    process that imported TensorFlow itself first keeps its programs in the cache too."""
     import tensorflow as tf
 
     from conftest import run_cli
@@ -381,6 +382,13 @@ def test_the_library_is_quiet_by_default_and_keeps_compiled_loops(tiny_model_dir
     else:
         assert stored, "nothing was cached"
         assert sorted(os.listdir(cache)) == stored  # read back, not compiled and written again
+    # The user's own `import tensorflow` first, as most notebooks start: the cache is used all
+    # the same (it was not: the flag was set only by an import the package made itself).
+    first = tmp_path / "xla-tensorflow-first"
+    mine = run_cli(["-c", "import tensorflow; " + code], env={"GPT2_TF2_XLA_CACHE": str(first)})
+    assert mine.returncode == 0 and mine.stdout.startswith(quiet.stdout[:-6]), mine.stderr
+    if stored:
+        assert (sorted(os.listdir(first)) if first.exists() else []) == stored  # written too
     loading = f"import gpt2_tf2; gpt2_tf2.load({tiny_model_dir!r})"  # the lines come by then
     loud = run_cli(["-c", loading], env={"GPT2_TF2_VERBOSE": "1"})
     assert loud.returncode == 0 and "I0000" in loud.stderr, loud.stderr
