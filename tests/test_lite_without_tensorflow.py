@@ -68,6 +68,10 @@ def fresh_process(script: str, args: list, cache: str):
     return r
 
 
+# The e2e tier's: each child imports TensorFlow for its sampled half (23-25 s a case in the
+# default tier on a 2-core CPU without AVX-512: 6% of its test time); the default tier keeps the
+# command's greedy run below, which imports none (1.2 s).
+@pytest.mark.e2e
 @pytest.mark.parametrize("dtype", ["int8", "float32"])
 def test_greedy_decoding_from_a_cached_conversion_imports_no_tensorflow(
     tiny_model_dir, conversions, dtype
