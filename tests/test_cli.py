@@ -436,6 +436,22 @@ def test_programs_compiled_under_other_xla_flags_are_kept_apart(monkeypatch, tmp
     assert xla_cache_dir() is None
 
 
+def test_a_command_sets_the_xla_cache_flag_with_tensorflow_imported_already(monkeypatch, tmp_path):
+    """A command run in a process that has TensorFlow imported (this one; a user's script calling
+    its `main`) keeps its compiled loops in the cache as a fresh command does: TensorFlow reads
+    the flag at its first compilation, not at its import (`gpt2_tf2.load` alike:
+    test_guards)."""
+    from gpt2_tf2.cli import runner
+
+    monkeypatch.setattr(runner, "tf_version", lambda: ("tensorflow", "2.21.0"))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("GPT2_TF2_XLA_CACHE", str(tmp_path / "c"))
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    runner.configure_logging(False)
+    want = f"--tf_xla_persistent_cache_directory={tmp_path / 'c'}"
+    assert os.environ["TF_XLA_FLAGS"] == want
+
+
 def test_the_xla_cache_flag_is_set_once_and_a_users_own_is_kept(monkeypatch, tmp_path):
     """`configure_xla_cache` (the command line's runner and `gpt2_tf2.load` call it) adds the
     cache's directory to TF_XLA_FLAGS beside the user's other flags, once; a directory the user

@@ -92,13 +92,14 @@ def configure_xla_cache() -> None:
 
 
 def configure_logging(verbose: bool, xla: bool = False, setup=None):
-    """Hide TensorFlow's start-up logs unless verbose, and set up the XLA cache. Call before
-    anything imports TensorFlow. `xla`: the command compiles with XLA, whose first compilation
-    logs a few more lines once per process (TF 2.17); they are triggered here, while hidden.
+    """Hide TensorFlow's start-up logs unless verbose, and set up the XLA cache (before
+    TensorFlow's first compilation: `configure_xla_cache`). Call before anything imports
+    TensorFlow, or the logs are TensorFlow's own. `xla`: the command compiles with XLA, whose
+    first compilation logs a few more lines once per process (TF 2.17); they are triggered
+    here, while hidden.
     `setup`: what must run before TensorFlow's first operation (device configuration, a
     `tf.distribute` strategy); its result is returned."""
-    if "tensorflow" not in sys.modules:
-        configure_xla_cache()
+    configure_xla_cache()  # also when TensorFlow is imported already (a command run in-process)
     if verbose or "tensorflow" in sys.modules:
         return setup() if setup else None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -64,8 +64,8 @@ def tensorflow():
     """The tensorflow module, imported now if it is not yet. The registered importer runs once
     per registration even when the user imported TensorFlow first (`import tensorflow as tf`
     heads most notebooks): it also sets what must precede TensorFlow's first compilation, not
-    its import (the on-disk XLA cache's flag: skipped so, a warm first call at 124M compiled
-    its decode loop again, 9.6 -> 13.4 s on a 2-core CPU without AVX-512)."""
+    its import (the on-disk XLA cache's flag: without it, a warm first call at 124M compiled its
+    decode loop again, 13.4 s instead of 9.6 on a 2-core CPU without AVX-512)."""
     importer, _importer[0] = _importer[0], None
     if importer is not None:
         importer()
