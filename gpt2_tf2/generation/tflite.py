@@ -376,13 +376,11 @@ class LiteDecoder:
 
 def choose_rows(logits, history, pos, settings, step, rows):
     """One token per slot from its logits, as the XLA engine's loop chooses it
-    (`xla.advance`): each row with its own settings, position, step and row number."""
-    from gpt2_tf2.generation.history import History
-    from gpt2_tf2.generation.processors import apply_processors
-    from gpt2_tf2.generation.strategies import choose_tokens
+    (`xla.advance`): each row with its own settings, position, step and row number, through
+    the process's one trace of it (`choice.shared_choose_rows`)."""
+    from gpt2_tf2.generation.choice import shared_choose_rows
 
-    logits = apply_processors(logits, settings, History(history, pos, 0, pos - step))
-    return choose_tokens(logits, settings, step, rows=rows)
+    return shared_choose_rows(logits, history, pos, settings, step, rows)
 
 
 def choose_beams(state, prompt_len, length, settings, options):

@@ -12,12 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from gpt2_tf2.core.model import dense
-from gpt2_tf2.generation.history import History
+from gpt2_tf2.generation.choice import shared_choose_rows
 from gpt2_tf2.generation.logprobs import token_scores
 from gpt2_tf2.generation.loop import bucket
-from gpt2_tf2.generation.processors import apply_processors
 from gpt2_tf2.generation.settings import Settings
-from gpt2_tf2.generation.strategies import choose_tokens
 
 
 class Slots(NamedTuple):
@@ -357,10 +355,9 @@ def advance(lm, state: Slots, cache_vars, n, rows: int, scored) -> Slots:
 
     def body(i, state):
         s = state.settings
-        logits = apply_processors(
-            state.logits, s, History(state.history, state.pos, 0, state.pos - state.step)
+        chosen = shared_choose_rows(
+            state.logits, state.history, state.pos, s, state.step, state.rows
         )
-        chosen = choose_tokens(logits, s, state.step, rows=state.rows)
         active = ~state.done
         token = tf.where(active, chosen, tf.maximum(s.stop_token, 0))
         at = tf.minimum(state.pos, last)  # a finished row's position may be past the end
