@@ -34,11 +34,9 @@ def choose_rows(logits, history, pos, settings, step, rows):
     return choose_tokens(logits, settings, step, rows=rows)
 
 
-def _rows_spec(t, rows_only: bool = True):
-    """t's spec with any number of rows (and, for the history, any width)."""
-    t = tf.convert_to_tensor(t)
-    dims = t.shape.as_list()
-    return tf.TensorSpec([None] + (dims[1:] if rows_only else [None] * (len(dims) - 1)), t.dtype)
+def _any_rows(t):
+    """t's spec with any number of rows."""
+    return tf.TensorSpec([None, *t.shape[1:]], t.dtype)
 
 
 def shared_choose_rows(logits, history, pos, settings, step, rows):
@@ -46,9 +44,9 @@ def shared_choose_rows(logits, history, pos, settings, step, rows):
     for these dtypes and this vocabulary (traced apart for XLA: `kernels.in_xla` decides
     spellings)."""
     args = (logits, history, pos, settings, step, rows)
-    specs = tf.nest.map_structure(_rows_spec, args)
-    specs = (specs[0], _rows_spec(history, rows_only=False), *specs[2:])
-    key = (in_xla(), repr(specs))
+    specs = tf.nest.map_structure(_any_rows, args)
+    specs = (specs[0], tf.TensorSpec([None, None], history.dtype), *specs[2:])  # any width
+    key = (in_xla(), specs)
     with _lock:
         if key not in _traced:
             _traced[key] = tf.function(choose_rows, input_signature=specs, autograph=False)

@@ -324,7 +324,11 @@ class LiteDecoder:
     # off needs none of them (`LiteSlots.advance`), and so no TensorFlow at all.
     @functools.cached_property
     def choose_rows(self):
-        return self._compiled(choose_rows)
+        """One token per slot, as the XLA engine's loop chooses it (`xla.advance`), through
+        the process's one trace of the choice (`choice.shared_choose_rows`)."""
+        from gpt2_tf2.generation.choice import shared_choose_rows
+
+        return self._compiled(shared_choose_rows)
 
     @functools.cached_property
     def token_scores(self):
@@ -372,15 +376,6 @@ class LiteDecoder:
         tokens = np.asarray(tokens, np.int32)
         logits = self.logits(tokens[:, :-1])
         return lazy.tensorflow().nn.sparse_softmax_cross_entropy_with_logits(tokens[:, 1:], logits)
-
-
-def choose_rows(logits, history, pos, settings, step, rows):
-    """One token per slot from its logits, as the XLA engine's loop chooses it
-    (`xla.advance`): each row with its own settings, position, step and row number, through
-    the process's one trace of it (`choice.shared_choose_rows`)."""
-    from gpt2_tf2.generation.choice import shared_choose_rows
-
-    return shared_choose_rows(logits, history, pos, settings, step, rows)
 
 
 def choose_beams(state, prompt_len, length, settings, options):
