@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 
 from _child import ROOT, bandwidth_gb_s  # bench/ is sys.path[0] when run as a script
 
@@ -71,7 +72,7 @@ def table(rows: dict[str, list[dict]]) -> list[str]:
         med = {
             k: statistics.median(r[k] for r in runs) for k in ("wall", "tensorflow", "ml_dtypes")
         }
-        label = f"{runs[0]['version']}" + (" (installed)" if name == "installed" else "")
+        label = runs[0]["version"] + (" (installed)" if name == "installed" else "")
         lines.append(
             f"| {label} | {med['wall']:.2f} | {med['tensorflow']:.2f} | {med['ml_dtypes']:.3f} |"
         )
@@ -94,18 +95,15 @@ def main() -> None:
             for name in order:
                 rows[name].append(one_import(paths[name]))
     gb_s.append(bandwidth_gb_s())
-    import numpy
-    import tensorflow
-
     text = [
         "# Importing TensorFlow, by ml_dtypes version",
         "",
         f"Written by `bench/import_time.py --versions {args.versions} --rounds {args.rounds}` on"
         f" {platform.machine()}, {os.cpu_count()} cores, memory at"
         f" {min(gb_s):.1f}-{max(gb_s):.1f} GB/s (a NumPy sum of 1 GiB, before and after),"
-        f" Python {platform.python_version()}, TensorFlow {tensorflow.__version__}, NumPy"
-        f" {numpy.__version__}. Each row: a fresh process running `import tensorflow` with that"
-        " ml_dtypes first on its path, medians of the rounds (the versions alternating);"
+        f" Python {platform.python_version()}, TensorFlow {metadata.version('tensorflow')}, NumPy"
+        f" {metadata.version('numpy')}. Each row: a fresh process running `import tensorflow`"
+        " with that ml_dtypes first on its path, medians of the rounds (the versions alternating);"
         " *import tensorflow* and *of it ml_dtypes* are `-X importtime`'s cumulative figures.",
         "",
         *table(rows),
