@@ -116,6 +116,25 @@ def test_vocabulary_checks(tmp_path, vocab_files):
         load_encoder(str(tmp_path))
 
 
+def test_gpt2s_own_files_pass_the_check_that_their_load_skips(vocab_files, monkeypatch, tmp_path):
+    """A load of GPT-2's own files (by hash) skips check_vocabulary: the check passes on them,
+    and any other bytes are checked (here: the same vocabulary written with other spacing)."""
+    from gpt2_tf2.tokenizer import bpe
+
+    paths = (vocab_files["encoder.json"], vocab_files["vocab.bpe"])
+    encoder, merges = bpe._read_vocab(*paths)
+    bpe.check_vocabulary(encoder, merges, "GPT-2's files")
+    checked = []
+    monkeypatch.setattr(bpe, "check_vocabulary", lambda *a, **k: checked.append(a[2]))
+    load = bpe._load_encoder.__wrapped__  # not lru_cache's: nothing kept from this test
+    for fast in (True, False):
+        load(paths, fast, None, "genuine")
+    assert checked == []
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder, indent=1), encoding="utf-8")
+    load((str(tmp_path / "encoder.json"), paths[1]), True, None, "respaced")
+    assert checked == ["respaced"]
+
+
 def test_tiktoken_fast_path_equals_reference(tiny_model_dir, enc, tiktoken_gpt2):
     """GPT-2's own files (checked by hash) encode through tiktoken; tokens equal the pure BPE's,
     and the ranks handed to tiktoken are its own gpt2 encoding's, token for token."""
