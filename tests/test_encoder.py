@@ -122,7 +122,8 @@ def test_gpt2s_own_files_pass_the_check_that_their_load_skips(vocab_files, monke
     from gpt2_tf2.tokenizer import bpe
 
     paths = (vocab_files["encoder.json"], vocab_files["vocab.bpe"])
-    encoder, merges = bpe._read_vocab(*paths)
+    encoder, merges, genuine = bpe._read_vocab(*paths)
+    assert genuine
     bpe.check_vocabulary(encoder, merges, "GPT-2's files")
     checked = []
     monkeypatch.setattr(bpe, "check_vocabulary", lambda *a, **k: checked.append(a[2]))

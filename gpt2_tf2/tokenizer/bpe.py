@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 
@@ -187,17 +188,22 @@ def encode_with_specials(encoder, text: str, allowed_special) -> list[int]:
     return tokens
 
 
-def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict, list[tuple[str, str]], bool]:
+    """(encoder.json's ids, vocab.bpe's merges, whether the two are GPT-2's own files: the
+    sha256 of the very bytes parsed)."""
+    raw = []
     for path in (encoder_path, bpe_path):
         if not os.path.isfile(path):
             raise UserError(
                 f"{path}: not found (a BPE vocabulary is encoder.json and vocab.bpe together)"
             )
-    try:
-        with open(encoder_path, encoding="utf-8") as f:
-            encoder = json.load(f)
-        with open(bpe_path, encoding="utf-8") as f:
-            bpe_lines = f.read().split("\n")
+        with open(path, "rb") as f:
+            raw.append(f.read())
+    genuine = tuple(hashlib.sha256(data).hexdigest() for data in raw) == GPT2_VOCAB_SHA256
+    try:  # decoded as open(path, encoding="utf-8") reads them (universal newlines)
+        text = [io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read() for data in raw]
+        encoder = json.loads(text[0])
+        bpe_lines = text[1].split("\n")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{encoder_path} or {bpe_path}: unreadable ({e})") from None
     # vocab.bpe: a '#version' header line, one 'first second' merge per line, a trailing newline.
@@ -211,7 +217,7 @@ def _read_vocab(encoder_path: str, bpe_path: str) -> tuple[dict[str, int], list[
         if len(parts) != 2:
             raise UserError(f"{bpe_path}:{n}: expected two symbols per merge, got {line!r}")
         merges.append((parts[0], parts[1]))
-    return encoder, merges
+    return encoder, merges, genuine
 
 
 def check_vocabulary(
@@ -278,13 +284,13 @@ def _stamp(path: str):
 
 @functools.lru_cache(maxsize=4)
 def _load_encoder(paths: tuple[str, ...], fast: bool, stamps, model_dir: str) -> Encoder:
-    encoder, merges = _read_vocab(*paths[:2])
+    encoder, merges, genuine = _read_vocab(*paths[:2])
+    genuine = genuine and len(paths) == 2  # no special_tokens.json of its own
     specials, end_of_text = (ENDOFTEXT,), ENDOFTEXT
     if len(paths) > 2:
         specials, end_of_text = read_specials(paths[2], encoder)
     # GPT-2's own files (by hash) are known to fit together: their check (~0.09 s of every
     # load on the 2-core machine, a quarter of reading the vocabulary) is for other files.
-    genuine = len(paths) == 2 and tuple(_sha256(p) for p in paths) == GPT2_VOCAB_SHA256
     if not genuine:
         check_vocabulary(encoder, merges, model_dir, specials)
     enc = Encoder(encoder, merges, special_tokens=specials, end_of_text=end_of_text)
@@ -311,8 +317,3 @@ def read_specials(path: str, encoder: dict[str, int]) -> tuple[tuple[str, ...], 
     if end is not None and end not in specials:
         raise UserError(f"{path}: end_of_text {end!r} must be one of special_tokens")
     return tuple(specials), end
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
